@@ -1,2 +1,16 @@
-//! sidespawn: spawn Neutron side processes as podman containers on behalf of
-//! agent containers that have no access to the container engine.
+//! sidespawn: spawn Neutron side processes (dnsmasq, haproxy, keepalived,
+//! radvd) as podman containers on behalf of agent containers that have no
+//! access to the container engine.
+//!
+//! The agent side is [`wrapper`]: it appends a [`record::Record`] to a
+//! per-kind [`queue`] under a [`lock`]. The host side claims those records
+//! and reconciles sidecar containers with them.
+
+pub mod ack;
+pub mod kind;
+pub mod lock;
+pub mod netns;
+pub mod queue;
+pub mod record;
+pub mod wrapper;
+pub mod wrapper_config;

@@ -1,0 +1,207 @@
+//! Network namespace identity.
+//!
+//! The wrapper finds the name of the namespace it runs in exactly like
+//! `ip netns identify`: it compares (device, inode) of `/proc/self/ns/net`
+//! with each entry of the netns directory. It never guesses: no match is an
+//! error. The host re-checks a recorded namespace right before it starts a
+//! sidecar: the name must still be a namespace mount with the recorded inode,
+//! so a namespace deleted and recreated under the same name is refused.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
+
+/// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Why a namespace could not be identified or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot stat {path}: {source}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read the netns directory {path}: {source} (mount the host's /run/netns into the container with `-v /run/netns:/run/netns:shared`)"
+    )]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {name:?} does not exist under {dir}")]
+    Missing { name: String, dir: PathBuf },
+    #[error("{path} is not a network namespace mount")]
+    NotNamespace { path: PathBuf },
+    #[error(
+        "network namespace {name:?} was replaced since the request (inode {found}, request had {expected})"
+    )]
+    InodeMismatch {
+        name: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("invalid network namespace name {0:?}")]
+    BadName(String),
+}
+
+/// Finds the named namespace that `/proc/self/ns/net` belongs to. `Ok(None)`
+/// means the process is in no named namespace (for example the host network).
+pub fn identify(netns_dir: &Path) -> Result<Option<NetnsRef>, NetnsError> {
+    identify_ns(Path::new("/proc/self/ns/net"), netns_dir)
+}
+
+/// [`identify`] for a given namespace file.
+pub fn identify_ns(ns_file: &Path, netns_dir: &Path) -> Result<Option<NetnsRef>, NetnsError> {
+    let me = std::fs::metadata(ns_file).map_err(|source| NetnsError::Stat {
+        path: ns_file.to_owned(),
+        source,
+    })?;
+    let entries = match std::fs::read_dir(netns_dir) {
+        Ok(e) => e,
+        // No netns directory at all: certainly not in a named namespace.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(NetnsError::ReadDir {
+                path: netns_dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    // Deterministic when two names are mounts of the same namespace.
+    names.sort();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        if !is_safe_name(name, MAX_NETNS_LEN) {
+            continue;
+        }
+        // Like `ip netns identify`, follow the entry: it is a bind mount of
+        // an nsfs file, and stat reports the namespace behind it.
+        let Ok(md) = std::fs::metadata(netns_dir.join(name)) else {
+            continue;
+        };
+        if md.dev() == me.dev() && md.ino() == me.ino() {
+            return Ok(Some(NetnsRef {
+                name: name.to_owned(),
+                dev: md.dev(),
+                ino: md.ino(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks, right before use, that `ns` still names a namespace mount under
+/// `netns_dir` with the recorded inode. Returns the path to hand to podman.
+pub fn verify(netns_dir: &Path, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+    if !is_safe_name(&ns.name, MAX_NETNS_LEN) {
+        return Err(NetnsError::BadName(ns.name.clone()));
+    }
+    let path = netns_dir.join(OsStr::new(&ns.name));
+    // lstat: the entry itself must be the mount, not a link a container made.
+    let md = match std::fs::symlink_metadata(&path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(NetnsError::Missing {
+                name: ns.name.clone(),
+                dir: netns_dir.to_owned(),
+            });
+        }
+        Err(source) => return Err(NetnsError::Stat { path, source }),
+    };
+    let fs = nix::sys::statfs::statfs(&path).map_err(|e| NetnsError::Stat {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    if fs.filesystem_type().0 as i64 != NSFS_MAGIC || !md.file_type().is_file() {
+        return Err(NetnsError::NotNamespace { path });
+    }
+    if md.ino() != ns.ino {
+        return Err(NetnsError::InodeMismatch {
+            name: ns.name.clone(),
+            expected: ns.ino,
+            found: md.ino(),
+        });
+    }
+    Ok(path)
+}
+
+/// Whether `name` is currently a namespace mount under `netns_dir`, and its
+/// inode. Used to find sidecars whose namespace went away.
+pub fn current_inode(netns_dir: &Path, name: &str) -> Option<u64> {
+    if !is_safe_name(name, MAX_NETNS_LEN) {
+        return None;
+    }
+    let path = netns_dir.join(name);
+    let md = std::fs::symlink_metadata(&path).ok()?;
+    let fs = nix::sys::statfs::statfs(&path).ok()?;
+    (fs.filesystem_type().0 as i64 == NSFS_MAGIC && md.file_type().is_file()).then(|| md.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_without_netns_dir_is_none() {
+        let r = identify(Path::new("/nonexistent/sidespawn-netns")).unwrap();
+        assert_eq!(r, None);
+    }
+
+    #[test]
+    fn identify_matches_by_dev_and_ino() {
+        // A directory with a hard link to... not possible across fs; instead
+        // point the "namespace file" at a plain file and list a dir that
+        // holds it: the comparison is (dev, ino), whatever the file is.
+        let dir = std::env::temp_dir().join(format!("sidespawn-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qdhcp-a"), b"").unwrap();
+        std::fs::write(dir.join("other"), b"").unwrap();
+        let found = identify_ns(&dir.join("qdhcp-a"), &dir).unwrap().unwrap();
+        assert_eq!(found.name, "qdhcp-a");
+        let none = identify_ns(Path::new("/proc/self/ns/net"), &dir).unwrap();
+        assert_eq!(none, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn verify_refuses_plain_files_and_bad_names() {
+        let dir = std::env::temp_dir().join(format!("sidespawn-netnsv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qdhcp-a"), b"").unwrap();
+        let ino = std::fs::metadata(dir.join("qdhcp-a")).unwrap().ino();
+        let r = NetnsRef {
+            name: "qdhcp-a".into(),
+            dev: 0,
+            ino,
+        };
+        assert!(matches!(
+            verify(&dir, &r),
+            Err(NetnsError::NotNamespace { .. })
+        ));
+        let missing = NetnsRef {
+            name: "qdhcp-b".into(),
+            dev: 0,
+            ino,
+        };
+        assert!(matches!(
+            verify(&dir, &missing),
+            Err(NetnsError::Missing { .. })
+        ));
+        let bad = NetnsRef {
+            name: "../etc".into(),
+            dev: 0,
+            ino,
+        };
+        assert!(matches!(verify(&dir, &bad), Err(NetnsError::BadName(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
