@@ -12,5 +12,6 @@ pub mod lock;
 pub mod netns;
 pub mod queue;
 pub mod record;
+pub mod runtime;
 pub mod wrapper;
 pub mod wrapper_config;
