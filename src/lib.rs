@@ -7,9 +7,11 @@
 //! and reconciles sidecar containers with them.
 
 pub mod ack;
+pub mod config;
 pub mod kind;
 pub mod lock;
 pub mod netns;
+pub mod plan;
 pub mod queue;
 pub mod record;
 pub mod runtime;

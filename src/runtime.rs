@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 use crate::record::Signal;
 
 /// Label keys put on every sidecar.

@@ -1,0 +1,422 @@
+//! Host configuration: where the queues and state live, how podman is run,
+//! and one profile per kind saying exactly how its sidecars are started.
+//!
+//! JSON at `/etc/sidespawn/config.json` (or `--config PATH`). Unknown keys
+//! are errors. Everything a sidecar runs with (image, mounts, capabilities,
+//! network) comes from here and never from a request: a request only adds
+//! arguments after the image and command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kind::Kind;
+
+pub const DEFAULT_PATH: &str = "/etc/sidespawn/config.json";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sidespawn";
+
+/// Neutron's namespace names: a prefix and a lowercase UUID.
+pub const DEFAULT_NETNS_PATTERNS: [&str; 5] = [
+    "qdhcp-{uuid}",
+    "qrouter-{uuid}",
+    "snat-{uuid}",
+    "fip-{uuid}",
+    "ovnmeta-{uuid}",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read host configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid host configuration {path}: {source} (every key is documented in README.md, \"Host configuration\")"
+    )]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The configuration file as written (unset keys take defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostConfigFile {
+    queue_root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    netns_dir: Option<PathBuf>,
+    podman: Option<PathBuf>,
+    lock_timeout_ms: Option<u64>,
+    podman_timeout_ms: Option<u64>,
+    parallelism: Option<usize>,
+    max_queue_bytes: Option<u64>,
+    ack_max_age_s: Option<u64>,
+    max_passes: Option<u32>,
+    #[serde(default)]
+    kinds: BTreeMap<Kind, ProfileFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    enabled: Option<bool>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    foreground_args: Option<Vec<String>>,
+    strip_args: Option<Vec<String>>,
+    volumes: Option<Vec<String>>,
+    pid_host: Option<bool>,
+    cgroupns_host: Option<bool>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+    user: Option<String>,
+    log_driver: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    podman_args: Option<Vec<String>>,
+    netns_patterns: Option<Vec<String>>,
+    allow_host_network: Option<bool>,
+    stop_timeout_s: Option<u64>,
+}
+
+/// The host configuration with every default applied.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where it was loaded from (for messages).
+    pub path: PathBuf,
+    pub queue_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub podman: PathBuf,
+    pub lock_timeout: Duration,
+    pub podman_timeout: Duration,
+    pub parallelism: usize,
+    pub max_queue_bytes: u64,
+    pub ack_max_age: Duration,
+    pub max_passes: u32,
+    /// Profiles of the kinds this host serves, by kind.
+    pub kinds: BTreeMap<Kind, Profile>,
+}
+
+/// How one kind's sidecars are started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub kind: Kind,
+    pub enabled: bool,
+    /// `None` when not configured: the kind cannot be served until it is.
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub foreground_args: Vec<String>,
+    pub strip_args: Vec<String>,
+    pub volumes: Vec<String>,
+    pub pid_host: bool,
+    pub cgroupns_host: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub user: Option<String>,
+    pub log_driver: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub podman_args: Vec<String>,
+    pub netns_patterns: Vec<String>,
+    pub allow_host_network: bool,
+    pub stop_timeout: Duration,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl Profile {
+    /// Built-in defaults for `kind` (no image).
+    pub fn defaults(kind: Kind) -> Profile {
+        let (foreground, strip, caps): (&[&str], &[&str], &[&str]) = match kind {
+            // -k: stay in the foreground, so the container lives as long as
+            // dnsmasq does.
+            Kind::Dnsmasq => (
+                &["-k"],
+                &["--keep-in-foreground", "-k"],
+                &["NET_ADMIN", "NET_RAW"],
+            ),
+            // -Ws: master-worker, foreground, systemd-style reloads on HUP.
+            // -D would daemonise and end the container at once.
+            Kind::Haproxy => (&["-Ws"], &["-D", "-daemon", "-Ws", "-W", "-db"], &[]),
+            Kind::Keepalived => (
+                &["-n", "-l", "-D"],
+                &[
+                    "-n",
+                    "--dont-fork",
+                    "-l",
+                    "--log-console",
+                    "-D",
+                    "--log-detail",
+                ],
+                &["NET_ADMIN", "NET_RAW", "NET_BROADCAST"],
+            ),
+            Kind::Radvd => (&["-n"], &["-n", "--nodaemon"], &["NET_ADMIN", "NET_RAW"]),
+        };
+        Profile {
+            kind,
+            enabled: true,
+            image: None,
+            command: vec![kind.as_str().to_owned()],
+            foreground_args: strings(foreground),
+            strip_args: strings(strip),
+            volumes: strings(&[
+                "/var/lib/neutron:/var/lib/neutron",
+                "/etc/neutron:/etc/neutron:ro",
+                "/dev/log:/dev/log",
+            ]),
+            pid_host: true,
+            cgroupns_host: true,
+            cap_add: strings(caps),
+            cap_drop: Vec::new(),
+            user: None,
+            log_driver: None,
+            labels: BTreeMap::new(),
+            podman_args: Vec::new(),
+            netns_patterns: strings(&DEFAULT_NETNS_PATTERNS),
+            allow_host_network: false,
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Whether `name` matches one of the profile's namespace patterns.
+    pub fn netns_allowed(&self, name: &str) -> bool {
+        self.netns_patterns.iter().any(|p| pattern_matches(p, name))
+    }
+
+    /// The request's argv with the profile's foreground flags enforced:
+    /// flags to strip are removed, foreground flags come first.
+    pub fn daemon_argv(&self, argv: &[String]) -> Vec<String> {
+        let mut out = self.foreground_args.clone();
+        out.extend(
+            argv.iter()
+                .filter(|a| !self.strip_args.iter().any(|s| s == *a))
+                .cloned(),
+        );
+        out
+    }
+}
+
+/// Matches a namespace pattern: `{uuid}` stands for a lowercase UUID, `*`
+/// for one or more characters; everything else is literal.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    fn is_uuid(s: &[u8]) -> bool {
+        s.len() == 36
+            && s.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            })
+    }
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        if p.is_empty() {
+            return n.is_empty();
+        }
+        if p.starts_with(b"{uuid}") {
+            return n.len() >= 36 && is_uuid(&n[..36]) && go(&p[6..], &n[36..]);
+        }
+        if p[0] == b'*' {
+            return (1..=n.len()).any(|i| go(&p[1..], &n[i..]));
+        }
+        !n.is_empty() && n[0] == p[0] && go(&p[1..], &n[1..])
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+impl HostConfig {
+    /// Loads `path`. When `explicit` is false a missing file yields the
+    /// defaults (no kinds configured).
+    pub fn load(path: &Path, explicit: bool) -> Result<HostConfig, ConfigError> {
+        let file: HostConfigFile = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                HostConfigFile::default()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::resolve(path, file)
+    }
+
+    /// Parses configuration text (used by tests and `config check`).
+    pub fn from_str(path: &Path, text: &str) -> Result<HostConfig, ConfigError> {
+        let file: HostConfigFile =
+            serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::resolve(path, file)
+    }
+
+    fn resolve(path: &Path, f: HostConfigFile) -> Result<HostConfig, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let parallelism = f.parallelism.unwrap_or(8);
+        if parallelism == 0 || parallelism > 256 {
+            return Err(invalid("parallelism", "must be between 1 and 256"));
+        }
+        let mut kinds = BTreeMap::new();
+        for (kind, p) in f.kinds {
+            let mut prof = Profile::defaults(kind);
+            let key = |k: &str| format!("kinds.{kind}.{k}");
+            macro_rules! set {
+                ($field:ident) => {
+                    if let Some(v) = p.$field {
+                        prof.$field = v;
+                    }
+                };
+            }
+            set!(enabled);
+            set!(command);
+            set!(foreground_args);
+            set!(strip_args);
+            set!(volumes);
+            set!(pid_host);
+            set!(cgroupns_host);
+            set!(cap_add);
+            set!(cap_drop);
+            set!(labels);
+            set!(podman_args);
+            set!(netns_patterns);
+            set!(allow_host_network);
+            prof.image = p.image;
+            prof.user = p.user;
+            prof.log_driver = p.log_driver;
+            if let Some(s) = p.stop_timeout_s {
+                prof.stop_timeout = Duration::from_secs(s);
+            }
+            if prof.image.as_deref() == Some("") {
+                return Err(invalid(&key("image"), "must not be empty"));
+            }
+            if prof.command.is_empty() {
+                return Err(invalid(&key("command"), "must name the program to run"));
+            }
+            if prof.labels.keys().any(|k| k.starts_with("io.sidespawn.")) {
+                return Err(invalid(
+                    &key("labels"),
+                    "keys under io.sidespawn. are reserved for sidespawn's own labels",
+                ));
+            }
+            kinds.insert(kind, prof);
+        }
+        Ok(HostConfig {
+            path: path.to_owned(),
+            queue_root: f
+                .queue_root
+                .unwrap_or_else(|| crate::wrapper_config::DEFAULT_QUEUE_ROOT.into()),
+            state_dir: f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            netns_dir: f
+                .netns_dir
+                .unwrap_or_else(|| crate::wrapper_config::DEFAULT_NETNS_DIR.into()),
+            podman: f.podman.unwrap_or_else(|| "podman".into()),
+            lock_timeout: Duration::from_millis(f.lock_timeout_ms.unwrap_or(10_000)),
+            podman_timeout: Duration::from_millis(f.podman_timeout_ms.unwrap_or(60_000)),
+            parallelism,
+            max_queue_bytes: f.max_queue_bytes.unwrap_or(64 * 1024 * 1024),
+            ack_max_age: Duration::from_secs(f.ack_max_age_s.unwrap_or(3600)),
+            max_passes: f.max_passes.unwrap_or(1000).max(1),
+            kinds,
+        })
+    }
+
+    /// The profile of `kind`, checked to be servable.
+    pub fn profile(&self, kind: Kind) -> Result<&Profile, ConfigError> {
+        let p = self.kinds.get(&kind).ok_or_else(|| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: format!("kinds.{kind}"),
+            message: format!(
+                "{kind} is not configured on this host; add a profile with at least an image"
+            ),
+        })?;
+        if p.image.is_none() {
+            return Err(ConfigError::Invalid {
+                path: self.path.clone(),
+                key: format!("kinds.{kind}.image"),
+                message: "is required: the image the sidecars run".into(),
+            });
+        }
+        Ok(p)
+    }
+
+    /// The kinds this host serves.
+    pub fn enabled_kinds(&self) -> Vec<Kind> {
+        self.kinds
+            .values()
+            .filter(|p| p.enabled)
+            .map(|p| p.kind)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutron_namespace_patterns() {
+        let p = Profile::defaults(Kind::Dnsmasq);
+        assert!(p.netns_allowed("qdhcp-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a"));
+        assert!(p.netns_allowed("ovnmeta-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a"));
+        assert!(!p.netns_allowed("qdhcp-0F6A6E0C-2A8B-4D7E-9C53-5B0C7B7B6C1A"));
+        assert!(!p.netns_allowed("qdhcp-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a-x"));
+        assert!(!p.netns_allowed("other"));
+        assert!(pattern_matches("test-*", "test-a.b"));
+        assert!(!pattern_matches("test-*", "test-"));
+    }
+
+    #[test]
+    fn foreground_flags_enforced() {
+        let p = Profile::defaults(Kind::Haproxy);
+        assert_eq!(
+            p.daemon_argv(&strings(&["-f", "/x.cfg", "-D"])),
+            strings(&["-Ws", "-f", "/x.cfg"])
+        );
+    }
+
+    #[test]
+    fn missing_image_names_the_key() {
+        let c = HostConfig::from_str(Path::new("/c.json"), r#"{"kinds":{"dnsmasq":{}}}"#).unwrap();
+        let e = c.profile(Kind::Dnsmasq).unwrap_err().to_string();
+        assert!(
+            e.contains("kinds.dnsmasq.image") && e.contains("/c.json"),
+            "{e}"
+        );
+        let e = c.profile(Kind::Radvd).unwrap_err().to_string();
+        assert!(e.contains("kinds.radvd"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_refused() {
+        let p = Path::new("/c.json");
+        assert!(HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"imgae":"x"}}}"#).is_err());
+        assert!(HostConfig::from_str(p, r#"{"kinds":{"bash":{}}}"#).is_err());
+        assert!(HostConfig::from_str(p, r#"{"parallelism":0}"#).is_err());
+        let e = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"dnsmasq":{"image":"i","labels":{"io.sidespawn.kind":"x"}}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("reserved"));
+    }
+}

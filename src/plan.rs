@@ -1,0 +1,962 @@
+//! Fold claimed requests into per-sidecar decisions and plan the podman
+//! calls that make them true.
+//!
+//! Pure: takes the batch, the containers podman reports and a view of the
+//! namespaces, returns jobs and acknowledgements, and calls nothing. Each
+//! sidecar has a key (kind + process tag, else kind + namespace) and a
+//! deterministic container name derived from it. Within a batch the last
+//! start per key wins; an identical repeat of what runs is a no-op; changed
+//! argv replaces the container. Signals are resolved to containers through
+//! podman's own data (the main process pid and our labels). Every request in
+//! the batch gets exactly one acknowledgement: immediately, or when its job
+//! has run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crate::ack::Outcome;
+use crate::config::Profile;
+use crate::kind::Kind;
+use crate::netns::NetnsError;
+use crate::record::{Action, NetnsRef, Record, Signal};
+use crate::runtime::{ContainerInfo, RunSpec, State, labels};
+
+/// The namespaces as the planner and executor see them.
+pub trait Namespaces: Sync {
+    /// The directory that holds named namespaces (for podman's `--network`).
+    fn dir(&self) -> PathBuf;
+    /// Checks a recorded namespace still exists with its inode.
+    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError>;
+    /// The inode of a namespace name now, if it is one.
+    fn inode(&self, name: &str) -> Option<u64>;
+}
+
+/// The real namespaces under a netns directory.
+pub struct HostNamespaces(pub PathBuf);
+
+impl Namespaces for HostNamespaces {
+    fn dir(&self) -> PathBuf {
+        self.0.clone()
+    }
+    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+        crate::netns::verify(&self.0, ns)
+    }
+    fn inode(&self, name: &str) -> Option<u64> {
+        crate::netns::current_inode(&self.0, name)
+    }
+}
+
+/// One podman-level step of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Remove a container (leftover, replaced, stopped or orphaned).
+    Remove { name: String },
+    /// Send a signal to a running container (HUP: reload).
+    Signal { name: String, signal: Signal },
+    /// Stop: TERM with the profile's timeout (or KILL at once), then the
+    /// container is removed by a following `Remove`.
+    Stop { name: String, signal: Signal },
+    /// Start a sidecar; the namespace is re-checked right before.
+    Run {
+        spec: RunSpec,
+        netns: Option<NetnsRef>,
+    },
+}
+
+/// What a job does, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Start,
+    Replace,
+    Signal,
+    Stop,
+    Orphan,
+}
+
+/// The ordered steps for one sidecar, and the requests answered when they
+/// finish. Jobs for different sidecars are independent and may run in
+/// parallel; steps within a job run in order, stopping at the first failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub key: String,
+    pub container: String,
+    pub what: JobKind,
+    pub steps: Vec<Step>,
+    /// Request ids acknowledged with the job's outcome, with the message
+    /// used on success.
+    pub answers: Vec<(String, String)>,
+}
+
+/// An acknowledgement decided while planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub id: String,
+    pub result: Outcome,
+    pub message: String,
+    pub container: Option<String>,
+}
+
+/// The planner's output.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub jobs: Vec<Job>,
+    pub answers: Vec<Answer>,
+    /// Starts that matched a running sidecar exactly.
+    pub unchanged: usize,
+}
+
+impl Plan {
+    pub fn rejected(&self) -> usize {
+        self.answers
+            .iter()
+            .filter(|a| a.result == Outcome::Rejected)
+            .count()
+    }
+}
+
+/// The identity of a sidecar within its kind.
+pub fn key_of(kind: Kind, tag: Option<&str>, netns: Option<&NetnsRef>) -> String {
+    match (tag, netns) {
+        (Some(t), _) => format!("{kind}/tag/{t}"),
+        (None, Some(ns)) => format!("{kind}/netns/{}", ns.name),
+        (None, None) => format!("{kind}/host"),
+    }
+}
+
+/// The deterministic container name of a sidecar. Tag and namespace names
+/// are already restricted to `[A-Za-z0-9._-]`; the `-t-`/`-n-` marker after
+/// the kind keeps a tag and a namespace of the same spelling apart. Very long
+/// names are shortened with a hash so they stay unique.
+pub fn container_name(kind: Kind, tag: Option<&str>, netns: Option<&NetnsRef>) -> String {
+    let name = match (tag, netns) {
+        (Some(t), _) => format!("sidespawn-{kind}-t-{t}"),
+        (None, Some(ns)) => format!("sidespawn-{kind}-n-{}", ns.name),
+        (None, None) => format!("sidespawn-{kind}-h"),
+    };
+    const MAX: usize = 128;
+    if name.len() <= MAX {
+        return name;
+    }
+    let h = fnv1a(name.as_bytes());
+    format!("{}-{h:016x}", &name[..MAX - 17])
+}
+
+/// FNV-1a, 64 bit: change detection for argv labels, not a security
+/// boundary (a request can only collide with its own sidecar).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Hash of everything that defines a sidecar's process: image, command and
+/// the final daemon argv. A change in any of them means a replacement.
+pub fn spec_hash(image: &str, command: &[String], argv: &[String]) -> String {
+    let mut buf = Vec::new();
+    for part in std::iter::once(image)
+        .chain(command.iter().map(String::as_str))
+        .chain(std::iter::once("\0--\0"))
+        .chain(argv.iter().map(String::as_str))
+    {
+        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        buf.extend_from_slice(part.as_bytes());
+    }
+    format!("{:016x}", fnv1a(&buf))
+}
+
+fn reject(id: &str, message: String) -> Answer {
+    Answer {
+        id: id.to_owned(),
+        result: Outcome::Rejected,
+        message,
+        container: None,
+    }
+}
+
+/// Builds the podman run spec of a start request under `profile`.
+pub fn run_spec(
+    profile: &Profile,
+    ns_dir: &std::path::Path,
+    rec: &Record,
+    generation: u64,
+) -> RunSpec {
+    let kind = profile.kind;
+    let image = profile.image.clone().unwrap_or_default();
+    let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
+    let daemon_argv = profile.daemon_argv(&rec.argv);
+    let mut l: BTreeMap<String, String> = profile.labels.clone();
+    l.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+    l.insert(labels::KIND.into(), kind.as_str().into());
+    l.insert(
+        labels::KEY.into(),
+        key_of(kind, rec.tag.as_deref(), rec.netns.as_ref()),
+    );
+    if let Some(ns) = &rec.netns {
+        l.insert(labels::NETNS.into(), ns.name.clone());
+        l.insert(labels::NETNS_INO.into(), ns.ino.to_string());
+    }
+    if let Some(t) = &rec.tag {
+        l.insert(labels::TAG.into(), t.clone());
+    }
+    l.insert(
+        labels::ARGV_HASH.into(),
+        spec_hash(&image, &profile.command, &daemon_argv),
+    );
+    l.insert(labels::REQUEST_ID.into(), rec.id.clone());
+    l.insert(labels::GENERATION.into(), generation.to_string());
+
+    let mut a: Vec<String> = Vec::new();
+    match &rec.netns {
+        Some(ns) => {
+            a.push("--network".into());
+            a.push(format!("ns:{}", ns_dir.join(&ns.name).display()));
+        }
+        None => {
+            a.push("--network".into());
+            a.push("host".into());
+        }
+    }
+    if profile.pid_host {
+        a.extend(["--pid".into(), "host".into()]);
+    }
+    if profile.cgroupns_host {
+        a.extend(["--cgroupns".into(), "host".into()]);
+    }
+    for v in &profile.volumes {
+        a.extend(["--volume".into(), v.clone()]);
+    }
+    for c in &profile.cap_drop {
+        a.extend(["--cap-drop".into(), c.clone()]);
+    }
+    for c in &profile.cap_add {
+        a.extend(["--cap-add".into(), c.clone()]);
+    }
+    if let Some(u) = &profile.user {
+        a.extend(["--user".into(), u.clone()]);
+    }
+    if let Some(d) = &profile.log_driver {
+        a.extend(["--log-driver".into(), d.clone()]);
+    }
+    a.extend(profile.podman_args.iter().cloned());
+    // The profile's program replaces the image's entrypoint, so the sidecar
+    // is exactly that process (its pid is the one Neutron's pid file holds).
+    let (program, rest) = profile
+        .command
+        .split_first()
+        .map(|(p, r)| (p.clone(), r.to_vec()))
+        .unwrap_or_else(|| (kind.as_str().to_owned(), Vec::new()));
+    a.extend(["--entrypoint".into(), program]);
+    RunSpec {
+        name,
+        image,
+        labels: l,
+        podman_args: a,
+        command: rest,
+        daemon_argv,
+    }
+}
+
+/// Plans one kind's batch against the containers podman reported.
+/// `next_generation` is advanced once per started container.
+pub fn plan(
+    profile: &Profile,
+    batch: &[Record],
+    actual: &[ContainerInfo],
+    namespaces: &dyn Namespaces,
+    next_generation: &mut u64,
+    collect_orphans: bool,
+) -> Plan {
+    let kind = profile.kind;
+    let mut out = Plan::default();
+    let ours: Vec<&ContainerInfo> = actual
+        .iter()
+        .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
+        .collect();
+    let by_name: HashMap<&str, &ContainerInfo> =
+        ours.iter().map(|c| (c.name.as_str(), *c)).collect();
+
+    // Per key: the last start (batch index), starts it supersedes, and the
+    // signals that resolved to that key's container, in batch order.
+    #[derive(Default)]
+    struct Fold<'a> {
+        start: Option<(usize, &'a Record)>,
+        superseded: Vec<&'a Record>,
+        signals: Vec<(usize, &'a Record, String)>,
+    }
+    let mut folds: BTreeMap<String, Fold> = BTreeMap::new();
+
+    for (i, rec) in batch.iter().enumerate() {
+        if rec.kind != kind {
+            out.answers.push(reject(
+                &rec.id,
+                format!("request for {} in the {kind} queue", rec.kind),
+            ));
+            continue;
+        }
+        match rec.action {
+            Action::Start => {
+                match &rec.netns {
+                    None if !profile.allow_host_network => {
+                        out.answers.push(reject(
+                            &rec.id,
+                            format!("{kind} may not run on the host network (kinds.{kind}.allow_host_network is false)"),
+                        ));
+                        continue;
+                    }
+                    Some(ns) if !profile.netns_allowed(&ns.name) => {
+                        out.answers.push(reject(
+                            &rec.id,
+                            format!(
+                                "namespace {:?} does not match kinds.{kind}.netns_patterns {:?}",
+                                ns.name, profile.netns_patterns
+                            ),
+                        ));
+                        continue;
+                    }
+                    _ => {}
+                }
+                let key = key_of(kind, rec.tag.as_deref(), rec.netns.as_ref());
+                let f = folds.entry(key).or_default();
+                if let Some((_, old)) = f.start.replace((i, rec)) {
+                    f.superseded.push(old);
+                }
+            }
+            Action::Signal => {
+                let pid = rec.pid.unwrap_or(0);
+                let target = ours
+                    .iter()
+                    .find(|c| c.state == State::Running && c.pid == pid && pid != 0);
+                match target.and_then(|c| c.labels.get(labels::KEY).map(|k| (k, c))) {
+                    Some((key, c)) => folds
+                        .entry(key.clone())
+                        .or_default()
+                        .signals
+                        .push((i, rec, c.name.clone())),
+                    None => out.answers.push(Answer {
+                        id: rec.id.clone(),
+                        result: Outcome::Failed,
+                        message: format!("kill: ({pid}) - No such process: no running {kind} sidecar has pid {pid}"),
+                        container: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    for (key, f) in folds {
+        let start_idx = f.start.map(|(i, _)| i);
+        let last_stop = f
+            .signals
+            .iter()
+            .filter(|(_, r, _)| r.signal != Some(Signal::Hup))
+            .map(|(i, _, _)| *i)
+            .max();
+        let stopped_last = match (last_stop, start_idx) {
+            (Some(s), Some(st)) => s > st,
+            (Some(_), None) => true,
+            _ => false,
+        };
+
+        if stopped_last {
+            // The agent's final word on this sidecar is "stop".
+            let (_, stop_rec, cname) = f
+                .signals
+                .iter()
+                .rfind(|(_, r, _)| r.signal != Some(Signal::Hup))
+                .cloned()
+                .expect("a stop exists");
+            let mut job = Job {
+                key: key.clone(),
+                container: cname.clone(),
+                what: JobKind::Stop,
+                steps: vec![
+                    Step::Stop {
+                        name: cname.clone(),
+                        signal: stop_rec.signal.unwrap_or(Signal::Term),
+                    },
+                    Step::Remove {
+                        name: cname.clone(),
+                    },
+                ],
+                answers: vec![(stop_rec.id.clone(), format!("stopped and removed {cname}"))],
+            };
+            for (_, r, _) in &f.signals {
+                if r.id != stop_rec.id {
+                    job.answers.push((
+                        r.id.clone(),
+                        format!("superseded by stop request {}", stop_rec.id),
+                    ));
+                }
+            }
+            for r in f.superseded.iter().chain(f.start.map(|(_, r)| r).iter()) {
+                job.answers.push((
+                    r.id.clone(),
+                    format!("superseded by stop request {}", stop_rec.id),
+                ));
+            }
+            out.jobs.push(job);
+            continue;
+        }
+
+        let mut steps = Vec::new();
+        let mut answers = Vec::new();
+        let mut removed_by_stop = None;
+        // Signals that came before the final start, in order.
+        for (_, r, cname) in &f.signals {
+            match r.signal {
+                Some(Signal::Hup) => {
+                    steps.push(Step::Signal {
+                        name: cname.clone(),
+                        signal: Signal::Hup,
+                    });
+                    answers.push((r.id.clone(), format!("sent HUP to {cname}")));
+                }
+                sig => {
+                    steps.push(Step::Stop {
+                        name: cname.clone(),
+                        signal: sig.unwrap_or(Signal::Term),
+                    });
+                    steps.push(Step::Remove {
+                        name: cname.clone(),
+                    });
+                    answers.push((r.id.clone(), format!("stopped and removed {cname}")));
+                    removed_by_stop = Some(cname.clone());
+                }
+            }
+        }
+
+        let Some((_, rec)) = f.start else {
+            let cname = f.signals.first().map(|s| s.2.clone()).unwrap_or_default();
+            out.jobs.push(Job {
+                key,
+                container: cname,
+                what: JobKind::Signal,
+                steps,
+                answers,
+            });
+            continue;
+        };
+        let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
+        for r in &f.superseded {
+            answers.push((r.id.clone(), format!("superseded by request {}", rec.id)));
+        }
+        let image = profile.image.clone().unwrap_or_default();
+        let want_hash = spec_hash(&image, &profile.command, &profile.daemon_argv(&rec.argv));
+        let existing = by_name.get(name.as_str()).copied();
+        let gone = removed_by_stop.as_deref() == Some(name.as_str());
+        let what = match existing {
+            Some(c)
+                if !gone
+                    && c.state == State::Running
+                    && c.labels.get(labels::ARGV_HASH) == Some(&want_hash)
+                    && c.labels.get(labels::NETNS_INO).map(String::as_str)
+                        == rec.netns.as_ref().map(|n| n.ino.to_string()).as_deref() =>
+            {
+                out.unchanged += 1;
+                answers.push((
+                    rec.id.clone(),
+                    format!("{name} already runs with these arguments"),
+                ));
+                if steps.is_empty() {
+                    for (id, message) in answers {
+                        out.answers.push(Answer {
+                            id,
+                            result: Outcome::Ok,
+                            message,
+                            container: Some(name.clone()),
+                        });
+                    }
+                    continue;
+                }
+                out.jobs.push(Job {
+                    key,
+                    container: name,
+                    what: JobKind::Signal,
+                    steps,
+                    answers,
+                });
+                continue;
+            }
+            Some(c) if !gone => {
+                steps.push(Step::Remove { name: name.clone() });
+                if c.state == State::Running {
+                    JobKind::Replace
+                } else {
+                    JobKind::Start
+                }
+            }
+            _ => JobKind::Start,
+        };
+        let generation = *next_generation;
+        *next_generation += 1;
+        let spec = run_spec(profile, &namespaces.dir(), rec, generation);
+        steps.push(Step::Run {
+            spec,
+            netns: rec.netns.clone(),
+        });
+        answers.push((
+            rec.id.clone(),
+            format!("started {name} (generation {generation})"),
+        ));
+        out.jobs.push(Job {
+            key,
+            container: name,
+            what,
+            steps,
+            answers,
+        });
+    }
+
+    if collect_orphans {
+        let busy: std::collections::HashSet<String> =
+            out.jobs.iter().map(|j| j.container.clone()).collect();
+        for c in &ours {
+            if busy.contains(&c.name) {
+                continue;
+            }
+            let (Some(ns), Some(ino)) =
+                (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
+            else {
+                continue;
+            };
+            if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+                out.jobs.push(Job {
+                    key: c.labels.get(labels::KEY).cloned().unwrap_or_default(),
+                    container: c.name.clone(),
+                    what: JobKind::Orphan,
+                    steps: vec![Step::Remove {
+                        name: c.name.clone(),
+                    }],
+                    answers: Vec::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{VERSION, now_ms};
+    use std::path::Path;
+
+    const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
+    const U2: &str = "1e7b7f1d-3b9c-4e8f-8d64-6c1d8c8c7d2b";
+
+    struct FakeNs(HashMap<String, u64>);
+    impl Namespaces for FakeNs {
+        fn dir(&self) -> PathBuf {
+            "/run/netns".into()
+        }
+        fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+            match self.0.get(&ns.name) {
+                Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
+                Some(&found) => Err(NetnsError::InodeMismatch {
+                    name: ns.name.clone(),
+                    expected: ns.ino,
+                    found,
+                }),
+                None => Err(NetnsError::Missing {
+                    name: ns.name.clone(),
+                    dir: self.dir(),
+                }),
+            }
+        }
+        fn inode(&self, name: &str) -> Option<u64> {
+            self.0.get(name).copied()
+        }
+    }
+
+    fn ns() -> FakeNs {
+        FakeNs(HashMap::from([
+            (format!("qdhcp-{U1}"), 100),
+            (format!("qdhcp-{U2}"), 200),
+        ]))
+    }
+
+    fn profile() -> Profile {
+        let mut p = Profile::defaults(Kind::Dnsmasq);
+        p.image = Some("localhost/dnsmasq:1".into());
+        p
+    }
+
+    fn netns(u: &str, ino: u64) -> Option<NetnsRef> {
+        Some(NetnsRef {
+            name: format!("qdhcp-{u}"),
+            dev: 4,
+            ino,
+        })
+    }
+
+    fn start(id: &str, tag: Option<&str>, u: &str, argv: &[&str]) -> Record {
+        Record {
+            v: VERSION,
+            id: id.into(),
+            kind: Kind::Dnsmasq,
+            action: Action::Start,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            netns: netns(u, if u == U1 { 100 } else { 200 }),
+            tag: tag.map(String::from),
+            signal: None,
+            pid: None,
+            ts: now_ms(),
+        }
+    }
+
+    fn signal(id: &str, sig: Signal, pid: u32) -> Record {
+        Record {
+            action: Action::Signal,
+            argv: vec![],
+            tag: None,
+            signal: Some(sig),
+            pid: Some(pid),
+            ..start(id, None, U1, &[])
+        }
+    }
+
+    /// A container as the planner would have created it for `rec`.
+    fn running(rec: &Record, pid: u32) -> ContainerInfo {
+        let spec = run_spec(&profile(), Path::new("/run/netns"), rec, 1);
+        ContainerInfo {
+            id: format!("id-{}", spec.name),
+            name: spec.name,
+            state: State::Running,
+            pid,
+            image: spec.image,
+            labels: spec.labels,
+            started_at: 0,
+            exit_code: 0,
+        }
+    }
+
+    fn go(batch: &[Record], actual: &[ContainerInfo]) -> Plan {
+        let mut g = 1;
+        plan(&profile(), batch, actual, &ns(), &mut g, true)
+    }
+
+    fn answered(p: &Plan) -> Vec<String> {
+        let mut ids: Vec<String> = p.answers.iter().map(|a| a.id.clone()).collect();
+        for j in &p.jobs {
+            ids.extend(j.answers.iter().map(|(i, _)| i.clone()));
+        }
+        ids.sort();
+        ids
+    }
+
+    fn tag1() -> String {
+        format!("dnsmasq-{U1}")
+    }
+
+    #[test]
+    fn new_request_starts_one_container() {
+        let r = start("a", Some(&tag1()), U1, &["--no-hosts", ""]);
+        let p = go(&[r], &[]);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].what, JobKind::Start);
+        let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
+            panic!()
+        };
+        assert_eq!(spec.name, format!("sidespawn-dnsmasq-t-dnsmasq-{U1}"));
+        assert_eq!(spec.daemon_argv, ["-k", "--no-hosts", ""]);
+        assert_eq!(answered(&p), ["a"]);
+    }
+
+    #[test]
+    fn identical_repeat_is_a_noop() {
+        let r = start("a", Some(&tag1()), U1, &["x"]);
+        let c = running(&r, 55);
+        let p = go(&[start("b", Some(&tag1()), U1, &["x"])], &[c]);
+        assert!(p.jobs.is_empty());
+        assert_eq!(p.unchanged, 1);
+        assert_eq!(p.answers[0].result, Outcome::Ok);
+    }
+
+    #[test]
+    fn changed_argv_replaces() {
+        let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
+        let p = go(&[start("b", Some(&tag1()), U1, &["y"])], &[c]);
+        assert_eq!(p.jobs[0].what, JobKind::Replace);
+        assert!(matches!(p.jobs[0].steps[0], Step::Remove { .. }));
+        assert!(matches!(p.jobs[0].steps[1], Step::Run { .. }));
+    }
+
+    #[test]
+    fn last_start_wins_and_earlier_are_answered() {
+        let t = tag1();
+        let batch = [
+            start("a", Some(&t), U1, &["1"]),
+            start("b", Some(&t), U1, &["2"]),
+            start("c", Some(&t), U1, &["3"]),
+        ];
+        let p = go(&batch, &[]);
+        assert_eq!(p.jobs.len(), 1);
+        let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
+            panic!()
+        };
+        assert_eq!(spec.daemon_argv, ["-k", "3"]);
+        assert_eq!(answered(&p), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn two_tags_in_one_namespace_are_two_sidecars() {
+        let batch = [
+            start("a", Some(&format!("dnsmasq-{U1}")), U1, &["seg0"]),
+            start("b", Some(&format!("dnsmasq-{U2}")), U1, &["seg1"]),
+        ];
+        let p = go(&batch, &[]);
+        assert_eq!(p.jobs.len(), 2);
+        assert_ne!(p.jobs[0].container, p.jobs[1].container);
+    }
+
+    #[test]
+    fn untagged_requests_key_by_namespace() {
+        let p = go(
+            &[start("a", None, U1, &["x"]), start("b", None, U2, &["x"])],
+            &[],
+        );
+        assert_eq!(p.jobs.len(), 2);
+        assert_eq!(
+            p.jobs[0].container,
+            format!("sidespawn-dnsmasq-n-qdhcp-{U1}")
+        );
+    }
+
+    #[test]
+    fn signal_to_unknown_pid_says_no_such_process() {
+        let p = go(&[signal("k", Signal::Term, 4242)], &[]);
+        assert!(p.jobs.is_empty());
+        assert_eq!(p.answers[0].result, Outcome::Failed);
+        assert!(p.answers[0].message.contains("No such process"));
+    }
+
+    #[test]
+    fn hup_signals_the_container_with_that_pid() {
+        let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
+        let p = go(&[signal("k", Signal::Hup, 55)], &[c.clone()]);
+        assert_eq!(
+            p.jobs[0].steps,
+            [Step::Signal {
+                name: c.name.clone(),
+                signal: Signal::Hup
+            }]
+        );
+    }
+
+    #[test]
+    fn term_and_kill_stop_then_remove() {
+        for sig in [Signal::Term, Signal::Kill] {
+            let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
+            let p = go(&[signal("k", sig, 55)], &[c.clone()]);
+            assert_eq!(p.jobs[0].what, JobKind::Stop);
+            assert_eq!(
+                p.jobs[0].steps,
+                [
+                    Step::Stop {
+                        name: c.name.clone(),
+                        signal: sig
+                    },
+                    Step::Remove {
+                        name: c.name.clone()
+                    }
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn stop_then_start_restarts() {
+        let t = tag1();
+        let c = running(&start("a", Some(&t), U1, &["x"]), 55);
+        let p = go(
+            &[
+                signal("k", Signal::Term, 55),
+                start("b", Some(&t), U1, &["x"]),
+            ],
+            &[c],
+        );
+        let kinds: Vec<_> = p.jobs[0]
+            .steps
+            .iter()
+            .map(|s| std::mem::discriminant(s))
+            .collect();
+        assert_eq!(kinds.len(), 3, "{:?}", p.jobs[0].steps);
+        assert!(matches!(p.jobs[0].steps[2], Step::Run { .. }));
+        assert_eq!(answered(&p), ["b", "k"]);
+    }
+
+    #[test]
+    fn start_then_stop_stops() {
+        let t = tag1();
+        let c = running(&start("a", Some(&t), U1, &["x"]), 55);
+        let p = go(
+            &[
+                start("b", Some(&t), U1, &["y"]),
+                signal("k", Signal::Term, 55),
+            ],
+            &[c],
+        );
+        assert_eq!(p.jobs[0].what, JobKind::Stop);
+        assert!(
+            !p.jobs[0]
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Run { .. }))
+        );
+        assert_eq!(answered(&p), ["b", "k"]);
+    }
+
+    #[test]
+    fn leftover_exited_or_created_is_removed_before_start() {
+        for state in [State::Exited, State::Created] {
+            let r = start("a", Some(&tag1()), U1, &["x"]);
+            let mut c = running(&r, 0);
+            c.state = state;
+            let p = go(&[start("b", Some(&tag1()), U1, &["x"])], &[c.clone()]);
+            assert_eq!(p.jobs[0].steps[0], Step::Remove { name: c.name });
+            assert!(matches!(p.jobs[0].steps[1], Step::Run { .. }));
+        }
+    }
+
+    #[test]
+    fn host_network_refused_unless_allowed() {
+        let mut r = start("a", None, U1, &[]);
+        r.netns = None;
+        let p = go(std::slice::from_ref(&r), &[]);
+        assert_eq!(p.answers[0].result, Outcome::Rejected);
+        let mut prof = profile();
+        prof.allow_host_network = true;
+        let mut g = 1;
+        let p = plan(&prof, &[r], &[], &ns(), &mut g, false);
+        assert_eq!(p.jobs[0].container, "sidespawn-dnsmasq-h");
+        let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
+            panic!()
+        };
+        assert!(
+            spec.podman_args
+                .windows(2)
+                .any(|w| w == ["--network", "host"])
+        );
+    }
+
+    #[test]
+    fn namespace_outside_the_pattern_rejected() {
+        let mut r = start("a", None, U1, &[]);
+        r.netns.as_mut().unwrap().name = "mynet".into();
+        let p = go(&[r], &[]);
+        assert_eq!(p.answers[0].result, Outcome::Rejected);
+        assert!(p.answers[0].message.contains("netns_patterns"));
+    }
+
+    #[test]
+    fn wrong_kind_in_queue_rejected() {
+        let mut r = start("a", None, U1, &[]);
+        r.kind = Kind::Haproxy;
+        let p = go(&[r], &[]);
+        assert_eq!(p.answers[0].result, Outcome::Rejected);
+    }
+
+    #[test]
+    fn recreated_namespace_replaces_running_sidecar() {
+        let t = tag1();
+        let mut old = start("a", Some(&t), U1, &["x"]);
+        old.netns.as_mut().unwrap().ino = 99;
+        let c = running(&old, 55);
+        let p = go(&[start("b", Some(&t), U1, &["x"])], &[c]);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].what, JobKind::Replace);
+    }
+
+    #[test]
+    fn orphans_of_vanished_namespaces_removed() {
+        let mut r = start("a", None, U1, &["x"]);
+        r.netns.as_mut().unwrap().name = format!("qdhcp-{}", "2".repeat(8) + &U1[8..]);
+        let c = running(&r, 55);
+        let p = go(&[], std::slice::from_ref(&c));
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].what, JobKind::Orphan);
+        let mut g = 1;
+        let p = plan(&profile(), &[], &[c], &ns(), &mut g, false);
+        assert!(p.jobs.is_empty(), "no orphan scan unless asked");
+    }
+
+    #[test]
+    fn other_kinds_containers_ignored() {
+        let r = start("a", Some(&tag1()), U1, &["x"]);
+        let mut c = running(&r, 55);
+        c.labels.insert(labels::KIND.into(), "haproxy".into());
+        let p = go(&[signal("k", Signal::Hup, 55)], &[c]);
+        assert!(p.jobs.is_empty());
+        assert_eq!(p.answers[0].result, Outcome::Failed);
+    }
+
+    #[test]
+    fn request_argv_never_becomes_podman_options() {
+        let r = start(
+            "a",
+            None,
+            U1,
+            &["--privileged", "-v", "/:/host", "--network=host"],
+        );
+        let spec = run_spec(&profile(), Path::new("/run/netns"), &r, 7);
+        let argv = spec.argv();
+        let img = argv
+            .iter()
+            .position(|a| a == "localhost/dnsmasq:1")
+            .unwrap();
+        assert!(
+            !argv[..img]
+                .iter()
+                .any(|a| a == "--privileged" || a == "/:/host")
+        );
+        assert_eq!(
+            &argv[img + 1..],
+            ["-k", "--privileged", "-v", "/:/host", "--network=host"]
+        );
+        assert_eq!(spec.labels[labels::GENERATION], "7");
+        assert_eq!(spec.labels[labels::REQUEST_ID], "a");
+    }
+
+    #[test]
+    fn generations_increase_per_start() {
+        let batch = [start("a", None, U1, &[]), start("b", None, U2, &[])];
+        let mut g = 10;
+        let p = plan(&profile(), &batch, &[], &ns(), &mut g, false);
+        assert_eq!(g, 12);
+        let gens: Vec<_> = p
+            .jobs
+            .iter()
+            .map(|j| match &j.steps[0] {
+                Step::Run { spec, .. } => spec.labels[labels::GENERATION].clone(),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(gens, ["10", "11"]);
+    }
+
+    #[test]
+    fn long_names_stay_unique_and_bounded() {
+        let a = container_name(Kind::Dnsmasq, Some(&"a".repeat(128)), None);
+        let b = container_name(Kind::Dnsmasq, Some(&("a".repeat(127) + "b")), None);
+        assert!(a.len() <= 128 && b.len() <= 128);
+        assert_ne!(a, b);
+        assert_ne!(
+            container_name(Kind::Dnsmasq, Some("x"), None),
+            container_name(Kind::Dnsmasq, None, netns("x", 1).as_ref())
+        );
+    }
+
+    #[test]
+    fn hundred_thousand_identical_requests_fold_to_one() {
+        let t = tag1();
+        let batch: Vec<_> = (0..100_000)
+            .map(|i| start(&format!("r{i}"), Some(&t), U1, &["x"]))
+            .collect();
+        let p = go(&batch, &[]);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].answers.len(), 100_000);
+    }
+}
