@@ -736,7 +736,7 @@ mod tests {
     #[test]
     fn hup_signals_the_container_with_that_pid() {
         let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
-        let p = go(&[signal("k", Signal::Hup, 55)], &[c.clone()]);
+        let p = go(&[signal("k", Signal::Hup, 55)], std::slice::from_ref(&c));
         assert_eq!(
             p.jobs[0].steps,
             [Step::Signal {
@@ -750,7 +750,7 @@ mod tests {
     fn term_and_kill_stop_then_remove() {
         for sig in [Signal::Term, Signal::Kill] {
             let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
-            let p = go(&[signal("k", sig, 55)], &[c.clone()]);
+            let p = go(&[signal("k", sig, 55)], std::slice::from_ref(&c));
             assert_eq!(p.jobs[0].what, JobKind::Stop);
             assert_eq!(
                 p.jobs[0].steps,
@@ -778,11 +778,7 @@ mod tests {
             ],
             &[c],
         );
-        let kinds: Vec<_> = p.jobs[0]
-            .steps
-            .iter()
-            .map(|s| std::mem::discriminant(s))
-            .collect();
+        let kinds: Vec<_> = p.jobs[0].steps.iter().map(std::mem::discriminant).collect();
         assert_eq!(kinds.len(), 3, "{:?}", p.jobs[0].steps);
         assert!(matches!(p.jobs[0].steps[2], Step::Run { .. }));
         assert_eq!(answered(&p), ["b", "k"]);
@@ -815,7 +811,10 @@ mod tests {
             let r = start("a", Some(&tag1()), U1, &["x"]);
             let mut c = running(&r, 0);
             c.state = state;
-            let p = go(&[start("b", Some(&tag1()), U1, &["x"])], &[c.clone()]);
+            let p = go(
+                &[start("b", Some(&tag1()), U1, &["x"])],
+                std::slice::from_ref(&c),
+            );
             assert_eq!(p.jobs[0].steps[0], Step::Remove { name: c.name });
             assert!(matches!(p.jobs[0].steps[1], Step::Run { .. }));
         }
