@@ -17,3 +17,6 @@ pub mod record;
 pub mod runtime;
 pub mod wrapper;
 pub mod wrapper_config;
+pub mod state;
+pub mod sync;
+pub mod status;

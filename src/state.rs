@@ -1,0 +1,168 @@
+//! Host-private state under the state directory (root-only, never shared
+//! with a container): the generation counter and the last result of each
+//! kind's sync. Written atomically (temporary file, fsync, rename) so a sync
+//! killed at any point leaves either the old or the new value.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::kind::Kind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
+    )]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("cannot create", dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io("cannot create", &tmp))?;
+    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
+    f.sync_all().map_err(io("cannot sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("cannot read", path)(e)),
+    }
+}
+
+/// The host state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// The outcome of the last sync of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindStatus {
+    /// Unix ms when the last sync of this kind finished.
+    pub last_sync_ms: u64,
+    /// `true` when it ran (per-request failures do not count).
+    pub ok: bool,
+    /// Why it could not run.
+    pub error: Option<String>,
+    /// Failed runs in a row (drives the back-off).
+    pub consecutive_failures: u32,
+    pub claimed: usize,
+    pub failed: usize,
+    pub rejected: usize,
+}
+
+impl StateDir {
+    pub fn new(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn generation_path(&self) -> PathBuf {
+        self.dir.join("generation")
+    }
+
+    fn status_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join("status").join(format!("{kind}.json"))
+    }
+
+    /// The next generation number to hand out (starts at 1).
+    pub fn next_generation(&self) -> Result<u64, StateError> {
+        Ok(read_json::<u64>(&self.generation_path())?.unwrap_or(1))
+    }
+
+    pub fn store_generation(&self, next: u64) -> Result<(), StateError> {
+        write_atomic(&self.generation_path(), next.to_string().as_bytes())
+    }
+
+    pub fn status(&self, kind: Kind) -> Result<Option<KindStatus>, StateError> {
+        read_json(&self.status_path(kind))
+    }
+
+    pub fn store_status(&self, kind: Kind, st: &KindStatus) -> Result<(), StateError> {
+        let text = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
+            path: self.status_path(kind),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.status_path(kind), &text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_and_status_round_trip() {
+        let d = std::env::temp_dir().join(format!("sidespawn-state-{}", crate::record::new_id(0)));
+        let s = StateDir::new(&d);
+        assert_eq!(s.next_generation().unwrap(), 1);
+        s.store_generation(42).unwrap();
+        assert_eq!(s.next_generation().unwrap(), 42);
+        assert_eq!(s.status(Kind::Radvd).unwrap(), None);
+        let st = KindStatus {
+            ok: true,
+            claimed: 3,
+            ..Default::default()
+        };
+        s.store_status(Kind::Radvd, &st).unwrap();
+        assert_eq!(s.status(Kind::Radvd).unwrap(), Some(st));
+        std::fs::write(d.join("generation"), b"garbage").unwrap();
+        let e = s.next_generation().unwrap_err().to_string();
+        assert!(e.contains("generation") && e.contains("move it aside"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

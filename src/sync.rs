@@ -1,0 +1,546 @@
+//! The sync: claim queued requests, reconcile sidecars, acknowledge, and
+//! repeat until nothing is pending.
+//!
+//! Order of a pass, per kind: claim (under the queue lock, into the
+//! host-private journal) → one `podman ps` for all kinds → plan → run the
+//! jobs with bounded parallelism → write acknowledgements → clear the journal.
+//! The journal is cleared only after every request in it was acknowledged,
+//! and planning compares with what podman reports, so a sync killed at any
+//! point and run again converges with nothing lost and no duplicate
+//! container. The queue lock is never held across a podman call.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::ack::{Ack, Outcome};
+use crate::claim::{Journal, Limits, Reject, RejectLog, SharedDir};
+use crate::config::{ConfigError, HostConfig, Profile};
+use crate::kind::Kind;
+use crate::plan::{Job, JobKind, Namespaces, Plan, Step};
+use crate::record::{Record, VERSION, now_ms};
+use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError};
+use crate::state::{KindStatus, StateDir, StateError};
+
+/// What to do.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Limit the pass to these kinds (empty: every enabled kind).
+    pub kinds: Vec<Kind>,
+    /// Print what would be done; change nothing, not even the queue.
+    pub dry_run: bool,
+    /// Always list containers and remove sidecars whose namespace is gone,
+    /// even with nothing queued (the backstop timer's run).
+    pub full: bool,
+    /// Wait before retrying a kind whose previous sync failed (used by the
+    /// units, so a level-triggered restart loop cannot spin).
+    pub backoff: bool,
+}
+
+/// Totals of one sync, printed as its last line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub claimed: usize,
+    pub started: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+    pub signalled: usize,
+    pub removed: usize,
+    pub failed: usize,
+    pub rejected: usize,
+    /// Kinds whose sync could not run, with the reason.
+    pub errors: Vec<(Kind, String)>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}",
+            self.claimed,
+            self.started,
+            self.replaced,
+            self.unchanged,
+            self.signalled,
+            self.removed,
+            self.failed,
+            self.rejected
+        )?;
+        if !self.errors.is_empty() {
+            write!(f, "; could not sync {} kind(s)", self.errors.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// The sync could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot list containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error("no kind is configured in {0}; add a profile under \"kinds\"")]
+    NothingConfigured(std::path::PathBuf),
+}
+
+/// Test-only crash points: `SIDESPAWN_FAULT=<point>` kills the sync with
+/// SIGKILL there, to prove that a rerun converges.
+fn fault_point(point: &str) {
+    if std::env::var("SIDESPAWN_FAULT").is_ok_and(|v| v == point) {
+        warn!("fault injection: killing the sync at {point}");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Back-off after `failures` failed runs in a row: 1 s doubling to 60 s.
+pub fn backoff_delay(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (failures - 1).min(6)).min(Duration::from_secs(60))
+}
+
+struct KindCtx<'a> {
+    kind: Kind,
+    profile: &'a Profile,
+    shared: SharedDir,
+    journal: Journal,
+    rejects: RejectLog,
+    batch: Vec<Record>,
+    claimed: usize,
+}
+
+/// Runs the sync as configured. Returns the summary; per-request failures are
+/// in it and in the acknowledgements, not in the error.
+pub fn run(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    namespaces: &dyn Namespaces,
+    opts: &SyncOptions,
+) -> Result<Summary, SyncError> {
+    let kinds: Vec<Kind> = if opts.kinds.is_empty() {
+        cfg.enabled_kinds()
+    } else {
+        opts.kinds.clone()
+    };
+    if kinds.is_empty() {
+        return Err(SyncError::NothingConfigured(cfg.path.clone()));
+    }
+    // A named kind without a usable profile is a configuration error.
+    for &k in &kinds {
+        cfg.profile(k)?;
+    }
+    let state = StateDir::new(&cfg.state_dir);
+    let limits = Limits {
+        max_queue_bytes: cfg.max_queue_bytes,
+        lock_timeout: cfg.lock_timeout,
+        ..Limits::default()
+    };
+    let mut summary = Summary::default();
+    let mut failed_kinds: Vec<Kind> = Vec::new();
+
+    if opts.backoff && !opts.dry_run {
+        let worst = kinds
+            .iter()
+            .filter_map(|&k| state.status(k).ok().flatten())
+            .map(|s| (backoff_delay(s.consecutive_failures), s))
+            .max_by_key(|(d, _)| *d);
+        if let Some((delay, st)) = worst {
+            let since = Duration::from_millis(now_ms().saturating_sub(st.last_sync_ms));
+            if let Some(wait) = delay.checked_sub(since).filter(|w| !w.is_zero()) {
+                warn!(
+                    "previous sync failed {} time(s) in a row ({}); retrying in {:?}",
+                    st.consecutive_failures,
+                    st.error.as_deref().unwrap_or("unknown error"),
+                    wait
+                );
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    for pass in 1..=cfg.max_passes {
+        let mut ctxs: Vec<KindCtx> = Vec::new();
+        for &kind in &kinds {
+            if failed_kinds.contains(&kind) {
+                continue;
+            }
+            match prepare_kind(cfg, kind, &limits, opts) {
+                Ok(ctx) => ctxs.push(ctx),
+                Err(msg) => {
+                    error!(kind = %kind, "cannot sync {kind}: {msg}");
+                    record_status(&state, kind, Err(&msg), &Summary::default());
+                    summary.errors.push((kind, msg));
+                    failed_kinds.push(kind);
+                }
+            }
+        }
+        fault_point("after-claim");
+
+        let busy = ctxs.iter().any(|c| !c.batch.is_empty());
+        let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
+            match runtime.list() {
+                Ok(a) => a,
+                Err(e) => {
+                    for c in &ctxs {
+                        record_status(&state, c.kind, Err(&e.to_string()), &Summary::default());
+                    }
+                    return Err(SyncError::List(e));
+                }
+            }
+        } else {
+            Vec::new()
+        };
+
+        let mut generation = state.next_generation()?;
+        for ctx in &mut ctxs {
+            let mut kind_sum = Summary {
+                claimed: ctx.claimed,
+                ..Summary::default()
+            };
+            if ctx.batch.is_empty() && !(opts.full && pass == 1) {
+                record_status(&state, ctx.kind, Ok(()), &kind_sum);
+                continue;
+            }
+            let plan = crate::plan::plan(
+                ctx.profile,
+                &ctx.batch,
+                &actual,
+                namespaces,
+                &mut generation,
+                opts.full || !ctx.batch.is_empty(),
+            );
+            if opts.dry_run {
+                print_dry_run(ctx.kind, &plan, runtime);
+                continue;
+            }
+            state.store_generation(generation)?;
+            fault_point("after-plan");
+            execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
+            fault_point("after-acks");
+            if let Err(e) = ctx.journal.clear() {
+                // The requests were acknowledged; a rerun replays them as
+                // no-ops. Say so, but the sync itself ran.
+                error!(kind = %ctx.kind, "cannot clear the journal: {e}");
+            }
+            if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
+                warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
+            }
+            record_status(&state, ctx.kind, Ok(()), &kind_sum);
+            summary.add(&kind_sum);
+        }
+        if opts.dry_run {
+            break;
+        }
+        let pending: Vec<Kind> = ctxs
+            .iter()
+            .filter(|c| c.shared.is_pending())
+            .map(|c| c.kind)
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        debug!("pass {pass} done; still pending: {pending:?}");
+        if pass == cfg.max_passes {
+            warn!(
+                "stopping after {pass} passes with requests still pending for {pending:?}; the next trigger continues"
+            );
+        }
+    }
+    Ok(summary)
+}
+
+impl Summary {
+    fn add(&mut self, o: &Summary) {
+        self.claimed += o.claimed;
+        self.started += o.started;
+        self.replaced += o.replaced;
+        self.unchanged += o.unchanged;
+        self.signalled += o.signalled;
+        self.removed += o.removed;
+        self.failed += o.failed;
+        self.rejected += o.rejected;
+    }
+}
+
+fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {
+    let prev = state.status(kind).ok().flatten().unwrap_or_default();
+    let st = KindStatus {
+        last_sync_ms: now_ms(),
+        ok: result.is_ok(),
+        error: result.err().map(str::to_owned),
+        consecutive_failures: if result.is_ok() {
+            0
+        } else {
+            prev.consecutive_failures.saturating_add(1)
+        },
+        claimed: s.claimed,
+        failed: s.failed,
+        rejected: s.rejected,
+    };
+    if let Err(e) = state.store_status(kind, &st) {
+        warn!("cannot record the sync status of {kind}: {e}");
+    }
+}
+
+/// Claims (or, in a dry run, only reads) one kind's queue and loads its
+/// journal.
+fn prepare_kind<'a>(
+    cfg: &'a HostConfig,
+    kind: Kind,
+    limits: &Limits,
+    opts: &SyncOptions,
+) -> Result<KindCtx<'a>, String> {
+    let profile = cfg.profile(kind).map_err(|e| e.to_string())?;
+    let shared = SharedDir::open(&cfg.queue_root, kind, !opts.dry_run).map_err(|e| e.to_string())?;
+    let journal = Journal::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
+    let rejects = RejectLog::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
+    let mut claimed = 0;
+    let mut batch = journal.read_records().map_err(|e| e.to_string())?;
+    if opts.dry_run {
+        let (queued, bad) = shared.peek(limits).map_err(|e| e.to_string())?;
+        for r in &bad {
+            println!("# would reject line {} of the {kind} queue: {}", r.line, r.reason);
+        }
+        batch.extend(queued);
+    } else {
+        let report = shared.claim(&journal, limits).map_err(|e| e.to_string())?;
+        debug!(kind = %kind, "claimed {} request(s), lock held {:?}", report.claimed, report.lock_held);
+        claimed = report.claimed;
+        if !report.rejected.is_empty() {
+            answer_rejects(&shared, &rejects, kind, &report.rejected);
+        }
+        if report.claimed > 0 {
+            batch = journal.read_records().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(KindCtx {
+        kind,
+        profile,
+        shared,
+        journal,
+        rejects,
+        batch,
+        claimed,
+    })
+}
+
+fn answer_rejects(shared: &SharedDir, log: &RejectLog, kind: Kind, rejects: &[Reject]) {
+    if let Err(e) = log.append(rejects) {
+        error!(kind = %kind, "cannot write the reject log: {e}");
+    }
+    for r in rejects {
+        if let Some(id) = &r.id {
+            write_ack(shared, id, Outcome::Rejected, &r.reason, None);
+        }
+    }
+}
+
+fn write_ack(shared: &SharedDir, id: &str, result: Outcome, message: &str, container: Option<&str>) {
+    let ack = Ack {
+        v: VERSION,
+        id: id.to_owned(),
+        result,
+        message: message.to_owned(),
+        container: container.map(str::to_owned),
+        ts: now_ms(),
+    };
+    if let Err(e) = shared.write_ack(&ack) {
+        error!("cannot acknowledge request {id}: {e}");
+    }
+}
+
+fn print_dry_run(kind: Kind, plan: &Plan, runtime: &dyn Runtime) {
+    if plan.jobs.is_empty() {
+        println!("# {kind}: nothing to do");
+    }
+    for a in &plan.answers {
+        println!("# {kind}: request {} -> {:?}: {}", a.id, a.result, a.message);
+    }
+    for job in &plan.jobs {
+        println!("# {kind}: {:?} {}", job.what, job.container);
+        for step in &job.steps {
+            println!("{}", runtime.describe(&step_call(step)));
+        }
+    }
+}
+
+fn step_call(step: &Step) -> Call {
+    match step {
+        Step::Remove { name } => Call::Remove(name.clone()),
+        Step::Signal { name, signal } => Call::Kill(name.clone(), *signal),
+        Step::Stop { name, signal } => match signal {
+            crate::record::Signal::Kill => Call::Kill(name.clone(), *signal),
+            _ => Call::Stop(name.clone(), Duration::from_secs(10)),
+        },
+        Step::Run { spec, .. } => Call::Run(spec.clone()),
+    }
+}
+
+/// Why a job did not complete.
+struct JobFailure {
+    outcome: Outcome,
+    message: String,
+}
+
+fn run_job(
+    job: &Job,
+    profile: &Profile,
+    runtime: &dyn Runtime,
+    namespaces: &dyn Namespaces,
+) -> Result<(), JobFailure> {
+    let failed = |e: RuntimeError| JobFailure {
+        outcome: Outcome::Failed,
+        message: e.to_string(),
+    };
+    for step in &job.steps {
+        match step {
+            Step::Remove { name } => runtime.remove(name).map_err(failed)?,
+            Step::Signal { name, signal } => match runtime.kill(name, *signal) {
+                Err(RuntimeError::NoSuchContainer(_)) => {
+                    return Err(JobFailure {
+                        outcome: Outcome::Failed,
+                        message: format!("No such process: sidecar {name} is gone"),
+                    });
+                }
+                r => r.map_err(failed)?,
+            },
+            Step::Stop { name, signal } => {
+                let r = match signal {
+                    crate::record::Signal::Kill => runtime.kill(name, *signal),
+                    _ => runtime.stop(name, profile.stop_timeout),
+                };
+                match r {
+                    // Already gone is what a stop wants.
+                    Err(RuntimeError::NoSuchContainer(_)) => {}
+                    r => r.map_err(failed)?,
+                }
+            }
+            Step::Run { spec, netns } => {
+                if let Some(ns) = netns
+                    && let Err(e) = namespaces.verify(ns)
+                {
+                    return Err(JobFailure {
+                        outcome: Outcome::Rejected,
+                        message: e.to_string(),
+                    });
+                }
+                runtime.run(spec).map_err(failed)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn execute_kind(
+    cfg: &HostConfig,
+    ctx: &KindCtx,
+    plan: &Plan,
+    runtime: &dyn Runtime,
+    namespaces: &dyn Namespaces,
+    sum: &mut Summary,
+) {
+    let kind = ctx.kind;
+    let mut plan_rejects = Vec::new();
+    for a in &plan.answers {
+        match a.result {
+            Outcome::Rejected => {
+                warn!(kind = %kind, id = %a.id, "rejected: {}", a.message);
+                plan_rejects.push(Reject {
+                    line: 0,
+                    id: Some(a.id.clone()),
+                    reason: a.message.clone(),
+                    excerpt: String::new(),
+                });
+                sum.rejected += 1;
+            }
+            Outcome::Failed => {
+                info!(kind = %kind, id = %a.id, "{}", a.message);
+                sum.failed += 1;
+            }
+            Outcome::Ok => {}
+        }
+        write_ack(&ctx.shared, &a.id, a.result, &a.message, a.container.as_deref());
+    }
+    sum.unchanged += plan.unchanged;
+
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Result<(), JobFailure>, Duration)>> = Mutex::new(Vec::new());
+    let workers = cfg.parallelism.min(plan.jobs.len()).max(1);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = plan.jobs.get(i) else { break };
+                    let t = Instant::now();
+                    let r = run_job(job, ctx.profile, runtime, namespaces);
+                    let elapsed = t.elapsed();
+                    // Answer as soon as a job ends: a kill script is waiting.
+                    answer_job(&ctx.shared, job, &r);
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, r, elapsed));
+                    if i == 0 {
+                        fault_point("mid-run");
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (i, r, elapsed) in results {
+        let job = &plan.jobs[i];
+        match r {
+            Ok(()) => {
+                info!(kind = %kind, container = %job.container, "{:?} done in {elapsed:?}", job.what);
+                match job.what {
+                    JobKind::Start => sum.started += 1,
+                    JobKind::Replace => sum.replaced += 1,
+                    JobKind::Signal => sum.signalled += 1,
+                    JobKind::Stop | JobKind::Orphan => sum.removed += 1,
+                }
+            }
+            Err(f) => {
+                if f.outcome == Outcome::Rejected {
+                    warn!(kind = %kind, container = %job.container, "rejected: {}", f.message);
+                    sum.rejected += job.answers.len().max(1);
+                    plan_rejects.extend(job.answers.iter().map(|(id, _)| Reject {
+                        line: 0,
+                        id: Some(id.clone()),
+                        reason: f.message.clone(),
+                        excerpt: String::new(),
+                    }));
+                } else {
+                    error!(kind = %kind, container = %job.container, "{:?} failed: {}", job.what, f.message);
+                    sum.failed += job.answers.len().max(1);
+                }
+            }
+        }
+    }
+    if !plan_rejects.is_empty()
+        && let Err(e) = ctx.rejects.append(&plan_rejects)
+    {
+        error!(kind = %kind, "cannot write the reject log: {e}");
+    }
+}
+
+fn answer_job(shared: &SharedDir, job: &Job, r: &Result<(), JobFailure>) {
+    for (id, message) in &job.answers {
+        match r {
+            Ok(()) => write_ack(shared, id, Outcome::Ok, message, Some(&job.container)),
+            Err(f) => write_ack(shared, id, f.outcome, &f.message, Some(&job.container)),
+        }
+    }
+}
+
+/// Reads the runtime's containers once, for `status`.
+pub fn containers(runtime: &dyn Runtime) -> Result<Vec<ContainerInfo>, RuntimeError> {
+    runtime.list()
+}
