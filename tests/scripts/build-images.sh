@@ -13,11 +13,11 @@
 #                                              (only with --wrapper or SIDESPAWN_STATIC_WRAPPER)
 #
 # Idempotent: every image is tagged h-<hash of its exact content>; when that tag exists the
-# import is skipped. Older content tags of the same image are removed.
+# import is skipped. Content tags older than a day are removed.
 #
 # Usage: build-images.sh [--wrapper PATH]
 # Prints one line per image on stdout, `agent=REF`, `dnsmasq=REF`, `haproxy=REF` and
-# `wrapperonly=REF`; progress goes to stderr.
+# `wrapperonly=REF`, each REF the content tag; progress goes to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -112,7 +112,7 @@ write_accounts() {
 }
 
 # Import ROOT as localhost/NAME:h-<content hash> unless that exists already, tag it TAG too
-# (if given), drop older content tags, and print KEY=REF.
+# (if given), drop day-old content tags, and print KEY=localhost/NAME:h-<content hash>.
 import_image() {
     local key=$1 name=$2 root=$3 tag=${4:-}
     local repo=localhost/$name tarball=$work/$name.tar hash ref old
@@ -133,22 +133,18 @@ import_image() {
     if [ -n "$tag" ]; then
         podman tag "$ref" "$repo:$tag"
     fi
-    # Older content of this image: remove it unless a container still uses it. The wrapper-only
-    # image changes with every build of the wrapper, and a concurrent run in another work tree
-    # may be using its own one, so only content tags older than a day go there.
-    local filters=(--filter "reference=$repo:h-*")
-    [ -n "$tag" ] || filters+=(--filter until=24h)
+    # Older content of this image, unless a container still uses it. Only content older than a
+    # day: a concurrent run in another work tree (another wrapper, another version of this
+    # script) may be about to use its own.
     while read -r old; do
         # The filter selects images; their other names (like :latest) are listed too.
         case $old in "$repo":h-*) ;; *) continue ;; esac
         [ "$old" != "$ref" ] || continue
         podman rmi "$old" >/dev/null 2>&1 || log "kept $old (still in use)"
-    done < <(podman images "${filters[@]}" --format '{{.Repository}}:{{.Tag}}')
-    if [ -n "$tag" ]; then
-        echo "$key=$repo:$tag"
-    else
-        echo "$key=$ref"
-    fi
+    done < <(podman images --filter "reference=$repo:h-*" --filter until=24h \
+        --format '{{.Repository}}:{{.Tag}}')
+    # The content tag, not the moving one: the tests use exactly what this run built.
+    echo "$key=$ref"
 }
 
 # --- agent: what Neutron's agent container has that the tests need ---------------------------
