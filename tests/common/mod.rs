@@ -159,12 +159,14 @@ pub fn uuid() -> String {
 
 /// Runs `cmd` (stdin closed) and returns its output; panics if it cannot be started, or if it
 /// has not exited and closed its stdout and stderr within [`COMMAND_TIMEOUT`].
+#[track_caller]
 pub fn output(cmd: &mut Command) -> Output {
     output_within(cmd, COMMAND_TIMEOUT)
 }
 
 /// [`output`] with an explicit deadline. A child that exits while something it started still
 /// holds its stdout or stderr fails too: Neutron's agent would hang on exactly that.
+#[track_caller]
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -261,6 +263,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs `cmd`; panics with the command line, exit status, stdout and stderr unless it succeeds.
 /// Returns its stdout.
+#[track_caller]
 pub fn run(cmd: &mut Command) -> String {
     let out = output(cmd);
     if !out.status.success() {
@@ -286,6 +289,7 @@ pub fn explain(cmd: &Command, out: &Output) -> String {
 }
 
 /// Asserts that `out` ended with exit code `code`, showing everything about it otherwise.
+#[track_caller]
 pub fn assert_exit(cmd: &Command, out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -296,6 +300,7 @@ pub fn assert_exit(cmd: &Command, out: &Output, code: i32) {
 }
 
 /// Polls `condition` every few milliseconds until it holds; panics naming `what` after `timeout`.
+#[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
