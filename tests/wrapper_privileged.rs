@@ -53,6 +53,14 @@ impl Fixture {
         common::queue_records(&self.queue_root, "dnsmasq")
     }
 
+    /// The one record queued so far.
+    #[track_caller]
+    fn only_record(&self) -> Value {
+        let mut records = self.records();
+        assert_eq!(records.len(), 1, "{records:?}");
+        records.remove(0)
+    }
+
     fn queue_file(&self) -> PathBuf {
         common::queue_file(&self.queue_root, "dnsmasq")
     }
@@ -112,9 +120,7 @@ fn wrapper_records_the_named_netns_it_runs_in() {
     let after = common::unix_ms();
     assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
 
-    let records = fixture.records();
-    assert_eq!(records.len(), 1, "{records:?}");
-    let record = &records[0];
+    let record = &fixture.only_record();
     assert_start_record(record, &["a", "b"], &ns, None);
     assert!(
         !record["netns"]["dev"].is_null(),
@@ -207,9 +213,7 @@ fn agent_container_request_is_queued_with_the_exact_argv() {
     let out = expect_exit(&mut exec, 0);
     assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
 
-    let records = fixture.records();
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_start_record(&records[0], &argv, &ns, Some(&tag));
+    assert_start_record(&fixture.only_record(), &argv, &ns, Some(&tag));
 }
 
 #[test]
@@ -244,9 +248,7 @@ fn static_wrapper_runs_in_an_image_without_libc() {
     let out = expect_exit(&mut cmd, 0);
     assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
 
-    let records = fixture.records();
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_start_record(&records[0], &argv, &ns, Some(&tag));
+    assert_start_record(&fixture.only_record(), &argv, &ns, Some(&tag));
 }
 
 #[test]
