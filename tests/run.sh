@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the privileged tests need, builds the statically
+# linked wrapper and the local test images, then runs every test with the privileged ones
+# required (a test that needs root, podman or ip fails here instead of skipping).
+#
+# Usage: tests/run.sh [ARGS...]   ARGS go to the test binaries (e.g. a test name filter).
+# Run it as root. Running it again reuses the installed packages, the build and the images.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+step() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+step "Installing test dependencies"
+tests/scripts/install-deps.sh
+
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
+echo "CONTAINERS_CONF=$CONTAINERS_CONF"
+
+step "Building the statically linked sidespawn-wrapper"
+# A target dir of its own: the flag must reach only the wrapper's final link, and the tests
+# can rebuild it there without waiting for the lock of the outer cargo's target dir.
+cargo rustc --release --bin sidespawn-wrapper --target-dir target/static \
+    -- -C target-feature=+crt-static
+export SIDESPAWN_STATIC_WRAPPER=$root/target/static/release/sidespawn-wrapper
+echo "SIDESPAWN_STATIC_WRAPPER=$SIDESPAWN_STATIC_WRAPPER"
+
+step "Building the test images"
+tests/scripts/build-images.sh --wrapper "$SIDESPAWN_STATIC_WRAPPER"
+
+export SIDESPAWN_REQUIRE_PRIVILEGED=1
+
+step "Running the tests"
+cargo test --all-targets -- --test-threads=2 "$@"
+
+if [ -f src/lib.rs ]; then
+    step "Running the documentation tests"
+    cargo test --doc -- "$@"
+fi
+
+step "All tests passed"
