@@ -91,9 +91,9 @@ pub fn report(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind]) -> Result<
             last_sync: state.status(kind).ok().flatten(),
             error: None,
         };
-        match SharedDir::open(&cfg.queue_root, kind, false).and_then(|s| {
+        match SharedDir::open(&cfg.queue_root, kind, false, limits.clone()).and_then(|s| {
             let pending = s.is_pending();
-            s.peek(&limits).map(|p| (pending, p))
+            s.peek().map(|p| (pending, p))
         }) {
             Ok((pending, (records, bad))) => {
                 r.pending = pending;

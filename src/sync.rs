@@ -297,23 +297,27 @@ fn prepare_kind<'a>(
     opts: &SyncOptions,
 ) -> Result<KindCtx<'a>, String> {
     let profile = cfg.profile(kind).map_err(|e| e.to_string())?;
-    let shared = SharedDir::open(&cfg.queue_root, kind, !opts.dry_run).map_err(|e| e.to_string())?;
+    let shared = SharedDir::open(&cfg.queue_root, kind, !opts.dry_run, limits.clone())
+        .map_err(|e| e.to_string())?;
     let journal = Journal::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
     let rejects = RejectLog::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
     let mut claimed = 0;
     let mut batch = journal.read_records().map_err(|e| e.to_string())?;
     if opts.dry_run {
-        let (queued, bad) = shared.peek(limits).map_err(|e| e.to_string())?;
+        let (queued, bad) = shared.peek().map_err(|e| e.to_string())?;
         for r in &bad {
             println!("# would reject line {} of the {kind} queue: {}", r.line, r.reason);
         }
         batch.extend(queued);
     } else {
-        let report = shared.claim(&journal, limits).map_err(|e| e.to_string())?;
+        let report = shared.claim(&journal, &rejects).map_err(|e| e.to_string())?;
         debug!(kind = %kind, "claimed {} request(s), lock held {:?}", report.claimed, report.lock_held);
         claimed = report.claimed;
-        if !report.rejected.is_empty() {
-            answer_rejects(&shared, &rejects, kind, &report.rejected);
+        // The claim already logged them and kept them in the reject log.
+        for r in &report.rejected {
+            if let Some(id) = &r.id {
+                write_ack(&shared, id, Outcome::Rejected, &r.reason, None);
+            }
         }
         if report.claimed > 0 {
             batch = journal.read_records().map_err(|e| e.to_string())?;
@@ -328,17 +332,6 @@ fn prepare_kind<'a>(
         batch,
         claimed,
     })
-}
-
-fn answer_rejects(shared: &SharedDir, log: &RejectLog, kind: Kind, rejects: &[Reject]) {
-    if let Err(e) = log.append(rejects) {
-        error!(kind = %kind, "cannot write the reject log: {e}");
-    }
-    for r in rejects {
-        if let Some(id) = &r.id {
-            write_ack(shared, id, Outcome::Rejected, &r.reason, None);
-        }
-    }
 }
 
 fn write_ack(shared: &SharedDir, id: &str, result: Outcome, message: &str, container: Option<&str>) {

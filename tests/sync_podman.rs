@@ -1,0 +1,350 @@
+//! `sidespawn sync` against real podman and real namespaces: a queued request
+//! becomes a running dnsmasq in its namespace, repeats are free, changed argv
+//! replaces, kill scripts signal and stop, and a sync killed at any step
+//! converges when run again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Netns, TempDir};
+
+/// One isolated host setup: queue root, state dir, host and wrapper
+/// configuration, and a podman shim that logs every call.
+struct Host {
+    dir: TempDir,
+    run_label: String,
+}
+
+impl Host {
+    fn new() -> Host {
+        let images = common::ensure_images();
+        let dir = TempDir::new("sidespawn-sync");
+        let run_label = common::unique("run");
+        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let shim = dir.join("podman-shim");
+        std::fs::write(
+            &shim,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec podman \"$@\"\n",
+                dir.join("podman-calls").display()
+            ),
+        )
+        .unwrap();
+        run_chmod(&shim);
+        let data = dir.join("data");
+        let config = serde_json::json!({
+            "queue_root": dir.join("queue"),
+            "state_dir": dir.join("state"),
+            "podman": shim,
+            "podman_timeout_ms": 120000,
+            "kinds": {
+                "dnsmasq": {
+                    "image": images.dnsmasq,
+                    "volumes": [format!("{}:{}", data.display(), data.display())],
+                    "labels": {"test.sidespawn.run": run_label},
+                    "stop_timeout_s": 5
+                }
+            }
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(
+            dir.join("wrapper.json"),
+            serde_json::json!({"queue_root": dir.join("queue"), "kinds": {"dnsmasq": {"wait_timeout_ms": 120000}}}).to_string(),
+        )
+        .unwrap();
+        Host { dir, run_label }
+    }
+
+    fn queue_root(&self) -> PathBuf {
+        self.dir.join("queue")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The wrapper, called the way Neutron calls dnsmasq.
+    fn wrapper(&self, ns: &Netns, tag: &str, argv0: &Path, args: &[&str]) -> Command {
+        let mut cmd = ns.exec(argv0);
+        cmd.args(args)
+            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
+            .env("PROCESS_TAG", tag)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn queue_start(&self, ns: &Netns, tag: &str, args: &[&str]) {
+        let link = self.dir.join("dnsmasq");
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+        }
+        let mut cmd = self.wrapper(ns, tag, &link, args);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+    }
+
+    fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Command {
+        let link = self.dir.join("dnsmasq-kill");
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+        }
+        let mut cmd = self.wrapper(ns, "", &link, &[sig, &pid.to_string()]);
+        cmd.env_remove("PROCESS_TAG");
+        cmd
+    }
+
+    fn sync_cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config")
+            .arg(self.dir.join("config.json"))
+            .args(["sync", "-v"])
+            .env("CONTAINERS_CONF", common::containers_conf())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn sync(&self) -> String {
+        let mut cmd = self.sync_cmd();
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn podman_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("podman-calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.dir.join("podman-calls"));
+    }
+
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = common::run(common::podman().args(["inspect", name]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        common::run(common::podman().args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=test.sidespawn.run={}", self.run_label),
+        ]))
+        .lines()
+        .map(String::from)
+        .collect()
+    }
+
+    fn ack(&self, id: &str) -> Option<serde_json::Value> {
+        let p = self.queue_root().join("dnsmasq/acks").join(format!("{id}.json"));
+        std::fs::read(p).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+}
+
+fn run_chmod(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for name in self.containers() {
+            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", &name]));
+        }
+    }
+}
+
+fn dnsmasq_args(pid_file: &Path, extra: &str) -> Vec<String> {
+    vec![
+        "--no-hosts".into(),
+        "".into(),
+        "--port=0".into(),
+        "--conf-file=/dev/null".into(),
+        format!("--pid-file={}", pid_file.display()),
+        format!("--dhcp-hostsfile={extra}"),
+    ]
+}
+
+fn read_pid(path: &Path) -> u32 {
+    common::wait_until(Duration::from_secs(30), "the pid file is written", || {
+        std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty())
+    });
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn request_becomes_sidecar_repeat_is_free_change_replaces() {
+    if !common::privileged("sync starts a dnsmasq sidecar with real podman") {
+        return;
+    }
+    let host = Host::new();
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let tag = format!("dnsmasq-{uuid}");
+    let pid_file = host.data().join(format!("{uuid}.pid"));
+    let args = dnsmasq_args(&pid_file, "/dev/null");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    host.queue_start(&ns, &tag, &args);
+    let summary = host.sync();
+    assert!(summary.contains("started 1"), "{summary}");
+    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let c = host.inspect(&name);
+    assert_eq!(c["State"]["Status"], "running");
+    assert_eq!(c["HostConfig"]["PidMode"], "host");
+    assert_eq!(c["HostConfig"]["NetworkMode"], format!("ns:/run/netns/qdhcp-{uuid}"));
+    assert_eq!(c["HostConfig"]["Privileged"], false);
+    assert_eq!(c["Config"]["Labels"]["io.sidespawn.tag"], tag.as_str());
+    // Neutron's liveness check: the pid file's pid is a host pid whose
+    // cmdline names the network.
+    let pid = read_pid(&pid_file);
+    assert!(cmdline(pid).contains(&uuid), "{}", cmdline(pid));
+    // And dnsmasq really runs in the requested namespace.
+    let ns_ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    assert_eq!(ns_ino.unwrap(), ns.inode());
+
+    // The same request again: acknowledged, and podman is only asked to list.
+    host.clear_calls();
+    host.queue_start(&ns, &tag, &args);
+    let summary = host.sync();
+    assert!(summary.contains("unchanged 1"), "{summary}");
+    let calls = host.podman_calls();
+    assert!(calls.iter().all(|c| c.starts_with("ps ")), "{calls:?}");
+    assert_eq!(host.inspect(&name)["Id"], c["Id"]);
+
+    // Changed argv: replaced, new container, new generation.
+    host.clear_calls();
+    let args2 = dnsmasq_args(&pid_file, "/dev/null2");
+    let args2: Vec<&str> = args2.iter().map(String::as_str).collect();
+    host.queue_start(&ns, &tag, &args2);
+    let summary = host.sync();
+    assert!(summary.contains("replaced 1"), "{summary}");
+    let c2 = host.inspect(&name);
+    assert_ne!(c2["Id"], c["Id"]);
+    let g1: u64 = c["Config"]["Labels"]["io.sidespawn.generation"].as_str().unwrap().parse().unwrap();
+    let g2: u64 = c2["Config"]["Labels"]["io.sidespawn.generation"].as_str().unwrap().parse().unwrap();
+    assert!(g2 > g1);
+    assert_eq!(host.containers(), [name]);
+}
+
+#[test]
+fn kill_scripts_hup_keeps_pid_and_term_removes() {
+    if !common::privileged("dnsmasq-kill against a real sidecar") {
+        return;
+    }
+    let host = Host::new();
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let tag = format!("dnsmasq-{uuid}");
+    let pid_file = host.data().join(format!("{uuid}.pid"));
+    let args = dnsmasq_args(&pid_file, "/dev/null");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.queue_start(&ns, &tag, &args);
+    host.sync();
+    let pid = read_pid(&pid_file);
+    let name = format!("sidespawn-dnsmasq-t-{tag}");
+
+    // HUP: the kill script waits for the host; run the sync meanwhile.
+    let mut hup = host.kill_script(&ns, "HUP", pid);
+    let hup = hup.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    common::wait_until(Duration::from_secs(30), "the HUP request is queued", || {
+        !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
+    });
+    host.sync();
+    let out: Output = hup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_pid(&pid_file), pid, "HUP keeps the process");
+    assert!(cmdline(pid).contains(&uuid));
+
+    // Unknown pid: exit 1 with Neutron's tolerated text.
+    let mut unknown = host.kill_script(&ns, "15", 3_999_999);
+    let child = unknown.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    common::wait_until(Duration::from_secs(30), "the request is queued", || {
+        !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
+    });
+    host.sync();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such process"));
+
+    // 15: stopped and removed before the kill script returns.
+    let mut term = host.kill_script(&ns, "15", pid);
+    let child = term.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    common::wait_until(Duration::from_secs(30), "the TERM request is queued", || {
+        !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
+    });
+    let summary = host.sync();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(summary.contains("removed 1"), "{summary}");
+    let exists = common::output(common::podman().args(["container", "exists", &name]));
+    assert_eq!(exists.status.code(), Some(1), "container removed once the kill script returned");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || !cmdline(pid).contains(&uuid));
+}
+
+#[test]
+fn sync_killed_at_every_step_converges() {
+    if !common::privileged("crash safety of sync with real podman") {
+        return;
+    }
+    for point in ["after-claim", "after-plan", "mid-run", "after-acks"] {
+        let host = Host::new();
+        let mut guards = Vec::new();
+        let mut names = Vec::new();
+        for _ in 0..3 {
+            let uuid = common::uuid();
+            let ns = Netns::new(&format!("qdhcp-{uuid}"));
+            let tag = format!("dnsmasq-{uuid}");
+            let pid_file = host.data().join(format!("{uuid}.pid"));
+            let args = dnsmasq_args(&pid_file, "/dev/null");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            host.queue_start(&ns, &tag, &args);
+            names.push(format!("sidespawn-dnsmasq-t-{tag}"));
+            guards.push(ns);
+        }
+        let ids: Vec<String> = common::queue_records(&host.queue_root(), "dnsmasq")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+
+        let mut crashing = host.sync_cmd();
+        crashing.env("SIDESPAWN_FAULT", point);
+        let out = common::output(&mut crashing);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{point}: {}", common::explain(&crashing, &out));
+
+        let summary = host.sync();
+        let mut have = host.containers();
+        have.sort();
+        names.sort();
+        assert_eq!(have, names, "{point}: exactly one container per request ({summary})");
+        for n in &names {
+            assert_eq!(host.inspect(n)["State"]["Status"], "running", "{point}: {n}");
+        }
+        for id in &ids {
+            let ack = host.ack(id).unwrap_or_else(|| panic!("{point}: no ack for {id}"));
+            assert_eq!(ack["result"], "ok", "{point}: {ack}");
+        }
+        assert!(common::queue_records(&host.queue_root(), "dnsmasq").is_empty());
+    }
+}
