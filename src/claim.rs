@@ -307,7 +307,8 @@ impl SharedDir {
         let Some(queue) = self.open_file(QUEUE_FILE, OFlag::O_RDONLY)? else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let mut reader = BufReader::with_capacity(64 * 1024, queue.take(self.limits.max_queue_bytes));
+        let mut reader =
+            BufReader::with_capacity(64 * 1024, queue.take(self.limits.max_queue_bytes));
         let mut records = Vec::new();
         let mut listed: Vec<Reject> = Vec::new();
         let mut buf = Vec::new();
@@ -321,7 +322,11 @@ impl SharedDir {
             line_no += 1;
             if raw.len > MAX_LINE_BYTES as u64 {
                 let len = usize::try_from(raw.len).unwrap_or(usize::MAX);
-                listed.push(reject(line_no, &buf, RejectReason::TooLong(len).to_string()));
+                listed.push(reject(
+                    line_no,
+                    &buf,
+                    RejectReason::TooLong(len).to_string(),
+                ));
                 continue;
             }
             match Record::parse_line(&buf) {

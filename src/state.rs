@@ -45,7 +45,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .map_err(io("cannot create", dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let mut f = OpenOptions::new()
@@ -162,7 +164,10 @@ mod tests {
         assert_eq!(s.status(Kind::Radvd).unwrap(), Some(st));
         std::fs::write(d.join("generation"), b"garbage").unwrap();
         let e = s.next_generation().unwrap_err().to_string();
-        assert!(e.contains("generation") && e.contains("move it aside"), "{e}");
+        assert!(
+            e.contains("generation") && e.contains("move it aside"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -68,7 +68,11 @@ fn state_name(s: &State) -> String {
 }
 
 /// Builds the report.
-pub fn report(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind]) -> Result<Report, StatusError> {
+pub fn report(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    only: &[Kind],
+) -> Result<Report, StatusError> {
     let kinds: Vec<Kind> = if only.is_empty() {
         cfg.enabled_kinds()
     } else {
@@ -98,7 +102,11 @@ pub fn report(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind]) -> Result<
             Ok((pending, (records, bad))) => {
                 r.pending = pending;
                 r.queue_depth = records.len() + bad.len();
-                r.oldest_pending_age_s = records.iter().map(|x| x.ts).min().map(|t| now.saturating_sub(t) / 1000);
+                r.oldest_pending_age_s = records
+                    .iter()
+                    .map(|x| x.ts)
+                    .min()
+                    .map(|t| now.saturating_sub(t) / 1000);
             }
             Err(e) => r.error = Some(e.to_string()),
         }
@@ -122,7 +130,10 @@ pub fn report(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind]) -> Result<
             pid: c.pid,
             uptime_s: (c.state == State::Running && c.started_at > 0)
                 .then(|| now_s.saturating_sub(c.started_at).max(0) as u64),
-            generation: c.labels.get(labels::GENERATION).and_then(|g| g.parse().ok()),
+            generation: c
+                .labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse().ok()),
             image: c.image,
             request_id: c.labels.get(labels::REQUEST_ID).cloned(),
             name: c.name,
@@ -140,7 +151,12 @@ pub fn report(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind]) -> Result<
 }
 
 /// Prints the report; returns whether everything is healthy.
-pub fn run(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind], json: bool) -> Result<bool, StatusError> {
+pub fn run(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    only: &[Kind],
+    json: bool,
+) -> Result<bool, StatusError> {
     use std::io::Write;
     let rep = report(cfg, runtime, only)?;
     let mut out = std::io::stdout().lock();
@@ -149,7 +165,11 @@ pub fn run(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind], json: bool) -
         writeln!(out)?;
         return Ok(rep.healthy);
     }
-    writeln!(out, "{:<11} {:>6} {:>8} {:>10}  LAST SYNC", "KIND", "QUEUED", "PENDING", "OLDEST")?;
+    writeln!(
+        out,
+        "{:<11} {:>6} {:>8} {:>10}  LAST SYNC",
+        "KIND", "QUEUED", "PENDING", "OLDEST"
+    )?;
     for k in &rep.kinds {
         let last = match (&k.error, &k.last_sync) {
             (Some(e), _) => format!("queue unreadable: {e}"),
@@ -157,16 +177,36 @@ pub fn run(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind], json: bool) -
             (None, Some(s)) => {
                 let ago = now_ms().saturating_sub(s.last_sync_ms) / 1000;
                 match &s.error {
-                    None => format!("ok {ago}s ago (claimed {}, failed {}, rejected {})", s.claimed, s.failed, s.rejected),
-                    Some(e) => format!("FAILED {ago}s ago, {} in a row: {e}", s.consecutive_failures),
+                    None => format!(
+                        "ok {ago}s ago (claimed {}, failed {}, rejected {})",
+                        s.claimed, s.failed, s.rejected
+                    ),
+                    Some(e) => format!(
+                        "FAILED {ago}s ago, {} in a row: {e}",
+                        s.consecutive_failures
+                    ),
                 }
             }
         };
-        let oldest = k.oldest_pending_age_s.map(|a| format!("{a}s")).unwrap_or_else(|| "-".into());
-        writeln!(out, "{:<11} {:>6} {:>8} {:>10}  {last}", k.kind.as_str(), k.queue_depth, k.pending, oldest)?;
+        let oldest = k
+            .oldest_pending_age_s
+            .map(|a| format!("{a}s"))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<11} {:>6} {:>8} {:>10}  {last}",
+            k.kind.as_str(),
+            k.queue_depth,
+            k.pending,
+            oldest
+        )?;
     }
     writeln!(out)?;
-    writeln!(out, "{:<48} {:<9} {:>8} {:>8} {:>4}  NETNS / TAG", "SIDECAR", "STATE", "PID", "UPTIME", "GEN")?;
+    writeln!(
+        out,
+        "{:<48} {:<9} {:>8} {:>8} {:>4}  NETNS / TAG",
+        "SIDECAR", "STATE", "PID", "UPTIME", "GEN"
+    )?;
     for s in &rep.sidecars {
         writeln!(
             out,
@@ -174,8 +214,12 @@ pub fn run(cfg: &HostConfig, runtime: &dyn Runtime, only: &[Kind], json: bool) -
             s.name,
             s.state,
             s.pid,
-            s.uptime_s.map(|u| format!("{u}s")).unwrap_or_else(|| "-".into()),
-            s.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            s.uptime_s
+                .map(|u| format!("{u}s"))
+                .unwrap_or_else(|| "-".into()),
+            s.generation
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into()),
             s.netns.as_deref().unwrap_or("-"),
             s.tag.as_deref().unwrap_or("-"),
         )?;

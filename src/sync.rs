@@ -306,11 +306,16 @@ fn prepare_kind<'a>(
     if opts.dry_run {
         let (queued, bad) = shared.peek().map_err(|e| e.to_string())?;
         for r in &bad {
-            println!("# would reject line {} of the {kind} queue: {}", r.line, r.reason);
+            println!(
+                "# would reject line {} of the {kind} queue: {}",
+                r.line, r.reason
+            );
         }
         batch.extend(queued);
     } else {
-        let report = shared.claim(&journal, &rejects).map_err(|e| e.to_string())?;
+        let report = shared
+            .claim(&journal, &rejects)
+            .map_err(|e| e.to_string())?;
         debug!(kind = %kind, "claimed {} request(s), lock held {:?}", report.claimed, report.lock_held);
         claimed = report.claimed;
         // The claim already logged them and kept them in the reject log.
@@ -334,7 +339,13 @@ fn prepare_kind<'a>(
     })
 }
 
-fn write_ack(shared: &SharedDir, id: &str, result: Outcome, message: &str, container: Option<&str>) {
+fn write_ack(
+    shared: &SharedDir,
+    id: &str,
+    result: Outcome,
+    message: &str,
+    container: Option<&str>,
+) {
     let ack = Ack {
         v: VERSION,
         id: id.to_owned(),
@@ -353,7 +364,10 @@ fn print_dry_run(kind: Kind, plan: &Plan, runtime: &dyn Runtime) {
         println!("# {kind}: nothing to do");
     }
     for a in &plan.answers {
-        println!("# {kind}: request {} -> {:?}: {}", a.id, a.result, a.message);
+        println!(
+            "# {kind}: request {} -> {:?}: {}",
+            a.id, a.result, a.message
+        );
     }
     for job in &plan.jobs {
         println!("# {kind}: {:?} {}", job.what, job.container);
@@ -375,6 +389,9 @@ fn step_call(step: &Step) -> Call {
     }
 }
 
+/// A finished job: its index in the plan, outcome and duration.
+type JobResult = (usize, Result<(), JobFailure>, Duration);
+
 /// Why a job did not complete.
 struct JobFailure {
     outcome: Outcome,
@@ -395,10 +412,10 @@ fn run_job(
         match step {
             Step::Remove { name } => runtime.remove(name).map_err(failed)?,
             Step::Signal { name, signal } => match runtime.kill(name, *signal) {
-                Err(RuntimeError::NoSuchContainer(_)) => {
+                Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)) => {
                     return Err(JobFailure {
                         outcome: Outcome::Failed,
-                        message: format!("No such process: sidecar {name} is gone"),
+                        message: format!("No such process: sidecar {name} is not running"),
                     });
                 }
                 r => r.map_err(failed)?,
@@ -409,8 +426,8 @@ fn run_job(
                     _ => runtime.stop(name, profile.stop_timeout),
                 };
                 match r {
-                    // Already gone is what a stop wants.
-                    Err(RuntimeError::NoSuchContainer(_)) => {}
+                    // Already gone or stopped is what a stop wants.
+                    Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)) => {}
                     r => r.map_err(failed)?,
                 }
             }
@@ -458,12 +475,18 @@ fn execute_kind(
             }
             Outcome::Ok => {}
         }
-        write_ack(&ctx.shared, &a.id, a.result, &a.message, a.container.as_deref());
+        write_ack(
+            &ctx.shared,
+            &a.id,
+            a.result,
+            &a.message,
+            a.container.as_deref(),
+        );
     }
     sum.unchanged += plan.unchanged;
 
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, Result<(), JobFailure>, Duration)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
     let workers = cfg.parallelism.min(plan.jobs.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {

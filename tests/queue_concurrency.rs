@@ -45,10 +45,17 @@ fn concurrent_wrappers_and_claimer_lose_and_tear_nothing() {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
                 {
                     let _g = queue.lock(Duration::from_secs(30), || {}).unwrap();
-                    if let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(queue.queue()) {
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(queue.queue())
+                    {
                         let mut text = String::new();
                         f.read_to_string(&mut text).unwrap();
-                        assert!(text.is_empty() || text.ends_with('\n'), "torn last line: {text:?}");
+                        assert!(
+                            text.is_empty() || text.ends_with('\n'),
+                            "torn last line: {text:?}"
+                        );
                         lines.extend(text.lines().map(String::from));
                         f.set_len(0).unwrap();
                     }
@@ -68,12 +75,23 @@ fn concurrent_wrappers_and_claimer_lose_and_tear_nothing() {
             std::thread::spawn(move || {
                 for i in 0..PER_WRITER {
                     let out = Command::new(wrapper)
-                        .args(["--kind", "dnsmasq", "--", &format!("writer-{w}"), &format!("n-{i}"), ""])
+                        .args([
+                            "--kind",
+                            "dnsmasq",
+                            "--",
+                            &format!("writer-{w}"),
+                            &format!("n-{i}"),
+                            "",
+                        ])
                         .env("SIDESPAWN_WRAPPER_CONFIG", &config)
                         .stdin(Stdio::null())
                         .output()
                         .unwrap();
-                    assert!(out.status.success(), "wrapper failed: {}", String::from_utf8_lossy(&out.stderr));
+                    assert!(
+                        out.status.success(),
+                        "wrapper failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     assert!(out.stdout.is_empty());
                 }
             })
@@ -85,15 +103,26 @@ fn concurrent_wrappers_and_claimer_lose_and_tear_nothing() {
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (lines, claims) = claimer.join().unwrap();
 
-    assert!(claims > 1, "the claimer should have interleaved with the writers");
-    assert_eq!(lines.len(), WRITERS * PER_WRITER, "every record read exactly once");
+    assert!(
+        claims > 1,
+        "the claimer should have interleaved with the writers"
+    );
+    assert_eq!(
+        lines.len(),
+        WRITERS * PER_WRITER,
+        "every record read exactly once"
+    );
     let mut ids = HashSet::new();
     let mut seen = HashSet::new();
     for l in &lines {
-        let r = Record::parse_line(l.as_bytes()).unwrap_or_else(|e| panic!("torn or bad line {l:?}: {e}"));
+        let r = Record::parse_line(l.as_bytes())
+            .unwrap_or_else(|e| panic!("torn or bad line {l:?}: {e}"));
         assert!(ids.insert(r.id.clone()), "duplicate id {}", r.id);
         assert_eq!(r.argv[2], "", "empty argument kept");
-        assert!(seen.insert((r.argv[0].clone(), r.argv[1].clone())), "record read twice: {l}");
+        assert!(
+            seen.insert((r.argv[0].clone(), r.argv[1].clone())),
+            "record read twice: {l}"
+        );
     }
     assert_eq!(std::fs::metadata(queue.queue()).unwrap().len(), 0);
 }

@@ -147,8 +147,13 @@ impl Host {
     }
 
     fn ack(&self, id: &str) -> Option<serde_json::Value> {
-        let p = self.queue_root().join("dnsmasq/acks").join(format!("{id}.json"));
-        std::fs::read(p).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        let p = self
+            .queue_root()
+            .join("dnsmasq/acks")
+            .join(format!("{id}.json"));
+        std::fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 }
 
@@ -180,7 +185,11 @@ fn read_pid(path: &Path) -> u32 {
     common::wait_until(Duration::from_secs(30), "the pid file is written", || {
         std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty())
     });
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn cmdline(pid: u32) -> String {
@@ -209,7 +218,10 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     let c = host.inspect(&name);
     assert_eq!(c["State"]["Status"], "running");
     assert_eq!(c["HostConfig"]["PidMode"], "host");
-    assert_eq!(c["HostConfig"]["NetworkMode"], format!("ns:/run/netns/qdhcp-{uuid}"));
+    assert_eq!(
+        c["HostConfig"]["NetworkMode"],
+        format!("ns:/run/netns/qdhcp-{uuid}")
+    );
     assert_eq!(c["HostConfig"]["Privileged"], false);
     assert_eq!(c["Config"]["Labels"]["io.sidespawn.tag"], tag.as_str());
     // Neutron's liveness check: the pid file's pid is a host pid whose
@@ -241,8 +253,16 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     assert!(summary.contains("replaced 1"), "{summary}");
     let c2 = host.inspect(&name);
     assert_ne!(c2["Id"], c["Id"]);
-    let g1: u64 = c["Config"]["Labels"]["io.sidespawn.generation"].as_str().unwrap().parse().unwrap();
-    let g2: u64 = c2["Config"]["Labels"]["io.sidespawn.generation"].as_str().unwrap().parse().unwrap();
+    let g1: u64 = c["Config"]["Labels"]["io.sidespawn.generation"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let g2: u64 = c2["Config"]["Labels"]["io.sidespawn.generation"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(g2 > g1);
     assert_eq!(host.containers(), [name]);
 }
@@ -266,19 +286,31 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
 
     // HUP: the kill script waits for the host; run the sync meanwhile.
     let mut hup = host.kill_script(&ns, "HUP", pid);
-    let hup = hup.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let hup = hup
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     common::wait_until(Duration::from_secs(30), "the HUP request is queued", || {
         !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
     });
     host.sync();
     let out: Output = hup.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(read_pid(&pid_file), pid, "HUP keeps the process");
     assert!(cmdline(pid).contains(&uuid));
 
     // Unknown pid: exit 1 with Neutron's tolerated text.
     let mut unknown = host.kill_script(&ns, "15", 3_999_999);
-    let child = unknown.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = unknown
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     common::wait_until(Duration::from_secs(30), "the request is queued", || {
         !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
     });
@@ -289,16 +321,30 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
 
     // 15: stopped and removed before the kill script returns.
     let mut term = host.kill_script(&ns, "15", pid);
-    let child = term.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    common::wait_until(Duration::from_secs(30), "the TERM request is queued", || {
-        !common::queue_records(&host.queue_root(), "dnsmasq").is_empty()
-    });
+    let child = term
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "the TERM request is queued",
+        || !common::queue_records(&host.queue_root(), "dnsmasq").is_empty(),
+    );
     let summary = host.sync();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(summary.contains("removed 1"), "{summary}");
     let exists = common::output(common::podman().args(["container", "exists", &name]));
-    assert_eq!(exists.status.code(), Some(1), "container removed once the kill script returned");
+    assert_eq!(
+        exists.status.code(),
+        Some(1),
+        "container removed once the kill script returned"
+    );
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || !cmdline(pid).contains(&uuid));
 }
 
@@ -331,18 +377,32 @@ fn sync_killed_at_every_step_converges() {
         crashing.env("SIDESPAWN_FAULT", point);
         let out = common::output(&mut crashing);
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(9), "{point}: {}", common::explain(&crashing, &out));
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: {}",
+            common::explain(&crashing, &out)
+        );
 
         let summary = host.sync();
         let mut have = host.containers();
         have.sort();
         names.sort();
-        assert_eq!(have, names, "{point}: exactly one container per request ({summary})");
+        assert_eq!(
+            have, names,
+            "{point}: exactly one container per request ({summary})"
+        );
         for n in &names {
-            assert_eq!(host.inspect(n)["State"]["Status"], "running", "{point}: {n}");
+            assert_eq!(
+                host.inspect(n)["State"]["Status"],
+                "running",
+                "{point}: {n}"
+            );
         }
         for id in &ids {
-            let ack = host.ack(id).unwrap_or_else(|| panic!("{point}: no ack for {id}"));
+            let ack = host
+                .ack(id)
+                .unwrap_or_else(|| panic!("{point}: no ack for {id}"));
             assert_eq!(ack["result"], "ok", "{point}: {ack}");
         }
         assert!(common::queue_records(&host.queue_root(), "dnsmasq").is_empty());
