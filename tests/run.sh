@@ -33,12 +33,18 @@ tests/scripts/build-images.sh --wrapper "$SIDESPAWN_STATIC_WRAPPER"
 
 export SIDESPAWN_REQUIRE_PRIVILEGED=1
 
-step "Running the tests"
-cargo test --all-targets -- --test-threads=2 "$@"
+log=$(mktemp /tmp/sidespawn-tests.XXXXXX)
+trap 'rm -f "$log"' EXIT
 
 if [ -f src/lib.rs ]; then
     step "Running the documentation tests"
-    cargo test --doc -- "$@"
+    cargo test --doc -- "$@" 2>&1 | tee -a "$log"
 fi
 
+step "Running the tests"
+cargo test --all-targets -- --test-threads=2 "$@" 2>&1 | tee -a "$log"
+
+# One closing line for the whole suite, summed over every test binary.
+totals=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")
 step "All tests passed"
+echo "tests: $totals"
