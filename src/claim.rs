@@ -208,9 +208,12 @@ pub struct SharedDir {
 }
 
 impl SharedDir {
-    /// Opens `<queue_root>/<kind>`. The queue root is host configuration and
-    /// is opened as given; the kind directory below it is not followed if it
-    /// is a link and must be a directory owned by `limits.owner_uid`. With
+    /// Opens `<queue_root>/<kind>`. Every component of the queue root is
+    /// opened without following links, because the default root lies under
+    /// `/var/lib/neutron`, which agent containers can write: a container
+    /// that swapped a component for a link must not steer the host
+    /// elsewhere. The kind directory must be a directory owned by
+    /// `limits.owner_uid`. With
     /// `create`, missing directories are made (mode 0755). `acks/` is always
     /// made if missing.
     pub fn open(
@@ -220,21 +223,9 @@ impl SharedDir {
         limits: Limits,
     ) -> Result<SharedDir, ClaimError> {
         let path = queue_root.join(kind.as_str());
-        if create {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(queue_root)
-                .map_err(|e| io_err("cannot create queue root", queue_root, e))?;
-        }
-        let root = open(
-            queue_root,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ENOENT => ClaimError::NoQueueDir(path.clone()),
-            e => io_err("cannot open queue root", queue_root, e),
+        let root = open_root_nofollow(queue_root, create).map_err(|e| match e {
+            ClaimError::NoQueueDir(_) => ClaimError::NoQueueDir(path.clone()),
+            e => e,
         })?;
 
         if create {
@@ -936,6 +927,62 @@ enum NotDir {
 }
 
 /// Opens a directory without following a link in its last component.
+/// Opens an absolute directory path one component at a time, never
+/// following a link; with `create`, missing components are made (0755).
+fn open_root_nofollow(root: &Path, create: bool) -> Result<OwnedFd, ClaimError> {
+    use std::path::Component;
+    if !root.is_absolute() {
+        return Err(io_err(
+            "queue_root must be an absolute path:",
+            root,
+            Errno::EINVAL,
+        ));
+    }
+    let mut cur = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("cannot open", Path::new("/"), e))?;
+    let mut so_far = PathBuf::from("/");
+    for comp in root.components() {
+        let name = match comp {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => Path::new(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(io_err(
+                    "queue_root must not contain `..`:",
+                    root,
+                    Errno::EINVAL,
+                ));
+            }
+        };
+        so_far.push(name);
+        if create {
+            match nix::sys::stat::mkdirat(&cur, name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io_err("cannot create queue root", &so_far, e)),
+            }
+        }
+        cur = match open_dir_nofollow(cur.as_fd(), name) {
+            Ok(fd) => fd,
+            Err(NotDir::Found(st)) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                return Err(ClaimError::Symlink { path: so_far });
+            }
+            Err(NotDir::Found(_)) => {
+                return Err(ClaimError::WrongType {
+                    path: so_far,
+                    found: "file",
+                    expected: "directory",
+                });
+            }
+            Err(NotDir::Errno(Errno::ENOENT)) => return Err(ClaimError::NoQueueDir(so_far)),
+            Err(NotDir::Errno(e)) => return Err(io_err("cannot open queue root", &so_far, e)),
+        };
+    }
+    Ok(cur)
+}
+
 fn open_dir_nofollow(at: BorrowedFd<'_>, name: &Path) -> Result<OwnedFd, NotDir> {
     openat(
         at,

@@ -21,7 +21,14 @@ fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipped: needs root (run the tests as root)");
+    if std::env::var("SIDESPAWN_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("claim_hostile needs root, and SIDESPAWN_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (needs root): hostile claim tests"
+    );
     false
 }
 
@@ -123,6 +130,31 @@ fn symlinked_queue_is_refused_and_its_target_untouched() {
     assert_eq!(fs::read(&target).unwrap(), b"host data\n");
     assert!(fx.journal().is_empty().unwrap());
     assert!(dir.is_pending(), "an unclaimable queue stays pending");
+}
+
+#[test]
+fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let f = Fixture::new();
+    // The container swaps a component of the queue root (which lies in a
+    // tree it can write) for a link to a host directory.
+    let elsewhere = f.top.join("host-dir");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let parent = f.top.join("shared");
+    symlink(&elsewhere, &parent).unwrap();
+    let root = parent.join("queues");
+    for create in [false, true] {
+        let err = SharedDir::open(&root, KIND, create, Limits::default()).unwrap_err();
+        assert!(matches!(err, ClaimError::Symlink { .. }), "{err}");
+        assert_mentions(&err, &parent);
+    }
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing created through the link"
+    );
 }
 
 #[test]
