@@ -15,5 +15,6 @@ pub mod plan;
 pub mod queue;
 pub mod record;
 pub mod runtime;
+pub mod units;
 pub mod wrapper;
 pub mod wrapper_config;
