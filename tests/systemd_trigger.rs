@@ -117,16 +117,7 @@ impl Setup {
             .find(|f| f.rel_path == Path::new(units::TMPFILES_PATH))
             .expect("tmpfiles snippet");
         fs::write(&snippet, &tmpfiles.contents).expect("write snippet");
-        let out = Command::new("systemd-tmpfiles")
-            .arg("--create")
-            .arg(&snippet)
-            .output()
-            .expect("run systemd-tmpfiles");
-        assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "systemd-tmpfiles: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        systemd::tmpfiles_create(&snippet, None);
         let queue = QueueDir::new(&queue_root, Kind::Dnsmasq);
         assert!(
             queue.acks().is_dir(),
@@ -261,11 +252,7 @@ impl Setup {
 
 /// Writes the stand-in for `sidespawn sync` at `dir/sidespawn`.
 fn write_stand_in(dir: &Path, queue_root: &Path, log_dir: &Path, work: Work) -> PathBuf {
-    let sq = |p: &Path| {
-        let s = p.to_str().expect("utf-8 path");
-        assert!(!s.contains('\''), "no single quote in {s}");
-        format!("'{s}'")
-    };
+    let quoted = |p: &Path| units::display_command(&[p.to_str().expect("utf-8 path").to_owned()]);
     let work = match work {
         Work::None => "",
         Work::Slow => "sleep 0.5",
@@ -308,8 +295,8 @@ late=0
 for kind in $kinds; do [ ! -e "$root/$kind/pending" ] || late=1; done
 echo "$start $(date +%s.%N) $claimed $late$args" >> "$log/runs"
 "#,
-        root = sq(queue_root),
-        log = sq(log_dir),
+        root = quoted(queue_root),
+        log = quoted(log_dir),
     );
     fs::create_dir_all(dir).expect("create bin dir");
     let bin = dir.join("sidespawn");

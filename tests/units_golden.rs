@@ -257,18 +257,7 @@ fn tmpfiles_snippet_creates_the_directories_with_their_modes() {
     let snippet = tmp.path().join(units::TMPFILES_PATH);
     let root = tmp.path().join("root");
     fs::create_dir(&root).unwrap();
-    let out = Command::new("systemd-tmpfiles")
-        .arg(format!("--root={}", root.display()))
-        .arg("--create")
-        .arg(&snippet)
-        .output()
-        .expect("run systemd-tmpfiles");
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "systemd-tmpfiles: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    systemd::tmpfiles_create(&snippet, Some(&root));
     let under = |p: &Path| root.join(p.strip_prefix("/").unwrap());
     let mode = |p: &Path| {
         let m = fs::metadata(under(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

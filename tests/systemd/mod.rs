@@ -68,6 +68,27 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Runs `systemd-tmpfiles --create` on `snippet`, below `root` when given,
+/// and panics unless it succeeds without a complaint.
+pub fn tmpfiles_create(snippet: &Path, root: Option<&Path>) {
+    let mut cmd = Command::new("systemd-tmpfiles");
+    if let Some(root) = root {
+        cmd.arg(format!("--root={}", root.display()));
+    }
+    let out = cmd
+        .arg("--create")
+        .arg(snippet)
+        .output()
+        .expect("run systemd-tmpfiles");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-tmpfiles --create {}: {}\n{}",
+        snippet.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A directory unique to this run, removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -355,7 +376,7 @@ impl UserManager {
     /// of systemctl ([`units::run_commands`]).
     pub fn systemctl_script(&self) -> PathBuf {
         let path = self.dir.path().join("systemctl");
-        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+        let quote = |p: &Path| units::display_command(&[p.to_str().expect("utf-8").to_owned()]);
         fs::write(
             &path,
             format!(
