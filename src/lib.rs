@@ -19,5 +19,6 @@ pub mod runtime;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod units;
 pub mod wrapper;
 pub mod wrapper_config;
