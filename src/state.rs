@@ -21,6 +21,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Lock(String),
     #[error(
         "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
     )]
@@ -113,21 +115,55 @@ impl StateDir {
         &self.dir
     }
 
-    fn generation_path(&self) -> PathBuf {
-        self.dir.join("generation")
+    fn generation_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join("generation").join(kind.as_str())
     }
 
     fn status_path(&self, kind: Kind) -> PathBuf {
         self.dir.join("status").join(format!("{kind}.json"))
     }
 
-    /// The next generation number to hand out (starts at 1).
-    pub fn next_generation(&self) -> Result<u64, StateError> {
-        Ok(read_json::<u64>(&self.generation_path())?.unwrap_or(1))
+    /// Takes the host-side lock that lets one sync at a time work on `kind`
+    /// (`<state_dir>/locks/<kind>.lock`), waiting up to `timeout`.
+    pub fn sync_lock(
+        &self,
+        kind: Kind,
+        timeout: std::time::Duration,
+    ) -> Result<crate::lock::LockGuard, StateError> {
+        let dir = self.dir.join("locks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("cannot create", &dir))?;
+        let path = dir.join(format!("{kind}.lock"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io("cannot open", &path))?;
+        crate::lock::lock_exclusive(file, &path, timeout, || {
+            tracing::info!(
+                "another sync of {kind} is running; waiting for {}",
+                path.display()
+            )
+        })
+        .map_err(|e| StateError::Lock(e.to_string()))
     }
 
-    pub fn store_generation(&self, next: u64) -> Result<(), StateError> {
-        write_atomic(&self.generation_path(), next.to_string().as_bytes())
+    /// The next generation number to hand out for `kind` (starts at 1).
+    /// Per kind, so that syncs of different kinds, which run at the same
+    /// time, each own their counter under their sync lock.
+    pub fn next_generation(&self, kind: Kind) -> Result<u64, StateError> {
+        Ok(read_json::<u64>(&self.generation_path(kind))?.unwrap_or(1))
+    }
+
+    pub fn store_generation(&self, kind: Kind, next: u64) -> Result<(), StateError> {
+        write_atomic(&self.generation_path(kind), next.to_string().as_bytes())
     }
 
     pub fn status(&self, kind: Kind) -> Result<Option<KindStatus>, StateError> {
@@ -151,9 +187,10 @@ mod tests {
     fn generation_and_status_round_trip() {
         let d = std::env::temp_dir().join(format!("sidespawn-state-{}", crate::record::new_id(0)));
         let s = StateDir::new(&d);
-        assert_eq!(s.next_generation().unwrap(), 1);
-        s.store_generation(42).unwrap();
-        assert_eq!(s.next_generation().unwrap(), 42);
+        assert_eq!(s.next_generation(Kind::Radvd).unwrap(), 1);
+        s.store_generation(Kind::Radvd, 42).unwrap();
+        assert_eq!(s.next_generation(Kind::Radvd).unwrap(), 42);
+        assert_eq!(s.next_generation(Kind::Dnsmasq).unwrap(), 1);
         assert_eq!(s.status(Kind::Radvd).unwrap(), None);
         let st = KindStatus {
             ok: true,
@@ -162,8 +199,8 @@ mod tests {
         };
         s.store_status(Kind::Radvd, &st).unwrap();
         assert_eq!(s.status(Kind::Radvd).unwrap(), Some(st));
-        std::fs::write(d.join("generation"), b"garbage").unwrap();
-        let e = s.next_generation().unwrap_err().to_string();
+        std::fs::write(d.join("generation/radvd"), b"garbage").unwrap();
+        let e = s.next_generation(Kind::Radvd).unwrap_err().to_string();
         assert!(
             e.contains("generation") && e.contains("move it aside"),
             "{e}"

@@ -97,6 +97,9 @@ fn fault_point(point: &str) {
     }
 }
 
+/// Longest wait for another sync of the same kind to finish.
+const SYNC_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Back-off after `failures` failed runs in a row: 1 s doubling to 60 s.
 pub fn backoff_delay(failures: u32) -> Duration {
     if failures == 0 {
@@ -143,6 +146,22 @@ pub fn run(
     };
     let mut summary = Summary::default();
     let mut failed_kinds: Vec<Kind> = Vec::new();
+
+    // One sync per kind at a time: the backstop's full sync and a path
+    // unit's sync of one kind may start together, and two syncs replaying
+    // the same journal would race for the same container names. Taken in
+    // kind order, so two syncs of several kinds cannot deadlock.
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    sorted.dedup();
+    let _sync_locks = if opts.dry_run {
+        Vec::new()
+    } else {
+        sorted
+            .iter()
+            .map(|&k| state.sync_lock(k, SYNC_LOCK_TIMEOUT))
+            .collect::<Result<Vec<_>, _>>()?
+    };
 
     if opts.backoff && !opts.dry_run {
         let worst = kinds
@@ -197,7 +216,6 @@ pub fn run(
             Vec::new()
         };
 
-        let mut generation = state.next_generation()?;
         for ctx in &mut ctxs {
             let mut kind_sum = Summary {
                 claimed: ctx.claimed,
@@ -207,6 +225,7 @@ pub fn run(
                 record_status(&state, ctx.kind, Ok(()), &kind_sum);
                 continue;
             }
+            let mut generation = state.next_generation(ctx.kind)?;
             let plan = crate::plan::plan(
                 ctx.profile,
                 &ctx.batch,
@@ -219,7 +238,7 @@ pub fn run(
                 print_dry_run(ctx.kind, &plan, runtime);
                 continue;
             }
-            state.store_generation(generation)?;
+            state.store_generation(ctx.kind, generation)?;
             fault_point("after-plan");
             execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
             fault_point("after-acks");

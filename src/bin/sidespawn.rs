@@ -74,6 +74,97 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate or install the systemd units (path, service, backstop timer,
+    /// watch service, tmpfiles.d) for the kinds in the configuration.
+    #[command(subcommand)]
+    Units(UnitsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UnitsCommand {
+    /// Write the units into DIR, laid out like their install destination.
+    ///
+    /// Example:
+    ///   sidespawn units generate --out /tmp/units && find /tmp/units -type f
+    #[command(verbatim_doc_comment)]
+    Generate {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The sidespawn binary the units run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+    },
+    /// Install the units into /etc/systemd/system (or under --root), only
+    /// rewriting files that changed; then, with --enable, reload systemd and
+    /// enable the path units and the backstop timer (without it, print the
+    /// commands to run).
+    ///
+    /// Examples:
+    ///   sidespawn units install --enable
+    ///   sidespawn units install --root /mnt/image     # an offline image
+    #[command(verbatim_doc_comment)]
+    Install {
+        /// Install under this root instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Run `systemd-tmpfiles --create`, `systemctl daemon-reload` and
+        /// `systemctl enable --now` (only with the root /).
+        #[arg(long)]
+        enable: bool,
+        /// The sidespawn binary the units run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+    },
+}
+
+fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), String> {
+    use sidespawn::units;
+    let bin_of = |bin: Option<PathBuf>| -> Result<PathBuf, String> {
+        match bin {
+            Some(b) => std::path::absolute(&b).map_err(|e| format!("{}: {e}", b.display())),
+            None => std::env::current_exe()
+                .map_err(|e| format!("cannot find this binary's path (pass --bin): {e}")),
+        }
+    };
+    if !cfg.path.exists() {
+        eprintln!(
+            "sidespawn: warning: {} does not exist; the units will run `sync --config {}`, so create it before enabling them",
+            cfg.path.display(),
+            cfg.path.display()
+        );
+    }
+    let (files, root, enable) = match cmd {
+        UnitsCommand::Generate { out, bin } => (
+            units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
+            out,
+            false,
+        ),
+        UnitsCommand::Install { root, enable, bin } => {
+            if enable && root != std::path::Path::new("/") {
+                return Err("--enable works only with --root / (the running system)".into());
+            }
+            (
+                units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
+                root,
+                enable,
+            )
+        }
+    };
+    for (path, change) in units::write(&files, &root).map_err(|e| e.to_string())? {
+        println!("{change:?}: {}", path.display());
+    }
+    let mut cmds = vec![units::tmpfiles_command()];
+    cmds.extend(units::enable_commands(cfg));
+    if enable {
+        units::run_commands(&cmds, std::path::Path::new("systemctl")).map_err(|e| e.to_string())?;
+    } else if root == std::path::Path::new("/") {
+        println!("to activate them, run:");
+        for c in &cmds {
+            println!("  {}", units::display_command(c));
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {
@@ -146,6 +237,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Units(cmd) => match units(&cfg, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sidespawn: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Status { kind, json } => {
             match sidespawn::status::run(&cfg, &runtime, &kind, json) {
                 Ok(true) => ExitCode::SUCCESS,
