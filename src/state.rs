@@ -37,8 +37,14 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_replace(path, bytes, true)
+}
+
+/// Replaces `path` atomically; `durable` adds the fsyncs that make it
+/// survive a power loss (not needed for informational files).
+fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -61,9 +67,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
     f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-    f.sync_all().map_err(io("cannot sync", &tmp))?;
+    if durable {
+        f.sync_all().map_err(io("cannot sync", &tmp))?;
+    }
     std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))?;
-    if let Ok(d) = File::open(dir) {
+    if durable && let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
@@ -102,6 +110,12 @@ pub struct KindStatus {
     pub claimed: usize,
     pub failed: usize,
     pub rejected: usize,
+    /// Requests claimed by every sync so far (each request is claimed once).
+    #[serde(default)]
+    pub total_claimed: u64,
+    /// Requests rejected by every sync so far.
+    #[serde(default)]
+    pub total_rejected: u64,
 }
 
 impl StateDir {
@@ -175,7 +189,8 @@ impl StateDir {
             path: self.status_path(kind),
             message: e.to_string(),
         })?;
-        write_atomic(&self.status_path(kind), &text)
+        // Informational: losing the last update in a power cut is harmless.
+        write_replace(&self.status_path(kind), &text, false)
     }
 }
 

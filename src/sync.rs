@@ -116,6 +116,8 @@ struct KindCtx<'a> {
     rejects: RejectLog,
     batch: Vec<Record>,
     claimed: usize,
+    /// Lines the claim refused (already in the reject log).
+    claim_rejected: usize,
 }
 
 /// Runs the sync as configured. Returns the summary; per-request failures are
@@ -207,7 +209,12 @@ pub fn run(
                 Ok(a) => a,
                 Err(e) => {
                     for c in &ctxs {
-                        record_status(&state, c.kind, Err(&e.to_string()), &Summary::default());
+                        let claimed = Summary {
+                            claimed: c.claimed,
+                            rejected: c.claim_rejected,
+                            ..Summary::default()
+                        };
+                        record_status(&state, c.kind, Err(&e.to_string()), &claimed);
                     }
                     return Err(SyncError::List(e));
                 }
@@ -219,10 +226,12 @@ pub fn run(
         for ctx in &mut ctxs {
             let mut kind_sum = Summary {
                 claimed: ctx.claimed,
+                rejected: ctx.claim_rejected,
                 ..Summary::default()
             };
             if ctx.batch.is_empty() && !(opts.full && pass == 1) {
                 record_status(&state, ctx.kind, Ok(()), &kind_sum);
+                summary.add(&kind_sum);
                 continue;
             }
             let mut generation = state.next_generation(ctx.kind)?;
@@ -301,6 +310,8 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         claimed: s.claimed,
         failed: s.failed,
         rejected: s.rejected,
+        total_claimed: prev.total_claimed + s.claimed as u64,
+        total_rejected: prev.total_rejected + s.rejected as u64,
     };
     if let Err(e) = state.store_status(kind, &st) {
         warn!("cannot record the sync status of {kind}: {e}");
@@ -321,6 +332,7 @@ fn prepare_kind<'a>(
     let journal = Journal::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
     let rejects = RejectLog::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
     let mut claimed = 0;
+    let mut claim_rejected = 0;
     let mut batch = journal.read_records().map_err(|e| e.to_string())?;
     if opts.dry_run {
         let (queued, bad) = shared.peek().map_err(|e| e.to_string())?;
@@ -337,6 +349,7 @@ fn prepare_kind<'a>(
             .map_err(|e| e.to_string())?;
         debug!(kind = %kind, "claimed {} request(s), lock held {:?}", report.claimed, report.lock_held);
         claimed = report.claimed;
+        claim_rejected = report.rejected.len();
         // The claim already logged them and kept them in the reject log.
         for r in &report.rejected {
             if let Some(id) = &r.id {
@@ -355,6 +368,7 @@ fn prepare_kind<'a>(
         rejects,
         batch,
         claimed,
+        claim_rejected,
     })
 }
 
