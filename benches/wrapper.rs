@@ -36,11 +36,10 @@ const LAUNCHER_FLAG: &str = "--sidespawn-launcher";
 const DEFAULT_RUNS: usize = 300;
 /// Fewer runs than this make the p99 little more than the maximum.
 const MIN_MEANINGFUL_RUNS: usize = 200;
-/// Untimed runs first, so page cache and dentries are warm for every program.
-const WARMUP_RUNS: usize = 5;
-/// The queues are checked and emptied this often, so they stay small and the
-/// cost of an append does not drift with the length of the file.
-const TRUNCATE_EVERY: usize = 50;
+/// Runs of one program in a row. After each block its queue is checked and
+/// emptied, so it stays small and the cost of an append does not drift with
+/// the length of the file.
+const BLOCK: usize = 50;
 /// Targets from the design: near the cost of exec itself, an order of
 /// magnitude under the shell wrapper, and small.
 const TARGET_RATIO_NOOP: f64 = 1.5;
@@ -169,38 +168,43 @@ fn bench() -> Result<(), Error> {
             Check::Shell(shell_dir.join("processes")),
         ),
     ];
+    let cpu = pin_to_one_cpu();
     let mut launchers = programs
         .iter()
         .map(|p| Launcher::start(ns.path(), &p.path, &env))
         .collect::<Result<Vec<_>, _>>()?;
 
-    println!(
-        "measuring {runs} runs of each program in network namespace {ns_name} (interleaved)..."
-    );
-    let mut since_check = [0usize; 3];
-    for i in 0..WARMUP_RUNS + runs {
-        // Rotate the order so no program always runs right after another.
+    println!("measuring {runs} runs of each program in network namespace {ns_name}...");
+    let mut done = 0;
+    let mut round = 0;
+    while done < runs {
+        let n = BLOCK.min(runs - done);
+        // Blocks, in a rotating order, so slow drift of the machine spreads
+        // over all three programs; not run by run, because the shell
+        // wrapper's five processes leave the caches cold for whatever runs
+        // next, which costs the small programs proportionally more.
         for k in 0..programs.len() {
-            let p = (i + k) % programs.len();
-            let s = launchers[p].run(Run::Exec)?;
-            if s.status != 0 {
-                return Err(format!(
-                    "{} exited with wait status {:#x} (its stderr is above)",
-                    programs[p].label, s.status
-                )
-                .into());
+            let p = (round + k) % programs.len();
+            // One untimed run first, to warm the caches the previous block
+            // cooled.
+            for j in 0..=n {
+                let s = launchers[p].run(Run::Exec)?;
+                if s.status != 0 {
+                    return Err(format!(
+                        "{} exited with wait status {:#x} (its stderr is above)",
+                        programs[p].label, s.status
+                    )
+                    .into());
+                }
+                if j > 0 {
+                    programs[p].samples.push(s);
+                }
             }
-            if i >= WARMUP_RUNS {
-                programs[p].samples.push(s);
-            }
-            since_check[p] += 1;
+            let prog = &mut programs[p];
+            prog.verified += prog.check.verify_and_truncate(n + 1, &ns_name)?;
         }
-        if (i + 1) % TRUNCATE_EVERY == 0 || i + 1 == WARMUP_RUNS + runs {
-            for (p, n) in programs.iter_mut().zip(since_check.iter_mut()) {
-                p.verified += p.check.verify_and_truncate(*n, &ns_name)?;
-                *n = 0;
-            }
-        }
+        done += n;
+        round += 1;
     }
     // What every row includes that is not the program: fork and wait in the
     // launcher, and the RSS Linux charges the child for the launcher's pages.
@@ -209,7 +213,7 @@ fn bench() -> Result<(), Error> {
         .collect::<Result<_, _>>()?;
     drop(launchers);
 
-    report(runs, &programs, &floor, &wrapper);
+    report(runs, &programs, &floor, &wrapper, cpu);
     drop(ns);
     drop(tmp);
     Ok(())
@@ -470,6 +474,25 @@ fn launcher(args: &[OsString]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Pins this process, and so the launchers and every program they run, to
+/// one CPU. On the VMs this was written on, a child woken on another, idle
+/// vCPU sometimes waited for the next timer tick (about 4 ms) before it ran:
+/// that swamped the sub-millisecond times measured here, at random. On one
+/// CPU, fork, child and wait hand over directly. Returns the CPU.
+fn pin_to_one_cpu() -> Option<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    // The last allowed CPU: CPU 0 tends to take more of the interrupts.
+    let cpu = (0..CpuSet::count())
+        .rev()
+        .find(|&c| allowed.is_set(c).unwrap_or(false))?;
+    let mut one = CpuSet::new();
+    one.set(cpu).ok()?;
+    sched_setaffinity(Pid::from_raw(0), &one).ok()?;
+    Some(cpu)
+}
+
 /// The wrapper as shipped: statically linked, built with the release profile.
 /// `SIDESPAWN_STATIC_WRAPPER` names a prebuilt one to use instead.
 fn static_wrapper() -> Result<PathBuf, Error> {
@@ -704,7 +727,7 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
 
-fn report(runs: usize, programs: &[Program], floor: &[Sample], wrapper: &Path) {
+fn report(runs: usize, programs: &[Program], floor: &[Sample], wrapper: &Path, cpu: Option<usize>) {
     let [a, w, b] = [0, 1, 2].map(|i| stats(&programs[i].samples));
     let ratio = w.median.as_secs_f64() / a.median.as_secs_f64();
     let speedup = b.median.as_secs_f64() / w.median.as_secs_f64();
@@ -758,6 +781,10 @@ fn report(runs: usize, programs: &[Program], floor: &[Sample], wrapper: &Path) {
         "records checked: {} wrapper records (valid, right netns and argv), {} shell wrapper lines",
         programs[1].verified, programs[2].verified
     );
+    match cpu {
+        Some(c) => println!("all runs pinned to CPU {c}"),
+        None => println!("could not pin to one CPU: expect outliers from cross-CPU wakeups"),
+    }
     let size = fs::metadata(wrapper).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrapper binary: {} ({:.1} MiB)",
