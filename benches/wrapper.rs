@@ -180,6 +180,10 @@ fn bench() -> Result<(), Error> {
             Check::Shell(shell_dir.join("processes")),
         ),
     ];
+    // Other work on the machine moves every figure; say how busy it was.
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
     let cpu = pin_to_one_cpu();
     let mut launchers = programs
         .iter()
@@ -225,7 +229,7 @@ fn bench() -> Result<(), Error> {
         .collect::<Result<_, _>>()?;
     drop(launchers);
 
-    report(runs, &programs, &floor, &wrapper, cpu);
+    report(runs, &programs, &floor, &wrapper, cpu, load);
     drop(ns);
     drop(tmp);
     Ok(())
@@ -739,7 +743,14 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
 
-fn report(runs: usize, programs: &[Program], floor: &[Sample], wrapper: &Path, cpu: Option<usize>) {
+fn report(
+    runs: usize,
+    programs: &[Program],
+    floor: &[Sample],
+    wrapper: &Path,
+    cpu: Option<usize>,
+    load: Option<String>,
+) {
     let [a, w, b] = [0, 1, 2].map(|i| stats(&programs[i].samples));
     let ratio = w.median.as_secs_f64() / a.median.as_secs_f64();
     let speedup = b.median.as_secs_f64() / w.median.as_secs_f64();
@@ -785,18 +796,25 @@ fn report(runs: usize, programs: &[Program], floor: &[Sample], wrapper: &Path, c
     let f = stats(floor);
     println!();
     println!(
-        "included in every row: fork + wait in the launcher, median {}; RSS charged for the launcher's pages {}",
-        ms(f.median),
+        "in every row: the launcher's fork + wait, median {};",
+        ms(f.median)
+    );
+    println!(
+        "  and in every peak RSS: the launcher's pages, {}",
         mib(f.peak_rss_kib)
     );
     println!(
-        "records checked: {} wrapper records (valid, right netns and argv), {} shell wrapper lines",
-        programs[1].verified, programs[2].verified
+        "records checked: {} wrapper records (valid, right netns and argv),",
+        programs[1].verified
     );
+    println!("  {} shell wrapper lines", programs[2].verified);
     println!("blocks of {BLOCK} runs per program, each after one untimed run (warm caches)");
     match cpu {
         Some(c) => println!("all runs pinned to CPU {c}"),
         None => println!("could not pin to one CPU: expect outliers from cross-CPU wakeups"),
+    }
+    if let Some(l) = load {
+        println!("load average before the runs: {l} (other work here moves the figures)");
     }
     let size = fs::metadata(wrapper).map(|m| m.len()).unwrap_or(0);
     println!(
