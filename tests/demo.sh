@@ -17,7 +17,7 @@ KEEP=0
 [[ $(id -u) == 0 ]] || { echo "tests/demo.sh: run as root (it creates namespaces and containers)" >&2; exit 2; }
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-show() { printf '\033[2m$ %s\033[0m\n' "$*"; }
+show() { printf '\033[2m$'; printf ' %q' "$@"; printf '\033[0m\n'; }
 
 step "installing what is missing (podman, runc, iproute2, dnsmasq, busybox)"
 tests/scripts/install-deps.sh
@@ -41,15 +41,18 @@ WORK=$(mktemp -d /tmp/sidespawn-demo.XXXXXX)
 DHCP_DIR=/var/lib/neutron/dhcp/$UUID
 MAC=fa:16:3e:00:${UUID:0:2}:${UUID:2:2}
 
+MGR_PID=
 cleanup() {
     if [[ $KEEP == 1 ]]; then
         step "left running (--keep). To clean up:"
+        [[ -n $MGR_PID ]] && echo "  kill $MGR_PID   # the systemd manager running the units"
         echo "  podman rm -f -t 0 $AGENT \$(podman ps -aq --filter label=io.sidespawn.netns=$NS)"
         echo "  ip netns delete $NS; ip netns delete $CLIENT; rm -rf $WORK $DHCP_DIR"
         echo "  state: $WORK   config: $WORK/config.json   try: $SIDESPAWN --config $WORK/config.json status"
         return
     fi
     step "cleaning up"
+    if [[ -n $MGR_PID ]]; then kill "$MGR_PID" 2>/dev/null || true; wait "$MGR_PID" 2>/dev/null || true; fi
     podman rm -f -t 0 "$AGENT" >/dev/null 2>&1 || true
     for c in $(podman ps -aq --filter "label=io.sidespawn.netns=$NS" 2>/dev/null); do
         podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
@@ -96,6 +99,36 @@ cat > "$WORK/config.json" <<JSON
 JSON
 echo "{\"queue_root\": \"$WORK/queue\", \"kinds\": {\"dnsmasq\": {\"start_wait\": false}}}" > "$WORK/wrapper.json"
 
+step "the host side: sidespawn's generated units under a real systemd manager"
+"$SIDESPAWN" --config "$WORK/config.json" units generate --out "$WORK/units" >/dev/null
+MGR=$WORK/systemd
+mkdir -p "$MGR/config/systemd/user" "$MGR/home"
+install -d -m 0700 "$MGR/runtime"
+cp "$WORK"/units/etc/systemd/system/* "$MGR/config/systemd/user/"
+# Test machines only: podman here needs runc and lower ulimits (tests/scripts/containers.conf).
+mkdir -p "$MGR/config/systemd/user/sidespawn@.service.d"
+printf '[Service]\nEnvironment=CONTAINERS_CONF=%s\n' "$CONTAINERS_CONF" \
+    > "$MGR/config/systemd/user/sidespawn@.service.d/test-podman.conf"
+# Services' output goes to the manager's log (there is no journal here).
+printf '[Manager]\nDefaultStandardOutput=inherit\nDefaultStandardError=inherit\n' > "$MGR/config/systemd/user.conf"
+# No systemd as PID 1 on these machines: a user manager in a private mount namespace
+# (see ../shared/ENVIRONMENT.md) runs the very same unit files.
+env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME="$MGR/home" \
+    XDG_RUNTIME_DIR="$MGR/runtime" XDG_CONFIG_HOME="$MGR/config" \
+    unshare --mount --propagation slave sh -c \
+    'mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec /lib/systemd/systemd --user' \
+    > "$MGR/manager.log" 2>&1 &
+MGR_PID=$!
+sctl() { nsenter -t "$MGR_PID" -m env XDG_RUNTIME_DIR="$MGR/runtime" systemctl --user "$@"; }
+for _ in $(seq 300); do
+    state=$(sctl is-system-running 2>/dev/null || true)
+    [[ $state == running || $state == degraded ]] && break
+    sleep 0.1
+done
+show systemctl enable --now sidespawn@dnsmasq.path
+sctl enable --now sidespawn@dnsmasq.path 2>&1 | sed 's/^/  /'
+sctl show -P ActiveState sidespawn@dnsmasq.path | sed 's/^/  sidespawn@dnsmasq.path: /'
+
 step "the agent container: no podman socket, only the wrapper bind-mounted over dnsmasq"
 show podman run -d --name "$AGENT" --privileged --pid host --network host -v /run/netns:/run/netns:shared -v /var/lib/neutron:/var/lib/neutron -v "$WORK/queue:$WORK/queue" -v "$WRAPPER:/usr/sbin/dnsmasq:ro" ... sidespawn-test-agent sleep infinity
 podman run -d --name "$AGENT" --privileged --pid host --network host \
@@ -115,14 +148,21 @@ ARGS=(--no-hosts "" "--pid-file=$DHCP_DIR/pid" "--dhcp-hostsfile=$DHCP_DIR/host"
       --conf-file=/dev/null --domain=openstacklocal)
 show podman exec "$AGENT" ip netns exec "$NS" env "PROCESS_TAG=dnsmasq-$UUID" dnsmasq "${ARGS[@]}"
 podman exec "$AGENT" ip netns exec "$NS" env "PROCESS_TAG=dnsmasq-$UUID" dnsmasq "${ARGS[@]}"
-echo "wrapper exit code: $?  — queued request:"
-cat "$WORK/queue/dnsmasq/queue.jsonl"
+echo "wrapper exit code: 0 (the request is queued; Neutron now waits for the pid file)"
 
-step "the host: sidespawn sync (fired by sidespawn@dnsmasq.path on a systemd host)"
-show sidespawn sync --kind dnsmasq
-"$SIDESPAWN" --config "$WORK/config.json" sync --kind dnsmasq
+step "the host: sidespawn@dnsmasq.path fired sidespawn@dnsmasq.service (sidespawn sync --kind dnsmasq)"
+NAME=sidespawn-dnsmasq-t-dnsmasq-$UUID
+for _ in $(seq 600); do
+    [[ $(podman inspect --format '{{.State.Status}}' "$NAME" 2>/dev/null) == running ]] && break
+    sleep 0.1
+done
+grep -a 'sync:' "$MGR/manager.log" | tail -n 1 | sed 's/^/  /'
+echo "the host's acknowledgement, in the queue directory the agent shares:"
+for _ in $(seq 100); do compgen -G "$WORK/queue/dnsmasq/acks/*.json" >/dev/null && break; sleep 0.1; done
+cat "$WORK"/queue/dnsmasq/acks/*.json | sed 's/^/  /'; echo
 
-step "the sidecar"
+step "the sidecar, still running after the oneshot service exited"
+sctl show -p ActiveState -p Result sidespawn@dnsmasq.service | paste -sd' ' | sed 's/^/  sidespawn@dnsmasq.service: /'
 show sidespawn status
 "$SIDESPAWN" --config "$WORK/config.json" status || true
 
