@@ -104,7 +104,7 @@ fn dnsmasq_started_by_the_agent_serves_dhcp() {
 }
 
 /// Scenario 2: the L3 agent's haproxy call becomes a metadata proxy in `qrouter-<uuid>` that
-/// relays a VM's request to the backend; `haproxy-kill 15` removes it.
+/// relays a VM's request to the backend; `haproxy-kill HUP` reloads it, 15 removes it.
 #[test]
 fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
     if !common::privileged("e2e: the agent's haproxy call becomes a metadata proxy sidecar") {
@@ -128,6 +128,31 @@ fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
     expected.extend(proxy.argv());
     assert_eq!(e2e::cmdline(pid), expected);
 
+    proxy.assert_serves();
+
+    // A reload (the agent rewrote the configuration, then `haproxy-kill HUP`): with -Ws the
+    // master re-reads it and keeps its pid.
+    let conf = std::fs::read_to_string(&proxy.conf).expect("read the haproxy config");
+    let reloaded = conf.replace(
+        "http-response set-header X-Metadata-Proxy",
+        "http-response set-header X-Reloaded yes\n    http-response set-header X-Metadata-Proxy",
+    );
+    assert_ne!(conf, reloaded);
+    e2e::replace_file(&proxy.conf, &reloaded);
+    d.agent_call(
+        proxy.ns.name(),
+        &proxy.tag(),
+        "/etc/neutron/kill_scripts/haproxy-kill",
+        &["HUP".into(), pid.to_string()],
+        0,
+    );
+    common::wait_until(HOST_TIMEOUT, "haproxy serves the new configuration", || {
+        let out = e2e::http_get(&proxy.ns, &format!("http://{}/", e2e::METADATA_IP));
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("x-reloaded: yes")
+    });
+    assert_eq!(proxy.wait_alive(), pid, "same pid after the reload");
     proxy.assert_serves();
 
     // The L3 agent removes the router: haproxy-kill 15 returns once the sidecar is gone.
@@ -316,6 +341,48 @@ fn kill_script_hup_reloads_and_term_removes() {
     d.wait_for_sync_log("the sidecar signalled, then stopped", |log| {
         did(log, "Signal") && did(log, "Stop")
     });
+}
+
+/// Neutron's process monitor: a sidecar's dnsmasq dies, Neutron finds it dead, deletes the pid
+/// file and asks again with the same argv; the host replaces the dead container.
+#[test]
+fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
+    if !common::privileged("e2e: a dead sidecar is replaced on the agent's next request") {
+        return;
+    }
+    let _timer = Timer::start("dead_dnsmasq_is_respawned_when_the_agent_asks_again");
+    let d = Deployment::new();
+    let net = DhcpNetwork::new(&d);
+    let client = net.client(&d);
+    net.write_hosts(&[&client]);
+    net.request(&d);
+    let pid = net.wait_alive();
+    let first = d.sidecar(&net.container_name()).expect("sidecar");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill dnsmasq");
+    common::wait_until(HOST_TIMEOUT, "the sidecar has exited", || {
+        d.sidecar(&net.container_name())
+            .is_some_and(|s| s.state == "exited")
+    });
+    assert_eq!(
+        e2e::alive_pid(&net.pid_file(), &net.uuid),
+        None,
+        "Neutron sees it dead"
+    );
+
+    std::fs::remove_file(net.pid_file()).expect("delete the pid file");
+    net.request(&d);
+    let respawned = net.wait_alive();
+    assert_ne!(respawned, pid);
+    let second = d.sidecar(&net.container_name()).expect("sidecar");
+    assert_ne!(second.id, first.id, "a new container");
+    assert_eq!(second.state, "running");
+    assert_eq!(d.sidecars().len(), 1, "the dead one was removed");
+    client.get_lease();
 }
 
 /// Scenario 5: in one batch, a request whose namespace was deleted and one whose namespace was
