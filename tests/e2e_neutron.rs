@@ -6,6 +6,7 @@
 
 mod common;
 mod e2e;
+mod systemd;
 
 use std::time::Duration;
 
