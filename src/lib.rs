@@ -9,6 +9,7 @@
 pub mod ack;
 pub mod claim;
 pub mod config;
+pub mod desired;
 pub mod kind;
 pub mod lock;
 pub mod netns;

@@ -77,7 +77,7 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
     Ok(())
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)

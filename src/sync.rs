@@ -9,6 +9,7 @@
 //! point and run again converges with nothing lost and no duplicate
 //! container. The queue lock is never held across a podman call.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::ack::{Ack, Outcome};
 use crate::claim::{Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::config::{ConfigError, HostConfig, Profile};
+use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
 use crate::plan::{Job, JobKind, Namespaces, Plan, Step};
 use crate::record::{Record, VERSION, now_ms};
@@ -50,6 +52,8 @@ pub struct Summary {
     pub removed: usize,
     pub failed: usize,
     pub rejected: usize,
+    /// Desired sidecars whose process died, started again.
+    pub restarts: usize,
     /// Kinds whose sync could not run, with the reason.
     pub errors: Vec<(Kind, String)>,
 }
@@ -58,7 +62,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}",
+            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}, restarts {}",
             self.claimed,
             self.started,
             self.replaced,
@@ -66,7 +70,8 @@ impl std::fmt::Display for Summary {
             self.signalled,
             self.removed,
             self.failed,
-            self.rejected
+            self.rejected,
+            self.restarts
         )?;
         if !self.errors.is_empty() {
             write!(f, "; could not sync {} kind(s)", self.errors.len())?;
@@ -235,7 +240,7 @@ pub fn run(
                 continue;
             }
             let mut generation = state.next_generation(ctx.kind)?;
-            let plan = crate::plan::plan(
+            let mut plan = crate::plan::plan(
                 ctx.profile,
                 &ctx.batch,
                 &actual,
@@ -243,13 +248,51 @@ pub fn run(
                 &mut generation,
                 opts.full || !ctx.batch.is_empty(),
             );
+            // Containers were listed for this pass: the moment to notice
+            // desired sidecars whose process died.
+            let mut desired = DesiredTable::load(&state, ctx.kind)?;
+            let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
+            let now = now_ms();
+            let restarts = desired::plan_restarts(
+                ctx.profile,
+                &desired,
+                &Observed {
+                    actual: &actual,
+                    busy: &busy,
+                    unhealthy: &HashSet::new(),
+                },
+                namespaces,
+                &mut generation,
+                now,
+            );
+            log_restart_decisions(ctx.kind, &restarts);
+            plan.jobs.extend(restarts.jobs.iter().cloned());
             if opts.dry_run {
                 print_dry_run(ctx.kind, &plan, runtime);
                 continue;
             }
             state.store_generation(ctx.kind, generation)?;
+            // Stops leave the table before they run: a sync killed after a
+            // stop but before the table is written would otherwise restart
+            // a sidecar the agent stopped (the replayed stop request finds
+            // no container, so it cannot name the sidecar any more).
+            if desired::apply_intents(&mut desired, &plan) {
+                desired.store(&state, ctx.kind)?;
+            }
             fault_point("after-plan");
-            execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
+            let outcomes = execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
+            desired::apply_restart_decisions(&mut desired, ctx.kind, &restarts);
+            desired::apply(&mut desired, &plan, &outcomes, &ctx.batch, &actual, now);
+            // Written before the journal is cleared: a rerun replays the
+            // requests and rebuilds what this write would have said.
+            if let Err(e) = desired.store(&state, ctx.kind) {
+                let msg = e.to_string();
+                error!(kind = %ctx.kind, "cannot record the desired sidecars: {msg}");
+                record_status(&state, ctx.kind, Err(&msg), &kind_sum);
+                summary.add(&kind_sum);
+                summary.errors.push((ctx.kind, msg));
+                continue;
+            }
             fault_point("after-acks");
             if let Err(e) = ctx.journal.clear() {
                 // The requests were acknowledged; a rerun replays them as
@@ -293,6 +336,7 @@ impl Summary {
         self.removed += o.removed;
         self.failed += o.failed;
         self.rejected += o.rejected;
+        self.restarts += o.restarts;
     }
 }
 
@@ -480,6 +524,22 @@ fn run_job(
     Ok(())
 }
 
+/// Logs why dead sidecars are left dead or forgotten.
+fn log_restart_decisions(kind: Kind, rp: &RestartPlan) {
+    for (key, why) in &rp.forget {
+        info!(kind = %kind, key = %key, "forgetting the desired sidecar: {why}");
+    }
+    for (key, why) in &rp.blocked {
+        match why {
+            desired::Blocked::Backoff { .. } => {
+                info!(kind = %kind, key = %key, "{}", why.message(kind));
+            }
+            _ => error!(kind = %kind, key = %key, "{}", why.message(kind)),
+        }
+    }
+}
+
+/// Runs the plan's jobs; returns how each ended, by index.
 fn execute_kind(
     cfg: &HostConfig,
     ctx: &KindCtx,
@@ -487,7 +547,7 @@ fn execute_kind(
     runtime: &dyn Runtime,
     namespaces: &dyn Namespaces,
     sum: &mut Summary,
-) {
+) -> Vec<JobOutcome> {
     let kind = ctx.kind;
     let mut plan_rejects = Vec::new();
     for a in &plan.answers {
@@ -544,6 +604,7 @@ fn execute_kind(
         }
     });
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut outcomes = vec![JobOutcome::Ok; plan.jobs.len()];
     for (i, r, elapsed) in results {
         let job = &plan.jobs[i];
         match r {
@@ -554,9 +615,15 @@ fn execute_kind(
                     JobKind::Replace => sum.replaced += 1,
                     JobKind::Signal => sum.signalled += 1,
                     JobKind::Stop | JobKind::Orphan => sum.removed += 1,
+                    JobKind::Restart => sum.restarts += 1,
                 }
             }
             Err(f) => {
+                outcomes[i] = if f.outcome == Outcome::Rejected {
+                    JobOutcome::Rejected(f.message.clone())
+                } else {
+                    JobOutcome::Failed(f.message.clone())
+                };
                 if f.outcome == Outcome::Rejected {
                     warn!(kind = %kind, container = %job.container, "rejected: {}", f.message);
                     sum.rejected += job.answers.len().max(1);
@@ -578,6 +645,7 @@ fn execute_kind(
     {
         error!(kind = %kind, "cannot write the reject log: {e}");
     }
+    outcomes
 }
 
 fn answer_job(shared: &SharedDir, job: &Job, r: &Result<(), JobFailure>) {
