@@ -1,0 +1,348 @@
+//! Sidecar lifecycle with real podman, namespaces and DHCP: a dnsmasq the
+//! agent asked for is killed with SIGKILL, and the backstop's
+//! `sidespawn sync --full` starts it again — same argv, next generation —
+//! after which a DHCP client on a veth pair gets its lease again.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Netns, TempDir};
+
+/// One isolated host setup: queue root, state dir, host and wrapper
+/// configuration. (The same shape as `sync_podman.rs`'s, minus the shim.)
+struct Host {
+    dir: TempDir,
+    run_label: String,
+}
+
+impl Host {
+    fn new(kind_extra: serde_json::Value) -> Host {
+        let images = common::ensure_images();
+        let dir = TempDir::new("sidespawn-lifecycle");
+        let run_label = common::unique("run");
+        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let data = dir.join("data");
+        let mut dnsmasq = serde_json::json!({
+            "image": images.dnsmasq,
+            "volumes": [format!("{}:{}", data.display(), data.display())],
+            "labels": {"test.sidespawn.run": run_label},
+            // What Debian's dnsmasq needs to serve DHCP and drop privileges.
+            "cap_add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE"],
+            "stop_timeout_s": 5
+        });
+        if let (Some(d), Some(extra)) = (dnsmasq.as_object_mut(), kind_extra.as_object()) {
+            d.extend(extra.clone());
+        }
+        let config = serde_json::json!({
+            "queue_root": dir.join("queue"),
+            "state_dir": dir.join("state"),
+            "podman_timeout_ms": 120000,
+            "kinds": {"dnsmasq": dnsmasq}
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(
+            dir.join("wrapper.json"),
+            serde_json::json!({"queue_root": dir.join("queue")}).to_string(),
+        )
+        .unwrap();
+        Host { dir, run_label }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// The wrapper, called the way Neutron's DHCP agent calls dnsmasq.
+    fn queue_start(&self, ns: &Netns, tag: &str, args: &[String]) {
+        let link = self.dir.join("dnsmasq");
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+        }
+        let mut cmd = ns.exec(&link);
+        cmd.args(args)
+            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
+            .env("PROCESS_TAG", tag);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+    }
+
+    fn sidespawn(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("CONTAINERS_CONF", common::containers_conf())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `sidespawn ARGS`, expects exit 0, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let mut cmd = self.sidespawn(args);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = common::run(common::podman().args(["inspect", name]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    }
+
+    fn status_of(&self, name: &str) -> String {
+        let out = common::output(common::podman().args([
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            name,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        common::run(common::podman().args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=test.sidespawn.run={}", self.run_label),
+        ]))
+        .lines()
+        .map(String::from)
+        .collect()
+    }
+
+    fn desired(&self) -> serde_json::Value {
+        let p = self.dir.join("state/desired/dnsmasq.json");
+        let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_slice(&b).unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for name in self.containers() {
+            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", &name]));
+        }
+    }
+}
+
+/// A qdhcp- namespace serving one fixed address to a client namespace over
+/// a veth pair, with the files Neutron writes for the network.
+struct Network {
+    uuid: String,
+    ns: Netns,
+    client: Netns,
+    client_if: String,
+    pid_file: PathBuf,
+    lease_file: PathBuf,
+    args: Vec<String>,
+}
+
+const ADDRESS: &str = "10.78.0.10";
+
+impl Network {
+    fn new(host: &Host) -> Network {
+        let uuid = common::uuid();
+        let ns = Netns::new(&format!("qdhcp-{uuid}"));
+        let client = Netns::new(&common::unique("sidespawn-client"));
+        let (ours, theirs) = ns.veth_pair(&client);
+        let b = common::random_bytes::<2>();
+        let mac = format!("fa:16:3e:00:{:02x}:{:02x}", b[0], b[1]);
+        for args in [
+            vec!["-n", ns.name(), "addr", "add", "10.78.0.2/24", "dev", &ours],
+            vec!["-n", ns.name(), "link", "set", &ours, "up"],
+            vec!["-n", ns.name(), "link", "set", "lo", "up"],
+            vec!["-n", client.name(), "link", "set", &theirs, "address", &mac],
+            vec!["-n", client.name(), "link", "set", &theirs, "up"],
+        ] {
+            common::run(Command::new("ip").args(args));
+        }
+        let net = host.data().join(&uuid);
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(
+            net.join("host"),
+            format!("{mac},host-10-78-0-10.openstacklocal,{ADDRESS}\n"),
+        )
+        .unwrap();
+        let pid_file = net.join("pid");
+        let lease_file = net.join("leases");
+        let args = vec![
+            "--no-hosts".into(),
+            "".into(),
+            "--port=0".into(),
+            format!("--pid-file={}", pid_file.display()),
+            format!("--dhcp-hostsfile={}", net.join("host").display()),
+            format!("--dhcp-leasefile={}", lease_file.display()),
+            "--bind-dynamic".into(),
+            format!("--dhcp-range=set:subnet-{uuid},10.78.0.0,static,255.255.255.0,86400s"),
+            "--conf-file=/dev/null".into(),
+        ];
+        Network {
+            uuid,
+            ns,
+            client,
+            client_if: theirs,
+            pid_file,
+            lease_file,
+            args,
+        }
+    }
+
+    fn tag(&self) -> String {
+        format!("dnsmasq-{}", self.uuid)
+    }
+
+    fn container(&self) -> String {
+        format!("sidespawn-dnsmasq-t-{}", self.tag())
+    }
+
+    /// The pid in the pid file when it names a live dnsmasq of this network
+    /// (Neutron's liveness check) other than `not`.
+    fn alive_pid(&self, not: Option<u32>) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (Some(pid) != not && String::from_utf8_lossy(&cmdline).contains(&self.uuid)).then_some(pid)
+    }
+
+    fn wait_alive(&self, not: Option<u32>) -> u32 {
+        common::wait_until(Duration::from_secs(60), "dnsmasq is alive", || {
+            self.alive_pid(not).is_some()
+        });
+        self.alive_pid(not).unwrap()
+    }
+
+    /// One DHCP exchange from the client namespace; true when a lease came.
+    fn dhcp(&self) -> bool {
+        let mut cmd = self.client.exec("busybox");
+        cmd.args([
+            "udhcpc",
+            "-i",
+            &self.client_if,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "10",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ]);
+        let out = common::output(&mut cmd);
+        out.status.success()
+            && std::fs::read_to_string(&self.lease_file).is_ok_and(|l| l.contains(ADDRESS))
+    }
+}
+
+fn ns_inode_of(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino()
+}
+
+fn generation(c: &serde_json::Value) -> u64 {
+    c["Config"]["Labels"]["io.sidespawn.generation"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no generation label: {}", c["Config"]["Labels"]))
+}
+
+#[test]
+fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
+    if !common::privileged("a SIGKILLed dnsmasq sidecar is restarted by sync --full") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    let summary = host.ok(&["sync"]);
+    assert!(summary.contains("started 1"), "{summary}");
+    let pid = net.wait_alive(None);
+    assert_eq!(ns_inode_of(pid), net.ns.inode());
+    assert!(net.dhcp(), "no lease from the first dnsmasq");
+    let before = host.inspect(&net.container());
+    let g1 = generation(&before);
+    let desired = host.desired();
+    let entry = &desired["sidecars"][format!("dnsmasq/tag/{}", net.tag())];
+    assert_eq!(entry["record"]["argv"], serde_json::json!(net.args));
+    assert_eq!(entry["generation"], g1);
+
+    // The daemon dies; podman sees its container exit.
+    std::fs::remove_file(&net.lease_file).unwrap();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+    let noticed = killed.elapsed();
+
+    // The backstop's run.
+    let t = Instant::now();
+    let summary = host.ok(&["sync", "--full"]);
+    let sync_took = t.elapsed();
+    assert!(summary.contains("restarts 1"), "{summary}");
+    let new_pid = net.wait_alive(Some(pid));
+    let alive_after = killed.elapsed();
+    assert_eq!(ns_inode_of(new_pid), net.ns.inode());
+    let after = host.inspect(&net.container());
+    assert_eq!(after["State"]["Status"], "running");
+    assert_ne!(after["Id"], before["Id"]);
+    assert_eq!(generation(&after), g1 + 1);
+    assert_eq!(after["Config"]["Cmd"], before["Config"]["Cmd"]);
+    assert!(net.dhcp(), "no lease from the restarted dnsmasq");
+    let serving_after = killed.elapsed();
+    let desired = host.desired();
+    let entry = &desired["sidecars"][format!("dnsmasq/tag/{}", net.tag())];
+    assert_eq!(entry["generation"], g1 + 1);
+    assert_eq!(entry["restarts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(host.containers(), [net.container()]);
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "restart after SIGKILL: podman saw the exit after {noticed:?}; `sync --full` took {sync_took:?}; \
+         new dnsmasq alive {alive_after:?} and serving DHCP {serving_after:?} after the kill"
+    );
+
+    // A second death within the 5 s backoff is left for a later pass.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+    let restarted_at = entry["restarts"][0].as_u64().unwrap();
+    let asked_at = common::unix_ms();
+    let summary = host.ok(&["sync", "--full"]);
+    // Only meaningful while the backoff still runs (a slow machine may
+    // have spent it already).
+    if asked_at < restarted_at + 5000 {
+        assert!(summary.contains("restarts 0"), "{summary}");
+        assert_eq!(host.status_of(&net.container()), "exited");
+    }
+}
