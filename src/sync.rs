@@ -323,6 +323,18 @@ pub fn run(
             );
         }
     }
+    // The backstop's run also collects garbage: leftovers no agent wants.
+    if opts.full && !opts.dry_run {
+        let live: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| !failed_kinds.contains(k))
+            .collect();
+        match crate::gc::run(cfg, runtime, namespaces, &live, false) {
+            Ok(r) => summary.removed += r.removed.len(),
+            Err(e) => warn!("garbage collection skipped: {e}"),
+        }
+    }
     Ok(summary)
 }
 

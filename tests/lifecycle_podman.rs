@@ -187,6 +187,8 @@ impl Network {
             "--bind-dynamic".into(),
             format!("--dhcp-range=set:subnet-{uuid},10.78.0.0,static,255.255.255.0,86400s"),
             "--conf-file=/dev/null".into(),
+            // Log to stderr, which `podman logs` shows.
+            "--log-facility=-".into(),
         ];
         Network {
             uuid,
@@ -345,4 +347,73 @@ fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
         assert!(summary.contains("restarts 0"), "{summary}");
         assert_eq!(host.status_of(&net.container()), "exited");
     }
+}
+
+#[test]
+fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
+    if !common::privileged("sidespawn gc and logs against real podman") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({"restart": {"enabled": false}}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    host.ok(&["sync"]);
+    net.wait_alive(None);
+
+    // logs: by namespace, tag and name, all the same sidecar's log.
+    for target in [net.ns.name().to_owned(), net.tag(), net.container()] {
+        let mut cmd = host.sidespawn(&["logs", &target]);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        // podman logs keeps the container's streams apart; dnsmasq logs
+        // to stderr.
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("started, version"), "logs {target}: {text:?}");
+    }
+    let mut cmd = host.sidespawn(&["logs", "qdhcp-no-such"]);
+    let out = common::output(&mut cmd);
+    common::assert_exit(&cmd, &out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sidecar"));
+
+    // A leftover of ours that nothing wants (a created, never started
+    // container), beside the desired sidecar, dead with restarts off.
+    let images = common::ensure_images();
+    let stray = format!("sidespawn-dnsmasq-t-{}", common::unique("stray"));
+    let _guard = common::Container::new(&stray);
+    common::run(common::podman().args([
+        "create",
+        "--name",
+        &stray,
+        "--label=io.sidespawn.managed-by=sidespawn",
+        "--label=io.sidespawn.kind=dnsmasq",
+        &format!("--label=test.sidespawn.run={}", host.run_label),
+        &images.dnsmasq,
+        "true",
+    ]));
+    let pid = net.wait_alive(None);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+
+    let dry = host.ok(&["gc", "--dry-run"]);
+    assert!(
+        dry.contains(&format!(
+            "would remove {stray} (created and no longer desired)"
+        )),
+        "{dry}"
+    );
+    assert!(!dry.contains(&net.container()), "{dry}");
+    assert_eq!(host.status_of(&stray), "created");
+    let done = host.ok(&["gc"]);
+    assert!(done.contains(&format!("removed {stray}")), "{done}");
+    assert_eq!(host.containers(), [net.container()]);
+    // The desired sidecar stays for the operator to see (and status to report).
+    assert_eq!(host.status_of(&net.container()), "exited");
 }

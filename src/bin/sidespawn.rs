@@ -74,6 +74,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove our containers that are exited or created and no longer
+    /// desired, sidecars whose namespace vanished or was recreated, and
+    /// acknowledgements older than ack_max_age_s. `sync --full` runs it too.
+    ///
+    /// Examples:
+    ///   sidespawn gc --dry-run     # print what would go
+    ///   sidespawn gc --kind dnsmasq
+    #[command(verbatim_doc_comment)]
+    Gc {
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<Kind>,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show a sidecar's log (`podman logs`), found by container name,
+    /// process tag or namespace name.
+    ///
+    /// Examples:
+    ///   sidespawn logs qdhcp-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a
+    ///   sidespawn logs -f dnsmasq-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a
+    #[command(verbatim_doc_comment)]
+    Logs {
+        /// Container name, PROCESS_TAG or namespace of the sidecar.
+        target: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
     #[command(subcommand)]
@@ -167,6 +196,68 @@ fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), String> {
     Ok(())
 }
 
+fn gc(
+    cfg: &HostConfig,
+    runtime: &Podman,
+    ns: &HostNamespaces,
+    only: Vec<Kind>,
+    dry_run: bool,
+) -> Result<(), String> {
+    let kinds = if only.is_empty() {
+        cfg.enabled_kinds()
+    } else {
+        only
+    };
+    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
+    // The same lock as a sync of these kinds: gc edits their desired tables
+    // and must not remove a container a sync is about to reuse.
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    sorted.dedup();
+    let _locks = if dry_run {
+        Vec::new()
+    } else {
+        sorted
+            .iter()
+            .map(|&k| state.sync_lock(k, std::time::Duration::from_secs(600)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let report =
+        sidespawn::gc::run(cfg, runtime, ns, &kinds, dry_run).map_err(|e| e.to_string())?;
+    sidespawn::gc::print(&report, dry_run, cfg.ack_max_age);
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} container(s) could not be removed",
+            report.failed.len()
+        ))
+    }
+}
+
+fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> String {
+    use sidespawn::runtime::Runtime;
+    use std::os::unix::process::CommandExt;
+    let containers = match runtime.list() {
+        Ok(c) => c,
+        Err(e) => return format!("cannot list containers: {e}"),
+    };
+    let name = match sidespawn::logs::resolve(target, &containers) {
+        Ok(n) => n,
+        Err(e) => return e.to_string(),
+    };
+    // Replaces this process: podman's output and exit status are the
+    // command's. argv only, no shell; podman gets the environment the
+    // sync gives it.
+    let err = std::process::Command::new(&cfg.podman)
+        .args(sidespawn::logs::podman_args(&name, follow))
+        .env_remove("INVOCATION_ID")
+        .env_remove("NOTIFY_SOCKET")
+        .exec();
+    format!("cannot run {}: {err}", cfg.podman.display())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -236,6 +327,18 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Gc { kind, dry_run } => match gc(&cfg, &runtime, &namespaces, kind, dry_run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sidespawn: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Logs { target, follow } => {
+            let e = logs(&cfg, &runtime, &target, follow);
+            eprintln!("sidespawn: {e}");
+            ExitCode::from(1)
         }
         Command::Units(cmd) => match units(&cfg, cmd) {
             Ok(()) => ExitCode::SUCCESS,
