@@ -107,6 +107,15 @@ pub fn decide(
     out
 }
 
+/// Whether `c` belongs to this configuration: it carries every label of
+/// its kind's profile `labels` (a kind not configured here: not ours).
+pub fn in_scope(cfg: &HostConfig, c: &ContainerInfo) -> bool {
+    c.labels
+        .get(labels::KIND)
+        .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
+        .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+}
+
 /// What one gc did (or, dry, would do).
 #[derive(Debug, Default)]
 pub struct GcReport {

@@ -116,6 +116,10 @@ pub struct KindStatus {
     /// Requests rejected by every sync so far.
     #[serde(default)]
     pub total_rejected: u64,
+    /// When the sync before this one finished (0: none), so `status` can
+    /// count the rejects logged since then.
+    #[serde(default)]
+    pub previous_sync_ms: u64,
 }
 
 impl StateDir {

@@ -368,6 +368,7 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         rejected: s.rejected,
         total_claimed: prev.total_claimed + s.claimed as u64,
         total_rejected: prev.total_rejected + s.rejected as u64,
+        previous_sync_ms: prev.last_sync_ms,
     };
     if let Err(e) = state.store_status(kind, &st) {
         warn!("cannot record the sync status of {kind}: {e}");

@@ -346,3 +346,65 @@ fn dry_run_shows_the_restart_and_changes_nothing() {
     assert_eq!(s.fake.calls(), [Call::List]);
     assert_eq!(s.desired(), before);
 }
+
+#[test]
+fn status_compares_desired_with_actual() {
+    let Some(s) = Setup::new(serde_json::json!({"enabled": false})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!((rep.kinds[0].desired, rep.kinds[0].desired_running), (1, 1));
+    assert!(rep.sidecars[0].desired);
+
+    s.die();
+    s.sync(true);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(rep.sidecars[0].state, "exited");
+    assert!(
+        rep.sidecars[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("restart.enabled")),
+        "{:?}",
+        rep.sidecars[0]
+    );
+
+    // Removed behind our back: still desired, listed as missing.
+    s.fake.remove(&s.name()).unwrap();
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(rep.sidecars.len(), 1);
+    assert_eq!(rep.sidecars[0].state, "missing");
+    assert_eq!(rep.sidecars[0].name, s.name());
+    assert_eq!((rep.kinds[0].desired, rep.kinds[0].desired_running), (1, 0));
+
+    // A leftover nobody wants does not make the host unhealthy.
+    let Some(t) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    t.start(&["a"]);
+    t.sync(false);
+    let pid = t.container().unwrap().pid;
+    t.stop(pid);
+    t.sync(false);
+    t.fake
+        .run(
+            &t.fake
+                .calls()
+                .iter()
+                .find_map(|c| match c {
+                    Call::Run(spec) => Some(spec.clone()),
+                    _ => None,
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    t.die();
+    let rep = sidespawn::status::report(&t.cfg, &t.fake, &[]).unwrap();
+    assert!(rep.healthy, "{rep:?}");
+    assert!(!rep.sidecars[0].desired);
+}

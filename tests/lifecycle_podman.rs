@@ -302,8 +302,13 @@ fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
 
     // The backstop's run.
     let t = Instant::now();
-    let summary = host.ok(&["sync", "--full"]);
+    let mut cmd = host.sidespawn(&["sync", "--full"]);
+    let out = common::output(&mut cmd);
     let sync_took = t.elapsed();
+    common::assert_exit(&cmd, &out, 0);
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sync_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!sync_log.contains("removed:"), "{sync_log}");
     assert!(summary.contains("restarts 1"), "{summary}");
     let new_pid = net.wait_alive(Some(pid));
     let alive_after = killed.elapsed();
@@ -327,6 +332,8 @@ fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
          new dnsmasq alive {alive_after:?} and serving DHCP {serving_after:?} after the kill"
     );
 
+    check_status_json(&host, &net, &after, g1 + 1);
+
     // A second death within the 5 s backoff is left for a later pass.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(new_pid as i32),
@@ -339,14 +346,135 @@ fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
         || host.status_of(&net.container()) == "exited",
     );
     let restarted_at = entry["restarts"][0].as_u64().unwrap();
-    let asked_at = common::unix_ms();
     let summary = host.ok(&["sync", "--full"]);
-    // Only meaningful while the backoff still runs (a slow machine may
-    // have spent it already).
-    if asked_at < restarted_at + 5000 {
+    // Only meaningful when the whole sync ran inside the backoff (a slow
+    // machine may have spent it already).
+    if common::unix_ms() < restarted_at + 5000 {
         assert!(summary.contains("restarts 0"), "{summary}");
         assert_eq!(host.status_of(&net.container()), "exited");
+        // status says so, and exits 1.
+        let mut cmd = host.sidespawn(&["status", "--json"]);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 1);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["healthy"], false);
+        let sc = &st["sidecars"][0];
+        assert_eq!(sc["state"], "exited");
+        assert_eq!(sc["desired"], true);
+        assert!(
+            sc["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("backoff_s")),
+            "{sc}"
+        );
+        assert_eq!(st["kinds"][0]["desired_running"], 0);
     }
+}
+
+/// `status --json` after the restart, field by field.
+fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generation: u64) {
+    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let out = common::output(&mut cmd);
+    if out.status.code() != Some(0) {
+        let logs = common::output(common::podman().args(["logs", &net.container()]));
+        let state = host.inspect(&net.container())["State"].clone();
+        panic!(
+            "status --json failed; sidecar state {state}, log:\n{}{}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
+    }
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&st), ["healthy", "kinds", "sidecars"]);
+    assert_eq!(st["healthy"], true);
+    let k = &st["kinds"][0];
+    assert_eq!(st["kinds"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        keys(k),
+        [
+            "desired",
+            "desired_running",
+            "error",
+            "kind",
+            "last_sync",
+            "oldest_pending_age_s",
+            "pending",
+            "queue_depth",
+            "rejects_since_last_sync",
+            "restart"
+        ]
+    );
+    assert_eq!(k["kind"], "dnsmasq");
+    assert_eq!(k["queue_depth"], 0);
+    assert_eq!(k["pending"], false);
+    assert_eq!(k["oldest_pending_age_s"], serde_json::Value::Null);
+    assert_eq!(k["error"], serde_json::Value::Null);
+    assert_eq!(k["rejects_since_last_sync"], 0);
+    assert_eq!(k["desired"], 1);
+    assert_eq!(k["desired_running"], 1);
+    let ls = &k["last_sync"];
+    assert_eq!(ls["ok"], true);
+    assert_eq!(ls["error"], serde_json::Value::Null);
+    assert_eq!(ls["consecutive_failures"], 0);
+    assert_eq!(ls["claimed"], 0, "the full sync claimed nothing");
+    assert_eq!(ls["failed"], 0);
+    assert_eq!(ls["rejected"], 0);
+    assert_eq!(ls["total_claimed"], 1);
+    assert_eq!(ls["total_rejected"], 0);
+    let (last, prev) = (
+        ls["last_sync_ms"].as_u64().unwrap(),
+        ls["previous_sync_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        prev > 0 && prev <= last && last <= common::unix_ms(),
+        "{ls}"
+    );
+    assert_eq!(
+        k["restart"],
+        serde_json::json!({"enabled": true, "backoff_s": 5, "max_restarts": 5, "window_s": 600, "restarts_in_window": 1})
+    );
+
+    assert_eq!(st["sidecars"].as_array().unwrap().len(), 1);
+    let sc = &st["sidecars"][0];
+    assert_eq!(
+        keys(sc),
+        [
+            "desired",
+            "generation",
+            "image",
+            "kind",
+            "last_error",
+            "name",
+            "netns",
+            "pid",
+            "request_id",
+            "restarts",
+            "state",
+            "tag",
+            "uptime_s"
+        ]
+    );
+    assert_eq!(sc["name"], net.container());
+    assert_eq!(sc["kind"], "dnsmasq");
+    assert_eq!(sc["netns"], net.ns.name());
+    assert_eq!(sc["tag"], net.tag());
+    assert_eq!(sc["state"], "running");
+    assert_eq!(sc["pid"], c["State"]["Pid"]);
+    assert!(sc["uptime_s"].as_u64().is_some_and(|u| u < 600), "{sc}");
+    assert_eq!(sc["generation"], generation);
+    assert_eq!(sc["image"], c["ImageName"]);
+    assert_eq!(
+        sc["request_id"],
+        c["Config"]["Labels"]["io.sidespawn.request-id"]
+    );
+    assert_eq!(sc["desired"], true);
+    assert_eq!(sc["restarts"], 1);
+    assert_eq!(sc["last_error"], serde_json::Value::Null);
 }
 
 #[test]
