@@ -23,5 +23,6 @@ pub mod state;
 pub mod status;
 pub mod sync;
 pub mod units;
+pub mod upgrade;
 pub mod wrapper;
 pub mod wrapper_config;

@@ -141,6 +141,9 @@ pub fn run(
     if kinds.is_empty() {
         return Err(SyncError::NothingConfigured(cfg.path.clone()));
     }
+    // Rolled-back kinds start the image they were rolled back to.
+    let effective = crate::upgrade::effective_config(cfg)?;
+    let cfg = &effective;
     // A named kind without a usable profile is a configuration error.
     for &k in &kinds {
         cfg.profile(k)?;

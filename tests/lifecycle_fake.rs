@@ -408,3 +408,73 @@ fn status_compares_desired_with_actual() {
     assert!(rep.healthy, "{rep:?}");
     assert!(!rep.sidecars[0].desired);
 }
+
+fn set_image(s: &mut Setup, image: &str) {
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.image = Some(image.to_owned());
+    }
+}
+
+#[test]
+fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
+    use sidespawn::upgrade::{ImageState, rollback, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let g1 = s.generation();
+
+    // A changed image alone does not touch running sidecars...
+    set_image(&mut s, "localhost/dnsmasq:2");
+    s.sync(true);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // ...upgrade does: same argv, next generation, old image remembered.
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    let c = s.container().unwrap();
+    assert_eq!(c.image, "localhost/dnsmasq:2");
+    assert_eq!(s.generation(), g1 + 1);
+    assert_eq!(c.labels[labels::REQUEST_ID], req.id);
+    let st = StateDir::new(&s.cfg.state_dir);
+    assert_eq!(
+        ImageState::load(&st, Kind::Dnsmasq)
+            .unwrap()
+            .previous
+            .as_deref(),
+        Some("localhost/dnsmasq:1")
+    );
+    // Again: nothing to do.
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!((r.replaced.len(), r.unchanged), (0, 1));
+
+    // Rollback: back to :1, and syncs and restarts keep it.
+    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    assert_eq!(s.generation(), g1 + 2);
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // A repeat of the request under the override is a no-op, not a replace.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).unchanged, 1);
+
+    // A later configuration change drops the override: upgrade rolls forward.
+    set_image(&mut s, "localhost/dnsmasq:3");
+    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:3");
+
+    // A failing replacement stops the upgrade and says so.
+    set_image(&mut s, "localhost/dnsmasq:4");
+    s.fake.fail_on(&s.name(), "Error: image not known");
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("image not known") && e.contains("stopped"),
+        "{e}"
+    );
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(d.last_error.is_some_and(|m| m.contains("upgrade")));
+}

@@ -103,6 +103,34 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Replace a kind's running sidecars with its configured image, batch
+    /// by batch (same argv and namespace, next generation), stopping at the
+    /// first failed batch. The image they ran is remembered for rollback.
+    ///
+    /// Example:
+    ///   sidespawn upgrade --kind dnsmasq --max-parallel 4
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        #[arg(long, value_name = "KIND")]
+        kind: Kind,
+        /// Sidecars replaced at once (default: parallelism).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+    },
+    /// Return a kind's sidecars to the image they ran before the last
+    /// upgrade (a host-state override of the configured image, dropped
+    /// when the configured image changes).
+    ///
+    /// Example:
+    ///   sidespawn rollback --kind dnsmasq
+    #[command(verbatim_doc_comment)]
+    Rollback {
+        #[arg(long, value_name = "KIND")]
+        kind: Kind,
+        /// Sidecars replaced at once (default: parallelism).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+    },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
     #[command(subcommand)]
@@ -236,6 +264,43 @@ fn gc(
     }
 }
 
+fn upgrade(
+    cfg: &HostConfig,
+    runtime: &Podman,
+    ns: &HostNamespaces,
+    kind: Kind,
+    max_parallel: Option<usize>,
+    rollback: bool,
+) -> Result<(), String> {
+    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
+    // Excludes a sync of this kind replaying requests meanwhile.
+    let _lock = state
+        .sync_lock(kind, std::time::Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    let n = max_parallel.unwrap_or(cfg.parallelism);
+    let r = if rollback {
+        sidespawn::upgrade::rollback(cfg, kind, runtime, ns, n)
+    } else {
+        sidespawn::upgrade::upgrade(cfg, kind, runtime, ns, n)
+    }
+    .map_err(|e| e.to_string())?;
+    for s in &r.replaced {
+        println!(
+            "replaced {} (generation {}), down at most {} ms",
+            s.container,
+            s.generation,
+            s.gap.as_millis()
+        );
+    }
+    println!(
+        "{kind}: {} replaced, {} already on {}",
+        r.replaced.len(),
+        r.unchanged,
+        r.image
+    );
+    Ok(())
+}
+
 fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> String {
     use sidespawn::runtime::Runtime;
     use std::os::unix::process::CommandExt;
@@ -335,6 +400,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Upgrade { kind, max_parallel } => {
+            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, false) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Rollback { kind, max_parallel } => {
+            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, true) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Logs { target, follow } => {
             let e = logs(&cfg, &runtime, &target, follow);
             eprintln!("sidespawn: {e}");
