@@ -545,3 +545,150 @@ fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
     // The desired sidecar stays for the operator to see (and status to report).
     assert_eq!(host.status_of(&net.container()), "exited");
 }
+
+/// Extra tags of the test's dnsmasq image, removed (untagged) on drop.
+struct Tags(Vec<String>);
+
+impl Drop for Tags {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = common::output(common::podman().args([
+                "untag",
+                &common::ensure_images().dnsmasq,
+                t,
+            ]));
+        }
+    }
+}
+
+/// Runs `sidespawn ARGS` while watching each network's dnsmasq: returns,
+/// per network, the time from its old daemon's death to the new one being
+/// alive (Neutron's check: the pid file's pid runs with the uuid in its
+/// cmdline), and the command's stdout.
+fn measure_gaps(host: &Host, nets: &[&Network], args: &[&str]) -> (Vec<Duration>, String) {
+    let old: Vec<u32> = nets.iter().map(|n| n.wait_alive(None)).collect();
+    let child = host
+        .sidespawn(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut gone: Vec<Option<Instant>> = vec![None; nets.len()];
+    let mut back: Vec<Option<Instant>> = vec![None; nets.len()];
+    let alive = |pid: u32, uuid: &str| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(uuid))
+    };
+    // A measurement, not a wait: poll as fast as is reasonable.
+    while back.iter().any(Option::is_none) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the replacement did not finish"
+        );
+        let now = Instant::now();
+        for (i, n) in nets.iter().enumerate() {
+            if gone[i].is_none() && !alive(old[i], &n.uuid) {
+                gone[i] = Some(now);
+            }
+            if back[i].is_none() && n.alive_pid(Some(old[i])).is_some() {
+                back[i] = Some(now);
+                gone[i].get_or_insert(now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gaps = gone
+        .iter()
+        .zip(&back)
+        .map(|(g, b)| b.unwrap().saturating_duration_since(g.unwrap()))
+        .collect();
+    (gaps, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn upgrade_and_rollback_replace_sidecars_one_batch_at_a_time() {
+    if !common::privileged("upgrade and rollback of dnsmasq sidecars between two image tags") {
+        return;
+    }
+    let images = common::ensure_images();
+    let base = common::unique("localhost/sidespawn-lifecycle-dnsmasq");
+    let (a, b) = (format!("{base}:a"), format!("{base}:b"));
+    let _tags = Tags(vec![a.clone(), b.clone()]);
+    for t in [&a, &b] {
+        common::run(common::podman().args(["tag", &images.dnsmasq, t]));
+    }
+    let host = Host::new(serde_json::json!({"image": a}));
+    let nets = [Network::new(&host), Network::new(&host)];
+    for n in &nets {
+        host.queue_start(&n.ns, &n.tag(), &n.args);
+    }
+    host.ok(&["sync"]);
+    let gens: Vec<u64> = nets
+        .iter()
+        .map(|n| generation(&host.inspect(&n.container())))
+        .collect();
+    for n in &nets {
+        assert!(n.dhcp());
+    }
+
+    // The configuration names image b; nothing changes until upgrade.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["image"] = serde_json::json!(b);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    host.ok(&["sync", "--full"]);
+    for n in &nets {
+        assert_eq!(host.inspect(&n.container())["ImageName"], a.as_str());
+    }
+
+    let refs: Vec<&Network> = nets.iter().collect();
+    let (up_gaps, out) = measure_gaps(
+        &host,
+        &refs,
+        &["upgrade", "--kind", "dnsmasq", "--max-parallel", "1"],
+    );
+    assert!(out.contains("2 replaced"), "{out}");
+    for (n, g) in nets.iter().zip(&gens) {
+        let c = host.inspect(&n.container());
+        assert_eq!(c["ImageName"], b.as_str());
+        assert!(generation(&c) > *g);
+        // (The lease file stays: dnsmasq keeps it open; udhcpc's exit says.)
+        if !n.dhcp() {
+            let logs = common::output(common::podman().args(["logs", &n.container()]));
+            panic!(
+                "no lease after the upgrade; {} log:\n{}",
+                n.container(),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+    }
+    let images_state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.dir.join("state/images/dnsmasq.json")).unwrap())
+            .unwrap();
+    assert_eq!(images_state["previous"], a.as_str());
+
+    let (back_gaps, out) = measure_gaps(&host, &refs, &["rollback", "--kind", "dnsmasq"]);
+    assert!(out.contains("2 replaced"), "{out}");
+    for n in &nets {
+        assert_eq!(host.inspect(&n.container())["ImageName"], a.as_str());
+        // (The lease file stays: dnsmasq keeps it open; udhcpc's exit says.)
+        assert!(n.dhcp(), "no lease after the rollback");
+    }
+    // Generations only ever grow: upgrade then rollback is two steps.
+    for (n, g) in nets.iter().zip(&gens) {
+        assert_eq!(generation(&host.inspect(&n.container())), g + 4);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "service gap per sidecar (old dnsmasq gone -> new one alive): upgrade {up_gaps:?}, rollback {back_gaps:?}\n{out}"
+    );
+}
