@@ -89,6 +89,8 @@ struct ProfileFile {
     allow_host_network: Option<bool>,
     stop_timeout_s: Option<u64>,
     restart: Option<RestartFile>,
+    health_cmd: Option<Vec<String>>,
+    health_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +170,11 @@ pub struct Profile {
     pub allow_host_network: bool,
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    /// Run in each running desired sidecar (`podman exec NAME ...`) by
+    /// `sync --full` and `status`; a failure counts as dead for the
+    /// restart policy.
+    pub health_cmd: Option<Vec<String>>,
+    pub health_timeout: Duration,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -226,6 +233,8 @@ impl Profile {
             allow_host_network: false,
             stop_timeout: Duration::from_secs(10),
             restart: RestartPolicy::default(),
+            health_cmd: None,
+            health_timeout: Duration::from_secs(5),
         }
     }
 
@@ -352,6 +361,15 @@ impl HostConfig {
                     max_restarts: r.max_restarts.unwrap_or(d.max_restarts),
                     window: r.window_s.map_or(d.window, Duration::from_secs),
                 };
+            }
+            if let Some(h) = p.health_cmd {
+                if h.is_empty() {
+                    return Err(invalid(&key("health_cmd"), "must name the program to run"));
+                }
+                prof.health_cmd = Some(h);
+            }
+            if let Some(t) = p.health_timeout_s {
+                prof.health_timeout = Duration::from_secs(t.max(1));
             }
             if prof.image.as_deref() == Some("") {
                 return Err(invalid(&key("image"), "must not be empty"));

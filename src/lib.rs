@@ -11,6 +11,7 @@ pub mod claim;
 pub mod config;
 pub mod desired;
 pub mod gc;
+pub mod health;
 pub mod kind;
 pub mod lock;
 pub mod logs;

@@ -73,6 +73,9 @@ pub struct SidecarReport {
     pub restarts: usize,
     /// Why its last start or restart failed, or why it is left dead.
     pub last_error: Option<String>,
+    /// `healthy`, or why the kind's `health_cmd` failed; `null` when the
+    /// kind has no check or the sidecar is not a running desired one.
+    pub health: Option<String>,
 }
 
 /// The whole report (`--json` prints exactly this).
@@ -191,6 +194,7 @@ pub fn report(
             desired: false,
             restarts: 0,
             last_error: None,
+            health: None,
         })
         .collect();
     // Desired against actual: each desired sidecar marks its container, or
@@ -206,6 +210,31 @@ pub fn report(
             }
         };
         let window_ms = kr.restart.window_s.saturating_mul(1000);
+        let sick = match cfg.kinds.get(&kind) {
+            Some(p) if p.health_cmd.is_some() => {
+                let names: Vec<String> = table
+                    .sidecars
+                    .values()
+                    .filter(|d| {
+                        sidecars
+                            .iter()
+                            .any(|s| s.name == d.container && s.state == "running")
+                    })
+                    .map(|d| d.container.clone())
+                    .collect();
+                let failed = crate::health::failures(p, runtime, &names, cfg.parallelism);
+                for s in sidecars.iter_mut().filter(|s| names.contains(&s.name)) {
+                    s.health = Some(
+                        failed
+                            .get(&s.name)
+                            .cloned()
+                            .unwrap_or_else(|| "healthy".to_owned()),
+                    );
+                }
+                failed
+            }
+            _ => Default::default(),
+        };
         for d in table.sidecars.values() {
             let restarts = d
                 .restarts
@@ -222,7 +251,7 @@ pub fn report(
                     s.desired = true;
                     s.restarts = restarts;
                     s.last_error = d.last_error.clone();
-                    s.state == "running"
+                    s.state == "running" && !sick.contains_key(&s.name)
                 }
                 None => {
                     sidecars.push(SidecarReport {
@@ -239,6 +268,7 @@ pub fn report(
                         desired: true,
                         restarts,
                         last_error: d.last_error.clone(),
+                        health: None,
                     });
                     false
                 }

@@ -255,6 +255,11 @@ pub fn run(
             // desired sidecars whose process died.
             let mut desired = DesiredTable::load(&state, ctx.kind)?;
             let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
+            let unhealthy = if opts.full && pass == 1 && !opts.dry_run {
+                check_health(cfg, ctx.profile, runtime, &desired, &actual)
+            } else {
+                HashSet::new()
+            };
             let now = now_ms();
             let restarts = desired::plan_restarts(
                 ctx.profile,
@@ -262,7 +267,7 @@ pub fn run(
                 &Observed {
                     actual: &actual,
                     busy: &busy,
-                    unhealthy: &HashSet::new(),
+                    unhealthy: &unhealthy,
                 },
                 namespaces,
                 &mut generation,
@@ -538,6 +543,32 @@ fn run_job(
         }
     }
     Ok(())
+}
+
+/// Runs the kind's health check in its running desired sidecars; returns
+/// the names of those that failed it (they count as dead).
+fn check_health(
+    cfg: &HostConfig,
+    profile: &Profile,
+    runtime: &dyn Runtime,
+    desired: &DesiredTable,
+    actual: &[ContainerInfo],
+) -> HashSet<String> {
+    let names: Vec<String> = desired
+        .sidecars
+        .values()
+        .filter(|d| {
+            actual
+                .iter()
+                .any(|c| c.name == d.container && c.state == crate::runtime::State::Running)
+        })
+        .map(|d| d.container.clone())
+        .collect();
+    let failed = crate::health::failures(profile, runtime, &names, cfg.parallelism);
+    for (name, why) in &failed {
+        warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
+    }
+    failed.into_keys().collect()
 }
 
 /// Logs why dead sidecars are left dead or forgotten.

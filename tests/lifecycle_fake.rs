@@ -478,3 +478,43 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     let d = s.desired().sidecars.into_values().next().unwrap();
     assert!(d.last_error.is_some_and(|m| m.contains("upgrade")));
 }
+
+#[test]
+fn unhealthy_sidecar_counts_as_dead() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let mut s = s;
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.health_cmd = Some(vec!["pgrep".into(), "dnsmasq".into()]);
+    }
+    s.start(&["a"]);
+    s.sync(false);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some("healthy"));
+
+    s.fake.set_unhealthy(&s.name(), true);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert!(
+        rep.sidecars[0]
+            .health
+            .as_deref()
+            .is_some_and(|h| h.contains("health check failed")),
+        "{:?}",
+        rep.sidecars[0]
+    );
+    // Request-driven passes do not run checks; the backstop does.
+    let g = s.generation();
+    assert_eq!(s.sync(false).restarts, 0);
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.generation(), g + 1);
+    assert!(s.fake.calls().contains(&Call::Remove(s.name())));
+    s.fake.set_unhealthy(&s.name(), false);
+    assert!(
+        sidespawn::status::report(&s.cfg, &s.fake, &[])
+            .unwrap()
+            .healthy
+    );
+}

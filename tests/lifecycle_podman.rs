@@ -446,6 +446,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
         [
             "desired",
             "generation",
+            "health",
             "image",
             "kind",
             "last_error",
@@ -475,6 +476,11 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(sc["desired"], true);
     assert_eq!(sc["restarts"], 1);
     assert_eq!(sc["last_error"], serde_json::Value::Null);
+    assert_eq!(
+        sc["health"],
+        serde_json::Value::Null,
+        "no health_cmd configured"
+    );
 }
 
 #[test]
@@ -691,4 +697,40 @@ fn upgrade_and_rollback_replace_sidecars_one_batch_at_a_time() {
         std::io::stderr(),
         "service gap per sidecar (old dnsmasq gone -> new one alive): upgrade {up_gaps:?}, rollback {back_gaps:?}\n{out}"
     );
+}
+
+#[test]
+fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
+    if !common::privileged("health_cmd through podman exec") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({"health_cmd": ["dnsmasq", "--test"]}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    host.ok(&["sync"]);
+    let pid = net.wait_alive(None);
+    let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "healthy");
+    let g = generation(&host.inspect(&net.container()));
+
+    // The same daemon, now judged by a check that fails.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!(["dnsmasq", "--no-such-option"]);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let out = common::output(&mut cmd);
+    common::assert_exit(&cmd, &out, 1);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        st["sidecars"][0]["health"]
+            .as_str()
+            .is_some_and(|h| h.contains("health check failed")),
+        "{st}"
+    );
+    assert_eq!(st["kinds"][0]["desired_running"], 0);
+    let summary = host.ok(&["sync", "--full"]);
+    assert!(summary.contains("restarts 1"), "{summary}");
+    net.wait_alive(Some(pid));
+    assert_eq!(generation(&host.inspect(&net.container())), g + 1);
 }
