@@ -222,6 +222,7 @@ fn check_summary(s: &Summary, fx: &Fixture) -> Result<(), String> {
         removed: 2 * g,
         failed: 0,
         rejected: 0,
+        restarts: 0,
         errors: Vec::new(),
     };
     if *s != want {
