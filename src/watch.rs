@@ -171,6 +171,8 @@ struct CueState {
     dirty: bool,
     full: bool,
     forced: bool,
+    /// End a back-off now (the configuration was reloaded).
+    reset: bool,
     stop: bool,
 }
 
@@ -208,6 +210,15 @@ impl Cue {
         });
     }
 
+    /// Sync now even if waiting out a back-off: what failed may have been
+    /// fixed (a reloaded configuration).
+    pub fn retry_now(&self) {
+        self.set(|s| {
+            s.forced = true;
+            s.reset = true;
+        });
+    }
+
     /// Finish the run in progress, if any, and exit.
     pub fn stop(&self) {
         self.set(|s| s.stop = true);
@@ -221,6 +232,10 @@ impl Cue {
         loop {
             if st.stop {
                 return None;
+            }
+            if st.reset {
+                st.reset = false;
+                *retry_at = None;
             }
             let now = Instant::now();
             match *retry_at {
@@ -910,8 +925,9 @@ impl Daemon {
                     error!("{e}");
                 }
             } else {
-                // Profiles may have changed: converge under the new ones.
-                self.workers[&k].cue.force();
+                // Profiles may have changed: converge under the new ones,
+                // and a sync that failed may work now.
+                self.workers[&k].cue.retry_now();
             }
         }
         self.rescan_all();
@@ -1332,6 +1348,13 @@ mod tests {
         // The retry runs even if the queue looks idle: the journal may hold
         // claimed requests.
         assert!(jobs[1].0.forced);
+        drop(jobs);
+        // A reload ends the back-off at once.
+        h.wait_runs(2);
+        let t = Instant::now();
+        h.cue.retry_now();
+        h.wait_runs(3);
+        assert!(t.elapsed() < backoff, "{:?}", t.elapsed());
     }
 
     #[test]

@@ -95,6 +95,10 @@ impl Setup {
     /// dnsmasq image (a kind's program is the host's choice), so that any
     /// kind's request makes a sidecar that stays up.
     fn write_config(&self, extra: &[&str], image: &str) {
+        self.write_config_with(extra, image, "podman");
+    }
+
+    fn write_config_with(&self, extra: &[&str], image: &str, podman: &str) {
         let data = self.dir.join("data");
         let profile = serde_json::json!({
             "image": image,
@@ -113,6 +117,7 @@ impl Setup {
         let config = serde_json::json!({
             "queue_root": self.queue_root(),
             "state_dir": self.dir.join("state"),
+            "podman": podman,
             "kinds": kinds,
         });
         std::fs::write(self.config_path(), config.to_string()).unwrap();
@@ -705,6 +710,55 @@ fn sighup_rereads_the_configuration_and_keeps_it_when_bad() {
         "{:?}",
         d.messages.lock().unwrap()
     );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.log());
+}
+
+#[test]
+fn failing_sync_backs_off_keeps_watching_and_recovers() {
+    let _serial = serial();
+    let Some(s) = Setup::start("watch daemon: failing sync backs off") else {
+        return;
+    };
+    let images = common::ensure_images();
+    s.write_config_with(&[], &images.dnsmasq, "/nonexistent/podman");
+    // Ready even so: it watches, and says in its status why syncs fail.
+    let mut d = Daemon::start(&s, &[]);
+    assert!(
+        d.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("dnsmasq FAILED")),
+        "{:?}",
+        d.messages.lock().unwrap()
+    );
+    let t0 = Instant::now();
+    let tag = s.tag();
+    s.call("dnsmasq", &tag);
+    // Retries 1 s, 2 s, 4 s after the first failure: at most four runs in
+    // the first four seconds, whatever the events.
+    common::wait_until(TIMEOUT, "a retry after the request", || {
+        d.log().matches("sync failed").count() >= 2
+    });
+    while t0.elapsed() < Duration::from_secs(4) {
+        s.call("dnsmasq", &tag);
+    }
+    let failures = d.log().matches("sync failed").count();
+    assert!(
+        (2..=4).contains(&failures),
+        "{failures} runs
+{}",
+        d.log()
+    );
+    assert!(d.log().contains("retrying in"), "{}", d.log());
+
+    // Fixed configuration: the queued requests are served.
+    s.write_config(&[], &images.dnsmasq);
+    d.signal(Signal::SIGHUP);
+    common::wait_until(TIMEOUT, "the request runs after the fix", || {
+        s.running(&Setup::sidecar("dnsmasq", &tag))
+    });
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit().code(), Some(0), "{}", d.log());
 }
