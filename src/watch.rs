@@ -6,24 +6,26 @@
 //! Invariants:
 //!
 //! * **Events are only a cue.** No event is trusted to say what changed or
-//!   that nothing else did: an event on `pending`, `queue.jsonl` or
-//!   `timestamp` marks the kind dirty, and the kind's worker then looks at
-//!   the queue itself ([`SharedDir::is_pending`], a stat, which raises no
-//!   event) and runs [`sync::run`] — the same claim and the same locks as
-//!   the oneshot, so the two may run at once. A lost event therefore costs
-//!   latency, never a request: an overflowed inotify queue, a replaced or
-//!   deleted directory and a periodic timer all lead to the same rescan.
+//!   that nothing else did: an event that may mean a request (see
+//!   [`classify`]) marks the kind dirty, and the kind's worker then looks at
+//!   the queue itself ([`SharedDir::is_pending`]) and runs [`sync::run`] —
+//!   the same claim and the same locks as the oneshot, so the two may run
+//!   at once. A lost event therefore costs latency, never a request: an
+//!   overflowed inotify queue, a replaced or deleted directory and the
+//!   periodic full reconcile all lead to the same rescan.
 //! * **Bursts coalesce without delaying a lone request.** One worker thread
 //!   per kind; an event sets a dirty flag; an idle worker syncs at once (no
 //!   debounce), and events that arrive during a sync make exactly one more
 //!   run after it, however many there were.
 //! * **A failing sync cannot spin.** After a failed run the worker waits
 //!   ([`sync::backoff_delay`]: 1 s doubling to 60 s) before the next one,
-//!   whatever events arrive, and says why in the log and in the status.
-//! * **The daemon's own work raises no new work.** Events about `lock`,
-//!   `acks/` and plain opens are ignored, and the pending check opens
-//!   nothing in the kind directory, so a sync's own claim (truncating the
-//!   queue, removing the marker) ends in one cheap "nothing pending" check.
+//!   whatever events arrive, and says why in the log and in the status. A
+//!   reload (SIGHUP) ends the wait, since it may have fixed the cause.
+//! * **The daemon's own work raises no new work.** Events about `acks/`
+//!   and plain opens are ignored, and the pending check only opens
+//!   directories and stats files (passive events), so a sync's own claim
+//!   (closing the lock, removing the marker) ends in one cheap "nothing
+//!   pending" check, not in another sync.
 //! * **Watches follow the directories.** The queue root is watched too;
 //!   when a kind directory is renamed, deleted or recreated its watch is
 //!   moved to whatever now has the name (identified by device and inode),
