@@ -500,8 +500,12 @@ fn replaced_or_deleted_queue_directory_is_watched_again() {
         s.running(&Setup::sidecar("dnsmasq", &tag1))
     });
 
-    // Deleted outright, then made anew.
-    std::fs::remove_dir_all(&kind_dir).unwrap();
+    // Deleted outright, then made anew. The daemon may be writing into it
+    // meanwhile (the acknowledgement, `acks/` made again by a check that
+    // the deletion's own events cued): delete until it is gone.
+    common::wait_until(TIMEOUT, "the queue directory is deleted", || {
+        std::fs::remove_dir_all(&kind_dir).is_ok() || !kind_dir.exists()
+    });
     std::fs::create_dir(&kind_dir).unwrap();
     let tag2 = s.tag();
     s.call("dnsmasq", &tag2);
