@@ -15,8 +15,8 @@
 //!   journal consistent; SIGHUP re-reads the configuration, keeps the old
 //!   one when the new one is bad;
 //! * under a real systemd manager, `sidespawn-watch.service` (Type=notify)
-//!   becomes active only once READY=1 arrives, pings its watchdog, and a
-//!   wrapper call becomes a sidecar. Test-only drop-in there:
+//!   becomes active only once READY=1 arrives, pings its watchdog, reloads
+//!   on `systemctl reload`, and a wrapper call becomes a sidecar. Test-only drop-in there:
 //!   `Environment=CONTAINERS_CONF=...` (podman on these machines needs runc
 //!   and lower ulimits, tests/scripts/containers.conf), and a shorter
 //!   `WatchdogSec=` so that the pings can be seen within the test.
@@ -806,6 +806,17 @@ fn watch_service_under_a_real_systemd_manager() {
     common::wait_until(TIMEOUT, "the wrapper call becomes a sidecar", || {
         s.running(&Setup::sidecar("dnsmasq", &tag))
     });
+
+    // `systemctl reload` reaches the daemon as SIGHUP; same process after.
+    let pid = manager.show(SERVICE, "MainPID");
+    manager.systemctl_ok(&["reload", SERVICE]);
+    common::wait_until(TIMEOUT, "the daemon reloaded", || {
+        manager.log_text().contains("configuration reloaded")
+    });
+    manager
+        .wait_for(SERVICE, "ActiveState", "active", TIMEOUT)
+        .unwrap();
+    assert_eq!(manager.show(SERVICE, "MainPID"), pid);
 
     // The watchdog is fed: its timestamp moves on, the service stays up.
     let first = manager.show(SERVICE, "WatchdogTimestampMonotonic");
