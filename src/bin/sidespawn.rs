@@ -131,6 +131,30 @@ enum Command {
         #[arg(long, value_name = "N")]
         max_parallel: Option<usize>,
     },
+    /// Watch the request queues and sync each kind as requests arrive: a
+    /// long-running alternative to the sidespawn@<kind>.path units.
+    ///
+    /// Drains what is queued at start, then syncs a kind whenever its queue
+    /// changes, with a full reconcile every --interval seconds. SIGHUP
+    /// re-reads the configuration; SIGTERM finishes the sync in progress and
+    /// exits 0. Under systemd (Type=notify) it reports readiness, status and
+    /// watchdog pings. Running it beside the path units is safe.
+    ///
+    /// Examples:
+    ///   sidespawn watch                    # every enabled kind
+    ///   sidespawn watch --kind dnsmasq -v  # one kind, with debug logs
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// Only this kind (repeatable; default: every enabled kind, re-read
+        /// on SIGHUP).
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<Kind>,
+        /// Seconds between full reconciles (`sync --full`), the backstop
+        /// for anything the watches missed.
+        #[arg(long, value_name = "SECS", default_value_t = 300,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
     #[command(subcommand)]
@@ -424,6 +448,20 @@ fn main() -> ExitCode {
             let e = logs(&cfg, &runtime, &target, follow);
             eprintln!("sidespawn: {e}");
             ExitCode::from(1)
+        }
+        Command::Watch { kind, interval } => {
+            let opts = sidespawn::watch::WatchOptions {
+                kinds: kind,
+                interval: std::time::Duration::from_secs(interval),
+                explicit_config: cli.config.is_some(),
+            };
+            match sidespawn::watch::run(cfg, &opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Units(cmd) => match units(&cfg, cmd) {
             Ok(()) => ExitCode::SUCCESS,
