@@ -8,7 +8,7 @@
 //! The shim is steered by marker files in `<dir>/shim/`: `fail-<container name>` makes that
 //! container's `run` fail like podman does (exit 125, `Error: ...` on stderr), `hang-run` makes
 //! every `run` sleep until killed (writing its pid to `hung.pid` first), `fail-ps` makes `ps`
-//! fail. Each call's argv is written NUL-separated to its own file under `<dir>/calls/`, so
+//! fail, and `ps.json` is what `ps` prints instead of `[]`. Each call's argv is written NUL-separated to its own file under `<dir>/calls/`, so
 //! arguments with spaces, quotes or newlines come back exactly.
 
 use std::fs;
@@ -40,7 +40,11 @@ ps)
         echo "Error: injected failure of ps" >&2
         exit 125
     fi
-    echo '[]'
+    if [ -e "$d/shim/ps.json" ]; then
+        cat "$d/shim/ps.json"
+    else
+        echo '[]'
+    fi
     ;;
 run)
     name=
@@ -271,8 +275,33 @@ impl FakeHost {
             .and_then(|s| s.trim().parse().ok())
     }
 
+    /// Makes `podman ps` print `containers` (podman 4's `ps --format json` entries).
+    pub fn set_ps(&self, containers: &Value) {
+        fs::write(self.dir.join("shim/ps.json"), containers.to_string()).expect("ps.json");
+    }
+
     pub fn fail_ps(&self) {
         fs::write(self.dir.join("shim/fail-ps"), b"").expect("marker");
+    }
+
+    pub fn heal_ps(&self) {
+        fs::remove_file(self.dir.join("shim/fail-ps")).expect("marker");
+    }
+
+    /// The last sync status of `kind` (`<state_dir>/status/<kind>.json`).
+    pub fn status(&self, kind: Kind) -> Option<Value> {
+        let bytes = fs::read(self.state_dir().join(format!("status/{kind}.json"))).ok()?;
+        Some(serde_json::from_slice(&bytes).expect("status is JSON"))
+    }
+
+    /// The ids of the records in `kind`'s journal (claimed, not yet done).
+    pub fn journal_ids(&self, kind: Kind) -> Vec<String> {
+        fs::read_to_string(self.journal_path(kind))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// The acknowledgement of request `id`, if the host wrote one.
