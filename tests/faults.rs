@@ -691,3 +691,40 @@ fn a_failing_sync_backs_off_instead_of_spinning() {
         ),
     );
 }
+
+#[test]
+fn wrapper_refuses_a_request_longer_than_the_host_accepts() {
+    if !privileged("wrapper: request over the line limit") {
+        return;
+    }
+    // Ten arguments of 110 KiB: each under the kernel's 128 KiB per argument, 1.1 MiB in all,
+    // over the host's 1 MiB per queue line. Queued, the host would reject it without an id to
+    // answer, and a start request (not waited for) would vanish without a word.
+    let host = FakeHost::new();
+    let (ns, tag) = dhcp_netns();
+    let config = host.dir().join("wrapper.json");
+    fs::write(
+        &config,
+        json!({ "queue_root": host.queue_root() }).to_string(),
+    )
+    .expect("config");
+    let arg = "a".repeat(110 * 1024);
+    let mut cmd = ns.exec(env!("CARGO_BIN_EXE_sidespawn-wrapper"));
+    cmd.args(["--kind", "dnsmasq", "--"])
+        .args(std::iter::repeat_n(&arg, 10))
+        .env(common::WRAPPER_CONFIG_ENV, &config)
+        .env("PROCESS_TAG", &tag);
+    let out = common::output(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("over the host's limit of 1048576 bytes"),
+        "{stderr}"
+    );
+    assert!(common::queue_records(&host.queue_root(), "dnsmasq").is_empty());
+    common::reliability(
+        "a request whose queue line would exceed the host's 1 MiB line limit (10 arguments of 110 KiB)",
+        "the wrapper refuses it (exit 2, saying why) instead of queueing a line the host would drop unanswered",
+        &format!("exit 2: `{}`; nothing queued", stderr.trim()),
+    );
+}
