@@ -1238,6 +1238,9 @@ fn one_kind_flooding_does_not_starve_another() {
         || t.host.ack(HAPROXY, &t.haproxy.id).is_some(),
     );
     let served_after = start.elapsed();
+    let still_flooding = !flooder.is_finished();
+    // Observed, not asserted: between two bursts the flooded sync may find nothing pending and
+    // end (its path unit would start it again); what matters is the flood going on.
     let flood_sync_busy = flooded.try_wait().expect("try_wait").is_none();
     let other_status = other.wait().expect("wait");
     stop.store(true, Ordering::Relaxed);
@@ -1248,10 +1251,8 @@ fn one_kind_flooding_does_not_starve_another() {
     });
     let flooded_status = flooded.wait().expect("wait");
 
-    assert!(
-        flood_sync_busy,
-        "the flooded kind's sync ended before haproxy was served"
-    );
+    assert!(still_flooding, "the flood ended before haproxy was served");
+    assert!(served_after < Duration::from_secs(20), "{served_after:?}");
     assert_eq!(other_status.code(), Some(0));
     assert_eq!(flooded_status.code(), Some(0));
     t.assert_haproxy_served();
@@ -1267,8 +1268,13 @@ fn one_kind_flooding_does_not_starve_another() {
         "one kind's queue flooded with junk (200,000 lines, then 10,000 more every 50 ms without the lock) while another kind has a valid request",
         "the other kind's sync (its own unit, as installed) serves it while the flood goes on; junk is rejected in bounded summaries; the flooded sync ends once the flood stops",
         &format!(
-            "haproxy acknowledged ok {:.1} s after both syncs started, the dnsmasq sync still busy; {rounds} chunks appended; both syncs exit 0",
-            served_after.as_secs_f64()
+            "haproxy acknowledged ok {:.1} s after both syncs started, the flood going on{}; {rounds} chunks appended in all; both syncs exit 0",
+            served_after.as_secs_f64(),
+            if flood_sync_busy {
+                " and the dnsmasq sync busy with it"
+            } else {
+                ""
+            }
         ),
     );
 }
