@@ -29,15 +29,6 @@ fn privileged(what: &str) -> bool {
     common::privileged(&format!("faults: {what}"))
 }
 
-#[track_caller]
-fn assert_ack(host: &FakeHost, kind: Kind, id: &str, result: &str) -> Value {
-    let ack = host
-        .ack(kind, id)
-        .unwrap_or_else(|| panic!("no acknowledgement for {id}"));
-    assert_eq!(ack["result"], result, "{ack}");
-    ack
-}
-
 #[test]
 fn podman_missing_fails_clearly_and_the_request_runs_on_the_next_good_sync() {
     if !privileged("podman missing") {
@@ -69,7 +60,7 @@ fn podman_missing_fails_clearly_and_the_request_runs_on_the_next_good_sync() {
     let again = host.sync();
     assert_eq!(again.code, Some(0), "{again:#?}");
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
-    assert_ack(&host, DNSMASQ, &rec.id, "ok");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
     assert!(host.journal_ids(DNSMASQ).is_empty());
     common::reliability(
         "podman missing (`\"podman\": \"/nonexistent/podman\"`)",
@@ -96,7 +87,7 @@ fn podman_hanging_is_killed_at_its_timeout_and_the_request_acknowledged_failed()
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
-    let ack = assert_ack(&host, DNSMASQ, &rec.id, "failed");
+    let ack = host.assert_ack(DNSMASQ, &rec.id, "failed");
     let message = ack["message"].as_str().expect("message");
     assert!(
         message.contains("timed out after 1s and was killed"),
@@ -152,9 +143,9 @@ fn podman_failing_for_one_request_leaves_the_others_running() {
         "{}",
         run.summary()
     );
-    assert_ack(&host, DNSMASQ, &recs[0].id, "ok");
-    assert_ack(&host, DNSMASQ, &recs[2].id, "ok");
-    let ack = assert_ack(&host, DNSMASQ, &recs[1].id, "failed");
+    host.assert_ack(DNSMASQ, &recs[0].id, "ok");
+    host.assert_ack(DNSMASQ, &recs[2].id, "ok");
+    let ack = host.assert_ack(DNSMASQ, &recs[1].id, "failed");
     let message = ack["message"].as_str().expect("message");
     assert!(
         message.contains("Error: injected failure for") && message.contains(&failing),
@@ -168,7 +159,7 @@ fn podman_failing_for_one_request_leaves_the_others_running() {
     host.write_queue(DNSMASQ, retry.to_line().as_bytes());
     let again = host.sync();
     assert_eq!(again.code, Some(0), "{again:#?}");
-    assert_ack(&host, DNSMASQ, &retry.id, "ok");
+    host.assert_ack(DNSMASQ, &retry.id, "ok");
     assert_eq!(
         host.run_names().iter().filter(|n| **n == failing).count(),
         2,
@@ -210,7 +201,7 @@ fn podman_ps_failing_keeps_the_request_for_the_next_sync() {
     host.heal_ps();
     let again = host.sync();
     assert_eq!(again.code, Some(0), "{again:#?}");
-    assert_ack(&host, DNSMASQ, &rec.id, "ok");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
     common::reliability(
         "`podman ps` fails",
         "sync exits 1 with podman's error before changing anything; the request waits in the journal",
@@ -396,7 +387,7 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
     let status = host.status(DNSMASQ).expect("status");
     assert_eq!(status["ok"], false, "`status` shows the failure: {status}");
     // The other kind's state is fine: it is served.
-    assert_ack(&host, HAPROXY, &other.id, "ok");
+    host.assert_ack(HAPROXY, &other.id, "ok");
 
     // The advice, followed.
     fs::rename(&generation, generation.with_extension("bad")).expect("move aside");
@@ -404,7 +395,7 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
     full.arg("--full");
     let again = host.run_sync(&mut full);
     assert_eq!(again.code, Some(0), "{again:#?}");
-    assert_ack(&host, DNSMASQ, &rec.id, "ok");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
     let run_argv = host
         .runs()
         .into_iter()
@@ -462,7 +453,7 @@ fn damaged_journal_lines_are_skipped_and_the_rest_runs() {
         .filter(|l| l.contains(&path) && l.contains("skipped (journal damaged?)"))
         .collect();
     assert_eq!(skipped.len(), 2, "{}", run.stderr);
-    assert_ack(&host, DNSMASQ, &rec.id, "ok");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
     assert_eq!(fs::metadata(&journal).expect("journal").len(), 0, "cleared");
     common::reliability(
         "host journal damaged (a garbage line and a torn last line around a valid record)",
@@ -493,7 +484,7 @@ fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
     host.write_queue(DNSMASQ, second.to_line().as_bytes());
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_ack(&host, DNSMASQ, &second.id, "ok");
+    host.assert_ack(DNSMASQ, &second.id, "ok");
     let mode = fs::metadata(&state).expect("state").permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
@@ -522,7 +513,7 @@ fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
     fs::remove_file(&state).expect("rm");
     let fixed = host.sync();
     assert_eq!(fixed.code, Some(0), "{fixed:#?}");
-    assert_ack(&host, DNSMASQ, &third.id, "ok");
+    host.assert_ack(DNSMASQ, &third.id, "ok");
     common::reliability(
         "host state directory deleted between syncs, or replaced by a file",
         "deleted: recreated (0700) and the sync goes on; a file: exit 1 naming it and saying what to do, nothing claimed; removing it recovers",
@@ -569,8 +560,8 @@ fn namespace_deleted_between_claim_and_start_is_rejected() {
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
-    assert_ack(&host, DNSMASQ, &keep.id, "ok");
-    let ack = assert_ack(&host, DNSMASQ, &gone.id, "rejected");
+    host.assert_ack(DNSMASQ, &keep.id, "ok");
+    let ack = host.assert_ack(DNSMASQ, &gone.id, "rejected");
     let message = ack["message"].as_str().expect("message");
     assert!(message.contains("does not exist"), "{message}");
     let rejects = host.rejects(DNSMASQ);
@@ -620,7 +611,7 @@ fn a_wrapper_holding_the_lock_forever_times_the_claim_out_and_nothing_is_lost() 
     );
     let again = host.sync();
     assert_eq!(again.code, Some(0), "{again:#?}");
-    assert_ack(&host, DNSMASQ, &rec.id, "ok");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
     common::reliability(
         "a wrapper (or a hostile agent) holds the queue lock and never lets go",
         "the claim gives up after lock_timeout_ms naming the lock and how to find its holder; the queue is untouched; the next sync serves it",

@@ -114,15 +114,6 @@ fn only_reject(host: &FakeHost, kind: Kind) -> Value {
     rejects.into_iter().next().expect("one reject")
 }
 
-#[track_caller]
-fn assert_ack(host: &FakeHost, kind: Kind, id: &str, result: &str) -> Value {
-    let ack = host
-        .ack(kind, id)
-        .unwrap_or_else(|| panic!("no acknowledgement for {id}"));
-    assert_eq!(ack["result"], result, "{ack}");
-    ack
-}
-
 // ---------------------------------------------------------------------------------------------
 // One hostile line in a batch with one valid request.
 
@@ -171,7 +162,7 @@ fn hostile_line_then(
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)], "{run:#?}");
-    assert_ack(&host, DNSMASQ, &good.id, "ok");
+    host.assert_ack(DNSMASQ, &good.id, "ok");
 
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
@@ -600,7 +591,7 @@ impl TwoKinds {
             "{:?}",
             self.host.run_names()
         );
-        assert_ack(&self.host, HAPROXY, &self.haproxy.id, "ok");
+        self.host.assert_ack(HAPROXY, &self.haproxy.id, "ok");
     }
 
     fn redact(&self) -> Redact {
@@ -686,7 +677,7 @@ fn timestamp_symlink_is_never_followed() {
     let run = t.host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     target.assert_untouched();
-    assert_ack(&t.host, DNSMASQ, &t.dnsmasq.id, "ok");
+    t.host.assert_ack(DNSMASQ, &t.dnsmasq.id, "ok");
     t.assert_haproxy_served();
     common::reliability(
         "timestamp file is a symlink to a host file",
@@ -716,7 +707,7 @@ fn pending_symlink_is_removed_not_followed() {
         fs::symlink_metadata(&pending).is_err(),
         "the link itself is removed"
     );
-    assert_ack(&t.host, DNSMASQ, &t.dnsmasq.id, "ok");
+    t.host.assert_ack(DNSMASQ, &t.dnsmasq.id, "ok");
     common::reliability(
         "pending marker is a symlink to a host file",
         "the link itself is unlinked (unlinkat), the file it points at stays",
@@ -741,7 +732,7 @@ fn ack_path_symlink_is_replaced_not_followed() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     target.assert_untouched();
     assert!(fs::symlink_metadata(&ack_path).expect("ack").is_file());
-    assert_ack(&t.host, DNSMASQ, &t.dnsmasq.id, "ok");
+    t.host.assert_ack(DNSMASQ, &t.dnsmasq.id, "ok");
     common::reliability(
         "acknowledgement path is a symlink to a host file",
         "the ack is a fresh file renamed over the link; the host file stays",
@@ -1075,7 +1066,7 @@ fn sparse_multi_gigabyte_queue_is_cut_at_the_cap_quickly_with_bounded_memory() {
     );
     assert!(m.elapsed < Duration::from_secs(30), "{:?}", m.elapsed);
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
-    assert_ack(&host, DNSMASQ, &good.id, "ok");
+    host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
     let dropped = SIZE - good.to_line().len() as u64;
@@ -1116,7 +1107,7 @@ fn ten_megabyte_line_is_rejected_and_the_next_served() {
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
-    assert_ack(&host, DNSMASQ, &good.id, "ok");
+    host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
     assert!(reason.contains("over the 1048576-byte limit"), "{reason}");
@@ -1168,8 +1159,8 @@ fn hundred_thousand_identical_requests_make_one_podman_run() {
         m.peak_rss_kib
     );
     // Every request is answered: the last with the start, the others as superseded by it.
-    assert_ack(&host, DNSMASQ, &records[N - 1].id, "ok");
-    assert_ack(&host, DNSMASQ, &records[0].id, "ok");
+    host.assert_ack(DNSMASQ, &records[N - 1].id, "ok");
+    host.assert_ack(DNSMASQ, &records[0].id, "ok");
     let acks = fs::read_dir(host.kind_dir(DNSMASQ).join("acks"))
         .expect("acks")
         .count();
@@ -1376,8 +1367,8 @@ fn netns_case(case: &str, name: &str, ino: u64, want: &str, also_redact: &[u64])
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
-    assert_ack(&host, DNSMASQ, &good.id, "ok");
-    let ack = assert_ack(&host, DNSMASQ, &bad.id, "rejected");
+    host.assert_ack(DNSMASQ, &good.id, "ok");
+    let ack = host.assert_ack(DNSMASQ, &bad.id, "rejected");
     let message = ack["message"].as_str().expect("message");
     assert!(message.contains(want), "{message}");
     let reject = only_reject(&host, DNSMASQ);

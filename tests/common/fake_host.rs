@@ -311,6 +311,16 @@ impl FakeHost {
         Some(serde_json::from_slice(&bytes).expect("ack is JSON"))
     }
 
+    /// Asserts that request `id` was acknowledged with `result`; returns the acknowledgement.
+    #[track_caller]
+    pub fn assert_ack(&self, kind: Kind, id: &str, result: &str) -> Value {
+        let ack = self
+            .ack(kind, id)
+            .unwrap_or_else(|| panic!("no acknowledgement for {id}"));
+        assert_eq!(ack["result"], result, "{ack}");
+        ack
+    }
+
     /// The reject log of `kind`, one JSON value per entry.
     pub fn rejects(&self, kind: Kind) -> Vec<Value> {
         let path = self.state_dir().join(format!("rejects/{kind}.jsonl"));
