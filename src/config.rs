@@ -258,6 +258,12 @@ impl Profile {
 
 /// Matches a namespace pattern: `{uuid}` stands for a lowercase UUID, `*`
 /// for one or more characters; everything else is literal.
+///
+/// The name comes from a request (up to 255 bytes the agent chooses), so the
+/// match is memoised on (pattern position, name position): O(pattern × name)
+/// whatever the pattern. Trying every length for each `*` without it takes
+/// exponential time in the number of `*` (`*-*-*-*-*-*-*-*-*-*-*-x` against
+/// `q-q-...` of 254 bytes never finished).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     fn is_uuid(s: &[u8]) -> bool {
         s.len() == 36
@@ -266,19 +272,40 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
                 _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
             })
     }
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        if p.is_empty() {
-            return n.is_empty();
-        }
-        if p.starts_with(b"{uuid}") {
-            return n.len() >= 36 && is_uuid(&n[..36]) && go(&p[6..], &n[36..]);
-        }
-        if p[0] == b'*' {
-            return (1..=n.len()).any(|i| go(&p[1..], &n[i..]));
-        }
-        !n.is_empty() && n[0] == p[0] && go(&p[1..], &n[1..])
+    struct Matcher<'a> {
+        p: &'a [u8],
+        n: &'a [u8],
+        /// `memo[i * (n.len() + 1) + j]`: whether `p[i..]` matches `n[j..]`.
+        memo: Vec<Option<bool>>,
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    impl Matcher<'_> {
+        fn go(&mut self, i: usize, j: usize) -> bool {
+            let slot = i * (self.n.len() + 1) + j;
+            if let Some(known) = self.memo[slot] {
+                return known;
+            }
+            let (p, n) = (&self.p[i..], &self.n[j..]);
+            let result = if p.is_empty() {
+                n.is_empty()
+            } else if p.starts_with(b"{uuid}") {
+                n.len() >= 36 && is_uuid(&n[..36]) && self.go(i + 6, j + 36)
+            } else if p[0] == b'*' {
+                // The `*` takes n[0], then either ends there or takes more.
+                !n.is_empty() && (self.go(i + 1, j + 1) || self.go(i, j + 1))
+            } else {
+                !n.is_empty() && n[0] == p[0] && self.go(i + 1, j + 1)
+            };
+            self.memo[slot] = Some(result);
+            result
+        }
+    }
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    Matcher {
+        p,
+        n,
+        memo: vec![None; (p.len() + 1) * (n.len() + 1)],
+    }
+    .go(0, 0)
 }
 
 impl HostConfig {
@@ -448,6 +475,37 @@ mod tests {
         assert!(!p.netns_allowed("other"));
         assert!(pattern_matches("test-*", "test-a.b"));
         assert!(!pattern_matches("test-*", "test-"));
+    }
+
+    #[test]
+    fn many_wildcards_against_a_long_hostile_name_stay_quick() {
+        // A request's namespace name is up to 255 bytes of the agent's choosing.
+        let name = "q-".repeat(127);
+        let start = std::time::Instant::now();
+        assert!(!pattern_matches("*-*-*-*-*-*-*-*-*-*-*-x", &name));
+        assert!(pattern_matches("*-*-*-*-*-*-*-*-*-*-*-", &name));
+        assert!(!pattern_matches(&"*".repeat(256), &name));
+        assert!(pattern_matches(&"*".repeat(254), &name));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn wildcards_and_uuids_combine() {
+        let u = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
+        assert!(pattern_matches("*-{uuid}", &format!("qdhcp-{u}")));
+        assert!(pattern_matches("q*p-{uuid}", &format!("qdhcp-{u}")));
+        assert!(pattern_matches("{uuid}*", &format!("{u}-x")));
+        assert!(!pattern_matches("{uuid}*", u));
+        assert!(!pattern_matches("*{uuid}", u));
+        assert!(pattern_matches("a*b*c", "aXbYc"));
+        assert!(!pattern_matches("a*b*c", "abc"));
+        assert!(pattern_matches("", ""));
+        assert!(!pattern_matches("", "x"));
+        assert!(!pattern_matches("*", ""));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum StateError {
         "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
     )]
     Corrupt { path: PathBuf, message: String },
+    #[error(
+        "host state directory {path} is a {found}, not a directory; move it aside: the next sync recreates the directory (root-only, mode 0700)"
+    )]
+    NotADirectory { path: PathBuf, found: &'static str },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -148,6 +152,7 @@ impl StateDir {
         kind: Kind,
         timeout: std::time::Duration,
     ) -> Result<crate::lock::LockGuard, StateError> {
+        self.check_dir()?;
         let dir = self.dir.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -171,6 +176,27 @@ impl StateDir {
             )
         })
         .map_err(|e| StateError::Lock(e.to_string()))
+    }
+
+    /// Fails with advice when the state directory exists as something else than a directory
+    /// (a missing one is fine: it is created as needed). Without this, creating the first
+    /// subdirectory would fail with a bare "Not a directory".
+    fn check_dir(&self) -> Result<(), StateError> {
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) => Err(StateError::NotADirectory {
+                path: self.dir.clone(),
+                found: if m.is_symlink() {
+                    "symlink"
+                } else if m.is_file() {
+                    "regular file"
+                } else {
+                    "special file"
+                },
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("cannot stat", &self.dir)(e)),
+        }
     }
 
     /// The next generation number to hand out for `kind` (starts at 1).

@@ -23,7 +23,7 @@ use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
 use crate::plan::{Job, JobKind, Namespaces, Plan, Step};
 use crate::record::{Record, VERSION, now_ms};
-use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError};
+use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, labels};
 use crate::state::{KindStatus, StateDir, StateError};
 
 /// What to do.
@@ -201,12 +201,14 @@ pub fn run(
             }
             match prepare_kind(cfg, kind, &limits, opts) {
                 Ok(ctx) => ctxs.push(ctx),
-                Err(msg) => {
-                    error!(kind = %kind, "cannot sync {kind}: {msg}");
-                    record_status(&state, kind, Err(&msg), &Summary::default());
-                    summary.errors.push((kind, msg));
-                    failed_kinds.push(kind);
-                }
+                Err(msg) => kind_failed(
+                    &state,
+                    kind,
+                    msg,
+                    &Summary::default(),
+                    &mut summary,
+                    &mut failed_kinds,
+                ),
             }
         }
         fault_point("after-claim");
@@ -242,7 +244,22 @@ pub fn run(
                 summary.add(&kind_sum);
                 continue;
             }
-            let mut generation = state.next_generation(ctx.kind)?;
+            // A broken state file stops this kind only, and shows in its status.
+            let mut generation = match next_generation(&state, ctx.kind, &actual) {
+                Ok(g) => g,
+                Err(e) => {
+                    let msg = e.to_string();
+                    kind_failed(
+                        &state,
+                        ctx.kind,
+                        msg,
+                        &kind_sum,
+                        &mut summary,
+                        &mut failed_kinds,
+                    );
+                    continue;
+                }
+            };
             let mut plan = crate::plan::plan(
                 ctx.profile,
                 &ctx.batch,
@@ -279,7 +296,18 @@ pub fn run(
                 print_dry_run(ctx.kind, &plan, runtime);
                 continue;
             }
-            state.store_generation(ctx.kind, generation)?;
+            if let Err(e) = state.store_generation(ctx.kind, generation) {
+                let msg = e.to_string();
+                kind_failed(
+                    &state,
+                    ctx.kind,
+                    msg,
+                    &kind_sum,
+                    &mut summary,
+                    &mut failed_kinds,
+                );
+                continue;
+            }
             // Stops leave the table before they run: a sync killed after a
             // stop but before the table is written would otherwise restart
             // a sidecar the agent stopped (the replayed stop request finds
@@ -318,7 +346,7 @@ pub fn run(
         }
         let pending: Vec<Kind> = ctxs
             .iter()
-            .filter(|c| c.shared.is_pending())
+            .filter(|c| !failed_kinds.contains(&c.kind) && c.shared.is_pending())
             .map(|c| c.kind)
             .collect();
         if pending.is_empty() {
@@ -358,6 +386,41 @@ impl Summary {
         self.rejected += o.rejected;
         self.restarts += o.restarts;
     }
+}
+
+/// Gives up on `kind` for this run: logs why, records it in the kind's status (so `status`
+/// and the back-off see it), counts what its claim did, and leaves it out of later passes.
+fn kind_failed(
+    state: &StateDir,
+    kind: Kind,
+    msg: String,
+    counts: &Summary,
+    summary: &mut Summary,
+    failed_kinds: &mut Vec<Kind>,
+) {
+    error!(kind = %kind, "cannot sync {kind}: {msg}");
+    record_status(state, kind, Err(&msg), counts);
+    summary.add(counts);
+    summary.errors.push((kind, msg));
+    failed_kinds.push(kind);
+}
+
+/// The generation to hand out next for `kind`: the stored counter, but always above every
+/// generation podman reports for the kind. The counter only labels sidecars, so when its file
+/// is lost or moved aside, `sync --full` (which lists the containers) carries on from podman's
+/// labels instead of going back to 1.
+fn next_generation(
+    state: &StateDir,
+    kind: Kind,
+    actual: &[ContainerInfo],
+) -> Result<u64, StateError> {
+    let stored = state.next_generation(kind)?;
+    let seen = actual
+        .iter()
+        .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
+        .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
+        .max();
+    Ok(seen.map_or(stored, |g| stored.max(g.saturating_add(1))))
 }
 
 fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {

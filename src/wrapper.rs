@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::ack::{Ack, MAX_ACK_BYTES, Outcome};
 use crate::kind::Kind;
 use crate::queue::{QueueDir, QueueError};
-use crate::record::{Action, Record, Signal, VERSION, new_id, now_ms};
+use crate::record::{Action, MAX_LINE_BYTES, Record, Signal, VERSION, new_id, now_ms};
 use crate::wrapper_config::{KindConfig, WrapperConfig};
 
 pub const EXIT_OK: i32 = 0;
@@ -232,6 +232,17 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
         code: EXIT_USAGE,
         message: e.to_string(),
     })?;
+    // So would it a line over its limit, without an id to answer: a start request, not waited
+    // for, would vanish without a word.
+    let line_len = record.to_line().len() - 1;
+    if line_len > MAX_LINE_BYTES {
+        return Err(Failure {
+            code: EXIT_USAGE,
+            message: format!(
+                "the request is {line_len} bytes as a queue line, over the host's limit of {MAX_LINE_BYTES} bytes; refusing to queue it"
+            ),
+        });
+    }
 
     let queue = QueueDir::new(&config.queue_root, kind);
     let lock_timeout = Duration::from_millis(config.lock_timeout_ms);

@@ -2,12 +2,18 @@
 //! prepared. Needs root (chown, mknod, files owned by other uids); each test
 //! says so and skips when not run as root.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
 use sidespawn::ack::{Ack, Outcome};
 use sidespawn::claim::{ClaimError, Journal, Limits, RejectLog, SharedDir};
@@ -82,6 +88,15 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// `text` with this fixture's temporary directory replaced by `<tmp>`.
+    fn redact(&self, text: &str) -> String {
+        common::Redact::new()
+            .add(self.top.display(), "<tmp>")
+            .apply(text)
+    }
+}
+
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.top);
@@ -130,6 +145,14 @@ fn symlinked_queue_is_refused_and_its_target_untouched() {
     assert_eq!(fs::read(&target).unwrap(), b"host data\n");
     assert!(fx.journal().is_empty().unwrap());
     assert!(dir.is_pending(), "an unclaimable queue stays pending");
+
+    common::reliability(
+        "queue file is a symlink to a host file (claim)",
+        "claim refused naming the link; the target unchanged; nothing journaled; the queue stays pending",
+        &fx.redact(&format!(
+            "{err}; target unchanged; journal empty; still pending"
+        )),
+    );
 }
 
 #[test]
@@ -155,6 +178,13 @@ fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
         0,
         "nothing created through the link"
     );
+
+    let err = SharedDir::open(&root, KIND, true, Limits::default()).unwrap_err();
+    common::reliability(
+        "a component of the queue root is a symlink (claim)",
+        "refused at that component, with or without creating; nothing created behind it",
+        &f.redact(&format!("{err}; nothing created behind it")),
+    );
 }
 
 #[test]
@@ -177,6 +207,12 @@ fn symlinked_lock_is_refused() {
         fs::read(fx.queue().queue()).unwrap(),
         line.as_bytes(),
         "queue untouched"
+    );
+
+    common::reliability(
+        "lock file is a symlink to a host file (claim)",
+        "refused; the target unchanged; the queue untouched",
+        &fx.redact(&format!("{err}; target and queue unchanged")),
     );
 }
 
@@ -206,6 +242,12 @@ fn symlinked_acks_dir_is_not_written_through() {
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     let err = dir.prune_acks(Duration::ZERO).unwrap_err();
     assert!(matches!(err, ClaimError::Symlink { .. }), "{err}");
+
+    common::reliability(
+        "acks directory is a symlink to a host directory (write_ack, prune_acks)",
+        "both refuse; nothing written or removed there",
+        &fx.redact(&format!("{err}; host directory empty")),
+    );
 }
 
 #[test]
@@ -229,6 +271,13 @@ fn symlinked_kind_dir_is_refused() {
         0,
         "nothing made there"
     );
+
+    let err = SharedDir::open(&fx.root(), KIND, true, Limits::default()).unwrap_err();
+    common::reliability(
+        "kind directory is a symlink to a host directory (claim)",
+        "refused, with or without creating; nothing made there",
+        &fx.redact(&format!("{err}; host directory empty")),
+    );
 }
 
 #[test]
@@ -241,6 +290,7 @@ fn kind_dir_that_is_a_file_or_foreign_is_refused() {
     fs::write(fx.kind_dir(), b"").unwrap();
     let err = SharedDir::open(&fx.root(), KIND, true, Limits::default()).unwrap_err();
     assert!(matches!(err, ClaimError::WrongType { .. }), "{err}");
+    let wrong_type = err.to_string();
 
     fs::remove_file(fx.kind_dir()).unwrap();
     fs::create_dir(fx.kind_dir()).unwrap();
@@ -250,9 +300,16 @@ fn kind_dir_that_is_a_file_or_foreign_is_refused() {
         matches!(err, ClaimError::WrongOwner { uid: 1234, .. }),
         "{err}"
     );
+    let wrong_owner = err.to_string();
 
     let err = SharedDir::open(&fx.top.join("missing"), KIND, false, Limits::default()).unwrap_err();
     assert!(matches!(err, ClaimError::NoQueueDir(_)), "{err}");
+
+    common::reliability(
+        "kind directory is a file, or owned by another uid, or missing",
+        "each refused with what is wrong and what to do",
+        &fx.redact(&format!("{wrong_type} / {wrong_owner} / {err}")),
+    );
 }
 
 #[test]
@@ -274,6 +331,12 @@ fn created_dirs_belong_to_the_owner_uid() {
     // The lock the host creates must be usable by that uid's wrappers.
     fx.claim(&dir).unwrap();
     assert_eq!(fs::metadata(fx.queue().lock_path()).unwrap().uid(), 4242);
+
+    common::reliability(
+        "directories and lock the host creates in the shared tree",
+        "owned by the configured owner uid, mode 0755 exactly (not the umask's)",
+        "kind dir, acks/ and lock owned by uid 4242; directories mode 0755",
+    );
 }
 
 #[test]
@@ -305,6 +368,12 @@ fn fifo_queue_is_refused_without_blocking() {
     let err = result.unwrap_err();
     assert!(err.contains("FIFO") && err.contains("queue.jsonl"), "{err}");
     drop(dir);
+
+    common::reliability(
+        "queue file is a FIFO (claim)",
+        "refused without opening it; the claim does not block",
+        &fx.redact(&format!("{err}; returned at once")),
+    );
 }
 
 #[test]
@@ -334,6 +403,12 @@ fn device_queue_is_refused() {
         ),
         "{err}"
     );
+
+    common::reliability(
+        "queue file is a character device (claim)",
+        "refused without opening it",
+        &fx.redact(&err.to_string()),
+    );
 }
 
 #[test]
@@ -355,6 +430,12 @@ fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
     assert_mentions(&err, &fx.queue().queue());
     assert_eq!(fs::read(&other).unwrap(), line.as_bytes());
     assert!(fx.journal().is_empty().unwrap());
+
+    common::reliability(
+        "queue file is a hard link to a host file (claim)",
+        "refused (link count 2); the host file neither journaled nor truncated",
+        &fx.redact(&format!("{err}; host file unchanged; journal empty")),
+    );
 }
 
 #[test]
@@ -387,6 +468,12 @@ fn queue_of_another_owner_is_refused() {
     );
     assert_mentions(&err, &fx.queue().queue());
     assert_eq!(fs::read(fx.queue().queue()).unwrap(), line.as_bytes());
+
+    common::reliability(
+        "queue file owned by another uid (claim)",
+        "refused, naming the owner and the fix",
+        &fx.redact(&format!("{err}; queue unchanged")),
+    );
 }
 
 #[test]
@@ -411,6 +498,15 @@ fn a_huge_line_is_rejected_and_the_next_one_claimed() {
     assert_eq!(r.excerpt.len(), 200);
     assert_eq!(fx.journal().read_records().unwrap(), [good]);
     assert_eq!(report.bytes, text.len() as u64);
+
+    common::reliability(
+        "a 10 MiB line without a valid record (claim)",
+        "rejected with a 200-byte excerpt, read without holding it; the next line claimed",
+        &format!(
+            "reject line 1: {}; next line claimed",
+            report.rejected[0].reason
+        ),
+    );
 }
 
 #[test]
@@ -486,6 +582,15 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
     assert_eq!(logged[2].line, 4);
     assert_eq!(logged[2].id.as_deref(), Some(v2.id.as_str()));
     assert_eq!(logged[2].kind, KIND);
+
+    common::reliability(
+        "one batch mixing good lines with invalid JSON, invalid UTF-8, version 2, an unknown field, another kind and an empty line (claim)",
+        "each bad line rejected with its line number and reason (ids kept where readable); good lines journaled in order",
+        &format!(
+            "3 good lines journaled in order; rejected lines {:?}",
+            got.iter().map(|(l, _)| l).collect::<Vec<_>>()
+        ),
+    );
 }
 
 #[test]
@@ -508,6 +613,12 @@ fn a_trailing_partial_line_is_rejected_as_incomplete() {
     assert!(report.rejected[0].reason.contains("incomplete line"));
     assert_eq!(fx.journal().read_records().unwrap(), [good]);
     assert_eq!(fs::metadata(fx.queue().queue()).unwrap().len(), 0);
+
+    common::reliability(
+        "the queue ends in a line without its newline (a writer died mid-append)",
+        "that line rejected as incomplete; the whole lines before it claimed",
+        &format!("line 2: {}", report.rejected[0].reason),
+    );
 }
 
 #[test]
@@ -542,6 +653,12 @@ fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
     assert!(!r.excerpt.is_empty());
     assert_eq!(fs::metadata(fx.queue().queue()).unwrap().len(), 0);
     assert!(!dir.is_pending());
+
+    common::reliability(
+        "a queue over the byte cap (claim)",
+        "whole lines within the cap claimed; the rest dropped as one reject with its excerpt; the queue emptied",
+        &format!("2 lines claimed; line 3: {}", r.reason),
+    );
 }
 
 #[test]
@@ -586,6 +703,15 @@ fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
 
     journal.clear().unwrap();
     assert!(journal.is_empty().unwrap());
+
+    common::reliability(
+        "an ordinary claim",
+        "the journal holds the queue's bytes exactly (mode 0600); the queue is emptied and the marker removed",
+        &format!(
+            "3 claimed, lock held {} ms; queue 0 bytes; pending removed; journal byte-identical",
+            report.lock_held.as_millis()
+        ),
+    );
 }
 
 #[test]
@@ -617,6 +743,14 @@ fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
     assert!(start.elapsed() >= Duration::from_millis(250));
     assert_eq!(report.claimed, 1);
     holder.join().unwrap();
+
+    common::reliability(
+        "the queue lock held by someone else (a stuck or hostile wrapper)",
+        "the claim waits up to lock_timeout, then fails naming the lock file",
+        &fx.redact(&format!(
+            "{err}; with the lock released within the timeout the claim proceeds"
+        )),
+    );
 }
 
 #[test]
@@ -666,6 +800,15 @@ fn concurrent_appends_and_claims_lose_and_tear_nothing() {
     }
     assert_eq!(ids.len(), WRITERS * EACH);
     assert_eq!(journal.read_records().unwrap().len(), WRITERS * EACH);
+
+    common::reliability(
+        "8 writers appending 500 requests each while the host claims in a loop",
+        "no request lost, torn or duplicated",
+        &format!(
+            "{} records over {claims} claims; every line parses; ids unique",
+            WRITERS * EACH
+        ),
+    );
 }
 
 #[test]
@@ -746,6 +889,12 @@ fn acks_are_written_atomically_and_pruned_without_following_links() {
     assert_eq!(fs::read(&target).unwrap(), b"host data\n");
     assert!(q.ack(&ack2.id).exists());
     assert!(q.acks().join("a-dir").is_dir());
+
+    common::reliability(
+        "acknowledgement written over a symlink; ack ids with `../`, `/`, a leading dot; old links in acks/",
+        "acks are fresh files renamed into place (0644); unsafe ids refused; pruning unlinks links without following them",
+        "link replaced, target unchanged; 4 unsafe ids refused; 2 old entries pruned, the directory and fresh ack kept",
+    );
 }
 
 #[test]
@@ -761,11 +910,13 @@ fn an_unsafe_state_dir_is_refused() {
     assert!(matches!(err, ClaimError::UnsafeStateDir { .. }), "{err}");
     assert!(err.to_string().contains("writable"), "{err}");
     assert!(RejectLog::open(&state, KIND).is_err());
+    let writable = err.to_string();
 
     fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
     nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(1234)), None).unwrap();
     let err = Journal::open(&state, KIND).unwrap_err();
     assert!(err.to_string().contains("owned by uid 1234"), "{err}");
+    let foreign = err.to_string();
 
     let real = fx.top.join("real-state");
     fs::create_dir(&real).unwrap();
@@ -784,6 +935,12 @@ fn an_unsafe_state_dir_is_refused() {
             0o700
         );
     }
+
+    common::reliability(
+        "host state directory world-writable, foreign-owned or a symlink",
+        "refused, saying what it must be and the command to fix it; a fresh one is made 0700",
+        &fx.redact(&format!("{writable} / {foreign} / {err}")),
+    );
 }
 
 #[test]
@@ -800,6 +957,12 @@ fn a_damaged_journal_line_is_skipped() {
     journal.append(b.to_line().as_bytes()).unwrap();
     journal.append(b"{\"torn").unwrap();
     assert_eq!(journal.read_records().unwrap(), [a, b]);
+
+    common::reliability(
+        "garbage and a torn last line in the host journal",
+        "damaged lines skipped (logged), the valid records read in order",
+        "2 of 4 lines read; garbage and torn line skipped",
+    );
 }
 
 #[test]
@@ -834,4 +997,274 @@ fn the_reject_log_rotates_and_still_counts_both_files() {
     assert_eq!(fresh.lines().count(), 1);
     assert!(fresh.contains("\"reason\":\"new\""), "{fresh}");
     assert_eq!(log.count_since(0).unwrap(), copies + 1);
+
+    common::reliability(
+        "the reject log reaches its rotation size",
+        "rotated to .1 once, counted across both files: bounded disk use",
+        &format!(
+            "rotated at {} bytes; {} entries counted",
+            old.len() * copies,
+            copies + 1
+        ),
+    );
+}
+
+// Races: a container swaps an entry of its queue directory back and forth while the host works.
+// renameat2(RENAME_EXCHANGE) swaps two names atomically, so the name the host opens always
+// exists and is, at any instant, either the honest file or the trap.
+
+/// How long each race runs.
+const RACE_TIME: Duration = Duration::from_secs(3);
+
+/// Exchanges `a` and `b` until `stop` (at most ten million times), calling `after(swaps)` after
+/// each exchange; returns how many exchanges it made.
+fn exchange_loop(
+    a: PathBuf,
+    b: PathBuf,
+    stop: Arc<AtomicBool>,
+    mut after: impl FnMut(usize) + Send + 'static,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut swaps = 0;
+        while !stop.load(Ordering::Relaxed) && swaps < 10_000_000 {
+            // Only fails once the test has ended (and removed the directory).
+            if renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE).is_err() {
+                break;
+            }
+            swaps += 1;
+            after(swaps);
+        }
+        swaps
+    })
+}
+
+/// A host file's bytes and modification time, to prove nothing touched it.
+fn fingerprint(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    (fs::read(path).unwrap(), meta.modified().unwrap())
+}
+
+/// Claims in a loop for [`RACE_TIME`] while `queue.jsonl` is exchanged with `decoy` (which
+/// points at, or is, `target`, a host file holding a valid request). Returns (claims that
+/// succeeded, records they claimed, claims refused, exchanges).
+fn race_queue_against(fx: &Fixture, decoy: &Path, target: &Path) -> (usize, usize, usize, usize) {
+    let dir = fx.shared();
+    let journal = fx.journal();
+    let rejects = fx.rejects();
+    let queue = fx.queue().queue();
+    let honest = rec(KIND, "honest").to_line();
+    fs::write(&queue, &honest).unwrap();
+    let before = fingerprint(target);
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let queue = queue.clone();
+        // The honest file is back under the queue's name after every second exchange: refill
+        // it then, so that successful claims have something to take.
+        exchange_loop(
+            queue.clone(),
+            decoy.to_owned(),
+            Arc::clone(&stop),
+            move |n| {
+                if n % 2 == 0
+                    && let Ok(mut f) = fs::File::options()
+                        .append(true)
+                        .custom_flags(nix::libc::O_NOFOLLOW)
+                        .open(&queue)
+                {
+                    let _ = f.write_all(honest.as_bytes());
+                }
+            },
+        )
+    };
+    let (mut ok, mut claimed, mut refused) = (0, 0, 0);
+    let start = Instant::now();
+    while start.elapsed() < RACE_TIME {
+        match dir.claim(&journal, &rejects) {
+            Ok(report) => {
+                ok += 1;
+                claimed += report.claimed;
+            }
+            Err(ClaimError::Symlink { .. } | ClaimError::HardLinked { .. }) => refused += 1,
+            Err(e) => panic!("unexpected claim error: {e}"),
+        }
+        assert_eq!(fingerprint(target), before, "the host file was touched");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    (ok, claimed, refused, swaps)
+}
+
+#[test]
+fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let lure = rec(KIND, "lure");
+    let target = fx.host_file(lure.to_line().as_bytes());
+    let decoy = fx.kind_dir().join(".decoy");
+    fs::create_dir_all(fx.kind_dir()).unwrap();
+    symlink(&target, &decoy).unwrap();
+
+    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
+    assert!(
+        ok > 0 && refused > 0,
+        "no race: {ok} claims, {refused} refusals"
+    );
+    assert!(claimed > 0, "nothing claimed from the honest file");
+    let ids: Vec<String> = fx
+        .journal()
+        .read_records()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(
+        !ids.contains(&lure.id),
+        "the host file's request was claimed"
+    );
+    common::reliability(
+        "queue file exchanged atomically with a symlink to a host file, over and over, during claims",
+        "every claim either takes the honest file or refuses the link; the host file is never read or written",
+        &format!(
+            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the link; host file bytes and mtime unchanged",
+            ok + refused
+        ),
+    );
+}
+
+#[test]
+fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let lure = rec(KIND, "lure");
+    let target = fx.host_file(lure.to_line().as_bytes());
+    let decoy = fx.kind_dir().join(".decoy");
+    fs::create_dir_all(fx.kind_dir()).unwrap();
+    fs::hard_link(&target, &decoy).unwrap();
+
+    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
+    assert!(
+        ok > 0 && refused > 0,
+        "no race: {ok} claims, {refused} refusals"
+    );
+    assert!(claimed > 0, "nothing claimed from the honest file");
+    let journal = fs::read_to_string(fx.journal().path()).unwrap();
+    assert!(
+        !journal.contains(&lure.id),
+        "the host file's request was claimed"
+    );
+    common::reliability(
+        "queue file exchanged atomically with a hard link to a host file, over and over, during claims",
+        "the linked inode (2 links) is always refused: never journaled, never truncated",
+        &format!(
+            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the hard link; host file bytes and mtime unchanged",
+            ok + refused
+        ),
+    );
+}
+
+#[test]
+fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = fx.shared();
+    let (journal, rejects) = (fx.journal(), fx.rejects());
+    // A root open(O_CREAT) through this link would create a file where the agent chose.
+    let target = fx.top.join("created-by-root");
+    let decoy = fx.kind_dir().join(".decoy");
+    symlink(&target, &decoy).unwrap();
+    fs::write(fx.queue().lock_path(), b"").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = exchange_loop(fx.queue().lock_path(), decoy, Arc::clone(&stop), |_| {});
+    let (mut ok, mut refused) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < RACE_TIME {
+        match dir.claim(&journal, &rejects) {
+            Ok(_) => ok += 1,
+            Err(ClaimError::Symlink { .. }) => refused += 1,
+            Err(e) => panic!("unexpected claim error: {e}"),
+        }
+        assert!(
+            fs::symlink_metadata(&target).is_err(),
+            "{} created",
+            target.display()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        ok > 0 && refused > 0,
+        "no race: {ok} claims, {refused} refusals"
+    );
+    common::reliability(
+        "lock file exchanged atomically with a dangling symlink, over and over, during claims",
+        "every claim locks the real lock file or refuses the link; nothing is ever created at the link's target",
+        &format!(
+            "{swaps} exchanges during {} claims: {ok} locked, {refused} refused; target never created",
+            ok + refused
+        ),
+    );
+}
+
+#[test]
+fn acks_dir_exchanged_with_a_symlink_during_ack_writes_writes_nothing_outside() {
+    if !is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = fx.shared();
+    let elsewhere = fx.top.join("host-dir");
+    fs::create_dir(&elsewhere).unwrap();
+    let decoy = fx.kind_dir().join(".decoy");
+    symlink(&elsewhere, &decoy).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = exchange_loop(fx.queue().acks(), decoy, Arc::clone(&stop), |_| {});
+    let (mut ok, mut refused) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < RACE_TIME {
+        let ack = Ack {
+            v: 1,
+            id: new_id(now_ms()),
+            result: Outcome::Ok,
+            message: "started".into(),
+            container: None,
+            ts: now_ms(),
+        };
+        match dir.write_ack(&ack) {
+            Ok(()) => ok += 1,
+            Err(ClaimError::Symlink { .. }) => refused += 1,
+            // O_DIRECTORY|O_NOFOLLOW met the link (ENOTDIR), but the directory was back by the
+            // time the host looked at what was there: refused all the same.
+            Err(ClaimError::Io { source, .. })
+                if source.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+            {
+                refused += 1
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        ok > 0 && refused > 0,
+        "no race: {ok} written, {refused} refused"
+    );
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "written through the link"
+    );
+    common::reliability(
+        "acks directory exchanged atomically with a symlink to a host directory during ack writes",
+        "every ack lands in the real acks directory or is refused; nothing is written through the link",
+        &format!(
+            "{swaps} exchanges during {} ack writes: {ok} written, {refused} refused; host directory empty",
+            ok + refused
+        ),
+    );
 }

@@ -44,6 +44,14 @@ fi
 step "Running the tests"
 cargo test --all-targets -- --test-threads=2 "$@" 2>&1 | tee -a "$log"
 
+# A short fuzz of the record and configuration parsers; SKIPPED without the nightly toolchain
+# (nothing is installed for it). SIDESPAWN_FUZZ_SECONDS=0 leaves it out.
+fuzz_seconds=${SIDESPAWN_FUZZ_SECONDS:-20}
+if [ "$fuzz_seconds" -gt 0 ]; then
+    step "Fuzzing each parser for ${fuzz_seconds}s"
+    tests/scripts/fuzz.sh "$fuzz_seconds"
+fi
+
 # One closing line for the whole suite, summed over every test binary.
 totals=$(awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped", p, f, i }' "$log")
 step "All tests passed"

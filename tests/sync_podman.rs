@@ -406,5 +406,15 @@ fn sync_killed_at_every_step_converges() {
             assert_eq!(ack["result"], "ok", "{point}: {ack}");
         }
         assert!(common::queue_records(&host.queue_root(), "dnsmasq").is_empty());
+        common::reliability(
+            &format!("sync killed (SIGKILL) at `{point}` with 3 requests queued, then run again"),
+            "converges: exactly one running container per request, each acknowledged ok, the queue empty",
+            &format!(
+                "killed by signal 9; rerun `{}`: {} containers, all running; {} acks ok",
+                summary.trim(),
+                have.len(),
+                ids.len()
+            ),
+        );
     }
 }

@@ -16,6 +16,8 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fake_host;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -650,4 +652,70 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When set, the hostile-input and fault tests append one JSON line per case to the file it
+/// names; `tests/scripts/reliability-table.sh` renders them into `docs/RELIABILITY.md`, so the
+/// table says what a real run observed rather than what someone wrote down.
+pub const RELIABILITY_LOG_ENV: &str = "SIDESPAWN_RELIABILITY_LOG";
+
+/// Records one case of the reliability table: what the test expected and what it observed.
+/// Call it after the assertions, so that a failing test leaves no row claiming success. Paths,
+/// ids and other per-run values in `observed` should be replaced by placeholders (see
+/// [`Redact`]) so that the generated table only changes when behaviour does.
+pub fn reliability(case: &str, expected: &str, observed: &str) {
+    let Some(path) = std::env::var_os(RELIABILITY_LOG_ENV) else {
+        return;
+    };
+    let line = serde_json::json!({
+        "suite": env!("CARGO_CRATE_NAME"),
+        // libtest names each test's thread after the test.
+        "test": std::thread::current().name().unwrap_or("?"),
+        "case": case,
+        "expected": expected,
+        "observed": observed,
+    });
+    let mut text = line.to_string();
+    text.push('\n');
+    // O_APPEND and one write per line: tests running in parallel never interleave lines.
+    let written = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot append to {}: {e}", Path::new(&path).display());
+    }
+}
+
+/// Replaces per-run values (temporary paths, uuids, request ids, inode numbers) in observed
+/// messages by stable placeholders.
+#[derive(Debug, Default)]
+pub struct Redact {
+    pairs: Vec<(String, String)>,
+}
+
+impl Redact {
+    pub fn new() -> Redact {
+        Redact::default()
+    }
+
+    /// Replace `value` by `placeholder` (longer values are replaced first).
+    pub fn add(mut self, value: impl ToString, placeholder: &str) -> Redact {
+        let value = value.to_string();
+        if !value.is_empty() {
+            self.pairs.push((value, placeholder.to_owned()));
+            self.pairs.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        }
+        self
+    }
+
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (value, placeholder) in &self.pairs {
+            out = out.replace(value.as_str(), placeholder);
+        }
+        // One line per table cell.
+        out.replace('\n', " ")
+    }
 }
