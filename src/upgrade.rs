@@ -71,6 +71,9 @@ impl ImageState {
 /// error, so nothing starts with an image the operator rolled back from.
 pub fn effective_config(cfg: &HostConfig) -> Result<HostConfig, StateError> {
     let state = StateDir::new(&cfg.state_dir);
+    // A state directory that is not one gets its own advice, not a bare
+    // "Not a directory" from the first file read below it.
+    state.check_dir()?;
     let mut out = cfg.clone();
     for (kind, p) in out.kinds.iter_mut() {
         let st = ImageState::load(&state, *kind)?;
