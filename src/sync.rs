@@ -245,7 +245,7 @@ pub fn run(
                 continue;
             }
             // A broken state file stops this kind only, and shows in its status.
-            let mut generation = match next_generation(&state, ctx.kind, &actual) {
+            let mut generation = match next_generation(&state, ctx.profile, &actual) {
                 Ok(g) => g,
                 Err(e) => {
                     let msg = e.to_string();
@@ -411,13 +411,22 @@ fn kind_failed(
 /// labels instead of going back to 1.
 fn next_generation(
     state: &StateDir,
-    kind: Kind,
+    profile: &Profile,
     actual: &[ContainerInfo],
 ) -> Result<u64, StateError> {
+    let kind = profile.kind;
     let stored = state.next_generation(kind)?;
+    // Only this configuration's sidecars (its profile labels), like gc and
+    // status: another configuration's counter is not ours to follow.
     let seen = actual
         .iter()
         .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
+        .filter(|c| {
+            profile
+                .labels
+                .iter()
+                .all(|(k, v)| c.labels.get(k) == Some(v))
+        })
         .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
         .max();
     Ok(seen.map_or(stored, |g| stored.max(g.saturating_add(1))))
