@@ -11,7 +11,8 @@
 //! `Environment=CONTAINERS_CONF=` as in the tests). Then, in rounds so that
 //! load changes hit all three alike, it starts one new sidecar per method
 //! per round: the daemon and the path unit get a real wrapper call in the
-//! namespace, the bare run gets the same container's `podman run -d`.
+//! namespace, the bare run gets the same container's `podman run -d`; the
+//! daemon and the path unit take turns going first.
 //! Latency ends when dnsmasq has written its pid file — Neutron's own
 //! "alive" test — and starts when the wrapper exited (for the bare run:
 //! when podman was started). Each sidecar is removed before the next round.
@@ -281,10 +282,16 @@ fn bench() -> Result<(), Error> {
         bare.push(t0.elapsed());
         remove(&name);
 
-        for (d, out, how) in [
+        // Alternate which goes first, so that the cleanup still running
+        // after the previous round's `podman rm` weighs on both alike.
+        let mut order = [
             (&watched, &mut via_watch, "watch"),
             (&pathed, &mut via_path, "path"),
-        ] {
+        ];
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for (d, out, how) in order {
             let tag = format!("dnsmasq-{}", common::uuid());
             let pid_file = dir.join(format!("data/{tag}.pid"));
             let acks = d.acks();
