@@ -521,8 +521,12 @@ impl SharedDir {
         report.bytes = size;
         report.rejected = listed.finish();
 
-        journal.append(&out)?;
-        journal.sync()?;
+        // Durable before the queue is emptied; with nothing claimed there is
+        // nothing to make durable (an empty queue costs no fsync).
+        if !out.is_empty() {
+            journal.append(&out)?;
+            journal.sync()?;
+        }
         rejects.append(&report.rejected)?;
         queue
             .set_len(0)
@@ -665,15 +669,24 @@ impl Journal {
         let (dir, dir_path) = open_state_subdir(state_dir, JOURNAL_DIR)?;
         let name = format!("{kind}.jsonl");
         let path = dir_path.join(&name);
-        let fd = openat(
-            &dir,
-            name.as_str(),
-            OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| io_err("cannot open journal", &path, e))?;
-        // Make a newly created journal's name as durable as its contents.
-        fsync(&dir).map_err(|e| io_err("cannot fsync", &dir_path, e))?;
+        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match openat(&dir, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                let fd = openat(
+                    &dir,
+                    name.as_str(),
+                    flags | OFlag::O_CREAT,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| io_err("cannot create journal", &path, e))?;
+                // Make a newly created journal's name as durable as its
+                // contents (only then: the empty sync stays cheap).
+                fsync(&dir).map_err(|e| io_err("cannot fsync", &dir_path, e))?;
+                fd
+            }
+            Err(e) => return Err(io_err("cannot open journal", &path, e)),
+        };
         Ok(Journal {
             path,
             file: File::from(fd),

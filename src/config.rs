@@ -88,6 +88,44 @@ struct ProfileFile {
     netns_patterns: Option<Vec<String>>,
     allow_host_network: Option<bool>,
     stop_timeout_s: Option<u64>,
+    restart: Option<RestartFile>,
+    health_cmd: Option<Vec<String>>,
+    health_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartFile {
+    enabled: Option<bool>,
+    backoff_s: Option<u64>,
+    max_restarts: Option<u32>,
+    window_s: Option<u64>,
+}
+
+/// When a desired sidecar whose process died is started again by a sync
+/// that lists containers (`kinds.<kind>.restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub enabled: bool,
+    /// Least time between two automatic restarts of one sidecar, so a
+    /// daemon that dies at once is not restarted on every pass.
+    pub backoff: Duration,
+    /// Most automatic restarts of one sidecar within `window`; past it the
+    /// sidecar is left dead and reported, because restarting a daemon that
+    /// keeps crashing only hides the fault.
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> RestartPolicy {
+        RestartPolicy {
+            enabled: true,
+            backoff: Duration::from_secs(5),
+            max_restarts: 5,
+            window: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The host configuration with every default applied.
@@ -131,6 +169,12 @@ pub struct Profile {
     pub netns_patterns: Vec<String>,
     pub allow_host_network: bool,
     pub stop_timeout: Duration,
+    pub restart: RestartPolicy,
+    /// Run in each running desired sidecar (`podman exec NAME ...`) by
+    /// `sync --full` and `status`; a failure counts as dead for the
+    /// restart policy.
+    pub health_cmd: Option<Vec<String>>,
+    pub health_timeout: Duration,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -188,6 +232,9 @@ impl Profile {
             netns_patterns: strings(&DEFAULT_NETNS_PATTERNS),
             allow_host_network: false,
             stop_timeout: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+            health_cmd: None,
+            health_timeout: Duration::from_secs(5),
         }
     }
 
@@ -333,6 +380,24 @@ impl HostConfig {
             if let Some(s) = p.stop_timeout_s {
                 prof.stop_timeout = Duration::from_secs(s);
             }
+            if let Some(r) = p.restart {
+                let d = RestartPolicy::default();
+                prof.restart = RestartPolicy {
+                    enabled: r.enabled.unwrap_or(d.enabled),
+                    backoff: r.backoff_s.map_or(d.backoff, Duration::from_secs),
+                    max_restarts: r.max_restarts.unwrap_or(d.max_restarts),
+                    window: r.window_s.map_or(d.window, Duration::from_secs),
+                };
+            }
+            if let Some(h) = p.health_cmd {
+                if h.is_empty() {
+                    return Err(invalid(&key("health_cmd"), "must name the program to run"));
+                }
+                prof.health_cmd = Some(h);
+            }
+            if let Some(t) = p.health_timeout_s {
+                prof.health_timeout = Duration::from_secs(t.max(1));
+            }
             if prof.image.as_deref() == Some("") {
                 return Err(invalid(&key("image"), "must not be empty"));
             }
@@ -476,5 +541,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("reserved"));
+    }
+
+    #[test]
+    fn restart_policy_defaults_and_overrides() {
+        let p = Path::new("/c.json");
+        let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i"}}}"#).unwrap();
+        assert_eq!(c.kinds[&Kind::Dnsmasq].restart, RestartPolicy::default());
+        let c = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"dnsmasq":{"image":"i","restart":{"enabled":false,"max_restarts":2}}}}"#,
+        )
+        .unwrap();
+        let r = c.kinds[&Kind::Dnsmasq].restart;
+        assert!(!r.enabled);
+        assert_eq!(r.max_restarts, 2);
+        assert_eq!(r.backoff, Duration::from_secs(5));
+        assert!(
+            HostConfig::from_str(
+                p,
+                r#"{"kinds":{"dnsmasq":{"image":"i","restart":{"x":1}}}}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -71,6 +71,9 @@ pub enum JobKind {
     Signal,
     Stop,
     Orphan,
+    /// A desired sidecar whose process died, started again by the sync
+    /// (see `desired::plan_restarts`).
+    Restart,
 }
 
 /// The ordered steps for one sidecar, and the requests answered when they

@@ -161,6 +161,21 @@ pub trait Runtime: Send + Sync {
     fn remove(&self, name: &str) -> Result<(), RuntimeError>;
     /// The argv a call would run, for `--dry-run`.
     fn describe(&self, call: &Call) -> String;
+    /// Runs a host-configured health command inside a running container
+    /// (`podman exec NAME ARGV...`) within `timeout`; `Ok` when it exits 0.
+    /// Runtimes without it report every check as failed to run.
+    fn exec_check(
+        &self,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let _ = (argv, timeout);
+        Err(RuntimeError::Spawn {
+            program: format!("exec in {name}"),
+            message: "this runtime cannot run health checks".to_owned(),
+        })
+    }
 }
 
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
@@ -496,6 +511,28 @@ impl Runtime for Podman {
     fn describe(&self, call: &Call) -> String {
         describe_argv(&self.program, &call_args(call))
     }
+
+    fn exec_check(
+        &self,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        // podman stops reading its own options at the container name, so
+        // the command's arguments stay the command's.
+        let mut args = vec!["exec".to_owned(), name.to_owned()];
+        args.extend(argv.iter().cloned());
+        self.call(&args, timeout, |stderr| {
+            if is_no_such_container(stderr) {
+                Some(Err(RuntimeError::NoSuchContainer(name.to_owned())))
+            } else if is_not_running(stderr) {
+                Some(Err(RuntimeError::NotRunning(name.to_owned())))
+            } else {
+                None
+            }
+        })
+        .map(drop)
+    }
 }
 
 /// Spawns, retrying briefly on ETXTBSY: an executable that is being
@@ -792,6 +829,8 @@ pub struct FakeRuntime {
     failures: Mutex<BTreeMap<String, Injected>>,
     list_failure: Mutex<Option<Injected>>,
     serial: AtomicU32,
+    /// Containers whose health check fails.
+    unhealthy: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A failure injected into [`FakeRuntime`].
@@ -888,6 +927,16 @@ impl FakeRuntime {
 
     pub fn fail_list_with(&self, err: RuntimeError) {
         *lock(&self.list_failure) = Some(Injected::Error(err));
+    }
+
+    /// From now on the health check of `name` fails (or passes again).
+    pub fn set_unhealthy(&self, name: &str, unhealthy: bool) {
+        let mut u = lock(&self.unhealthy);
+        if unhealthy {
+            u.insert(name.to_owned());
+        } else {
+            u.remove(name);
+        }
     }
 
     /// Removes every injected failure.
@@ -993,6 +1042,28 @@ impl Runtime for FakeRuntime {
     fn remove(&self, name: &str) -> Result<(), RuntimeError> {
         self.record(Call::Remove(name.to_owned()), Some(name))?;
         lock(&self.containers).retain(|c| c.name != name);
+        Ok(())
+    }
+
+    fn exec_check(
+        &self,
+        name: &str,
+        argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let running = lock(&self.containers)
+            .iter()
+            .any(|c| c.name == name && c.state == State::Running);
+        if !running {
+            return Err(RuntimeError::NotRunning(name.to_owned()));
+        }
+        if lock(&self.unhealthy).contains(name) {
+            return Err(RuntimeError::Failed {
+                args: quote_args(&[&["exec".to_owned(), name.to_owned()][..], argv].concat()),
+                status: "exit status: 1".to_owned(),
+                stderr: "unhealthy".to_owned(),
+            });
+        }
         Ok(())
     }
 

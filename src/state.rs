@@ -81,7 +81,7 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
     Ok(())
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -120,6 +120,10 @@ pub struct KindStatus {
     /// Requests rejected by every sync so far.
     #[serde(default)]
     pub total_rejected: u64,
+    /// When the sync before this one finished (0: none), so `status` can
+    /// count the rejects logged since then.
+    #[serde(default)]
+    pub previous_sync_ms: u64,
 }
 
 impl StateDir {

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::claim::{Limits, SharedDir};
 use crate::config::HostConfig;
+use crate::desired::DesiredTable;
 use crate::kind::Kind;
 use crate::record::now_ms;
 use crate::runtime::{ContainerInfo, Runtime, State, labels};
@@ -32,6 +33,25 @@ pub struct KindReport {
     pub last_sync: Option<KindStatus>,
     /// Why the queue could not be read, if it could not.
     pub error: Option<String>,
+    /// Lines and requests rejected since the sync before the last one
+    /// finished: the last sync's rejects and any logged after it.
+    pub rejects_since_last_sync: Option<usize>,
+    /// The kind's restart policy.
+    pub restart: RestartReport,
+    /// Desired sidecars of this kind, and how many of them run.
+    pub desired: usize,
+    pub desired_running: usize,
+}
+
+/// A kind's restart policy and what it did (`kinds[].restart`).
+#[derive(Debug, Serialize)]
+pub struct RestartReport {
+    pub enabled: bool,
+    pub backoff_s: u64,
+    pub max_restarts: u32,
+    pub window_s: u64,
+    /// Automatic restarts of this kind's sidecars inside the window.
+    pub restarts_in_window: usize,
 }
 
 /// One sidecar (`--json`: `sidecars[]`).
@@ -47,12 +67,22 @@ pub struct SidecarReport {
     pub generation: Option<u64>,
     pub image: String,
     pub request_id: Option<String>,
+    /// Whether an agent wants this sidecar (it is in the desired table).
+    pub desired: bool,
+    /// Automatic restarts inside the policy's window.
+    pub restarts: usize,
+    /// Why its last start or restart failed, or why it is left dead.
+    pub last_error: Option<String>,
+    /// `healthy`, or why the kind's `health_cmd` failed; `null` when the
+    /// kind has no check or the sidecar is not a running desired one.
+    pub health: Option<String>,
 }
 
 /// The whole report (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// True when every sidecar runs and no last sync failed.
+    /// True when every desired sidecar runs, every queue is readable and no
+    /// last sync failed (the exit code: 0 when true).
     pub healthy: bool,
     pub kinds: Vec<KindReport>,
     pub sidecars: Vec<SidecarReport>,
@@ -94,7 +124,28 @@ pub fn report(
             oldest_pending_age_s: None,
             last_sync: state.status(kind).ok().flatten(),
             error: None,
+            rejects_since_last_sync: None,
+            restart: RestartReport {
+                enabled: false,
+                backoff_s: 0,
+                max_restarts: 0,
+                window_s: 0,
+                restarts_in_window: 0,
+            },
+            desired: 0,
+            desired_running: 0,
         };
+        if let Some(p) = cfg.kinds.get(&kind) {
+            r.restart.enabled = p.restart.enabled;
+            r.restart.backoff_s = p.restart.backoff.as_secs();
+            r.restart.max_restarts = p.restart.max_restarts;
+            r.restart.window_s = p.restart.window.as_secs();
+        }
+        if let Some(st) = &r.last_sync {
+            r.rejects_since_last_sync = crate::claim::RejectLog::open(&cfg.state_dir, kind)
+                .and_then(|log| log.count_since(st.previous_sync_ms.saturating_add(1)))
+                .ok();
+        }
         match SharedDir::open(&cfg.queue_root, kind, false, limits.clone()).and_then(|s| {
             let pending = s.is_pending();
             s.peek().map(|p| (pending, p))
@@ -114,8 +165,11 @@ pub fn report(
     }
     let containers: Vec<ContainerInfo> = runtime.list()?;
     let now_s = (now / 1000) as i64;
-    let sidecars: Vec<SidecarReport> = containers
+    let mut sidecars: Vec<SidecarReport> = containers
         .into_iter()
+        // Only this configuration's sidecars: another configuration
+        // sharing this podman has its own desired table and status.
+        .filter(|c| crate::gc::in_scope(cfg, c))
         .filter(|c| {
             only.is_empty()
                 || c.labels
@@ -137,9 +191,96 @@ pub fn report(
             image: c.image,
             request_id: c.labels.get(labels::REQUEST_ID).cloned(),
             name: c.name,
+            desired: false,
+            restarts: 0,
+            last_error: None,
+            health: None,
         })
         .collect();
-    let healthy = sidecars.iter().all(|s| s.state == "running")
+    // Desired against actual: each desired sidecar marks its container, or
+    // is listed as `missing` when podman has none.
+    let mut all_desired_run = true;
+    for kr in &mut kreps {
+        let kind = kr.kind;
+        let table = match DesiredTable::load(&state, kind) {
+            Ok(t) => t,
+            Err(e) => {
+                kr.error.get_or_insert(e.to_string());
+                continue;
+            }
+        };
+        let window_ms = kr.restart.window_s.saturating_mul(1000);
+        let sick = match cfg.kinds.get(&kind) {
+            Some(p) if p.health_cmd.is_some() => {
+                let names: Vec<String> = table
+                    .sidecars
+                    .values()
+                    .filter(|d| {
+                        sidecars
+                            .iter()
+                            .any(|s| s.name == d.container && s.state == "running")
+                    })
+                    .map(|d| d.container.clone())
+                    .collect();
+                let failed = crate::health::failures(p, runtime, &names, cfg.parallelism);
+                for s in sidecars.iter_mut().filter(|s| names.contains(&s.name)) {
+                    s.health = Some(
+                        failed
+                            .get(&s.name)
+                            .cloned()
+                            .unwrap_or_else(|| "healthy".to_owned()),
+                    );
+                }
+                failed
+            }
+            _ => Default::default(),
+        };
+        for d in table.sidecars.values() {
+            let restarts = d
+                .restarts
+                .iter()
+                .filter(|&&t| now.saturating_sub(t) < window_ms)
+                .count();
+            kr.restart.restarts_in_window += restarts;
+            kr.desired += 1;
+            let existing = sidecars
+                .iter_mut()
+                .find(|s| s.name == d.container && s.kind.as_deref() == Some(kind.as_str()));
+            let running = match existing {
+                Some(s) => {
+                    s.desired = true;
+                    s.restarts = restarts;
+                    s.last_error = d.last_error.clone();
+                    s.state == "running" && !sick.contains_key(&s.name)
+                }
+                None => {
+                    sidecars.push(SidecarReport {
+                        name: d.container.clone(),
+                        kind: Some(kind.as_str().to_owned()),
+                        netns: d.record.netns.as_ref().map(|n| n.name.clone()),
+                        tag: d.record.tag.clone(),
+                        state: "missing".into(),
+                        pid: 0,
+                        uptime_s: None,
+                        generation: Some(d.generation),
+                        image: d.image.clone(),
+                        request_id: Some(d.record.id.clone()),
+                        desired: true,
+                        restarts,
+                        last_error: d.last_error.clone(),
+                        health: None,
+                    });
+                    false
+                }
+            };
+            if running {
+                kr.desired_running += 1;
+            } else {
+                all_desired_run = false;
+            }
+        }
+    }
+    let healthy = all_desired_run
         && kreps
             .iter()
             .all(|k| k.error.is_none() && k.last_sync.as_ref().is_none_or(|s| s.ok));
@@ -178,8 +319,14 @@ pub fn run(
                 let ago = now_ms().saturating_sub(s.last_sync_ms) / 1000;
                 match &s.error {
                     None => format!(
-                        "ok {ago}s ago (claimed {}, failed {}, rejected {})",
-                        s.claimed, s.failed, s.rejected
+                        "ok {ago}s ago (claimed {}, failed {}, rejected {}); desired {}, running {}, restarts {} in {}s",
+                        s.claimed,
+                        s.failed,
+                        s.rejected,
+                        k.desired,
+                        k.desired_running,
+                        k.restart.restarts_in_window,
+                        k.restart.window_s
                     ),
                     Some(e) => format!(
                         "FAILED {ago}s ago, {} in a row: {e}",
@@ -204,13 +351,13 @@ pub fn run(
     writeln!(out)?;
     writeln!(
         out,
-        "{:<48} {:<9} {:>8} {:>8} {:>4}  NETNS / TAG",
-        "SIDECAR", "STATE", "PID", "UPTIME", "GEN"
+        "{:<48} {:<9} {:>8} {:>8} {:>4} {:>7} {:>8}  NETNS / TAG",
+        "SIDECAR", "STATE", "PID", "UPTIME", "GEN", "DESIRED", "RESTARTS"
     )?;
     for s in &rep.sidecars {
         writeln!(
             out,
-            "{:<48} {:<9} {:>8} {:>8} {:>4}  {} {}",
+            "{:<48} {:<9} {:>8} {:>8} {:>4} {:>7} {:>8}  {} {}",
             s.name,
             s.state,
             s.pid,
@@ -220,9 +367,14 @@ pub fn run(
             s.generation
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
+            if s.desired { "yes" } else { "no" },
+            s.restarts,
             s.netns.as_deref().unwrap_or("-"),
             s.tag.as_deref().unwrap_or("-"),
         )?;
+        if let Some(e) = &s.last_error {
+            writeln!(out, "    last error: {e}")?;
+        }
     }
     if rep.sidecars.is_empty() {
         writeln!(out, "(no sidecars)")?;

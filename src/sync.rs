@@ -9,6 +9,7 @@
 //! point and run again converges with nothing lost and no duplicate
 //! container. The queue lock is never held across a podman call.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::ack::{Ack, Outcome};
 use crate::claim::{Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::config::{ConfigError, HostConfig, Profile};
+use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
 use crate::plan::{Job, JobKind, Namespaces, Plan, Step};
 use crate::record::{Record, VERSION, now_ms};
@@ -50,6 +52,8 @@ pub struct Summary {
     pub removed: usize,
     pub failed: usize,
     pub rejected: usize,
+    /// Desired sidecars whose process died, started again.
+    pub restarts: usize,
     /// Kinds whose sync could not run, with the reason.
     pub errors: Vec<(Kind, String)>,
 }
@@ -58,7 +62,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}",
+            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}, restarts {}",
             self.claimed,
             self.started,
             self.replaced,
@@ -66,7 +70,8 @@ impl std::fmt::Display for Summary {
             self.signalled,
             self.removed,
             self.failed,
-            self.rejected
+            self.rejected,
+            self.restarts
         )?;
         if !self.errors.is_empty() {
             write!(f, "; could not sync {} kind(s)", self.errors.len())?;
@@ -136,6 +141,9 @@ pub fn run(
     if kinds.is_empty() {
         return Err(SyncError::NothingConfigured(cfg.path.clone()));
     }
+    // Rolled-back kinds start the image they were rolled back to.
+    let effective = crate::upgrade::effective_config(cfg)?;
+    let cfg = &effective;
     // A named kind without a usable profile is a configuration error.
     for &k in &kinds {
         cfg.profile(k)?;
@@ -252,7 +260,7 @@ pub fn run(
                     continue;
                 }
             };
-            let plan = crate::plan::plan(
+            let mut plan = crate::plan::plan(
                 ctx.profile,
                 &ctx.batch,
                 &actual,
@@ -260,6 +268,30 @@ pub fn run(
                 &mut generation,
                 opts.full || !ctx.batch.is_empty(),
             );
+            // Containers were listed for this pass: the moment to notice
+            // desired sidecars whose process died.
+            let mut desired = DesiredTable::load(&state, ctx.kind)?;
+            let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
+            let unhealthy = if opts.full && pass == 1 && !opts.dry_run {
+                check_health(cfg, ctx.profile, runtime, &desired, &actual)
+            } else {
+                HashSet::new()
+            };
+            let now = now_ms();
+            let restarts = desired::plan_restarts(
+                ctx.profile,
+                &desired,
+                &Observed {
+                    actual: &actual,
+                    busy: &busy,
+                    unhealthy: &unhealthy,
+                },
+                namespaces,
+                &mut generation,
+                now,
+            );
+            log_restart_decisions(ctx.kind, &restarts);
+            plan.jobs.extend(restarts.jobs.iter().cloned());
             if opts.dry_run {
                 print_dry_run(ctx.kind, &plan, runtime);
                 continue;
@@ -276,8 +308,27 @@ pub fn run(
                 );
                 continue;
             }
+            // Stops leave the table before they run: a sync killed after a
+            // stop but before the table is written would otherwise restart
+            // a sidecar the agent stopped (the replayed stop request finds
+            // no container, so it cannot name the sidecar any more).
+            if desired::apply_intents(&mut desired, &plan) {
+                desired.store(&state, ctx.kind)?;
+            }
             fault_point("after-plan");
-            execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
+            let outcomes = execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
+            desired::apply_restart_decisions(&mut desired, ctx.kind, &restarts);
+            desired::apply(&mut desired, &plan, &outcomes, &ctx.batch, &actual, now);
+            // Written before the journal is cleared: a rerun replays the
+            // requests and rebuilds what this write would have said.
+            if let Err(e) = desired.store(&state, ctx.kind) {
+                let msg = e.to_string();
+                error!(kind = %ctx.kind, "cannot record the desired sidecars: {msg}");
+                record_status(&state, ctx.kind, Err(&msg), &kind_sum);
+                summary.add(&kind_sum);
+                summary.errors.push((ctx.kind, msg));
+                continue;
+            }
             fault_point("after-acks");
             if let Err(e) = ctx.journal.clear() {
                 // The requests were acknowledged; a rerun replays them as
@@ -308,6 +359,18 @@ pub fn run(
             );
         }
     }
+    // The backstop's run also collects garbage: leftovers no agent wants.
+    if opts.full && !opts.dry_run {
+        let live: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| !failed_kinds.contains(k))
+            .collect();
+        match crate::gc::run(cfg, runtime, namespaces, &live, false) {
+            Ok(r) => summary.removed += r.removed.len(),
+            Err(e) => warn!("garbage collection skipped: {e}"),
+        }
+    }
     Ok(summary)
 }
 
@@ -321,6 +384,7 @@ impl Summary {
         self.removed += o.removed;
         self.failed += o.failed;
         self.rejected += o.rejected;
+        self.restarts += o.restarts;
     }
 }
 
@@ -375,6 +439,7 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         rejected: s.rejected,
         total_claimed: prev.total_claimed + s.claimed as u64,
         total_rejected: prev.total_rejected + s.rejected as u64,
+        previous_sync_ms: prev.last_sync_ms,
     };
     if let Err(e) = state.store_status(kind, &st) {
         warn!("cannot record the sync status of {kind}: {e}");
@@ -543,6 +608,48 @@ fn run_job(
     Ok(())
 }
 
+/// Runs the kind's health check in its running desired sidecars; returns
+/// the names of those that failed it (they count as dead).
+fn check_health(
+    cfg: &HostConfig,
+    profile: &Profile,
+    runtime: &dyn Runtime,
+    desired: &DesiredTable,
+    actual: &[ContainerInfo],
+) -> HashSet<String> {
+    let names: Vec<String> = desired
+        .sidecars
+        .values()
+        .filter(|d| {
+            actual
+                .iter()
+                .any(|c| c.name == d.container && c.state == crate::runtime::State::Running)
+        })
+        .map(|d| d.container.clone())
+        .collect();
+    let failed = crate::health::failures(profile, runtime, &names, cfg.parallelism);
+    for (name, why) in &failed {
+        warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
+    }
+    failed.into_keys().collect()
+}
+
+/// Logs why dead sidecars are left dead or forgotten.
+fn log_restart_decisions(kind: Kind, rp: &RestartPlan) {
+    for (key, why) in &rp.forget {
+        info!(kind = %kind, key = %key, "forgetting the desired sidecar: {why}");
+    }
+    for (key, why) in &rp.blocked {
+        match why {
+            desired::Blocked::Backoff { .. } => {
+                info!(kind = %kind, key = %key, "{}", why.message(kind));
+            }
+            _ => error!(kind = %kind, key = %key, "{}", why.message(kind)),
+        }
+    }
+}
+
+/// Runs the plan's jobs; returns how each ended, by index.
 fn execute_kind(
     cfg: &HostConfig,
     ctx: &KindCtx,
@@ -550,7 +657,7 @@ fn execute_kind(
     runtime: &dyn Runtime,
     namespaces: &dyn Namespaces,
     sum: &mut Summary,
-) {
+) -> Vec<JobOutcome> {
     let kind = ctx.kind;
     let mut plan_rejects = Vec::new();
     for a in &plan.answers {
@@ -607,6 +714,7 @@ fn execute_kind(
         }
     });
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut outcomes = vec![JobOutcome::Ok; plan.jobs.len()];
     for (i, r, elapsed) in results {
         let job = &plan.jobs[i];
         match r {
@@ -617,9 +725,15 @@ fn execute_kind(
                     JobKind::Replace => sum.replaced += 1,
                     JobKind::Signal => sum.signalled += 1,
                     JobKind::Stop | JobKind::Orphan => sum.removed += 1,
+                    JobKind::Restart => sum.restarts += 1,
                 }
             }
             Err(f) => {
+                outcomes[i] = if f.outcome == Outcome::Rejected {
+                    JobOutcome::Rejected(f.message.clone())
+                } else {
+                    JobOutcome::Failed(f.message.clone())
+                };
                 if f.outcome == Outcome::Rejected {
                     warn!(kind = %kind, container = %job.container, "rejected: {}", f.message);
                     sum.rejected += job.answers.len().max(1);
@@ -641,6 +755,7 @@ fn execute_kind(
     {
         error!(kind = %kind, "cannot write the reject log: {e}");
     }
+    outcomes
 }
 
 fn answer_job(shared: &SharedDir, job: &Job, r: &Result<(), JobFailure>) {

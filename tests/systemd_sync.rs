@@ -123,10 +123,13 @@ impl Setup {
 
     fn wrapper_link(&self) -> PathBuf {
         let link = self.dir.join("dnsmasq");
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+        // The burst's callers get here together: one of them makes it.
+        match std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                panic!("symlink {}: {e}", link.display())
+            }
+            _ => link,
         }
-        link
     }
 
     fn containers(&self) -> Vec<String> {

@@ -9,8 +9,10 @@
 //! message (a plain SIGSEGV instead) and SIGPIPE being ignored (the wrapper
 //! writes only to stderr, and only on failure). glibc still hands std the
 //! arguments, so `std::env::args_os` works as usual.
-#![no_main]
+// Under `cargo test` the harness supplies its own main.
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     sidespawn::wrapper::run(std::env::args_os().collect())

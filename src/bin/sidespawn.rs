@@ -74,6 +74,87 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove our containers that are exited or created and no longer
+    /// desired, sidecars whose namespace vanished or was recreated, and
+    /// acknowledgements older than ack_max_age_s. `sync --full` runs it too.
+    ///
+    /// Examples:
+    ///   sidespawn gc --dry-run     # print what would go
+    ///   sidespawn gc --kind dnsmasq
+    #[command(verbatim_doc_comment)]
+    Gc {
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<Kind>,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show a sidecar's log (`podman logs`), found by container name,
+    /// process tag or namespace name.
+    ///
+    /// Examples:
+    ///   sidespawn logs qdhcp-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a
+    ///   sidespawn logs -f dnsmasq-0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a
+    #[command(verbatim_doc_comment)]
+    Logs {
+        /// Container name, PROCESS_TAG or namespace of the sidecar.
+        target: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Replace a kind's running sidecars with its configured image, batch
+    /// by batch (same argv and namespace, next generation), stopping at the
+    /// first failed batch. The image they ran is remembered for rollback.
+    ///
+    /// Example:
+    ///   sidespawn upgrade --kind dnsmasq --max-parallel 4
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        #[arg(long, value_name = "KIND")]
+        kind: Kind,
+        /// Sidecars replaced at once (default: parallelism).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+    },
+    /// Return a kind's sidecars to the image they ran before the last
+    /// upgrade (a host-state override of the configured image, dropped
+    /// when the configured image changes).
+    ///
+    /// Example:
+    ///   sidespawn rollback --kind dnsmasq
+    #[command(verbatim_doc_comment)]
+    Rollback {
+        #[arg(long, value_name = "KIND")]
+        kind: Kind,
+        /// Sidecars replaced at once (default: parallelism).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+    },
+    /// Watch the request queues and sync each kind as requests arrive: a
+    /// long-running alternative to the sidespawn@<kind>.path units.
+    ///
+    /// Drains what is queued at start, then syncs a kind whenever its queue
+    /// changes, with a full reconcile every --interval seconds. SIGHUP
+    /// re-reads the configuration; SIGTERM finishes the sync in progress and
+    /// exits 0. Under systemd (Type=notify) it reports readiness, status and
+    /// watchdog pings. Running it beside the path units is safe.
+    ///
+    /// Examples:
+    ///   sidespawn watch                    # every enabled kind
+    ///   sidespawn watch --kind dnsmasq -v  # one kind, with debug logs
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// Only this kind (repeatable; default: every enabled kind, re-read
+        /// on SIGHUP).
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<Kind>,
+        /// Seconds between full reconciles (`sync --full`), the backstop
+        /// for anything the watches missed.
+        #[arg(long, value_name = "SECS", default_value_t = 300,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
     #[command(subcommand)]
@@ -167,6 +248,105 @@ fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), String> {
     Ok(())
 }
 
+fn gc(
+    cfg: &HostConfig,
+    runtime: &Podman,
+    ns: &HostNamespaces,
+    only: Vec<Kind>,
+    dry_run: bool,
+) -> Result<(), String> {
+    let kinds = if only.is_empty() {
+        cfg.enabled_kinds()
+    } else {
+        only
+    };
+    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
+    // The same lock as a sync of these kinds: gc edits their desired tables
+    // and must not remove a container a sync is about to reuse.
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    sorted.dedup();
+    let _locks = if dry_run {
+        Vec::new()
+    } else {
+        sorted
+            .iter()
+            .map(|&k| state.sync_lock(k, std::time::Duration::from_secs(600)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let report =
+        sidespawn::gc::run(cfg, runtime, ns, &kinds, dry_run).map_err(|e| e.to_string())?;
+    sidespawn::gc::print(&report, dry_run, cfg.ack_max_age);
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} container(s) could not be removed",
+            report.failed.len()
+        ))
+    }
+}
+
+fn upgrade(
+    cfg: &HostConfig,
+    runtime: &Podman,
+    ns: &HostNamespaces,
+    kind: Kind,
+    max_parallel: Option<usize>,
+    rollback: bool,
+) -> Result<(), String> {
+    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
+    // Excludes a sync of this kind replaying requests meanwhile.
+    let _lock = state
+        .sync_lock(kind, std::time::Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    let n = max_parallel.unwrap_or(cfg.parallelism);
+    let r = if rollback {
+        sidespawn::upgrade::rollback(cfg, kind, runtime, ns, n)
+    } else {
+        sidespawn::upgrade::upgrade(cfg, kind, runtime, ns, n)
+    }
+    .map_err(|e| e.to_string())?;
+    for s in &r.replaced {
+        println!(
+            "replaced {} (generation {}), down at most {} ms",
+            s.container,
+            s.generation,
+            s.gap.as_millis()
+        );
+    }
+    println!(
+        "{kind}: {} replaced, {} already on {}",
+        r.replaced.len(),
+        r.unchanged,
+        r.image
+    );
+    Ok(())
+}
+
+fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> String {
+    use sidespawn::runtime::Runtime;
+    use std::os::unix::process::CommandExt;
+    let containers = match runtime.list() {
+        Ok(c) => c,
+        Err(e) => return format!("cannot list containers: {e}"),
+    };
+    let name = match sidespawn::logs::resolve(target, &containers) {
+        Ok(n) => n,
+        Err(e) => return e.to_string(),
+    };
+    // Replaces this process: podman's output and exit status are the
+    // command's. argv only, no shell; podman gets the environment the
+    // sync gives it.
+    let err = std::process::Command::new(&cfg.podman)
+        .args(sidespawn::logs::podman_args(&name, follow))
+        .env_remove("INVOCATION_ID")
+        .env_remove("NOTIFY_SOCKET")
+        .exec();
+    format!("cannot run {}: {err}", cfg.podman.display())
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -175,13 +355,15 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }
@@ -231,6 +413,50 @@ fn main() -> ExitCode {
                         ExitCode::from(1)
                     }
                 }
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Gc { kind, dry_run } => match gc(&cfg, &runtime, &namespaces, kind, dry_run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sidespawn: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Upgrade { kind, max_parallel } => {
+            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, false) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Rollback { kind, max_parallel } => {
+            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, true) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidespawn: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Logs { target, follow } => {
+            let e = logs(&cfg, &runtime, &target, follow);
+            eprintln!("sidespawn: {e}");
+            ExitCode::from(1)
+        }
+        Command::Watch { kind, interval } => {
+            let opts = sidespawn::watch::WatchOptions {
+                kinds: kind,
+                interval: std::time::Duration::from_secs(interval),
+                explicit_config: cli.config.is_some(),
+            };
+            match sidespawn::watch::run(cfg, &opts) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sidespawn: {e}");
                     ExitCode::from(1)

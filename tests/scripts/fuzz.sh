@@ -30,8 +30,12 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
     exit 0
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: SKIPPED (needs cargo-fuzz: cargo install cargo-fuzz)"
-    exit 0
+    # A fresh machine has the toolchains but not cargo-fuzz; it comes from crates.io.
+    echo "fuzz: installing cargo-fuzz from crates.io"
+    if ! cargo install --locked cargo-fuzz >/dev/null 2>&1 || ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "fuzz: SKIPPED (needs cargo-fuzz, and \`cargo install cargo-fuzz\` failed)"
+        exit 0
+    fi
 fi
 
 # New inputs go to a scratch directory (libFuzzer writes into the first corpus it is given),

@@ -1,0 +1,421 @@
+//! Part 3's pieces: an isolated host whose queue the real wrapper fills,
+//! the timed `sidespawn sync`, the two baselines running the same argv, and
+//! the breakdown read back from the sync's `-v` log.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sidespawn::config::HostConfig;
+use sidespawn::kind::Kind;
+use sidespawn::queue::QueueDir;
+use sidespawn::record::Record;
+use sidespawn::runtime::RunSpec;
+
+use crate::host::{self, NetnsSet, TempDir};
+use crate::report::{fmt_dur, median, percentile};
+use crate::{HostSetup, SIDECAR_ARGS, exec_quiet, s};
+
+/// A random lowercase UUID (version-4 layout), like a Neutron network id.
+pub fn random_uuid() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// The dnsmasq test image: `$SIDESPAWN_BENCH_IMAGE`, else built (or found
+/// up to date) by `tests/scripts/build-images.sh`.
+pub fn dnsmasq_image() -> Result<String, String> {
+    if let Ok(img) = std::env::var("SIDESPAWN_BENCH_IMAGE") {
+        return Ok(img);
+    }
+    let out = host::run(
+        Command::new(host::repo_root().join("tests/scripts/build-images.sh"))
+            .env("CONTAINERS_CONF", host::containers_conf()),
+    )?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("dnsmasq="))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("build-images.sh printed no dnsmasq=: {out}"))
+}
+
+/// One isolated host for one timed sync: config, queue and state.
+pub struct SyncHost {
+    pub dir: TempDir,
+    pub cfg_path: PathBuf,
+    pub cfg: HostConfig,
+}
+
+/// What one timed `sidespawn sync -v` did.
+pub struct SyncRun {
+    pub wall: Duration,
+    pub started_unix: f64,
+    pub stdout: String,
+    pub log: String,
+}
+
+impl SyncHost {
+    pub fn new(image: &str, run_label: &str, parallelism: usize) -> Result<SyncHost, String> {
+        let dir = TempDir::new("sidespawn-syncbench-podman")?;
+        let (cfg_path, cfg) = HostSetup {
+            dir: dir.path(),
+            image,
+            podman: Path::new("podman"),
+            parallelism,
+            run_label,
+            max_queue_bytes: None,
+        }
+        .write()?;
+        fs::create_dir_all(dir.join("queue/dnsmasq")).map_err(|e| e.to_string())?;
+        fs::write(
+            dir.join("wrapper.json"),
+            serde_json::json!({ "queue_root": dir.join("queue") }).to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(SyncHost { dir, cfg_path, cfg })
+    }
+
+    /// Queues one start request per namespace exactly as Neutron does:
+    /// `ip netns exec <ns> dnsmasq ARGS` with `PROCESS_TAG` set, the
+    /// program being the release wrapper. Untimed.
+    pub fn queue_all(&self, nss: &NetnsSet) -> Result<(), String> {
+        let wrapper = env!("CARGO_BIN_EXE_sidespawn-wrapper");
+        for name in &nss.names {
+            let uuid = name.trim_start_matches("qdhcp-");
+            host::run(
+                Command::new("ip")
+                    .args(["netns", "exec", name, wrapper, "--kind", "dnsmasq", "--"])
+                    .args(SIDECAR_ARGS)
+                    .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
+                    .env("PROCESS_TAG", format!("dnsmasq-{uuid}")),
+            )?;
+        }
+        let queued = self.queued()?;
+        if queued.len() != nss.names.len() {
+            return Err(format!(
+                "{} requests queued for {} namespaces",
+                queued.len(),
+                nss.names.len()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn queued(&self) -> Result<Vec<Record>, String> {
+        let q = QueueDir::new(&self.cfg.queue_root, Kind::Dnsmasq).queue();
+        let text = fs::read(&q).map_err(|e| format!("read {}: {e}", q.display()))?;
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| Record::parse_line(l).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// The `podman run` lines of `sync --dry-run` (changes nothing).
+    pub fn dry_run(&self) -> Result<Vec<String>, String> {
+        let out = host::run(
+            Command::new(env!("CARGO_BIN_EXE_sidespawn"))
+                .arg("--config")
+                .arg(&self.cfg_path)
+                .args(["sync", "--dry-run"])
+                .env("CONTAINERS_CONF", host::containers_conf()),
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with("podman run "))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Times `sidespawn sync -v` from spawn to exit.
+    pub fn sync(&self) -> Result<SyncRun, String> {
+        let out_path = self.dir.join("sync.out");
+        let log_path = self.dir.join("sync.log");
+        host::check_interrupted()?;
+        let stdout = File::create(&out_path).map_err(|e| e.to_string())?;
+        let stderr = File::create(&log_path).map_err(|e| e.to_string())?;
+        let started_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let t = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
+            .arg("--config")
+            .arg(&self.cfg_path)
+            .args(["sync", "-v"])
+            .env("CONTAINERS_CONF", host::containers_conf())
+            // Plain log lines for the profile below.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start sidespawn: {e}"))?;
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let wall = t.elapsed();
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            return Err(format!(
+                "sidespawn sync failed ({status}):\n{stdout}\n{}",
+                tail(&log, 20)
+            ));
+        }
+        Ok(SyncRun {
+            wall,
+            started_unix,
+            stdout,
+            log,
+        })
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Removes the generation label, the one thing a dry run and a later
+/// identical plan may number differently.
+pub fn without_generation(line: &str) -> String {
+    line.split(' ')
+        .filter(|w| !w.starts_with("--label=io.sidespawn.generation="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Requires exactly `want` running containers under `label`.
+pub fn check_running(label: &str, want: usize, phase: &str) -> Result<(), String> {
+    let running = host::containers_with(label, Some("running"))?;
+    if running.len() != want {
+        let all = host::run(host::podman().args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}} {{.Status}}",
+            "--filter",
+            &format!("label={label}"),
+        ]))?;
+        return Err(format!(
+            "{phase}: {} of {want} sidecars running:\n{}",
+            running.len(),
+            tail(&all, 10)
+        ));
+    }
+    Ok(())
+}
+
+/// Baseline a: the same `podman run -d`, one after another.
+pub fn serial(specs: &[RunSpec]) -> Result<Duration, String> {
+    let t = Instant::now();
+    for spec in specs {
+        exec_quiet(host::podman().args(spec.argv()))?;
+    }
+    Ok(t.elapsed())
+}
+
+/// Baseline b: the same `podman run -d` through `xargs -P`, the argv
+/// NUL-separated so nothing is re-split (every argv has the same length).
+pub fn xargs(specs: &[RunSpec], parallelism: usize, dir: &Path) -> Result<Duration, String> {
+    let argvs: Vec<Vec<String>> = specs.iter().map(RunSpec::argv).collect();
+    let len = argvs.first().map_or(0, Vec::len);
+    if argvs.iter().any(|a| a.len() != len) {
+        return Err(s("argv lengths differ; xargs -n cannot split them"));
+    }
+    let mut input = Vec::new();
+    for word in argvs.iter().flatten() {
+        input.extend_from_slice(word.as_bytes());
+        input.push(0);
+    }
+    let path = dir.join("xargs-input");
+    fs::write(&path, &input).map_err(|e| e.to_string())?;
+    let stdin = File::open(&path).map_err(|e| e.to_string())?;
+    host::check_interrupted()?;
+    let t = Instant::now();
+    let status = Command::new("xargs")
+        .args([
+            "-0",
+            "-P",
+            &parallelism.to_string(),
+            "-n",
+            &len.to_string(),
+            "podman",
+        ])
+        .env("CONTAINERS_CONF", host::containers_conf())
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start xargs: {e}"))?;
+    let took = t.elapsed();
+    if !status.success() {
+        return Err(format!("xargs podman run exited with {status}"));
+    }
+    Ok(took)
+}
+
+/// Where the time of one sync went, from its `-v` log.
+#[derive(Default, Clone)]
+pub struct SyncProfile {
+    /// Spawn to the first log line (exec, config, claim).
+    to_first_log: f64,
+    lock_held: String,
+    ps_ms: Vec<u64>,
+    run_ms: Vec<u64>,
+    /// Spawn to the start of the first `podman run`.
+    to_first_run: f64,
+    /// First `podman run` start to last `podman run` end.
+    run_span: f64,
+    /// Last `podman run` end to exit.
+    tail: f64,
+}
+
+/// Seconds since the epoch of a log line's RFC 3339 UTC timestamp
+/// (`2026-11-21T13:16:45.433537Z`), ignoring leap seconds.
+pub fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+pub fn profile_sync(run: &SyncRun) -> SyncProfile {
+    let mut p = SyncProfile::default();
+    let mut first_log = None;
+    let mut first_run_start: Option<f64> = None;
+    let mut last_run_end: Option<f64> = None;
+    for line in run.log.lines() {
+        let Some(ts) = log_time(line) else { continue };
+        first_log.get_or_insert(ts);
+        if let Some(i) = line.find("lock held ") {
+            p.lock_held = line[i + 10..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+        }
+        if !line.contains("podman finished") {
+            continue;
+        }
+        let Some(ms) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("elapsed_ms="))
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Some(argv) = line.split_once("argv=").map(|x| x.1) else {
+            continue;
+        };
+        let sub = argv.split_whitespace().nth(1).unwrap_or("");
+        match sub {
+            "ps" => p.ps_ms.push(ms),
+            "run" => {
+                p.run_ms.push(ms);
+                let start = ts - ms as f64 / 1000.0;
+                first_run_start = Some(first_run_start.map_or(start, |f: f64| f.min(start)));
+                last_run_end = Some(last_run_end.map_or(ts, |l: f64| l.max(ts)));
+            }
+            _ => {}
+        }
+    }
+    let t0 = run.started_unix;
+    let end = t0 + run.wall.as_secs_f64();
+    p.to_first_log = first_log.map_or(0.0, |f| f - t0);
+    if let (Some(a), Some(b)) = (first_run_start, last_run_end) {
+        p.to_first_run = a - t0;
+        p.run_span = b - a;
+        p.tail = end - b;
+    }
+    p
+}
+
+/// The breakdown of the syncs from their `-v` logs, as a note.
+pub fn profile_notes(
+    profiles: &[SyncProfile],
+    n: usize,
+    serial: Duration,
+    xargs: Duration,
+    parallelism: usize,
+) -> String {
+    let secs = |v: Vec<f64>| {
+        let d: Vec<Duration> = v
+            .into_iter()
+            .map(|x| Duration::from_secs_f64(x.max(0.0)))
+            .collect();
+        fmt_dur(median(&d))
+    };
+    let ms_all: Vec<Duration> = profiles
+        .iter()
+        .flat_map(|p| p.run_ms.iter().map(|m| Duration::from_millis(*m)))
+        .collect();
+    let ps: Vec<String> = profiles
+        .iter()
+        .map(|p| {
+            p.ps_ms
+                .iter()
+                .map(|m| format!("{m} ms"))
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    let concurrency: Vec<f64> = profiles
+        .iter()
+        .map(|p| p.run_ms.iter().sum::<u64>() as f64 / 1000.0 / p.run_span.max(1e-9))
+        .collect();
+    let xargs_conc = serial.as_secs_f64() / xargs.as_secs_f64().max(1e-9);
+    let mut c = concurrency.clone();
+    c.sort_by(f64::total_cmp);
+    format!(
+        "part 3 profile (sync -v logs; medians over repeats):\n\
+         \x20 spawn → first log line {}; claim lock held {}; podman ps per sync: [{}]\n\
+         \x20 spawn → first podman run starts {}; runs span {}; last run end → exit {}\n\
+         \x20 podman run inside the sync: {} calls, per call median {} / p90 {} / max {} \
+         (serial loop: {} per call, one at a time)\n\
+         \x20 effective concurrency of the runs (sum of call times ÷ span): {:.2} (limit {parallelism}); \
+         xargs speed-up over serial: {:.2}×",
+        secs(profiles.iter().map(|p| p.to_first_log).collect()),
+        profiles
+            .iter()
+            .map(|p| p.lock_held.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ps.join("; "),
+        secs(profiles.iter().map(|p| p.to_first_run).collect()),
+        secs(profiles.iter().map(|p| p.run_span).collect()),
+        secs(profiles.iter().map(|p| p.tail).collect()),
+        ms_all.len() / profiles.len().max(1),
+        fmt_dur(median(&ms_all)),
+        fmt_dur(percentile(&ms_all, 90.0)),
+        fmt_dur(ms_all.iter().max().copied().unwrap_or_default()),
+        fmt_dur(serial / u32::try_from(n).unwrap_or(1)),
+        c.get(c.len() / 2).copied().unwrap_or(0.0),
+        xargs_conc,
+    )
+}

@@ -1,0 +1,392 @@
+//! How long a start request takes to become a running sidecar, through the
+//! `sidespawn watch` daemon and through the `sidespawn@dnsmasq.path` unit
+//! under a real systemd manager, beside a bare `podman run -d` of the same
+//! container; and what the daemon costs while idle.
+//!
+//! `cargo bench --bench watch` (as root, with podman and iproute2) builds
+//! the local test images, makes a network namespace and two separate
+//! deployments (queue root, state directory, configuration): one served by
+//! the daemon, one by the generated path and service units under
+//! `systemd --user` (tests/systemd; test-only drop-in
+//! `Environment=CONTAINERS_CONF=` as in the tests). Then, in rounds so that
+//! load changes hit all three alike, it starts one new sidecar per method
+//! per round: the daemon and the path unit get a real wrapper call in the
+//! namespace, the bare run gets the same container's `podman run -d`.
+//! Latency ends when dnsmasq has written its pid file — Neutron's own
+//! "alive" test — and starts when the wrapper exited (for the bare run:
+//! when podman was started). Each sidecar is removed before the next round.
+//! `SIDESPAWN_BENCH_RUNS` sets the rounds (default 50).
+//!
+//! Idle cost: utime+stime of the daemon from `/proc/<pid>/stat` over 60 s
+//! with nothing queued (`SIDESPAWN_BENCH_IDLE_SECS` to change).
+//!
+//! It is a report, not a test: it exits 0 whatever the numbers are and fails
+//! only when it cannot measure. `cargo test --all-targets` also runs this
+//! file; without `--bench` it does nothing.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/systemd/mod.rs"]
+mod systemd;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Netns, TempDir};
+use systemd::Manager;
+
+const DEFAULT_RUNS: usize = 50;
+const DEFAULT_IDLE_SECS: u64 = 60;
+/// Longest wait for one sidecar (far above any healthy value).
+const TIMEOUT: Duration = Duration::from_secs(120);
+const PATH_UNIT: &str = "sidespawn@dnsmasq.path";
+const SERVICE: &str = "sidespawn@dnsmasq.service";
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("watch bench: not run; `cargo bench --bench watch` runs it");
+        return ExitCode::SUCCESS;
+    }
+    let missing = common::missing_privileges();
+    if !missing.is_empty() {
+        println!("SKIPPED: the watch bench needs {}", missing.join(", "));
+        return ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("watch bench: cannot measure: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One deployment: its own queue root, state and configuration.
+struct Deployment {
+    root: PathBuf,
+    config: PathBuf,
+    wrapper_config: PathBuf,
+}
+
+impl Deployment {
+    fn new(dir: &Path, name: &str, image: &str, label: &str) -> Result<Deployment, Error> {
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root)?;
+        let data = dir.join("data");
+        let config = root.join("config.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({
+                "queue_root": root.join("queue"),
+                "state_dir": root.join("state"),
+                "kinds": {"dnsmasq": {
+                    "image": image,
+                    "volumes": [format!("{}:{}", data.display(), data.display())],
+                    "labels": {"test.sidespawn.run": label},
+                    "stop_timeout_s": 2
+                }}
+            })
+            .to_string(),
+        )?;
+        let wrapper_config = root.join("wrapper.json");
+        std::fs::write(
+            &wrapper_config,
+            serde_json::json!({"queue_root": root.join("queue")}).to_string(),
+        )?;
+        Ok(Deployment {
+            root,
+            config,
+            wrapper_config,
+        })
+    }
+
+    fn acks(&self) -> usize {
+        std::fs::read_dir(self.root.join("queue/dnsmasq/acks")).map_or(0, |d| d.count())
+    }
+}
+
+/// The daemon under test, killed on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(d: &Deployment) -> Result<Daemon, Error> {
+    let sock_path = d.root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
+        .arg("--config")
+        .arg(&d.config)
+        .args(["watch", "--interval", "3600"])
+        .env("CONTAINERS_CONF", common::containers_conf())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.root.join("daemon.log"))?)
+        .spawn()?;
+    let daemon = Daemon(child);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| format!("no READY=1 from the daemon: {e}"))?;
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            return Ok(daemon);
+        }
+    }
+}
+
+/// Median, p99 (nearest rank) and extremes, in milliseconds.
+fn stats(v: &mut [Duration]) -> (f64, f64, f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        ms(v[n / 2])
+    } else {
+        (ms(v[n / 2 - 1]) + ms(v[n / 2])) / 2.0
+    };
+    let p99 = ms(v[(n * 99).div_ceil(100).saturating_sub(1)]);
+    (median, p99, ms(v[0]), ms(v[n - 1]))
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest = stat.rsplit_once(')').ok_or("unexpected /proc/pid/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    Ok(f.get(11).ok_or("short stat")?.parse::<u64>()?
+        + f.get(12).ok_or("short stat")?.parse::<u64>()?)
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), Error> {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// The local dnsmasq test image (tests/scripts/build-images.sh; no static
+/// wrapper needed for it).
+fn dnsmasq_image() -> Result<String, Error> {
+    let out = Command::new(common::repo_root().join("tests/scripts/build-images.sh"))
+        .env("CONTAINERS_CONF", common::containers_conf())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("build-images.sh: {}", out.status).into());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("dnsmasq=").map(str::to_owned))
+        .ok_or_else(|| "build-images.sh printed no dnsmasq=".into())
+}
+
+fn remove(name: &str) {
+    let _ = common::podman()
+        .args(["rm", "-f", "-t", "0", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn bench() -> Result<(), Error> {
+    let runs = env_num("SIDESPAWN_BENCH_RUNS", DEFAULT_RUNS).max(1);
+    let idle_secs = env_num("SIDESPAWN_BENCH_IDLE_SECS", DEFAULT_IDLE_SECS);
+    let load_before = std::fs::read_to_string("/proc/loadavg")?;
+    let images = dnsmasq_image()?;
+    let label = common::unique("wbench");
+    let dir = TempDir::new("sidespawn-wbench");
+    std::fs::create_dir_all(dir.join("data"))?;
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let link = dir.join("dnsmasq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link)?;
+    let watched = Deployment::new(dir.path(), "watch", &images, &label)?;
+    let pathed = Deployment::new(dir.path(), "path", &images, &label)?;
+    // Containers of this run go whatever happens (declared after the
+    // manager and the daemon, so dropped before them).
+    let manager = systemd::UserManager::start().map_err(|e| format!("needs {e}"))?;
+    let cfg = sidespawn::config::HostConfig::load(&pathed.config, true)?;
+    let files = sidespawn::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn")))?;
+    manager.install(&files);
+    manager.drop_in(
+        "sidespawn@.service",
+        "bench-podman",
+        &format!(
+            "[Service]\nEnvironment=CONTAINERS_CONF={}\n",
+            common::containers_conf().display()
+        ),
+    );
+    std::fs::create_dir_all(pathed.root.join("queue/dnsmasq"))?;
+    manager.systemctl_ok(&["enable", "--now", PATH_UNIT]);
+    let daemon = start_daemon(&watched)?;
+    let _cleanup = Cleanup(label.clone());
+
+    let mut bare = Vec::new();
+    let mut via_watch = Vec::new();
+    let mut via_path = Vec::new();
+    for i in 0..runs {
+        // Bare podman: the same container as the sync would start.
+        let tag = format!("dnsmasq-{}", common::uuid());
+        let pid_file = dir.join(format!("data/{tag}.pid"));
+        let name = format!("bench-bare-{tag}");
+        let t0 = Instant::now();
+        let st = common::podman()
+            .args(["run", "-d", "--name", &name, "--label"])
+            .arg(format!("test.sidespawn.run={label}"))
+            .arg(format!("--network=ns:{}", ns.path().display()))
+            .args(["--pid", "host", "--cgroupns", "host"])
+            .arg(format!(
+                "--volume={}:{}",
+                dir.join("data").display(),
+                dir.join("data").display()
+            ))
+            .args(["--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"])
+            .args(["--entrypoint", "dnsmasq", &images, "-k", "--no-hosts", ""])
+            .args(["--port=0", "--conf-file=/dev/null"])
+            .arg(format!("--pid-file={}", pid_file.display()))
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            return Err(format!("podman run -d {name}: {st}").into());
+        }
+        wait_for("the bare container's dnsmasq runs", || pid_file.exists())?;
+        bare.push(t0.elapsed());
+        remove(&name);
+
+        for (d, out, how) in [
+            (&watched, &mut via_watch, "watch"),
+            (&pathed, &mut via_path, "path"),
+        ] {
+            let tag = format!("dnsmasq-{}", common::uuid());
+            let pid_file = dir.join(format!("data/{tag}.pid"));
+            let acks = d.acks();
+            let st = ns
+                .exec(&link)
+                .args(["--no-hosts", "", "--port=0", "--conf-file=/dev/null"])
+                .arg(format!("--pid-file={}", pid_file.display()))
+                .env("SIDESPAWN_WRAPPER_CONFIG", &d.wrapper_config)
+                .env("PROCESS_TAG", &tag)
+                .stdin(Stdio::null())
+                .status()?;
+            let t0 = Instant::now();
+            if !st.success() {
+                return Err(format!("wrapper call ({how}): {st}").into());
+            }
+            wait_for(&format!("the sidecar via {how} runs"), || pid_file.exists())?;
+            out.push(t0.elapsed());
+            // Idle again before the next round: acknowledged, and the
+            // oneshot service gone.
+            wait_for(&format!("the {how} sync is acknowledged"), || {
+                d.acks() > acks
+            })?;
+            if how == "path" {
+                manager
+                    .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+            }
+            remove(&format!("sidespawn-dnsmasq-t-{tag}"));
+        }
+        if (i + 1) % 10 == 0 {
+            eprintln!("watch bench: {} of {runs} rounds", i + 1);
+        }
+    }
+
+    // Idle: nothing queued, nothing to do.
+    let pid = daemon.0.id();
+    let ticks_per_s =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.ok_or("no CLK_TCK")? as f64;
+    let c0 = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let idle_cpu = (cpu_ticks(pid)? - c0) as f64 / ticks_per_s;
+    let idle_wall = t0.elapsed().as_secs_f64();
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
+        .unwrap_or_default();
+    let load_after = std::fs::read_to_string("/proc/loadavg")?;
+
+    println!();
+    println!("request → running dnsmasq (pid file written), {runs} rounds, interleaved");
+    println!(
+        "{:<48} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "path", "runs", "median", "p99", "min", "max"
+    );
+    for (name, v) in [
+        ("bare `podman run -d` (podman start → pid)", &mut bare),
+        ("sidespawn watch (wrapper exit → pid)", &mut via_watch),
+        (
+            "path unit, systemd --user (wrapper exit → pid)",
+            &mut via_path,
+        ),
+    ] {
+        let (med, p99, min, max) = stats(v);
+        println!(
+            "{name:<48} {:>6} {med:>7.0}ms {p99:>7.0}ms {min:>7.0}ms {max:>7.0}ms",
+            v.len()
+        );
+    }
+    println!();
+    println!(
+        "daemon idle: {:.3} s CPU (utime+stime) over {idle_wall:.0} s = {:.3} % of one CPU; VmRSS {rss}",
+        idle_cpu,
+        100.0 * idle_cpu / idle_wall
+    );
+    println!(
+        "load average before: {}  after: {}",
+        load_before.trim(),
+        load_after.trim()
+    );
+    if runs < 100 {
+        println!("(with fewer than 100 runs the p99 is the maximum)");
+    }
+    drop(daemon);
+    drop(manager);
+    Ok(())
+}
+
+/// Removes every container of this run, also when the bench fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = common::podman()
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=test.sidespawn.run={}", self.0))
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                remove(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `sidespawn gc`: removes what no agent wants any more — our containers
+//! that are exited or only created and not desired, sidecars (in any state)
+//! whose namespace vanished or was recreated, and acknowledgements older than
+//! `ack_max_age_s`. A desired sidecar that died is left alone: it is the
+//! restart policy's to start again, and `status` shows it.
+//!
+//! Deciding is pure ([`decide`]); [`run`] lists, decides, removes and keeps
+//! the desired table consistent. The caller holds the kinds' sync locks
+//! (`sync --full` already does; the `gc` command takes them).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::claim::{Limits, SharedDir};
+use crate::config::HostConfig;
+use crate::desired::DesiredTable;
+use crate::kind::Kind;
+use crate::plan::Namespaces;
+use crate::runtime::{ContainerInfo, Runtime, RuntimeError, State, labels};
+use crate::state::{StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("cannot list containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One container to remove, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub kind: Kind,
+    pub container: String,
+    pub reason: String,
+    /// The desired key it held, when the namespace is gone.
+    pub forget_key: Option<String>,
+}
+
+/// Decides which of `kind`'s containers go. Only containers carrying
+/// every label in `scope` (the profile's own `labels`) are considered: the
+/// desired table belongs to one state directory, and a second configuration
+/// sharing this podman (a staging setup, a test) must never have its
+/// sidecars collected as "not desired" by ours.
+pub fn decide(
+    kind: Kind,
+    scope: &BTreeMap<String, String>,
+    actual: &[ContainerInfo],
+    desired: &DesiredTable,
+    namespaces: &dyn Namespaces,
+) -> Vec<Removal> {
+    let mut out = Vec::new();
+    for c in actual.iter().filter(|c| {
+        c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+            && scope.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+    }) {
+        let key = c.labels.get(labels::KEY);
+        if let (Some(ns), Some(ino)) =
+            (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
+        {
+            let now = namespaces.inode(ns);
+            if now.map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+                let reason = match now {
+                    None => format!("namespace {ns} is gone"),
+                    Some(i) => format!("namespace {ns} was recreated (inode {ino}, now {i})"),
+                };
+                let forget_key = key
+                    .filter(|k| {
+                        desired
+                            .sidecars
+                            .get(*k)
+                            .is_some_and(|d| d.container == c.name)
+                    })
+                    .cloned();
+                out.push(Removal {
+                    kind,
+                    container: c.name.clone(),
+                    reason,
+                    forget_key,
+                });
+                continue;
+            }
+        }
+        if !matches!(c.state, State::Exited | State::Created) {
+            continue;
+        }
+        let wanted = key
+            .and_then(|k| desired.sidecars.get(k))
+            .is_some_and(|d| d.container == c.name);
+        if !wanted {
+            let state = if c.state == State::Exited {
+                "exited"
+            } else {
+                "created"
+            };
+            out.push(Removal {
+                kind,
+                container: c.name.clone(),
+                reason: format!("{state} and no longer desired"),
+                forget_key: None,
+            });
+        }
+    }
+    out
+}
+
+/// Whether `c` belongs to this configuration: it carries every label of
+/// its kind's profile `labels` (a kind not configured here: not ours).
+pub fn in_scope(cfg: &HostConfig, c: &ContainerInfo) -> bool {
+    c.labels
+        .get(labels::KIND)
+        .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
+        .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+}
+
+/// What one gc did (or, dry, would do).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<Removal>,
+    /// Removals that failed, with the error.
+    pub failed: Vec<(Removal, String)>,
+    /// Acknowledgements pruned (or that would be), per kind.
+    pub acks: Vec<(Kind, usize)>,
+}
+
+/// Old acknowledgements in a kind's `acks/`, counted without changing
+/// anything (for `--dry-run`). Reads metadata only, never following a link.
+fn count_old_acks(queue_root: &Path, kind: Kind, max_age: Duration) -> usize {
+    let Some(cutoff) = SystemTime::now().checked_sub(max_age) else {
+        return 0;
+    };
+    let dir = queue_root.join(kind.as_str()).join(crate::queue::ACKS_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::symlink_metadata(e.path())
+                .is_ok_and(|m| !m.is_dir() && m.modified().is_ok_and(|t| t < cutoff))
+        })
+        .count()
+}
+
+/// Collects garbage for `kinds`. The caller holds their sync locks unless
+/// `dry_run`.
+pub fn run(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    namespaces: &dyn Namespaces,
+    kinds: &[Kind],
+    dry_run: bool,
+) -> Result<GcReport, GcError> {
+    let state = StateDir::new(&cfg.state_dir);
+    let actual = runtime.list().map_err(GcError::List)?;
+    let mut report = GcReport::default();
+    for &kind in kinds {
+        let mut desired = DesiredTable::load(&state, kind)?;
+        let scope = cfg
+            .kinds
+            .get(&kind)
+            .map(|p| p.labels.clone())
+            .unwrap_or_default();
+        let removals = decide(kind, &scope, &actual, &desired, namespaces);
+        let mut forgot = false;
+        for r in removals {
+            if dry_run {
+                report.removed.push(r);
+                continue;
+            }
+            match runtime.remove(&r.container) {
+                Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {
+                    info!(kind = %kind, container = %r.container, "removed: {}", r.reason);
+                    if let Some(k) = &r.forget_key {
+                        forgot |= desired.sidecars.remove(k).is_some();
+                    }
+                    report.removed.push(r);
+                }
+                Err(e) => {
+                    warn!(kind = %kind, container = %r.container, "cannot remove: {e}");
+                    report.failed.push((r, e.to_string()));
+                }
+            }
+        }
+        if forgot {
+            desired.store(&state, kind)?;
+        }
+        if dry_run {
+            report
+                .acks
+                .push((kind, count_old_acks(&cfg.queue_root, kind, cfg.ack_max_age)));
+            continue;
+        }
+        let limits = Limits {
+            max_queue_bytes: cfg.max_queue_bytes,
+            lock_timeout: cfg.lock_timeout,
+            ..Limits::default()
+        };
+        match SharedDir::open(&cfg.queue_root, kind, false, limits)
+            .and_then(|s| s.prune_acks(cfg.ack_max_age))
+        {
+            Ok(n) => report.acks.push((kind, n)),
+            // No queue directory yet means no acknowledgements either.
+            Err(crate::claim::ClaimError::NoQueueDir(_)) => report.acks.push((kind, 0)),
+            Err(e) => warn!(kind = %kind, "cannot prune old acknowledgements: {e}"),
+        }
+    }
+    Ok(report)
+}
+
+/// Prints the report the way `sidespawn gc` does.
+pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for r in &report.removed {
+        println!("{verb} {} ({})", r.container, r.reason);
+    }
+    for (r, e) in &report.failed {
+        println!("could not remove {} ({}): {e}", r.container, r.reason);
+    }
+    for (kind, n) in &report.acks {
+        if *n > 0 {
+            let verb = if dry_run { "would prune" } else { "pruned" };
+            println!(
+                "{verb} {n} {kind} acknowledgement(s) older than {}s",
+                max_age.as_secs()
+            );
+        }
+    }
+    if report.removed.is_empty() && report.failed.is_empty() {
+        println!("gc: no container to remove");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::NetnsError;
+    use crate::record::NetnsRef;
+    use crate::runtime::FakeRuntime;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    struct FakeNs(HashMap<String, u64>);
+    impl Namespaces for FakeNs {
+        fn dir(&self) -> PathBuf {
+            "/run/netns".into()
+        }
+        fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+            Ok(self.dir().join(&ns.name))
+        }
+        fn inode(&self, name: &str) -> Option<u64> {
+            self.0.get(name).copied()
+        }
+    }
+
+    fn c(name: &str, state: State, ns: &str, ino: &str) -> ContainerInfo {
+        FakeRuntime::container(
+            name,
+            state,
+            &[
+                (labels::KIND, "dnsmasq"),
+                (labels::KEY, &format!("dnsmasq/tag/{name}")),
+                (labels::NETNS, ns),
+                (labels::NETNS_INO, ino),
+            ],
+        )
+    }
+
+    fn desired_of(names: &[&str]) -> DesiredTable {
+        let mut t = DesiredTable::default();
+        for n in names {
+            t.sidecars.insert(
+                format!("dnsmasq/tag/{n}"),
+                crate::desired::DesiredSidecar {
+                    container: (*n).to_owned(),
+                    record: crate::record::Record {
+                        v: 1,
+                        id: "x".into(),
+                        kind: Kind::Dnsmasq,
+                        action: crate::record::Action::Start,
+                        argv: vec![],
+                        netns: None,
+                        tag: None,
+                        signal: None,
+                        pid: None,
+                        ts: 0,
+                    },
+                    generation: 1,
+                    image: "i".into(),
+                    restarts: vec![],
+                    last_error: None,
+                },
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn decides_exited_undesired_and_vanished_namespaces_only() {
+        let ns = FakeNs(HashMap::from([("qdhcp-a".to_owned(), 7)]));
+        let actual = [
+            c("running", State::Running, "qdhcp-a", "7"),
+            c("exited-desired", State::Exited, "qdhcp-a", "7"),
+            c("exited-stray", State::Exited, "qdhcp-a", "7"),
+            c("created-stray", State::Created, "qdhcp-a", "7"),
+            c("ns-gone", State::Running, "qdhcp-b", "9"),
+            c("ns-recreated", State::Running, "qdhcp-a", "6"),
+        ];
+        let t = desired_of(&["running", "exited-desired", "ns-gone"]);
+        let r = decide(Kind::Dnsmasq, &BTreeMap::new(), &actual, &t, &ns);
+        let names: Vec<&str> = r.iter().map(|r| r.container.as_str()).collect();
+        assert_eq!(
+            names,
+            ["exited-stray", "created-stray", "ns-gone", "ns-recreated"]
+        );
+        assert_eq!(r[2].forget_key.as_deref(), Some("dnsmasq/tag/ns-gone"));
+        assert!(r[3].reason.contains("recreated"), "{}", r[3].reason);
+        assert_eq!(r[3].forget_key, None);
+        // Other kinds' containers are not this kind's business.
+        assert!(decide(Kind::Haproxy, &BTreeMap::new(), &actual, &t, &ns).is_empty());
+        // Another configuration's containers (without our profile labels)
+        // are never collected.
+        let scope = BTreeMap::from([("site".to_owned(), "a".to_owned())]);
+        assert!(decide(Kind::Dnsmasq, &scope, &actual, &t, &ns).is_empty());
+    }
+
+    #[test]
+    fn run_removes_and_dry_run_does_not() {
+        let d = std::env::temp_dir().join(format!("sidespawn-gc-{}", crate::record::new_id(0)));
+        let text = serde_json::json!({
+            "queue_root": d.join("queue"), "state_dir": d.join("state"),
+            "kinds": {"dnsmasq": {"image": "i"}}
+        })
+        .to_string();
+        let cfg = HostConfig::from_str(&d.join("c.json"), &text).unwrap();
+        let ns = FakeNs(HashMap::from([("qdhcp-a".to_owned(), 7)]));
+        let fake = FakeRuntime::new(vec![
+            c("stray", State::Exited, "qdhcp-a", "7"),
+            c("keep", State::Running, "qdhcp-a", "7"),
+        ]);
+        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], true).unwrap();
+        assert_eq!(rep.removed.len(), 1);
+        assert_eq!(fake.containers().len(), 2);
+        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], false).unwrap();
+        assert_eq!(rep.removed[0].container, "stray");
+        let left: Vec<String> = fake.containers().into_iter().map(|c| c.name).collect();
+        assert_eq!(left, ["keep"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

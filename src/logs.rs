@@ -1,0 +1,124 @@
+//! `sidespawn logs <name|tag|netns> [-f]`: finds the one sidecar an
+//! operator means and hands over to `podman logs`.
+//!
+//! Operators know a network by its namespace (`qdhcp-<uuid>`) or Neutron's
+//! process tag, rarely by our container name, so all three are accepted.
+//! Only our containers are candidates; an argument matching several (a
+//! namespace with a dnsmasq per segment) is an error that lists them.
+
+use crate::runtime::{ContainerInfo, labels};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LogsError {
+    #[error("no sidecar is named {0:?} or has that process tag or namespace")]
+    NotFound(String),
+    #[error("{arg:?} matches several sidecars; name one of them:\n  {}", candidates.join("\n  "))]
+    Ambiguous {
+        arg: String,
+        candidates: Vec<String>,
+    },
+}
+
+/// The container name `arg` stands for: an exact container name wins, else
+/// the single sidecar with that tag label, else with that netns label.
+pub fn resolve(arg: &str, containers: &[ContainerInfo]) -> Result<String, LogsError> {
+    if containers.iter().any(|c| c.name == arg) {
+        return Ok(arg.to_owned());
+    }
+    for label in [labels::TAG, labels::NETNS] {
+        let mut hits: Vec<String> = containers
+            .iter()
+            .filter(|c| c.labels.get(label).map(String::as_str) == Some(arg))
+            .map(|c| c.name.clone())
+            .collect();
+        hits.sort();
+        hits.dedup();
+        match hits.len() {
+            0 => continue,
+            1 => return Ok(hits.remove(0)),
+            _ => {
+                return Err(LogsError::Ambiguous {
+                    arg: arg.to_owned(),
+                    candidates: hits,
+                });
+            }
+        }
+    }
+    Err(LogsError::NotFound(arg.to_owned()))
+}
+
+/// The argv after the podman program for `podman logs`.
+pub fn podman_args(name: &str, follow: bool) -> Vec<String> {
+    let mut a = vec!["logs".to_owned()];
+    if follow {
+        a.push("--follow".to_owned());
+    }
+    // `--` so a name can never be read as an option.
+    a.push("--".to_owned());
+    a.push(name.to_owned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{FakeRuntime, State};
+
+    fn cs() -> Vec<ContainerInfo> {
+        vec![
+            FakeRuntime::container(
+                "sidespawn-dnsmasq-t-dnsmasq-a",
+                State::Running,
+                &[(labels::TAG, "dnsmasq-a"), (labels::NETNS, "qdhcp-x")],
+            ),
+            FakeRuntime::container(
+                "sidespawn-dnsmasq-t-dnsmasq-b",
+                State::Exited,
+                &[(labels::TAG, "dnsmasq-b"), (labels::NETNS, "qdhcp-x")],
+            ),
+            FakeRuntime::container(
+                "sidespawn-haproxy-n-qdhcp-y",
+                State::Running,
+                &[(labels::NETNS, "qdhcp-y")],
+            ),
+        ]
+    }
+
+    #[test]
+    fn by_name_tag_or_namespace() {
+        let c = cs();
+        assert_eq!(
+            resolve("sidespawn-dnsmasq-t-dnsmasq-b", &c).unwrap(),
+            "sidespawn-dnsmasq-t-dnsmasq-b"
+        );
+        assert_eq!(
+            resolve("dnsmasq-a", &c).unwrap(),
+            "sidespawn-dnsmasq-t-dnsmasq-a"
+        );
+        assert_eq!(
+            resolve("qdhcp-y", &c).unwrap(),
+            "sidespawn-haproxy-n-qdhcp-y"
+        );
+    }
+
+    #[test]
+    fn ambiguous_lists_candidates_and_unknown_says_so() {
+        let e = resolve("qdhcp-x", &cs()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("sidespawn-dnsmasq-t-dnsmasq-a")
+                && text.contains("sidespawn-dnsmasq-t-dnsmasq-b"),
+            "{text}"
+        );
+        assert_eq!(
+            resolve("nope", &cs()).unwrap_err(),
+            LogsError::NotFound("nope".into())
+        );
+    }
+
+    #[test]
+    fn podman_argv_has_no_room_for_options() {
+        assert_eq!(podman_args("-x", true), ["logs", "--follow", "--", "-x"]);
+        assert_eq!(podman_args("n", false), ["logs", "--", "n"]);
+    }
+}

@@ -1,0 +1,520 @@
+//! The sync's lifecycle rules against the recording fake runtime: the
+//! desired-state table follows starts, stops and vanished namespaces, and a
+//! desired sidecar whose process died is started again under the kind's
+//! restart policy. Real queue and state directories, no podman.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use common::TempDir;
+use sidespawn::config::HostConfig;
+use sidespawn::desired::DesiredTable;
+use sidespawn::kind::Kind;
+use sidespawn::netns::NetnsError;
+use sidespawn::plan::Namespaces;
+use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
+use sidespawn::runtime::{Call, FakeRuntime, Runtime, State, labels};
+use sidespawn::state::StateDir;
+use sidespawn::sync::{Summary, SyncOptions};
+
+struct FakeNs(Mutex<HashMap<String, u64>>);
+
+impl Namespaces for FakeNs {
+    fn dir(&self) -> PathBuf {
+        "/run/netns".into()
+    }
+    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+        match self.0.lock().unwrap().get(&ns.name) {
+            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
+            Some(&found) => Err(NetnsError::InodeMismatch {
+                name: ns.name.clone(),
+                expected: ns.ino,
+                found,
+            }),
+            None => Err(NetnsError::Missing {
+                name: ns.name.clone(),
+                dir: self.dir(),
+            }),
+        }
+    }
+    fn inode(&self, name: &str) -> Option<u64> {
+        self.0.lock().unwrap().get(name).copied()
+    }
+}
+
+struct Setup {
+    dir: TempDir,
+    cfg: HostConfig,
+    fake: FakeRuntime,
+    ns: FakeNs,
+    uuid: String,
+}
+
+impl Setup {
+    /// `restart` is the kind's restart policy as JSON.
+    fn new(restart: serde_json::Value) -> Option<Setup> {
+        // The claim insists the queue directory is root's.
+        if !common::privileged(
+            "the sync's lifecycle rules on the fake runtime (the queue must be root's)",
+        ) {
+            return None;
+        }
+        let dir = TempDir::new("sidespawn-lifecycle-fake");
+        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
+        let text = serde_json::json!({
+            "queue_root": dir.join("queue"),
+            "state_dir": dir.join("state"),
+            "kinds": {"dnsmasq": {"image": "localhost/dnsmasq:1", "restart": restart}}
+        })
+        .to_string();
+        let cfg = HostConfig::from_str(&dir.join("config.json"), &text).unwrap();
+        let uuid = common::uuid();
+        let ns = FakeNs(Mutex::new(HashMap::from([(format!("qdhcp-{uuid}"), 100)])));
+        Some(Setup {
+            dir,
+            cfg,
+            fake: FakeRuntime::new(Vec::new()),
+            ns,
+            uuid,
+        })
+    }
+
+    fn queue(&self, rec: &Record) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(common::queue_file(&self.dir.join("queue"), "dnsmasq"))
+            .unwrap();
+        writeln!(f, "{}", rec.to_line().trim_end()).unwrap();
+    }
+
+    fn start(&self, argv: &[&str]) -> Record {
+        let r = Record {
+            v: VERSION,
+            id: new_id(now_ms()),
+            kind: Kind::Dnsmasq,
+            action: Action::Start,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            netns: Some(NetnsRef {
+                name: format!("qdhcp-{}", self.uuid),
+                dev: 4,
+                ino: 100,
+            }),
+            tag: Some(format!("dnsmasq-{}", self.uuid)),
+            signal: None,
+            pid: None,
+            ts: now_ms(),
+        };
+        self.queue(&r);
+        r
+    }
+
+    fn stop(&self, pid: u32) {
+        let r = Record {
+            action: Action::Signal,
+            argv: Vec::new(),
+            tag: None,
+            signal: Some(Signal::Term),
+            pid: Some(pid),
+            ..self.start_record_template()
+        };
+        self.queue(&r);
+    }
+
+    fn start_record_template(&self) -> Record {
+        Record {
+            v: VERSION,
+            id: new_id(now_ms()),
+            kind: Kind::Dnsmasq,
+            action: Action::Start,
+            argv: Vec::new(),
+            netns: Some(NetnsRef {
+                name: format!("qdhcp-{}", self.uuid),
+                dev: 4,
+                ino: 100,
+            }),
+            tag: None,
+            signal: None,
+            pid: None,
+            ts: now_ms(),
+        }
+    }
+
+    fn sync(&self, full: bool) -> Summary {
+        let opts = SyncOptions {
+            full,
+            ..SyncOptions::default()
+        };
+        let s = sidespawn::sync::run(&self.cfg, &self.fake, &self.ns, &opts).unwrap();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        s
+    }
+
+    fn name(&self) -> String {
+        format!("sidespawn-dnsmasq-t-dnsmasq-{}", self.uuid)
+    }
+
+    fn container(&self) -> Option<sidespawn::runtime::ContainerInfo> {
+        self.fake
+            .containers()
+            .into_iter()
+            .find(|c| c.name == self.name())
+    }
+
+    fn generation(&self) -> u64 {
+        self.container().unwrap().labels[labels::GENERATION]
+            .parse()
+            .unwrap()
+    }
+
+    /// The daemon dies: the container exits, as podman reports it.
+    fn die(&self) {
+        self.fake.kill(&self.name(), Signal::Kill).unwrap();
+        assert_eq!(self.container().unwrap().state, State::Exited);
+    }
+
+    fn desired(&self) -> DesiredTable {
+        DesiredTable::load(&StateDir::new(&self.cfg.state_dir), Kind::Dnsmasq).unwrap()
+    }
+
+    fn runs(&self) -> usize {
+        self.fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Run(_)))
+            .count()
+    }
+}
+
+#[test]
+fn dead_sidecar_is_restarted_with_the_same_argv_and_the_next_generation() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    assert_eq!(s.sync(false).started, 1);
+    let table = s.desired();
+    let d = &table.sidecars[&format!("dnsmasq/tag/dnsmasq-{}", s.uuid)];
+    assert_eq!(d.record, req);
+    assert_eq!(d.container, s.name());
+    let g1 = s.generation();
+
+    // Nothing queued and no --full: the sync does not even list containers.
+    s.die();
+    s.fake.clear_calls();
+    assert_eq!(s.sync(false).restarts, 0);
+    assert!(s.fake.calls().is_empty(), "{:?}", s.fake.calls());
+
+    // The backstop's full sync notices and starts it again.
+    let sum = s.sync(true);
+    assert_eq!(sum.restarts, 1, "{sum}");
+    let c = s.container().unwrap();
+    assert_eq!(c.state, State::Running);
+    assert_eq!(s.generation(), g1 + 1);
+    let Some(Call::Run(spec)) = s
+        .fake
+        .calls()
+        .into_iter()
+        .find(|c| matches!(c, Call::Run(_)))
+    else {
+        panic!("no run: {:?}", s.fake.calls())
+    };
+    assert_eq!(spec.daemon_argv, ["-k", "--no-hosts", "", "--port=0"]);
+    assert!(
+        s.fake.calls().contains(&Call::Remove(s.name())),
+        "the exited container must be removed first: {:?}",
+        s.fake.calls()
+    );
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert_eq!(d.generation, g1 + 1);
+    assert_eq!(d.restarts.len(), 1);
+
+    // A container removed behind our back is started again too, but not
+    // within the 5 s backoff.
+    s.fake.remove(&s.name()).unwrap();
+    let before = s.runs();
+    assert_eq!(s.sync(true).restarts, 0);
+    assert_eq!(s.runs(), before);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(
+        d.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("backoff_s")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn restarts_stop_at_max_restarts_and_when_disabled() {
+    let Some(s) = Setup::new(serde_json::json!({"backoff_s": 0, "max_restarts": 2})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    for round in 1..=2 {
+        s.die();
+        assert_eq!(s.sync(true).restarts, 1, "round {round}");
+    }
+    s.die();
+    assert_eq!(s.sync(true).restarts, 0);
+    assert_eq!(s.container().unwrap().state, State::Exited);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(
+        d.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("max_restarts")),
+        "{d:?}"
+    );
+    // The agent asking again is a fresh start, with a fresh count.
+    s.start(&["a"]);
+    assert_eq!(s.sync(false).started, 1);
+    assert!(
+        s.desired()
+            .sidecars
+            .into_values()
+            .next()
+            .unwrap()
+            .restarts
+            .is_empty()
+    );
+
+    let Some(off) = Setup::new(serde_json::json!({"enabled": false})) else {
+        return;
+    };
+    off.start(&["a"]);
+    off.sync(false);
+    off.die();
+    assert_eq!(off.sync(true).restarts, 0);
+    let d = off.desired().sidecars.into_values().next().unwrap();
+    assert!(
+        d.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("restart.enabled")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn stopped_sidecars_and_vanished_namespaces_leave_the_table() {
+    let Some(s) = Setup::new(serde_json::json!({"backoff_s": 0})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    let pid = s.container().unwrap().pid;
+    s.stop(pid);
+    let sum = s.sync(false);
+    assert_eq!(sum.removed, 1, "{sum}");
+    assert!(s.desired().sidecars.is_empty());
+    let before = s.runs();
+    assert_eq!(s.sync(true).restarts, 0);
+    assert_eq!(s.runs(), before, "a stopped sidecar must stay stopped");
+
+    // Namespace deleted while the sidecar was dead: forgotten, and the
+    // leftover container collected as an orphan.
+    s.start(&["a"]);
+    s.sync(false);
+    s.die();
+    s.ns.0.lock().unwrap().clear();
+    let sum = s.sync(true);
+    assert_eq!(sum.restarts, 0);
+    assert_eq!(sum.removed, 1, "{sum}");
+    assert!(s.desired().sidecars.is_empty());
+    assert!(s.container().is_none());
+}
+
+#[test]
+fn dry_run_shows_the_restart_and_changes_nothing() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    s.die();
+    let before = s.desired();
+    s.fake.clear_calls();
+    let opts = SyncOptions {
+        full: true,
+        dry_run: true,
+        ..SyncOptions::default()
+    };
+    sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    assert_eq!(s.fake.calls(), [Call::List]);
+    assert_eq!(s.desired(), before);
+}
+
+#[test]
+fn status_compares_desired_with_actual() {
+    let Some(s) = Setup::new(serde_json::json!({"enabled": false})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!((rep.kinds[0].desired, rep.kinds[0].desired_running), (1, 1));
+    assert!(rep.sidecars[0].desired);
+
+    s.die();
+    s.sync(true);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(rep.sidecars[0].state, "exited");
+    assert!(
+        rep.sidecars[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("restart.enabled")),
+        "{:?}",
+        rep.sidecars[0]
+    );
+
+    // Removed behind our back: still desired, listed as missing.
+    s.fake.remove(&s.name()).unwrap();
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(rep.sidecars.len(), 1);
+    assert_eq!(rep.sidecars[0].state, "missing");
+    assert_eq!(rep.sidecars[0].name, s.name());
+    assert_eq!((rep.kinds[0].desired, rep.kinds[0].desired_running), (1, 0));
+
+    // A leftover nobody wants does not make the host unhealthy.
+    let Some(t) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    t.start(&["a"]);
+    t.sync(false);
+    let pid = t.container().unwrap().pid;
+    t.stop(pid);
+    t.sync(false);
+    t.fake
+        .run(
+            &t.fake
+                .calls()
+                .iter()
+                .find_map(|c| match c {
+                    Call::Run(spec) => Some(spec.clone()),
+                    _ => None,
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    t.die();
+    let rep = sidespawn::status::report(&t.cfg, &t.fake, &[]).unwrap();
+    assert!(rep.healthy, "{rep:?}");
+    assert!(!rep.sidecars[0].desired);
+}
+
+fn set_image(s: &mut Setup, image: &str) {
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.image = Some(image.to_owned());
+    }
+}
+
+#[test]
+fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
+    use sidespawn::upgrade::{ImageState, rollback, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let g1 = s.generation();
+
+    // A changed image alone does not touch running sidecars...
+    set_image(&mut s, "localhost/dnsmasq:2");
+    s.sync(true);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // ...upgrade does: same argv, next generation, old image remembered.
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    let c = s.container().unwrap();
+    assert_eq!(c.image, "localhost/dnsmasq:2");
+    assert_eq!(s.generation(), g1 + 1);
+    assert_eq!(c.labels[labels::REQUEST_ID], req.id);
+    let st = StateDir::new(&s.cfg.state_dir);
+    assert_eq!(
+        ImageState::load(&st, Kind::Dnsmasq)
+            .unwrap()
+            .previous
+            .as_deref(),
+        Some("localhost/dnsmasq:1")
+    );
+    // Again: nothing to do.
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!((r.replaced.len(), r.unchanged), (0, 1));
+
+    // Rollback: back to :1, and syncs and restarts keep it.
+    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    assert_eq!(s.generation(), g1 + 2);
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // A repeat of the request under the override is a no-op, not a replace.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).unchanged, 1);
+
+    // A later configuration change drops the override: upgrade rolls forward.
+    set_image(&mut s, "localhost/dnsmasq:3");
+    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:3");
+
+    // A failing replacement stops the upgrade and says so.
+    set_image(&mut s, "localhost/dnsmasq:4");
+    s.fake.fail_on(&s.name(), "Error: image not known");
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("image not known") && e.contains("stopped"),
+        "{e}"
+    );
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(d.last_error.is_some_and(|m| m.contains("upgrade")));
+}
+
+#[test]
+fn unhealthy_sidecar_counts_as_dead() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let mut s = s;
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.health_cmd = Some(vec!["pgrep".into(), "dnsmasq".into()]);
+    }
+    s.start(&["a"]);
+    s.sync(false);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some("healthy"));
+
+    s.fake.set_unhealthy(&s.name(), true);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert!(
+        rep.sidecars[0]
+            .health
+            .as_deref()
+            .is_some_and(|h| h.contains("health check failed")),
+        "{:?}",
+        rep.sidecars[0]
+    );
+    // Request-driven passes do not run checks; the backstop does.
+    let g = s.generation();
+    assert_eq!(s.sync(false).restarts, 0);
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.generation(), g + 1);
+    assert!(s.fake.calls().contains(&Call::Remove(s.name())));
+    s.fake.set_unhealthy(&s.name(), false);
+    assert!(
+        sidespawn::status::report(&s.cfg, &s.fake, &[])
+            .unwrap()
+            .healthy
+    );
+}

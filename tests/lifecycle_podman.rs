@@ -1,0 +1,736 @@
+//! Sidecar lifecycle with real podman, namespaces and DHCP: a dnsmasq the
+//! agent asked for is killed with SIGKILL, and the backstop's
+//! `sidespawn sync --full` starts it again — same argv, next generation —
+//! after which a DHCP client on a veth pair gets its lease again.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Netns, TempDir};
+
+/// One isolated host setup: queue root, state dir, host and wrapper
+/// configuration. (The same shape as `sync_podman.rs`'s, minus the shim.)
+struct Host {
+    dir: TempDir,
+    run_label: String,
+}
+
+impl Host {
+    fn new(kind_extra: serde_json::Value) -> Host {
+        let images = common::ensure_images();
+        let dir = TempDir::new("sidespawn-lifecycle");
+        let run_label = common::unique("run");
+        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let data = dir.join("data");
+        let mut dnsmasq = serde_json::json!({
+            "image": images.dnsmasq,
+            "volumes": [format!("{}:{}", data.display(), data.display())],
+            "labels": {"test.sidespawn.run": run_label},
+            // What Debian's dnsmasq needs to serve DHCP and drop privileges.
+            "cap_add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE"],
+            "stop_timeout_s": 5
+        });
+        if let (Some(d), Some(extra)) = (dnsmasq.as_object_mut(), kind_extra.as_object()) {
+            d.extend(extra.clone());
+        }
+        let config = serde_json::json!({
+            "queue_root": dir.join("queue"),
+            "state_dir": dir.join("state"),
+            "podman_timeout_ms": 120000,
+            "kinds": {"dnsmasq": dnsmasq}
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(
+            dir.join("wrapper.json"),
+            serde_json::json!({"queue_root": dir.join("queue")}).to_string(),
+        )
+        .unwrap();
+        Host { dir, run_label }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// The wrapper, called the way Neutron's DHCP agent calls dnsmasq.
+    fn queue_start(&self, ns: &Netns, tag: &str, args: &[String]) {
+        let link = self.dir.join("dnsmasq");
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+        }
+        let mut cmd = ns.exec(&link);
+        cmd.args(args)
+            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
+            .env("PROCESS_TAG", tag);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+    }
+
+    fn sidespawn(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("CONTAINERS_CONF", common::containers_conf())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `sidespawn ARGS`, expects exit 0, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let mut cmd = self.sidespawn(args);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = common::run(common::podman().args(["inspect", name]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    }
+
+    fn status_of(&self, name: &str) -> String {
+        let out = common::output(common::podman().args([
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            name,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        common::run(common::podman().args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=test.sidespawn.run={}", self.run_label),
+        ]))
+        .lines()
+        .map(String::from)
+        .collect()
+    }
+
+    fn desired(&self) -> serde_json::Value {
+        let p = self.dir.join("state/desired/dnsmasq.json");
+        let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_slice(&b).unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for name in self.containers() {
+            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", &name]));
+        }
+    }
+}
+
+/// A qdhcp- namespace serving one fixed address to a client namespace over
+/// a veth pair, with the files Neutron writes for the network.
+struct Network {
+    uuid: String,
+    ns: Netns,
+    client: Netns,
+    client_if: String,
+    pid_file: PathBuf,
+    lease_file: PathBuf,
+    args: Vec<String>,
+}
+
+const ADDRESS: &str = "10.78.0.10";
+
+impl Network {
+    fn new(host: &Host) -> Network {
+        let uuid = common::uuid();
+        let ns = Netns::new(&format!("qdhcp-{uuid}"));
+        let client = Netns::new(&common::unique("sidespawn-client"));
+        let (ours, theirs) = ns.veth_pair(&client);
+        let b = common::random_bytes::<2>();
+        let mac = format!("fa:16:3e:00:{:02x}:{:02x}", b[0], b[1]);
+        for args in [
+            vec!["-n", ns.name(), "addr", "add", "10.78.0.2/24", "dev", &ours],
+            vec!["-n", ns.name(), "link", "set", &ours, "up"],
+            vec!["-n", ns.name(), "link", "set", "lo", "up"],
+            vec!["-n", client.name(), "link", "set", &theirs, "address", &mac],
+            vec!["-n", client.name(), "link", "set", &theirs, "up"],
+        ] {
+            common::run(Command::new("ip").args(args));
+        }
+        let net = host.data().join(&uuid);
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(
+            net.join("host"),
+            format!("{mac},host-10-78-0-10.openstacklocal,{ADDRESS}\n"),
+        )
+        .unwrap();
+        let pid_file = net.join("pid");
+        let lease_file = net.join("leases");
+        let args = vec![
+            "--no-hosts".into(),
+            "".into(),
+            "--port=0".into(),
+            format!("--pid-file={}", pid_file.display()),
+            format!("--dhcp-hostsfile={}", net.join("host").display()),
+            format!("--dhcp-leasefile={}", lease_file.display()),
+            "--bind-dynamic".into(),
+            format!("--dhcp-range=set:subnet-{uuid},10.78.0.0,static,255.255.255.0,86400s"),
+            "--conf-file=/dev/null".into(),
+            // Log to stderr, which `podman logs` shows.
+            "--log-facility=-".into(),
+        ];
+        Network {
+            uuid,
+            ns,
+            client,
+            client_if: theirs,
+            pid_file,
+            lease_file,
+            args,
+        }
+    }
+
+    fn tag(&self) -> String {
+        format!("dnsmasq-{}", self.uuid)
+    }
+
+    fn container(&self) -> String {
+        format!("sidespawn-dnsmasq-t-{}", self.tag())
+    }
+
+    /// The pid in the pid file when it names a live dnsmasq of this network
+    /// (Neutron's liveness check) other than `not`.
+    fn alive_pid(&self, not: Option<u32>) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (Some(pid) != not && String::from_utf8_lossy(&cmdline).contains(&self.uuid)).then_some(pid)
+    }
+
+    fn wait_alive(&self, not: Option<u32>) -> u32 {
+        common::wait_until(Duration::from_secs(60), "dnsmasq is alive", || {
+            self.alive_pid(not).is_some()
+        });
+        self.alive_pid(not).unwrap()
+    }
+
+    /// One DHCP exchange from the client namespace; true when a lease came.
+    fn dhcp(&self) -> bool {
+        let mut cmd = self.client.exec("busybox");
+        cmd.args([
+            "udhcpc",
+            "-i",
+            &self.client_if,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "10",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ]);
+        let out = common::output(&mut cmd);
+        out.status.success()
+            && std::fs::read_to_string(&self.lease_file).is_ok_and(|l| l.contains(ADDRESS))
+    }
+}
+
+fn ns_inode_of(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino()
+}
+
+fn generation(c: &serde_json::Value) -> u64 {
+    c["Config"]["Labels"]["io.sidespawn.generation"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no generation label: {}", c["Config"]["Labels"]))
+}
+
+#[test]
+fn killed_dnsmasq_is_restarted_by_the_full_sync_and_serves_dhcp_again() {
+    if !common::privileged("a SIGKILLed dnsmasq sidecar is restarted by sync --full") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    let summary = host.ok(&["sync"]);
+    assert!(summary.contains("started 1"), "{summary}");
+    let pid = net.wait_alive(None);
+    assert_eq!(ns_inode_of(pid), net.ns.inode());
+    assert!(net.dhcp(), "no lease from the first dnsmasq");
+    let before = host.inspect(&net.container());
+    let g1 = generation(&before);
+    let desired = host.desired();
+    let entry = &desired["sidecars"][format!("dnsmasq/tag/{}", net.tag())];
+    assert_eq!(entry["record"]["argv"], serde_json::json!(net.args));
+    assert_eq!(entry["generation"], g1);
+
+    // The daemon dies; podman sees its container exit.
+    std::fs::remove_file(&net.lease_file).unwrap();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+    let noticed = killed.elapsed();
+
+    // The backstop's run.
+    let t = Instant::now();
+    let mut cmd = host.sidespawn(&["sync", "--full"]);
+    let out = common::output(&mut cmd);
+    let sync_took = t.elapsed();
+    common::assert_exit(&cmd, &out, 0);
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sync_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!sync_log.contains("removed:"), "{sync_log}");
+    assert!(summary.contains("restarts 1"), "{summary}");
+    let new_pid = net.wait_alive(Some(pid));
+    let alive_after = killed.elapsed();
+    assert_eq!(ns_inode_of(new_pid), net.ns.inode());
+    let after = host.inspect(&net.container());
+    assert_eq!(after["State"]["Status"], "running");
+    assert_ne!(after["Id"], before["Id"]);
+    assert_eq!(generation(&after), g1 + 1);
+    assert_eq!(after["Config"]["Cmd"], before["Config"]["Cmd"]);
+    assert!(net.dhcp(), "no lease from the restarted dnsmasq");
+    let serving_after = killed.elapsed();
+    let desired = host.desired();
+    let entry = &desired["sidecars"][format!("dnsmasq/tag/{}", net.tag())];
+    assert_eq!(entry["generation"], g1 + 1);
+    assert_eq!(entry["restarts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(host.containers(), [net.container()]);
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "restart after SIGKILL: podman saw the exit after {noticed:?}; `sync --full` took {sync_took:?}; \
+         new dnsmasq alive {alive_after:?} and serving DHCP {serving_after:?} after the kill"
+    );
+
+    check_status_json(&host, &net, &after, g1 + 1);
+
+    // A second death within the 5 s backoff is left for a later pass.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+    let restarted_at = entry["restarts"][0].as_u64().unwrap();
+    let summary = host.ok(&["sync", "--full"]);
+    // Only meaningful when the whole sync ran inside the backoff (a slow
+    // machine may have spent it already).
+    if common::unix_ms() < restarted_at + 5000 {
+        assert!(summary.contains("restarts 0"), "{summary}");
+        assert_eq!(host.status_of(&net.container()), "exited");
+        // status says so, and exits 1.
+        let mut cmd = host.sidespawn(&["status", "--json"]);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 1);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["healthy"], false);
+        let sc = &st["sidecars"][0];
+        assert_eq!(sc["state"], "exited");
+        assert_eq!(sc["desired"], true);
+        assert!(
+            sc["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("backoff_s")),
+            "{sc}"
+        );
+        assert_eq!(st["kinds"][0]["desired_running"], 0);
+    }
+}
+
+/// `status --json` after the restart, field by field.
+fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generation: u64) {
+    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let out = common::output(&mut cmd);
+    if out.status.code() != Some(0) {
+        let logs = common::output(common::podman().args(["logs", &net.container()]));
+        let state = host.inspect(&net.container())["State"].clone();
+        panic!(
+            "status --json failed; sidecar state {state}, log:\n{}{}",
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
+    }
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&st), ["healthy", "kinds", "sidecars"]);
+    assert_eq!(st["healthy"], true);
+    let k = &st["kinds"][0];
+    assert_eq!(st["kinds"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        keys(k),
+        [
+            "desired",
+            "desired_running",
+            "error",
+            "kind",
+            "last_sync",
+            "oldest_pending_age_s",
+            "pending",
+            "queue_depth",
+            "rejects_since_last_sync",
+            "restart"
+        ]
+    );
+    assert_eq!(k["kind"], "dnsmasq");
+    assert_eq!(k["queue_depth"], 0);
+    assert_eq!(k["pending"], false);
+    assert_eq!(k["oldest_pending_age_s"], serde_json::Value::Null);
+    assert_eq!(k["error"], serde_json::Value::Null);
+    assert_eq!(k["rejects_since_last_sync"], 0);
+    assert_eq!(k["desired"], 1);
+    assert_eq!(k["desired_running"], 1);
+    let ls = &k["last_sync"];
+    assert_eq!(ls["ok"], true);
+    assert_eq!(ls["error"], serde_json::Value::Null);
+    assert_eq!(ls["consecutive_failures"], 0);
+    assert_eq!(ls["claimed"], 0, "the full sync claimed nothing");
+    assert_eq!(ls["failed"], 0);
+    assert_eq!(ls["rejected"], 0);
+    assert_eq!(ls["total_claimed"], 1);
+    assert_eq!(ls["total_rejected"], 0);
+    let (last, prev) = (
+        ls["last_sync_ms"].as_u64().unwrap(),
+        ls["previous_sync_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        prev > 0 && prev <= last && last <= common::unix_ms(),
+        "{ls}"
+    );
+    assert_eq!(
+        k["restart"],
+        serde_json::json!({"enabled": true, "backoff_s": 5, "max_restarts": 5, "window_s": 600, "restarts_in_window": 1})
+    );
+
+    assert_eq!(st["sidecars"].as_array().unwrap().len(), 1);
+    let sc = &st["sidecars"][0];
+    assert_eq!(
+        keys(sc),
+        [
+            "desired",
+            "generation",
+            "health",
+            "image",
+            "kind",
+            "last_error",
+            "name",
+            "netns",
+            "pid",
+            "request_id",
+            "restarts",
+            "state",
+            "tag",
+            "uptime_s"
+        ]
+    );
+    assert_eq!(sc["name"], net.container());
+    assert_eq!(sc["kind"], "dnsmasq");
+    assert_eq!(sc["netns"], net.ns.name());
+    assert_eq!(sc["tag"], net.tag());
+    assert_eq!(sc["state"], "running");
+    assert_eq!(sc["pid"], c["State"]["Pid"]);
+    assert!(sc["uptime_s"].as_u64().is_some_and(|u| u < 600), "{sc}");
+    assert_eq!(sc["generation"], generation);
+    assert_eq!(sc["image"], c["ImageName"]);
+    assert_eq!(
+        sc["request_id"],
+        c["Config"]["Labels"]["io.sidespawn.request-id"]
+    );
+    assert_eq!(sc["desired"], true);
+    assert_eq!(sc["restarts"], 1);
+    assert_eq!(sc["last_error"], serde_json::Value::Null);
+    assert_eq!(
+        sc["health"],
+        serde_json::Value::Null,
+        "no health_cmd configured"
+    );
+}
+
+#[test]
+fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
+    if !common::privileged("sidespawn gc and logs against real podman") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({"restart": {"enabled": false}}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    host.ok(&["sync"]);
+    net.wait_alive(None);
+
+    // logs: by namespace, tag and name, all the same sidecar's log.
+    for target in [net.ns.name().to_owned(), net.tag(), net.container()] {
+        let mut cmd = host.sidespawn(&["logs", &target]);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        // podman logs keeps the container's streams apart; dnsmasq logs
+        // to stderr.
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("started, version"), "logs {target}: {text:?}");
+    }
+    let mut cmd = host.sidespawn(&["logs", "qdhcp-no-such"]);
+    let out = common::output(&mut cmd);
+    common::assert_exit(&cmd, &out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sidecar"));
+
+    // A leftover of ours that nothing wants (a created, never started
+    // container), beside the desired sidecar, dead with restarts off.
+    let images = common::ensure_images();
+    let stray = format!("sidespawn-dnsmasq-t-{}", common::unique("stray"));
+    let _guard = common::Container::new(&stray);
+    common::run(common::podman().args([
+        "create",
+        "--name",
+        &stray,
+        "--label=io.sidespawn.managed-by=sidespawn",
+        "--label=io.sidespawn.kind=dnsmasq",
+        &format!("--label=test.sidespawn.run={}", host.run_label),
+        &images.dnsmasq,
+        "true",
+    ]));
+    let pid = net.wait_alive(None);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+
+    let dry = host.ok(&["gc", "--dry-run"]);
+    assert!(
+        dry.contains(&format!(
+            "would remove {stray} (created and no longer desired)"
+        )),
+        "{dry}"
+    );
+    assert!(!dry.contains(&net.container()), "{dry}");
+    assert_eq!(host.status_of(&stray), "created");
+    let done = host.ok(&["gc"]);
+    assert!(done.contains(&format!("removed {stray}")), "{done}");
+    assert_eq!(host.containers(), [net.container()]);
+    // The desired sidecar stays for the operator to see (and status to report).
+    assert_eq!(host.status_of(&net.container()), "exited");
+}
+
+/// Extra tags of the test's dnsmasq image, removed (untagged) on drop.
+struct Tags(Vec<String>);
+
+impl Drop for Tags {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = common::output(common::podman().args([
+                "untag",
+                &common::ensure_images().dnsmasq,
+                t,
+            ]));
+        }
+    }
+}
+
+/// Runs `sidespawn ARGS` while watching each network's dnsmasq: returns,
+/// per network, the time from its old daemon's death to the new one being
+/// alive (Neutron's check: the pid file's pid runs with the uuid in its
+/// cmdline), and the command's stdout.
+fn measure_gaps(host: &Host, nets: &[&Network], args: &[&str]) -> (Vec<Duration>, String) {
+    let old: Vec<u32> = nets.iter().map(|n| n.wait_alive(None)).collect();
+    let child = host
+        .sidespawn(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut gone: Vec<Option<Instant>> = vec![None; nets.len()];
+    let mut back: Vec<Option<Instant>> = vec![None; nets.len()];
+    let alive = |pid: u32, uuid: &str| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(uuid))
+    };
+    // A measurement, not a wait: poll as fast as is reasonable.
+    while back.iter().any(Option::is_none) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the replacement did not finish"
+        );
+        let now = Instant::now();
+        for (i, n) in nets.iter().enumerate() {
+            if gone[i].is_none() && !alive(old[i], &n.uuid) {
+                gone[i] = Some(now);
+            }
+            if back[i].is_none() && n.alive_pid(Some(old[i])).is_some() {
+                back[i] = Some(now);
+                gone[i].get_or_insert(now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gaps = gone
+        .iter()
+        .zip(&back)
+        .map(|(g, b)| b.unwrap().saturating_duration_since(g.unwrap()))
+        .collect();
+    (gaps, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn upgrade_and_rollback_replace_sidecars_one_batch_at_a_time() {
+    if !common::privileged("upgrade and rollback of dnsmasq sidecars between two image tags") {
+        return;
+    }
+    let images = common::ensure_images();
+    let base = common::unique("localhost/sidespawn-lifecycle-dnsmasq");
+    let (a, b) = (format!("{base}:a"), format!("{base}:b"));
+    let _tags = Tags(vec![a.clone(), b.clone()]);
+    for t in [&a, &b] {
+        common::run(common::podman().args(["tag", &images.dnsmasq, t]));
+    }
+    let host = Host::new(serde_json::json!({"image": a}));
+    let nets = [Network::new(&host), Network::new(&host)];
+    for n in &nets {
+        host.queue_start(&n.ns, &n.tag(), &n.args);
+    }
+    host.ok(&["sync"]);
+    let gens: Vec<u64> = nets
+        .iter()
+        .map(|n| generation(&host.inspect(&n.container())))
+        .collect();
+    for n in &nets {
+        assert!(n.dhcp());
+    }
+
+    // The configuration names image b; nothing changes until upgrade.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["image"] = serde_json::json!(b);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    host.ok(&["sync", "--full"]);
+    for n in &nets {
+        assert_eq!(host.inspect(&n.container())["ImageName"], a.as_str());
+    }
+
+    let refs: Vec<&Network> = nets.iter().collect();
+    let (up_gaps, out) = measure_gaps(
+        &host,
+        &refs,
+        &["upgrade", "--kind", "dnsmasq", "--max-parallel", "1"],
+    );
+    assert!(out.contains("2 replaced"), "{out}");
+    for (n, g) in nets.iter().zip(&gens) {
+        let c = host.inspect(&n.container());
+        assert_eq!(c["ImageName"], b.as_str());
+        assert!(generation(&c) > *g);
+        // (The lease file stays: dnsmasq keeps it open; udhcpc's exit says.)
+        if !n.dhcp() {
+            let logs = common::output(common::podman().args(["logs", &n.container()]));
+            panic!(
+                "no lease after the upgrade; {} log:\n{}",
+                n.container(),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+    }
+    let images_state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.dir.join("state/images/dnsmasq.json")).unwrap())
+            .unwrap();
+    assert_eq!(images_state["previous"], a.as_str());
+
+    let (back_gaps, out) = measure_gaps(&host, &refs, &["rollback", "--kind", "dnsmasq"]);
+    assert!(out.contains("2 replaced"), "{out}");
+    for n in &nets {
+        assert_eq!(host.inspect(&n.container())["ImageName"], a.as_str());
+        // (The lease file stays: dnsmasq keeps it open; udhcpc's exit says.)
+        assert!(n.dhcp(), "no lease after the rollback");
+    }
+    // Generations only ever grow: upgrade then rollback is two steps.
+    for (n, g) in nets.iter().zip(&gens) {
+        assert_eq!(generation(&host.inspect(&n.container())), g + 4);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "service gap per sidecar (old dnsmasq gone -> new one alive): upgrade {up_gaps:?}, rollback {back_gaps:?}\n{out}"
+    );
+}
+
+#[test]
+fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
+    if !common::privileged("health_cmd through podman exec") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({"health_cmd": ["dnsmasq", "--test"]}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    host.ok(&["sync"]);
+    let pid = net.wait_alive(None);
+    let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "healthy");
+    let g = generation(&host.inspect(&net.container()));
+
+    // The same daemon, now judged by a check that fails.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!(["dnsmasq", "--no-such-option"]);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let out = common::output(&mut cmd);
+    common::assert_exit(&cmd, &out, 1);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        st["sidecars"][0]["health"]
+            .as_str()
+            .is_some_and(|h| h.contains("health check failed")),
+        "{st}"
+    );
+    assert_eq!(st["kinds"][0]["desired_running"], 0);
+    let summary = host.ok(&["sync", "--full"]);
+    assert!(summary.contains("restarts 1"), "{summary}");
+    net.wait_alive(Some(pid));
+    assert_eq!(generation(&host.inspect(&net.container())), g + 1);
+}
