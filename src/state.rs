@@ -181,7 +181,7 @@ impl StateDir {
     /// Fails with advice when the state directory exists as something else than a directory
     /// (a missing one is fine: it is created as needed). Without this, creating the first
     /// subdirectory would fail with a bare "Not a directory".
-    fn check_dir(&self) -> Result<(), StateError> {
+    pub fn check_dir(&self) -> Result<(), StateError> {
         match std::fs::symlink_metadata(&self.dir) {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(m) => Err(StateError::NotADirectory {

@@ -141,6 +141,9 @@ pub fn run(
     if kinds.is_empty() {
         return Err(SyncError::NothingConfigured(cfg.path.clone()));
     }
+    // Before anything reads the host state: a state directory that is not a directory gets
+    // a message saying what to do, not the first read's "Not a directory".
+    StateDir::new(&cfg.state_dir).check_dir()?;
     // Rolled-back kinds start the image they were rolled back to.
     let effective = crate::upgrade::effective_config(cfg)?;
     let cfg = &effective;
