@@ -408,22 +408,24 @@ fn kind_failed(
     failed_kinds.push(kind);
 }
 
-/// The generation to hand out next for `kind`: the stored counter, but always above every
-/// generation podman reports for the kind. The counter only labels sidecars, so when its file
-/// is lost or moved aside, `sync --full` (which lists the containers) carries on from podman's
-/// labels instead of going back to 1.
+/// The generation to hand out next for `kind`: the stored counter; without one (the first
+/// sync, or its file lost or moved aside), the next after the highest generation podman
+/// reports for the kind, so that `sync --full` (which lists the containers) carries on from
+/// the sidecars' labels instead of going back to 1. A stored counter is never second-guessed.
 fn next_generation(
     state: &StateDir,
     kind: Kind,
     actual: &[ContainerInfo],
 ) -> Result<u64, StateError> {
-    let stored = state.next_generation(kind)?;
+    if let Some(stored) = state.stored_generation(kind)? {
+        return Ok(stored);
+    }
     let seen = actual
         .iter()
         .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
         .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
         .max();
-    Ok(seen.map_or(stored, |g| stored.max(g.saturating_add(1))))
+    Ok(seen.map_or(1, |g| g.saturating_add(1)))
 }
 
 fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {
