@@ -203,7 +203,12 @@ impl StateDir {
     /// Per kind, so that syncs of different kinds, which run at the same
     /// time, each own their counter under their sync lock.
     pub fn next_generation(&self, kind: Kind) -> Result<u64, StateError> {
-        Ok(read_json::<u64>(&self.generation_path(kind))?.unwrap_or(1))
+        Ok(self.stored_generation(kind)?.unwrap_or(1))
+    }
+
+    /// The stored counter of `kind`, `None` when there is none yet (or its file was removed).
+    pub fn stored_generation(&self, kind: Kind) -> Result<Option<u64>, StateError> {
+        read_json::<u64>(&self.generation_path(kind))
     }
 
     pub fn store_generation(&self, kind: Kind, next: u64) -> Result<(), StateError> {

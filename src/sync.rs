@@ -141,6 +141,9 @@ pub fn run(
     if kinds.is_empty() {
         return Err(SyncError::NothingConfigured(cfg.path.clone()));
     }
+    // Before anything reads the host state: a state directory that is not a directory gets
+    // a message saying what to do, not the first read's "Not a directory".
+    StateDir::new(&cfg.state_dir).check_dir()?;
     // Rolled-back kinds start the image they were rolled back to.
     let effective = crate::upgrade::effective_config(cfg)?;
     let cfg = &effective;
@@ -405,17 +408,19 @@ fn kind_failed(
     failed_kinds.push(kind);
 }
 
-/// The generation to hand out next for `kind`: the stored counter, but always above every
-/// generation podman reports for the kind. The counter only labels sidecars, so when its file
-/// is lost or moved aside, `sync --full` (which lists the containers) carries on from podman's
-/// labels instead of going back to 1.
+/// The generation to hand out next for `kind`: the stored counter; without one (the first
+/// sync, or its file lost or moved aside), the next after the highest generation podman
+/// reports for the kind, so that `sync --full` (which lists the containers) carries on from
+/// the sidecars' labels instead of going back to 1. A stored counter is never second-guessed.
 fn next_generation(
     state: &StateDir,
     profile: &Profile,
     actual: &[ContainerInfo],
 ) -> Result<u64, StateError> {
     let kind = profile.kind;
-    let stored = state.next_generation(kind)?;
+    if let Some(stored) = state.stored_generation(kind)? {
+        return Ok(stored);
+    }
     // Only this configuration's sidecars (its profile labels), like gc and
     // status: another configuration's counter is not ours to follow.
     let seen = actual
@@ -429,7 +434,7 @@ fn next_generation(
         })
         .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
         .max();
-    Ok(seen.map_or(stored, |g| stored.max(g.saturating_add(1))))
+    Ok(seen.map_or(1, |g| g.saturating_add(1)))
 }
 
 fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {

@@ -89,6 +89,26 @@ fn assert_not_created(path: &Path) {
     );
 }
 
+/// Sets a stop flag when dropped, so that a background loop ends even when the test fails.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A child process, killed and reaped when dropped, so that a failing test leaves none behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Errors mean it has already ended and been reaped.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn privileged(what: &str) -> bool {
     common::privileged(&format!("hostile sync: {what}"))
 }
@@ -923,6 +943,7 @@ fn queue_swapped_between_file_and_symlink_during_syncs_never_touches_the_host_fi
     let target = HostFile::new(host.dir().join("host-file"), lure.to_line().as_bytes());
     let kind_dir = host.kind_dir(DNSMASQ);
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_failure = StopOnDrop(Arc::clone(&stop));
     let swapper = {
         let (stop, kind_dir, target) = (Arc::clone(&stop), kind_dir.clone(), target.path.clone());
         std::thread::spawn(move || swap_loop(&kind_dir, &target, &stop))
@@ -1189,6 +1210,7 @@ fn one_kind_flooding_does_not_starve_another() {
     t.host
         .write_queue(DNSMASQ, &b"{\"v\":1,\"id\":\"junk\"}\n".repeat(200_000));
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_failure = StopOnDrop(Arc::clone(&stop));
     let flooder = {
         let stop = Arc::clone(&stop);
         let dir = t.host.kind_dir(DNSMASQ);
@@ -1216,9 +1238,8 @@ fn one_kind_flooding_does_not_starve_another() {
         let mut cmd = t.host.sync_cmd();
         cmd.args(["--kind", kind.as_str()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sync")
+            .stderr(Stdio::null());
+        ChildGuard(cmd.spawn().expect("spawn sync"))
     };
     let mut flooded = spawn_sync(DNSMASQ);
     let start = Instant::now();
@@ -1232,15 +1253,15 @@ fn one_kind_flooding_does_not_starve_another() {
     let still_flooding = !flooder.is_finished();
     // Observed, not asserted: between two bursts the flooded sync may find nothing pending and
     // end (its path unit would start it again); what matters is the flood going on.
-    let flood_sync_busy = flooded.try_wait().expect("try_wait").is_none();
-    let other_status = other.wait().expect("wait");
+    let flood_sync_busy = flooded.0.try_wait().expect("try_wait").is_none();
+    let other_status = other.0.wait().expect("wait");
     stop.store(true, Ordering::Relaxed);
     let rounds = flooder.join().expect("flooder");
     // With the flood over, the flooded kind's sync drains what is left and ends.
     common::wait_until(Duration::from_secs(120), "the flooded sync ends", || {
-        flooded.try_wait().expect("try_wait").is_some()
+        flooded.0.try_wait().expect("try_wait").is_some()
     });
-    let flooded_status = flooded.wait().expect("wait");
+    let flooded_status = flooded.0.wait().expect("wait");
 
     assert!(still_flooding, "the flood ended before haproxy was served");
     assert!(served_after < Duration::from_secs(20), "{served_after:?}");
