@@ -5,9 +5,10 @@
 #
 # Usage: tests/scripts/fuzz.sh [SECONDS]
 #
-# Needs the nightly toolchain (cargo-fuzz builds with sanitizers) and cargo-fuzz
-# (`cargo install cargo-fuzz`, from crates.io). Without them it prints SKIPPED and exits 0:
-# nothing is installed from anywhere else. A longer run, for instance an hour per target:
+# Needs the nightly toolchain (cargo-fuzz builds with sanitizers): without it, it prints
+# SKIPPED and exits 0, and no toolchain is installed. cargo-fuzz, when missing, is installed
+# from crates.io (`cargo install cargo-fuzz`); should that fail, SKIPPED too. A longer run, for
+# instance an hour per target:
 #
 #   tests/scripts/fuzz.sh 3600
 #
