@@ -55,7 +55,6 @@ mod real_podman;
 #[path = "support/report.rs"]
 mod report;
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -66,10 +65,8 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use sidespawn::config::HostConfig;
 use sidespawn::kind::Kind;
-use sidespawn::netns::NetnsError;
-use sidespawn::plan::{self, Namespaces};
+use sidespawn::plan::{self, FakeNamespaces};
 use sidespawn::queue::QueueDir;
-use sidespawn::record::NetnsRef;
 use sidespawn::runtime::{Call, FakeRuntime, Podman, RunSpec, Runtime};
 use sidespawn::sync::{self, Summary, SyncOptions};
 
@@ -303,32 +300,6 @@ impl HostSetup<'_> {
     }
 }
 
-/// Namespaces from a table (parts 1-2 have no real ones).
-struct TableNamespaces(HashMap<String, u64>);
-
-impl Namespaces for TableNamespaces {
-    fn dir(&self) -> PathBuf {
-        PathBuf::from("/run/netns")
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        match self.0.get(&ns.name) {
-            Some(&ino) if ino == ns.ino => Ok(self.dir().join(&ns.name)),
-            Some(&found) => Err(NetnsError::InodeMismatch {
-                name: ns.name.clone(),
-                expected: ns.ino,
-                found,
-            }),
-            None => Err(NetnsError::Missing {
-                name: ns.name.clone(),
-                dir: self.dir(),
-            }),
-        }
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        self.0.get(name).copied()
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Part 1: empty queue
 
@@ -387,7 +358,7 @@ fn part1(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
     .write()?;
 
     let fake = FakeRuntime::default();
-    let ns = TableNamespaces(HashMap::new());
+    let ns = FakeNamespaces::default();
     let opts = SyncOptions::default();
     let once = || -> Result<(), String> {
         let summary = sync::run(&cfg, &fake, &ns, &opts).map_err(|e| e.to_string())?;

@@ -433,39 +433,14 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 mod tests {
     use super::*;
     use crate::config::RestartPolicy;
-    use crate::netns::NetnsError;
+    use crate::plan::FakeNamespaces;
     use crate::record::{NetnsRef, VERSION as RECORD_VERSION};
-    use std::collections::HashMap;
     use std::time::Duration;
 
     const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
 
-    struct FakeNs(HashMap<String, u64>);
-    impl Namespaces for FakeNs {
-        fn dir(&self) -> PathBuf {
-            "/run/netns".into()
-        }
-        fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-            match self.0.get(&ns.name) {
-                Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-                Some(&found) => Err(NetnsError::InodeMismatch {
-                    name: ns.name.clone(),
-                    expected: ns.ino,
-                    found,
-                }),
-                None => Err(NetnsError::Missing {
-                    name: ns.name.clone(),
-                    dir: self.dir(),
-                }),
-            }
-        }
-        fn inode(&self, name: &str) -> Option<u64> {
-            self.0.get(name).copied()
-        }
-    }
-
-    fn ns() -> FakeNs {
-        FakeNs(HashMap::from([(format!("qdhcp-{U1}"), 100)]))
+    fn ns() -> FakeNamespaces {
+        FakeNamespaces::new([(format!("qdhcp-{U1}"), 100)])
     }
 
     fn profile() -> Profile {

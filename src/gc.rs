@@ -236,24 +236,8 @@ pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::NetnsError;
-    use crate::record::NetnsRef;
+    use crate::plan::FakeNamespaces;
     use crate::runtime::FakeRuntime;
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
-    struct FakeNs(HashMap<String, u64>);
-    impl Namespaces for FakeNs {
-        fn dir(&self) -> PathBuf {
-            "/run/netns".into()
-        }
-        fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-            Ok(self.dir().join(&ns.name))
-        }
-        fn inode(&self, name: &str) -> Option<u64> {
-            self.0.get(name).copied()
-        }
-    }
 
     fn c(name: &str, state: State, ns: &str, ino: &str) -> ContainerInfo {
         FakeRuntime::container(
@@ -299,7 +283,7 @@ mod tests {
 
     #[test]
     fn decides_exited_undesired_and_vanished_namespaces_only() {
-        let ns = FakeNs(HashMap::from([("qdhcp-a".to_owned(), 7)]));
+        let ns = FakeNamespaces::new([("qdhcp-a".to_owned(), 7)]);
         let actual = [
             c("running", State::Running, "qdhcp-a", "7"),
             c("exited-desired", State::Exited, "qdhcp-a", "7"),
@@ -335,7 +319,7 @@ mod tests {
         })
         .to_string();
         let cfg = HostConfig::from_str(&d.join("c.json"), &text).unwrap();
-        let ns = FakeNs(HashMap::from([("qdhcp-a".to_owned(), 7)]));
+        let ns = FakeNamespaces::new([("qdhcp-a".to_owned(), 7)]);
         let fake = FakeRuntime::new(vec![
             c("stray", State::Exited, "qdhcp-a", "7"),
             c("keep", State::Running, "qdhcp-a", "7"),

@@ -34,6 +34,50 @@ pub trait Namespaces: Sync {
 /// The real namespaces under a netns directory.
 pub struct HostNamespaces(pub PathBuf);
 
+/// Namespaces from a table of name → inode, for unit tests and benchmarks
+/// (the counterpart of `runtime::FakeRuntime`): `verify` answers as the
+/// real check would, missing or replaced, from the table.
+#[derive(Debug, Default)]
+pub struct FakeNamespaces(std::sync::Mutex<HashMap<String, u64>>);
+
+impl FakeNamespaces {
+    pub fn new(entries: impl IntoIterator<Item = (String, u64)>) -> FakeNamespaces {
+        FakeNamespaces(std::sync::Mutex::new(entries.into_iter().collect()))
+    }
+
+    /// Forgets every namespace, as if all were deleted.
+    pub fn clear(&self) {
+        self.table().clear();
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Namespaces for FakeNamespaces {
+    fn dir(&self) -> PathBuf {
+        "/run/netns".into()
+    }
+    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
+        match self.table().get(&ns.name) {
+            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
+            Some(&found) => Err(NetnsError::InodeMismatch {
+                name: ns.name.clone(),
+                expected: ns.ino,
+                found,
+            }),
+            None => Err(NetnsError::Missing {
+                name: ns.name.clone(),
+                dir: self.dir(),
+            }),
+        }
+    }
+    fn inode(&self, name: &str) -> Option<u64> {
+        self.table().get(name).copied()
+    }
+}
+
 impl Namespaces for HostNamespaces {
     fn dir(&self) -> PathBuf {
         self.0.clone()
@@ -550,35 +594,8 @@ mod tests {
     const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
     const U2: &str = "1e7b7f1d-3b9c-4e8f-8d64-6c1d8c8c7d2b";
 
-    struct FakeNs(HashMap<String, u64>);
-    impl Namespaces for FakeNs {
-        fn dir(&self) -> PathBuf {
-            "/run/netns".into()
-        }
-        fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-            match self.0.get(&ns.name) {
-                Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-                Some(&found) => Err(NetnsError::InodeMismatch {
-                    name: ns.name.clone(),
-                    expected: ns.ino,
-                    found,
-                }),
-                None => Err(NetnsError::Missing {
-                    name: ns.name.clone(),
-                    dir: self.dir(),
-                }),
-            }
-        }
-        fn inode(&self, name: &str) -> Option<u64> {
-            self.0.get(name).copied()
-        }
-    }
-
-    fn ns() -> FakeNs {
-        FakeNs(HashMap::from([
-            (format!("qdhcp-{U1}"), 100),
-            (format!("qdhcp-{U2}"), 200),
-        ]))
+    fn ns() -> FakeNamespaces {
+        FakeNamespaces::new([(format!("qdhcp-{U1}"), 100), (format!("qdhcp-{U2}"), 200)])
     }
 
     fn profile() -> Profile {

@@ -5,51 +5,21 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
-
 use common::TempDir;
 use sidespawn::config::HostConfig;
 use sidespawn::desired::DesiredTable;
 use sidespawn::kind::Kind;
-use sidespawn::netns::NetnsError;
-use sidespawn::plan::Namespaces;
+use sidespawn::plan::FakeNamespaces;
 use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 use sidespawn::runtime::{Call, FakeRuntime, Runtime, State, labels};
 use sidespawn::state::StateDir;
 use sidespawn::sync::{Summary, SyncOptions};
 
-struct FakeNs(Mutex<HashMap<String, u64>>);
-
-impl Namespaces for FakeNs {
-    fn dir(&self) -> PathBuf {
-        "/run/netns".into()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        match self.0.lock().unwrap().get(&ns.name) {
-            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-            Some(&found) => Err(NetnsError::InodeMismatch {
-                name: ns.name.clone(),
-                expected: ns.ino,
-                found,
-            }),
-            None => Err(NetnsError::Missing {
-                name: ns.name.clone(),
-                dir: self.dir(),
-            }),
-        }
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        self.0.lock().unwrap().get(name).copied()
-    }
-}
-
 struct Setup {
     dir: TempDir,
     cfg: HostConfig,
     fake: FakeRuntime,
-    ns: FakeNs,
+    ns: FakeNamespaces,
     uuid: String,
 }
 
@@ -72,7 +42,7 @@ impl Setup {
         .to_string();
         let cfg = HostConfig::from_str(&dir.join("config.json"), &text).unwrap();
         let uuid = common::uuid();
-        let ns = FakeNs(Mutex::new(HashMap::from([(format!("qdhcp-{uuid}"), 100)])));
+        let ns = FakeNamespaces::new([(format!("qdhcp-{uuid}"), 100)]);
         Some(Setup {
             dir,
             cfg,
@@ -319,7 +289,7 @@ fn stopped_sidecars_and_vanished_namespaces_leave_the_table() {
     s.start(&["a"]);
     s.sync(false);
     s.die();
-    s.ns.0.lock().unwrap().clear();
+    s.ns.clear();
     let sum = s.sync(true);
     assert_eq!(sum.restarts, 0);
     assert_eq!(sum.removed, 1, "{sum}");

@@ -21,7 +21,8 @@ use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_m
 use sidespawn::runtime::{ContainerInfo, FakeRuntime, State};
 use sidespawn::sync::{self, Summary, SyncOptions};
 
-use crate::{CHILD_FLAG, HostSetup, NO_PODMAN, TableNamespaces, UNUSED_IMAGE, s};
+use crate::{CHILD_FLAG, HostSetup, NO_PODMAN, UNUSED_IMAGE, s};
+use sidespawn::plan::FakeNamespaces;
 
 /// A Neutron DHCP agent's dnsmasq argv (`{u}`: the network's UUID), so
 /// records and labels have their real size (about 1 KiB per queue line).
@@ -61,7 +62,7 @@ const DNSMASQ_ARGS: &[&str] = &[
 struct Fixture {
     records: Vec<Record>,
     containers: Vec<ContainerInfo>,
-    namespaces: TableNamespaces,
+    namespaces: FakeNamespaces,
     groups: usize,
 }
 
@@ -175,7 +176,7 @@ fn fixture(profile: &Profile, n: usize) -> Fixture {
     Fixture {
         records,
         containers,
-        namespaces: TableNamespaces(table),
+        namespaces: FakeNamespaces::new(table),
         groups: keys / 10,
     }
 }
