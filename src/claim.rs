@@ -311,27 +311,35 @@ impl SharedDir {
                 break;
             }
             line_no += 1;
-            if raw.len > MAX_LINE_BYTES as u64 {
-                let len = usize::try_from(raw.len).unwrap_or(usize::MAX);
-                listed.push(reject(
-                    line_no,
-                    &buf,
-                    RejectReason::TooLong(len).to_string(),
-                ));
-                continue;
-            }
-            match Record::parse_line(&buf) {
-                Ok(r) if r.kind == self.kind => records.push(r),
-                Ok(r) => listed.push(reject(
-                    line_no,
-                    &buf,
-                    format!("a {} request in the {} queue", r.kind, self.kind),
-                )),
-                Err(reason) => listed.push(reject(line_no, &buf, reason.to_string())),
+            match self.check_line(line_no, raw.len, &buf) {
+                Ok(r) => records.push(r),
+                Err(r) => listed.push(r),
             }
         }
         listed.truncate(MAX_REJECTS_LISTED);
         Ok((records, listed))
+    }
+
+    /// Checks one whole queue line of `len` bytes (`buf` holds at most the
+    /// cap of them): a valid record of this directory's kind, or the reject.
+    fn check_line(&self, line_no: usize, len: u64, buf: &[u8]) -> Result<Record, Reject> {
+        if len > MAX_LINE_BYTES as u64 {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            return Err(reject(line_no, buf, RejectReason::TooLong(len).to_string()));
+        }
+        match Record::parse_line(buf) {
+            Ok(record) if record.kind != self.kind => Err(Reject {
+                line: line_no,
+                reason: format!(
+                    "a {} request in the {} queue: each queue carries its own kind only",
+                    record.kind, self.kind
+                ),
+                id: Some(record.id),
+                excerpt: excerpt(buf),
+            }),
+            Ok(record) => Ok(record),
+            Err(reason) => Err(reject(line_no, buf, reason.to_string())),
+        }
     }
 
     fn lock(&self) -> Result<LockGuard, ClaimError> {
@@ -464,25 +472,7 @@ impl SharedDir {
                 break;
             }
             consumed += raw.len + 1;
-            if raw.len > MAX_LINE_BYTES as u64 {
-                let len = usize::try_from(raw.len).unwrap_or(usize::MAX);
-                listed.push(reject(
-                    line_no,
-                    &buf,
-                    RejectReason::TooLong(len).to_string(),
-                ));
-                continue;
-            }
-            match Record::parse_line(&buf) {
-                Ok(record) if record.kind != self.kind => listed.push(Reject {
-                    line: line_no,
-                    id: Some(record.id),
-                    reason: format!(
-                        "a {} request in the {} queue: each queue carries its own kind only",
-                        record.kind, self.kind
-                    ),
-                    excerpt: excerpt(&buf),
-                }),
+            match self.check_line(line_no, raw.len, &buf) {
                 Ok(_) => {
                     out.extend_from_slice(&buf);
                     out.push(b'\n');
@@ -492,7 +482,7 @@ impl SharedDir {
                         out.clear();
                     }
                 }
-                Err(reason) => listed.push(reject(line_no, &buf, reason.to_string())),
+                Err(r) => listed.push(r),
             }
         }
 
