@@ -141,10 +141,8 @@ pub fn run(
     if kinds.is_empty() {
         return Err(SyncError::NothingConfigured(cfg.path.clone()));
     }
-    // Before anything reads the host state: a state directory that is not a directory gets
-    // a message saying what to do, not the first read's "Not a directory".
-    StateDir::new(&cfg.state_dir).check_dir()?;
-    // Rolled-back kinds start the image they were rolled back to.
+    // Rolled-back kinds start the image they were rolled back to. This is the
+    // first read of the host state, and it checks the state directory first.
     let effective = crate::upgrade::effective_config(cfg)?;
     let cfg = &effective;
     // A named kind without a usable profile is a configuration error.
