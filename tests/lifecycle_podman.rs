@@ -99,27 +99,12 @@ impl Host {
     }
 
     fn status_of(&self, name: &str) -> String {
-        let out = common::output(common::podman().args([
-            "inspect",
-            "--format",
-            "{{.State.Status}}",
-            name,
-        ]));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        common::container_status(name)
     }
 
+    /// Every container of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run(common::podman().args([
-            "ps",
-            "-a",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            &format!("label=test.sidespawn.run={}", self.run_label),
-        ]))
-        .lines()
-        .map(String::from)
-        .collect()
+        common::run_containers(&self.run_label, true)
     }
 
     fn desired(&self) -> serde_json::Value {

@@ -132,18 +132,9 @@ impl Host {
         v[0].clone()
     }
 
+    /// Every container of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run(common::podman().args([
-            "ps",
-            "-a",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            &format!("label=test.sidespawn.run={}", self.run_label),
-        ]))
-        .lines()
-        .map(String::from)
-        .collect()
+        common::run_containers(&self.run_label, true)
     }
 
     fn ack(&self, id: &str) -> Option<serde_json::Value> {

@@ -177,28 +177,11 @@ impl Setup {
 
     /// Running sidecars of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        let mut v: Vec<String> = common::run(common::podman().args([
-            "ps",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            &format!("label=test.sidespawn.run={}", self.run_label),
-        ]))
-        .lines()
-        .map(String::from)
-        .collect();
-        v.sort();
-        v
+        common::run_containers(&self.run_label, false)
     }
 
     fn running(&self, name: &str) -> bool {
-        let out = common::output(common::podman().args([
-            "inspect",
-            "--format",
-            "{{.State.Status}}",
-            name,
-        ]));
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "running"
+        common::container_status(name) == "running"
     }
 
     fn sidecar(kind: &str, tag: &str) -> String {

@@ -625,6 +625,35 @@ impl Drop for TmpfsMount {
     }
 }
 
+/// Names of the containers labelled `test.sidespawn.run=RUN_LABEL` (the label a test's host profile
+/// puts on its sidecars, so that each test finds and removes its own), sorted; with `all`,
+/// stopped and created ones too.
+pub fn run_containers(run_label: &str, all: bool) -> Vec<String> {
+    let mut cmd = podman();
+    cmd.arg("ps");
+    if all {
+        cmd.arg("-a");
+    }
+    cmd.args([
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=test.sidespawn.run={run_label}"),
+    ]);
+    let mut names: Vec<String> = run(&mut cmd).lines().map(String::from).collect();
+    names.sort();
+    names
+}
+
+/// podman's state of a container (`running`, `exited`, `created`...); empty when there is none.
+pub fn container_status(name: &str) -> String {
+    let out = output(podman().args(["inspect", "--format", "{{.State.Status}}", name]));
+    if !out.status.success() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// `QUEUE_ROOT/KIND/queue.jsonl`.
 pub fn queue_file(queue_root: &Path, kind: &str) -> PathBuf {
     queue_root.join(kind).join("queue.jsonl")
