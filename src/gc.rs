@@ -145,16 +145,22 @@ fn count_old_acks(queue_root: &Path, kind: Kind, max_age: Duration) -> usize {
 }
 
 /// Collects garbage for `kinds`. The caller holds their sync locks unless
-/// `dry_run`.
+/// `dry_run`. `listed` is a container list the caller took under those
+/// locks with nothing started or removed since; without one, podman is
+/// asked.
 pub fn run(
     cfg: &HostConfig,
     runtime: &dyn Runtime,
     namespaces: &dyn Namespaces,
     kinds: &[Kind],
     dry_run: bool,
+    listed: Option<Vec<ContainerInfo>>,
 ) -> Result<GcReport, GcError> {
     let state = StateDir::new(&cfg.state_dir);
-    let actual = runtime.list().map_err(GcError::List)?;
+    let actual = match listed {
+        Some(a) => a,
+        None => runtime.list().map_err(GcError::List)?,
+    };
     let mut report = GcReport::default();
     for &kind in kinds {
         let mut desired = DesiredTable::load(&state, kind)?;
@@ -324,10 +330,10 @@ mod tests {
             c("stray", State::Exited, "qdhcp-a", "7"),
             c("keep", State::Running, "qdhcp-a", "7"),
         ]);
-        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], true).unwrap();
+        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], true, None).unwrap();
         assert_eq!(rep.removed.len(), 1);
         assert_eq!(fake.containers().len(), 2);
-        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], false).unwrap();
+        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], false, None).unwrap();
         assert_eq!(rep.removed[0].container, "stray");
         let left: Vec<String> = fake.containers().into_iter().map(|c| c.name).collect();
         assert_eq!(left, ["keep"]);

@@ -194,6 +194,9 @@ pub fn run(
         }
     }
 
+    // The last container list while nothing has been started or removed
+    // since it was taken.
+    let mut unchanged_list: Option<Vec<ContainerInfo>> = None;
     for pass in 1..=cfg.max_passes {
         let mut ctxs: Vec<KindCtx> = Vec::new();
         for &kind in &kinds {
@@ -217,7 +220,10 @@ pub fn run(
         let busy = ctxs.iter().any(|c| !c.batch.is_empty());
         let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
             match runtime.list() {
-                Ok(a) => a,
+                Ok(a) => {
+                    unchanged_list = Some(a.clone());
+                    a
+                }
                 Err(e) => {
                     for c in &ctxs {
                         let claimed = Summary {
@@ -317,6 +323,9 @@ pub fn run(
                 desired.store(&state, ctx.kind)?;
             }
             fault_point("after-plan");
+            if !plan.jobs.is_empty() {
+                unchanged_list = None;
+            }
             let outcomes = execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
             desired::apply_restart_decisions(&mut desired, ctx.kind, &restarts);
             desired::apply(&mut desired, &plan, &outcomes, &ctx.batch, &actual, now);
@@ -367,7 +376,9 @@ pub fn run(
             .copied()
             .filter(|k| !failed_kinds.contains(k))
             .collect();
-        match crate::gc::run(cfg, runtime, namespaces, &live, false) {
+        // A list taken by this run and still true saves the collection
+        // its own `podman ps`: a steady-state backstop makes one call.
+        match crate::gc::run(cfg, runtime, namespaces, &live, false, unchanged_list) {
             Ok(r) => summary.removed += r.removed.len(),
             Err(e) => warn!("garbage collection skipped: {e}"),
         }

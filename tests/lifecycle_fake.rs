@@ -161,6 +161,36 @@ impl Setup {
 }
 
 #[test]
+fn full_sync_with_nothing_to_change_asks_podman_once() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", "", "--port=0"]);
+    assert_eq!(s.sync(false).started, 1);
+    let lists = |s: &Setup| {
+        s.fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::List))
+            .count()
+    };
+
+    // Steady state: the pass's list also serves the garbage collection.
+    s.fake.clear_calls();
+    let sum = s.sync(true);
+    assert_eq!((sum.restarts, sum.removed), (0, 0), "{sum}");
+    assert_eq!(s.fake.calls(), [Call::List]);
+
+    // After a restart the list is stale: the collection lists again and
+    // does not mistake the new container for a stranger.
+    s.die();
+    s.fake.clear_calls();
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(lists(&s), 2, "{:?}", s.fake.calls());
+    assert_eq!(s.container().unwrap().state, State::Running);
+}
+
+#[test]
 fn dead_sidecar_is_restarted_with_the_same_argv_and_the_next_generation() {
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;

@@ -276,7 +276,7 @@ fn gc(
             .map_err(|e| e.to_string())?
     };
     let report =
-        sidespawn::gc::run(cfg, runtime, ns, &kinds, dry_run).map_err(|e| e.to_string())?;
+        sidespawn::gc::run(cfg, runtime, ns, &kinds, dry_run, None).map_err(|e| e.to_string())?;
     sidespawn::gc::print(&report, dry_run, cfg.ack_max_age);
     if report.failed.is_empty() {
         Ok(())
