@@ -27,6 +27,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "support/report.rs"]
+mod report;
 #[path = "../tests/systemd/mod.rs"]
 mod systemd;
 
@@ -43,6 +46,8 @@ const DEFAULT_IDLE_SECS: u64 = 60;
 /// Longest wait for one sidecar (far above any healthy value).
 const TIMEOUT: Duration = Duration::from_secs(120);
 const PATH_UNIT: &str = "sidespawn@dnsmasq.path";
+/// What sidespawn may add to a bare `podman run -d`, in milliseconds.
+const LATENCY_BUDGET_MS: f64 = 50.0;
 const SERVICE: &str = "sidespawn@dnsmasq.service";
 
 type Error = Box<dyn std::error::Error>;
@@ -251,6 +256,10 @@ fn bench() -> Result<(), Error> {
     let _cleanup = Cleanup(label.clone());
 
     let mut bare = Vec::new();
+    // The sync's own container listing, timed on its own: every sync asks
+    // podman what runs before it acts.
+    let list_args = sidespawn::runtime::call_args(&sidespawn::runtime::Call::List);
+    let mut floor = Vec::new();
     let mut via_watch = Vec::new();
     let mut via_path = Vec::new();
     for i in 0..runs {
@@ -279,7 +288,17 @@ fn bench() -> Result<(), Error> {
             return Err(format!("podman run -d {name}: {st}").into());
         }
         wait_for("the bare container's dnsmasq runs", || pid_file.exists())?;
-        bare.push(t0.elapsed());
+        let run = t0.elapsed();
+        bare.push(run);
+        let t1 = Instant::now();
+        let st = common::podman()
+            .args(&list_args)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            return Err(format!("podman {list_args:?}: {st}").into());
+        }
+        floor.push(run + t1.elapsed());
         remove(&name);
 
         // Alternate which goes first, so that the cleanup still running
@@ -335,11 +354,20 @@ fn bench() -> Result<(), Error> {
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle_cpu = (cpu_ticks(pid)? - c0) as f64 / ticks_per_s;
     let idle_wall = t0.elapsed().as_secs_f64();
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .map(|l| l.trim_start_matches("VmRSS:").trim().to_owned())
-        .unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let rss = field("VmRSS:");
+    let hwm_kib: u64 = field("VmHWM:")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let load_after = std::fs::read_to_string("/proc/loadavg")?;
 
     println!();
@@ -376,6 +404,65 @@ fn bench() -> Result<(), Error> {
     if runs < 100 {
         println!("(with fewer than 100 runs the p99 is the maximum)");
     }
+    let mut t = report::Table::figures();
+    t.section(format!(
+        "Latency: one start request -> dnsmasq running (pid file written); {runs} interleaved rounds"
+    ));
+    let ms = |x: f64| report::fmt_dur(Duration::from_secs_f64(x / 1e3));
+    let (bare_med, bare_p99, _, _) = stats(&mut bare);
+    t.row([
+        "bare podman run -d (baseline)".to_owned(),
+        ms(bare_med),
+        ms(bare_p99),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    let (floor_med, floor_p99, _, _) = stats(&mut floor);
+    t.row([
+        "its podman ps + bare podman run -d (floor of a sync)".to_owned(),
+        ms(floor_med),
+        ms(floor_p99),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    for (name, v, rss) in [
+        ("sidespawn watch", &mut via_watch, hwm_kib),
+        ("sidespawn@dnsmasq.path unit", &mut via_path, 0),
+    ] {
+        let (med, p99, _, _) = stats(v);
+        t.row([
+            format!("{name}: wrapper exit -> running"),
+            ms(med),
+            ms(p99),
+            report::fmt_kib(rss),
+            ms(bare_med),
+            format!("{:.2}× (+{:.0} ms)", med / bare_med, med - bare_med),
+            format!("≤ podman + {LATENCY_BUDGET_MS} ms"),
+            format!(
+                "{} (+{:.0} ms over the floor)",
+                report::verdict(med - bare_med <= LATENCY_BUDGET_MS),
+                med - floor_med
+            ),
+        ]);
+    }
+    t.row([
+        format!("sidespawn watch idle, {idle_wall:.0} s: CPU time"),
+        format!("{idle_cpu:.3} s"),
+        "-".into(),
+        report::fmt_kib(hwm_kib),
+        "-".into(),
+        format!("{:.3} % of a CPU", 100.0 * idle_cpu / idle_wall),
+        "-".into(),
+        "-".into(),
+    ]);
+    println!();
+    t.print();
     drop(daemon);
     drop(manager);
     Ok(())

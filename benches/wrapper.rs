@@ -23,6 +23,10 @@
 //! `cargo test --all-targets` also runs this file; without `--bench` it does
 //! nothing.
 
+#[allow(dead_code)]
+#[path = "support/report.rs"]
+mod report;
+
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -793,6 +797,62 @@ fn report(
         mib(TARGET_RSS_KIB),
         verdict(w.peak_rss_kib <= TARGET_RSS_KIB)
     );
+    let mut t = report::Table::figures();
+    t.section(format!(
+        "Wrapper: a start request, exec to exit, in a named netns ({runs} runs each)"
+    ));
+    let cells = |s: &Stats| {
+        [
+            report::fmt_dur(s.median),
+            report::fmt_dur(s.p99),
+            report::fmt_kib(s.peak_rss_kib),
+        ]
+    };
+    let [am, ap, ar] = cells(&a);
+    t.row([
+        format!("{} (baseline)", programs[0].label),
+        am,
+        ap,
+        ar,
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    let [wm, wp, wr] = cells(&w);
+    t.row([
+        "sidespawn-wrapper vs the static no-op".to_owned(),
+        wm.clone(),
+        wp.clone(),
+        wr.clone(),
+        report::fmt_dur(a.median),
+        format!("{ratio:.2}×"),
+        format!("≤ {TARGET_RATIO_NOOP}×, ≤ {}", mib(TARGET_RSS_KIB)),
+        report::verdict(ratio <= TARGET_RATIO_NOOP && w.peak_rss_kib <= TARGET_RSS_KIB),
+    ]);
+    t.row([
+        "sidespawn-wrapper vs TripleO's shell wrapper".to_owned(),
+        wm,
+        wp,
+        wr,
+        report::fmt_dur(b.median),
+        format!("{speedup:.1}× faster"),
+        format!("≥ {TARGET_SPEEDUP_SHELL}× faster"),
+        report::verdict(speedup >= TARGET_SPEEDUP_SHELL),
+    ]);
+    let [bm, bp, br] = cells(&b);
+    t.row([
+        format!("{} (baseline)", programs[2].label),
+        bm,
+        bp,
+        br,
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    println!();
+    t.print();
     let f = stats(floor);
     println!();
     println!(

@@ -1,13 +1,16 @@
-//! Part 3's pieces: an isolated host whose queue the real wrapper fills,
-//! the timed `sidespawn sync`, the two baselines running the same argv, and
-//! the breakdown read back from the sync's `-v` log.
+//! The real-podman parts' pieces: an isolated host whose queue the real
+//! wrapper fills (one call at a time, or as a burst of concurrent callers),
+//! the timed `sidespawn sync` and `sidespawn watch`, the baselines running
+//! the same argv, and the breakdown read back from the `-v` log.
 
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sidespawn::ack::{Ack, Outcome};
 use sidespawn::config::HostConfig;
 use sidespawn::kind::Kind;
 use sidespawn::queue::QueueDir;
@@ -16,7 +19,7 @@ use sidespawn::runtime::RunSpec;
 
 use crate::host::{self, NetnsSet, TempDir};
 use crate::report::{fmt_dur, median, percentile};
-use crate::{HostSetup, SIDECAR_ARGS, exec_quiet, s};
+use crate::{HostSetup, SIDECAR_ARGS, s};
 
 /// A random lowercase UUID (version-4 layout), like a Neutron network id.
 pub fn random_uuid() -> Result<String, String> {
@@ -58,6 +61,52 @@ pub struct SyncHost {
     pub dir: TempDir,
     pub cfg_path: PathBuf,
     pub cfg: HostConfig,
+    run_label: String,
+    parallelism: usize,
+    podman: PathBuf,
+}
+
+/// Longest wait for a burst or a replacement (far above any healthy value).
+const LONG: Duration = Duration::from_secs(600);
+
+/// A running `sidespawn watch`, stopped with SIGTERM (then reaped) on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon's peak RSS so far (`VmHWM`), in KiB; 0 when unreadable.
+    pub fn peak_rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits for the daemon to exit.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<(), String> {
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).map_err(|e| e.to_string())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
+    }
 }
 
 /// What one timed `sidespawn sync -v` did.
@@ -69,12 +118,18 @@ pub struct SyncRun {
 }
 
 impl SyncHost {
-    pub fn new(image: &str, run_label: &str, parallelism: usize) -> Result<SyncHost, String> {
+    /// A host running `podman` (a name on `PATH` or a shim's path).
+    pub fn new(
+        image: &str,
+        run_label: &str,
+        parallelism: usize,
+        podman: &Path,
+    ) -> Result<SyncHost, String> {
         let dir = TempDir::new("sidespawn-syncbench-podman")?;
         let (cfg_path, cfg) = HostSetup {
             dir: dir.path(),
             image,
-            podman: Path::new("podman"),
+            podman,
             parallelism,
             run_label,
             max_queue_bytes: None,
@@ -86,23 +141,63 @@ impl SyncHost {
             serde_json::json!({ "queue_root": dir.join("queue") }).to_string(),
         )
         .map_err(|e| e.to_string())?;
-        Ok(SyncHost { dir, cfg_path, cfg })
+        Ok(SyncHost {
+            dir,
+            cfg_path,
+            cfg,
+            run_label: run_label.to_owned(),
+            parallelism,
+            podman: podman.to_owned(),
+        })
     }
 
-    /// Queues one start request per namespace exactly as Neutron does:
+    /// Rewrites the configuration with another image (what an operator does
+    /// before `sidespawn upgrade`).
+    pub fn set_image(&mut self, image: &str) -> Result<(), String> {
+        let (cfg_path, cfg) = HostSetup {
+            dir: self.dir.path(),
+            image,
+            podman: &self.podman,
+            parallelism: self.parallelism,
+            run_label: &self.run_label,
+            max_queue_bytes: None,
+        }
+        .write()?;
+        self.cfg_path = cfg_path;
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// The wrapper call Neutron makes for namespace `ns`:
     /// `ip netns exec <ns> dnsmasq ARGS` with `PROCESS_TAG` set, the
-    /// program being the release wrapper. Untimed.
+    /// program being the release wrapper.
+    fn wrapper_call(&self, ns: &str) -> Command {
+        let uuid = ns.trim_start_matches("qdhcp-");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            ns,
+            env!("CARGO_BIN_EXE_sidespawn-wrapper"),
+            "--kind",
+            "dnsmasq",
+            "--",
+        ])
+        .args(SIDECAR_ARGS)
+        .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
+        .env("PROCESS_TAG", format!("dnsmasq-{uuid}"));
+        cmd
+    }
+
+    /// Queues one start request for namespace `ns`. Untimed.
+    pub fn queue_one(&self, ns: &str) -> Result<(), String> {
+        host::run(&mut self.wrapper_call(ns)).map(drop)
+    }
+
+    /// Queues one start request per namespace, one after another. Untimed.
     pub fn queue_all(&self, nss: &NetnsSet) -> Result<(), String> {
-        let wrapper = env!("CARGO_BIN_EXE_sidespawn-wrapper");
         for name in &nss.names {
-            let uuid = name.trim_start_matches("qdhcp-");
-            host::run(
-                Command::new("ip")
-                    .args(["netns", "exec", name, wrapper, "--kind", "dnsmasq", "--"])
-                    .args(SIDECAR_ARGS)
-                    .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-                    .env("PROCESS_TAG", format!("dnsmasq-{uuid}")),
-            )?;
+            self.queue_one(name)?;
         }
         let queued = self.queued()?;
         if queued.len() != nss.names.len() {
@@ -115,6 +210,140 @@ impl SyncHost {
         Ok(())
     }
 
+    /// One start request per namespace from `callers` concurrent callers,
+    /// each making its share of the calls one after another (as an agent's
+    /// worker threads do). Returns when every caller is done.
+    pub fn queue_burst(&self, nss: &NetnsSet, callers: usize) -> Result<(), String> {
+        let callers = callers.clamp(1, nss.names.len().max(1));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..callers)
+                .map(|c| {
+                    let mine: Vec<&String> = nss.names.iter().skip(c).step_by(callers).collect();
+                    scope.spawn(move || mine.into_iter().try_for_each(|ns| self.queue_one(ns)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().map_err(|_| s("a caller panicked"))?)
+        })
+    }
+
+    /// The acknowledgements written so far: (all, those with result ok).
+    pub fn acks(&self) -> Result<(usize, usize), String> {
+        let dir = self.cfg.queue_root.join("dnsmasq/acks");
+        let mut all = 0;
+        let mut ok = 0;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        for e in entries {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name();
+            if !name.to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            all += 1;
+            let ack: Ack = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| format!("unreadable acknowledgement {}", e.path().display()))?;
+            ok += usize::from(ack.result == Outcome::Ok);
+        }
+        Ok((all, ok))
+    }
+
+    /// Waits (polling: this is a measurement, not a synchronisation) until
+    /// `n` acknowledgements exist; fails unless all of them say ok.
+    pub fn wait_acked(&self, n: usize) -> Result<(), String> {
+        let dir = self.cfg.queue_root.join("dnsmasq/acks");
+        let deadline = Instant::now() + LONG;
+        while fs::read_dir(&dir).map_or(0, |d| d.count()) < n {
+            host::check_interrupted()?;
+            if Instant::now() > deadline {
+                return Err(format!("fewer than {n} acknowledgements after {LONG:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match self.acks()? {
+            (all, ok) if ok == n && all == n => Ok(()),
+            (all, ok) => Err(format!("{all} acknowledgements, {ok} ok, want {n} ok")),
+        }
+    }
+
+    /// Starts `sidespawn watch -v` for this host and waits for its
+    /// `READY=1` (the queues are watched from then on).
+    pub fn watch(&self) -> Result<Daemon, String> {
+        host::check_interrupted()?;
+        let sock_path = self.dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let log = self.dir.join("watch.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
+            .arg("--config")
+            .arg(&self.cfg_path)
+            .args(["watch", "-v", "--interval", "3600"])
+            .env("CONTAINERS_CONF", host::containers_conf())
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start sidespawn watch: {e}"))?;
+        let daemon = Daemon { child, log };
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .map_err(|e| format!("no READY=1 from sidespawn watch: {e}"))?;
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return Ok(daemon);
+            }
+        }
+    }
+
+    /// Runs `sidespawn -v ARGS` to exit: its wall time and its own peak RSS
+    /// in KiB, as it logs it at exit (`wait4` would count the podman
+    /// processes it ran as well).
+    pub fn timed(&self, args: &[&str]) -> Result<(Duration, u64), String> {
+        host::check_interrupted()?;
+        let log_path = self.dir.join("timed.log");
+        let log = File::create(&log_path).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
+            .arg("--config")
+            .arg(&self.cfg_path)
+            .arg("-v")
+            .args(args)
+            .env("CONTAINERS_CONF", host::containers_conf())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .map_err(|e| format!("cannot start sidespawn: {e}"))?;
+        let took = t.elapsed();
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            return Err(format!(
+                "sidespawn {args:?} failed ({status}):\n{}",
+                tail(&log, 20)
+            ));
+        }
+        let rss = log
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("peak_rss_kib="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((took, rss))
+    }
+
     pub fn queued(&self) -> Result<Vec<Record>, String> {
         let q = QueueDir::new(&self.cfg.queue_root, Kind::Dnsmasq).queue();
         let text = fs::read(&q).map_err(|e| format!("read {}: {e}", q.display()))?;
@@ -122,6 +351,18 @@ impl SyncHost {
             .filter(|l| !l.is_empty())
             .map(|l| Record::parse_line(l).map_err(|e| e.to_string()))
             .collect()
+    }
+
+    /// The run specs the sync makes of the queued requests, numbered from
+    /// generation `first`.
+    pub fn specs(&self, first: u64) -> Result<Vec<RunSpec>, String> {
+        let profile = self.cfg.profile(Kind::Dnsmasq).map_err(|e| e.to_string())?;
+        Ok(self
+            .queued()?
+            .iter()
+            .zip(first..)
+            .map(|(r, g)| sidespawn::plan::run_spec(profile, Path::new("/run/netns"), r, g))
+            .collect())
     }
 
     /// The `podman run` lines of `sync --dry-run` (changes nothing).
@@ -217,16 +458,7 @@ pub fn check_running(label: &str, want: usize, phase: &str) -> Result<(), String
     Ok(())
 }
 
-/// Baseline a: the same `podman run -d`, one after another.
-pub fn serial(specs: &[RunSpec]) -> Result<Duration, String> {
-    let t = Instant::now();
-    for spec in specs {
-        exec_quiet(host::podman().args(spec.argv()))?;
-    }
-    Ok(t.elapsed())
-}
-
-/// Baseline b: the same `podman run -d` through `xargs -P`, the argv
+/// The baseline: the same `podman run -d` through `xargs -P`, the argv
 /// NUL-separated so nothing is re-split (every argv has the same length).
 pub fn xargs(specs: &[RunSpec], parallelism: usize, dir: &Path) -> Result<Duration, String> {
     let argvs: Vec<Vec<String>> = specs.iter().map(RunSpec::argv).collect();
@@ -268,8 +500,6 @@ pub fn xargs(specs: &[RunSpec], parallelism: usize, dir: &Path) -> Result<Durati
 /// Where the time of one sync went, from its `-v` log.
 #[derive(Default, Clone)]
 pub struct SyncProfile {
-    /// Spawn to the first log line (exec, config, claim).
-    to_first_log: f64,
     lock_held: String,
     ps_ms: Vec<u64>,
     run_ms: Vec<u64>,
@@ -307,12 +537,10 @@ pub fn log_time(line: &str) -> Option<f64> {
 
 pub fn profile_sync(run: &SyncRun) -> SyncProfile {
     let mut p = SyncProfile::default();
-    let mut first_log = None;
     let mut first_run_start: Option<f64> = None;
     let mut last_run_end: Option<f64> = None;
     for line in run.log.lines() {
         let Some(ts) = log_time(line) else { continue };
-        first_log.get_or_insert(ts);
         if let Some(i) = line.find("lock held ") {
             p.lock_held = line[i + 10..]
                 .split_whitespace()
@@ -347,7 +575,6 @@ pub fn profile_sync(run: &SyncRun) -> SyncProfile {
     }
     let t0 = run.started_unix;
     let end = t0 + run.wall.as_secs_f64();
-    p.to_first_log = first_log.map_or(0.0, |f| f - t0);
     if let (Some(a), Some(b)) = (first_run_start, last_run_end) {
         p.to_first_run = a - t0;
         p.run_span = b - a;
@@ -357,13 +584,7 @@ pub fn profile_sync(run: &SyncRun) -> SyncProfile {
 }
 
 /// The breakdown of the syncs from their `-v` logs, as a note.
-pub fn profile_notes(
-    profiles: &[SyncProfile],
-    n: usize,
-    serial: Duration,
-    xargs: Duration,
-    parallelism: usize,
-) -> String {
+pub fn profile_notes(profiles: &[SyncProfile], parallelism: usize) -> String {
     let secs = |v: Vec<f64>| {
         let d: Vec<Duration> = v
             .into_iter()
@@ -385,28 +606,23 @@ pub fn profile_notes(
                 .join("+")
         })
         .collect();
-    let concurrency: Vec<f64> = profiles
+    let mut c: Vec<f64> = profiles
         .iter()
         .map(|p| p.run_ms.iter().sum::<u64>() as f64 / 1000.0 / p.run_span.max(1e-9))
         .collect();
-    let xargs_conc = serial.as_secs_f64() / xargs.as_secs_f64().max(1e-9);
-    let mut c = concurrency.clone();
     c.sort_by(f64::total_cmp);
     format!(
-        "part 3 profile (sync -v logs; medians over repeats):\n\
-         \x20 spawn → first log line {}; claim lock held {}; podman ps per sync: [{}]\n\
-         \x20 spawn → first podman run starts {}; runs span {}; last run end → exit {}\n\
-         \x20 podman run inside the sync: {} calls, per call median {} / p90 {} / max {} \
-         (serial loop: {} per call, one at a time)\n\
-         \x20 effective concurrency of the runs (sum of call times ÷ span): {:.2} (limit {parallelism}); \
-         xargs speed-up over serial: {:.2}×",
-        secs(profiles.iter().map(|p| p.to_first_log).collect()),
+        "profile (from the `-v` log; medians over repeats):\n\
+         \x20 podman ps per run: [{}]; claim lock held {}\n\
+         \x20 start → first podman run starts {}; runs span {}; last run end → done {}\n\
+         \x20 podman run: {} calls per run, per call median {} / p90 {} / max {}\n\
+         \x20 effective concurrency of the runs (sum of call times ÷ span): {:.2} (limit {parallelism})",
+        ps.join("; "),
         profiles
             .iter()
             .map(|p| p.lock_held.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        ps.join("; "),
         secs(profiles.iter().map(|p| p.to_first_run).collect()),
         secs(profiles.iter().map(|p| p.run_span).collect()),
         secs(profiles.iter().map(|p| p.tail).collect()),
@@ -414,8 +630,6 @@ pub fn profile_notes(
         fmt_dur(median(&ms_all)),
         fmt_dur(percentile(&ms_all, 90.0)),
         fmt_dur(ms_all.iter().max().copied().unwrap_or_default()),
-        fmt_dur(serial / u32::try_from(n).unwrap_or(1)),
         c.get(c.len() / 2).copied().unwrap_or(0.0),
-        xargs_conc,
     )
 }

@@ -1,6 +1,16 @@
-//! Statistics and the printed table of the sync benchmark.
+//! Statistics and the printed tables of the benchmarks.
+//!
+//! Every bench prints its own tables. When `$SIDESPAWN_BENCH_FIGURES` names
+//! a file, each printed table is also appended to it as tab-separated lines
+//! (`<table>\t<H|S|R>\t<cells...>`: header, section title, row), from
+//! which `tests/bench.sh` prints one combined table and writes
+//! `docs/PERFORMANCE.md`.
 
+use std::io::Write;
 use std::time::Duration;
+
+/// The variable naming the file that collects every bench's tables.
+pub const FIGURES_ENV: &str = "SIDESPAWN_BENCH_FIGURES";
 
 /// The median; the mean of the two middle samples for an even count.
 pub fn median(samples: &[Duration]) -> Duration {
@@ -45,7 +55,11 @@ pub fn fmt_dur(d: Duration) -> String {
     }
 }
 
+/// Peak RSS of a process in KiB (as `wait4` reports it), `-` when unknown.
 pub fn fmt_kib(kib: u64) -> String {
+    if kib == 0 {
+        return "-".to_owned();
+    }
     if kib >= 10 * 1024 {
         format!("{:.0} MiB", kib as f64 / 1024.0)
     } else {
@@ -69,17 +83,34 @@ enum Line {
 /// last column left-aligned (names, verdicts), the others right-aligned
 /// (numbers).
 pub struct Table {
+    /// Which table of the combined report the rows belong to.
+    name: String,
     header: Vec<String>,
     lines: Vec<Line>,
 }
 
-pub const HEADER: [&str; 7] = [
-    "Figure", "Median", "p99", "Baseline", "Ratio", "Target", "Result",
+/// The columns of every bench's main table, which `tests/bench.sh` merges.
+pub const HEADER: [&str; 8] = [
+    "Figure", "Median", "p99", "Peak RSS", "Baseline", "Ratio", "Target", "Result",
 ];
 
+/// The name of the main table in the combined report.
+pub const FIGURES: &str = "figures";
+
+/// `PASS` or `MISS`.
+pub fn verdict(pass: bool) -> String {
+    (if pass { "PASS" } else { "MISS" }).to_owned()
+}
+
 impl Table {
-    pub fn new(header: &[&str]) -> Table {
+    /// A table with `HEADER`, part of the combined report's main table.
+    pub fn figures() -> Table {
+        Table::new(FIGURES, &HEADER)
+    }
+
+    pub fn new(name: &str, header: &[&str]) -> Table {
         Table {
+            name: name.to_owned(),
             header: header.iter().map(|h| (*h).to_owned()).collect(),
             lines: Vec::new(),
         }
@@ -101,7 +132,50 @@ impl Table {
         self.row(cells);
     }
 
+    /// Prints the table, and appends it to `$SIDESPAWN_BENCH_FIGURES` when
+    /// that is set (a failure to do so is reported, never fatal: the table
+    /// was printed).
     pub fn print(&self) {
+        self.print_aligned();
+        if let Some(path) = std::env::var_os(FIGURES_ENV).filter(|p| !p.is_empty()) {
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(self.tsv().as_bytes()));
+            if let Err(e) = appended {
+                eprintln!(
+                    "cannot append the table to {} ({FIGURES_ENV}): {e}",
+                    std::path::Path::new(&path).display()
+                );
+            }
+        }
+    }
+
+    /// The table as `<name>\t<H|S|R>\t<cells>` lines; tabs and newlines in
+    /// cells become spaces.
+    fn tsv(&self) -> String {
+        let clean = |c: &str| c.replace(['\t', '\n', '\r'], " ");
+        let line = |kind: &str, cells: &[String]| {
+            let mut l = format!("{}\t{kind}", self.name);
+            for c in cells {
+                l.push('\t');
+                l.push_str(&clean(c));
+            }
+            l.push('\n');
+            l
+        };
+        let mut out = line("H", &self.header);
+        for l in &self.lines {
+            out.push_str(&match l {
+                Line::Section(t) => line("S", std::slice::from_ref(t)),
+                Line::Row(cells) => line("R", cells),
+            });
+        }
+        out
+    }
+
+    fn print_aligned(&self) {
         let cols = self.header.len();
         let mut width: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for line in &self.lines {

@@ -347,6 +347,29 @@ fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> Strin
     format!("cannot run {}: {err}", cfg.podman.display())
 }
 
+/// Logs, at debug level and when dropped at the end of `main`, what this
+/// process used: its own peak RSS and CPU time, without the podman
+/// processes it ran (`getrusage(RUSAGE_SELF)`).
+struct ResourceLog;
+
+impl Drop for ResourceLog {
+    fn drop(&mut self) {
+        use nix::sys::resource::{UsageWho, getrusage};
+        use nix::sys::time::TimeValLike;
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        if let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) {
+            let cpu = u.user_time() + u.system_time();
+            tracing::debug!(
+                peak_rss_kib = u.max_rss(),
+                cpu_ms = cpu.num_milliseconds(),
+                "resource use of this sidespawn process (podman not included)"
+            );
+        }
+    }
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -388,6 +411,7 @@ fn main() -> ExitCode {
     };
     let runtime = Podman::new(cfg.podman.clone(), cfg.podman_timeout);
     let namespaces = HostNamespaces(cfg.netns_dir.clone());
+    let _usage = ResourceLog;
     match cli.command {
         Command::Sync {
             kind,

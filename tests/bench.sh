@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# The performance suite: builds in release mode, runs the three benchmarks (wrapper, sync,
+# watch) and prints one table of every figure beside the baseline measured in the same run,
+# with the ratio and the target; then writes docs/PERFORMANCE.md from that output.
+#
+# Usage: tests/bench.sh [--quick] [--no-doc]    (as root; about 25 minutes on 2 cores)
+#   --quick    small sizes and few runs: checks that everything can be measured (a minute or
+#              two); its figures are not the release figures, and the document is not written
+#   --no-doc   print the table only; leave docs/PERFORMANCE.md as it is
+#
+# The benchmarks' own settings (SIDESPAWN_BENCH_*, see the top of each benches/*.rs) pass
+# through. Every bench's full output is kept in target/bench-report/. Exits non-zero when a
+# benchmark could not measure something; a missed target is a result, not a failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+quick=0
+doc=1
+for arg in "$@"; do
+    case $arg in
+        --quick) quick=1 ;;
+        --no-doc) doc=0 ;;
+        -h | --help)
+            sed -n '2,13s/^# \{0,1\}//p' "$0"
+            exit 0
+            ;;
+        *)
+            echo "tests/bench.sh: unknown argument $arg (see --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/bench.sh: run as root: the benchmarks create network namespaces and containers" >&2
+    exit 2
+fi
+
+step() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+step "Installing dependencies"
+tests/scripts/install-deps.sh
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
+
+step "Building in release mode"
+cargo bench --no-run
+cargo rustc --release --bin sidespawn-wrapper --target-dir target/static \
+    -- -C target-feature=+crt-static
+export SIDESPAWN_STATIC_WRAPPER=$root/target/static/release/sidespawn-wrapper
+
+if [ "$quick" = 1 ]; then
+    doc=0
+    export SIDESPAWN_BENCH_RUNS=${SIDESPAWN_BENCH_RUNS:-2}
+    export SIDESPAWN_BENCH_EMPTY_RUNS=${SIDESPAWN_BENCH_EMPTY_RUNS:-20}
+    export SIDESPAWN_BENCH_FOLD_RUNS=${SIDESPAWN_BENCH_FOLD_RUNS:-1}
+    export SIDESPAWN_BENCH_SIZES=${SIDESPAWN_BENCH_SIZES:-1000,10000}
+    export SIDESPAWN_BENCH_SIDECARS=${SIDESPAWN_BENCH_SIDECARS:-20}
+    export SIDESPAWN_BENCH_CALLERS=${SIDESPAWN_BENCH_CALLERS:-5}
+    export SIDESPAWN_BENCH_XARGS_P=${SIDESPAWN_BENCH_XARGS_P:-4,8}
+    export SIDESPAWN_BENCH_STEADY=${SIDESPAWN_BENCH_STEADY:-30}
+    export SIDESPAWN_BENCH_STEADY_RUNS=${SIDESPAWN_BENCH_STEADY_RUNS:-3}
+    export SIDESPAWN_BENCH_UPGRADE_SIDECARS=${SIDESPAWN_BENCH_UPGRADE_SIDECARS:-3}
+    export SIDESPAWN_BENCH_IDLE_SECS=${SIDESPAWN_BENCH_IDLE_SECS:-5}
+fi
+
+out=$root/target/bench-report
+rm -rf "$out"
+mkdir -p "$out"
+export SIDESPAWN_BENCH_FIGURES=$out/figures.tsv
+: >"$SIDESPAWN_BENCH_FIGURES"
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+failed=()
+for bench in wrapper sync watch; do
+    step "cargo bench --bench $bench"
+    # The watch bench's rounds default to 50; the p99 wants more.
+    if [ "$bench" = watch ] && [ "$quick" = 0 ]; then
+        runs=${SIDESPAWN_BENCH_WATCH_RUNS:-100}
+    else
+        runs=${SIDESPAWN_BENCH_RUNS:-}
+    fi
+    if ! SIDESPAWN_BENCH_RUNS=$runs cargo bench --bench "$bench" 2>&1 | tee "$out/$bench.txt"; then
+        failed+=("$bench")
+    fi
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Prints the named table of the figures file with aligned columns: the first and the last
+# column left-aligned, the others right-aligned; section titles on lines of their own.
+render_text() {
+    # In the C locale, with continuation bytes not counted: a width in characters for UTF-8
+    # cells (µs, ×, ≤) whatever awk this is.
+    LC_ALL=C awk -F'\t' -v want="$1" '
+        $1 != want { next }
+        $2 == "H" { if (!have_header) { for (i = 3; i <= NF; i++) h[i] = $i; cols = NF; have_header = 1 }; next }
+        { n++; kind[n] = $2; nf[n] = NF; for (i = 3; i <= NF; i++) cell[n, i] = $i }
+        function len(s,   c) { c = s; gsub(/[\200-\277]/, "", c); return length(c) }
+        END {
+            for (i = 3; i <= cols; i++) w[i] = len(h[i])
+            for (r = 1; r <= n; r++) if (kind[r] == "R") for (i = 3; i <= nf[r]; i++) if (len(cell[r, i]) > w[i]) w[i] = len(cell[r, i])
+            line = ""; rule = ""
+            for (i = 3; i <= cols; i++) {
+                line = line (i > 3 ? " | " : "") pad(h[i], w[i], i == 3 || i == cols)
+                rule = rule (i > 3 ? "-+-" : "") dashes(w[i])
+            }
+            print line; print rule
+            for (r = 1; r <= n; r++) {
+                if (kind[r] == "S") { print cell[r, 3]; continue }
+                line = ""
+                for (i = 3; i <= cols; i++) line = line (i > 3 ? " | " : "") pad(cell[r, i], w[i], i == 3 || i == cols)
+                sub(/ +$/, "", line); print line
+            }
+        }
+        function pad(s, width, left,   p) { p = sprintf("%" (width - len(s)) "s", ""); return left ? s p : p s }
+        function dashes(k,   s) { s = ""; while (k-- > 0) s = s "-"; return s }
+    ' "$SIDESPAWN_BENCH_FIGURES"
+}
+
+# The same table in Markdown; section titles become bold rows.
+render_markdown() {
+    awk -F'\t' -v want="$1" '
+        $1 != want { next }
+        $2 == "H" { if (!have_header) { cols = NF; s = "|"; r = "|"; for (i = 3; i <= NF; i++) { s = s " " esc($i) " |"; r = r (i == 3 || i == NF ? " --- |" : " ---: |") }; print s; print r; have_header = 1 }; next }
+        $2 == "S" { s = "| **" esc($3) "** |"; for (i = 4; i <= cols; i++) s = s " |"; print s; next }
+        { s = "|"; for (i = 3; i <= cols; i++) s = s " " esc($i) " |"; print s }
+        function esc(x) { gsub(/\|/, "\\|", x); return x }
+    ' "$SIDESPAWN_BENCH_FIGURES"
+}
+
+step "All figures (median, p99 and peak RSS; the baseline measured in the same run; ratio; target)"
+render_text figures
+if grep -q '^scaling	' "$SIDESPAWN_BENCH_FIGURES"; then
+    echo
+    render_text scaling
+fi
+echo
+echo "load average before: $load_before; after: $load_after"
+echo "full output of each benchmark: $out/{wrapper,sync,watch}.txt"
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "tests/bench.sh: could not measure everything: ${failed[*]} failed (see its output above);" \
+        "docs/PERFORMANCE.md is left as it was" >&2
+    exit 1
+fi
+if [ "$doc" = 0 ]; then
+    exit 0
+fi
+
+doc_path=docs/PERFORMANCE.md
+{
+    echo "# Performance"
+    echo
+    echo "Generated by \`tests/bench.sh\` from the output of one run; nothing here is typed by hand."
+    echo "Each figure is the median (and p99 for latencies) of several runs, beside a baseline"
+    echo "measured in the same run on the same machine, and the ratio between them. \"Peak RSS\" is"
+    echo "sidespawn's own (the podman processes it runs are not counted). A MISS is explained in"
+    echo "the notes of that benchmark's output below and in the README's \"Performance\" section."
+    echo
+    echo "## How to reproduce"
+    echo
+    echo '```sh'
+    echo "sudo tests/bench.sh          # about 25 minutes on 2 cores; rewrites this file"
+    echo "sudo tests/bench.sh --quick  # small sizes: checks that everything can be measured"
+    echo '```'
+    echo
+    echo "## Machine"
+    echo
+    echo "- run: $started, commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
+    echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs"
+    echo "- memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "- kernel: $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
+    echo "- podman $(podman version --format '{{.Client.Version}}' 2>/dev/null || echo '?'), $(rustc --version)"
+    echo "- load average before the run: $load_before; after: $load_after"
+    echo
+    echo "## Figures"
+    echo
+    render_markdown figures
+    echo
+    echo "## Scaling of the fold and plan"
+    echo
+    render_markdown scaling
+    echo
+    echo "## Full output"
+    for bench in wrapper sync watch; do
+        echo
+        echo "<details><summary><code>cargo bench --bench $bench</code></summary>"
+        echo
+        echo '```text'
+        # The progress lines on stderr add nothing to the record.
+        grep -v -e '^sync bench: part' -e '^watch bench: [0-9]' -e '^ *\(Compiling\|Finished\|Running\)' "$out/$bench.txt"
+        echo '```'
+        echo
+        echo "</details>"
+    done
+} >"$doc_path.tmp"
+mv "$doc_path.tmp" "$doc_path"
+echo "wrote $doc_path"
