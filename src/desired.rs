@@ -371,7 +371,9 @@ pub fn apply(
     // Adopt identical repeats of a running sidecar the table lacks (a state
     // directory from before the table existed, or one rebuilt by hand).
     let jobs: HashSet<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
-    for a in &plan.answers {
+    // Backwards: a fold answers its superseded starts before the one that
+    // won, and the first record seen for a key is the one adopted.
+    for a in plan.answers.iter().rev() {
         let (Outcome::Ok, Some(cname)) = (a.result, a.container.as_deref()) else {
             continue;
         };
@@ -389,7 +391,7 @@ pub fn apply(
             continue;
         };
         // The winner of an unchanged fold carries the running container's
-        // argv; superseded repeats answered Ok are identical by definition.
+        // argv; the starts it superseded may not.
         table.sidecars.insert(
             key,
             DesiredSidecar {
@@ -745,6 +747,28 @@ mod tests {
         apply(&mut t, &p, &[], std::slice::from_ref(&r), &[c], 5);
         assert_eq!(t.sidecars.len(), 1);
         assert_eq!(t.sidecars.values().next().unwrap().generation, 3);
+    }
+
+    #[test]
+    fn apply_adopts_the_winning_start_not_a_superseded_one() {
+        let r = rec("b");
+        let c = container(&r, State::Running);
+        let mut earlier = rec("a");
+        earlier.argv = vec!["--other".into()];
+        let batch = [earlier, r.clone()];
+        let mut g = 1;
+        let p = crate::plan::plan(
+            &profile(),
+            &batch,
+            std::slice::from_ref(&c),
+            &ns(),
+            &mut g,
+            true,
+        );
+        assert_eq!(p.unchanged, 1);
+        let mut t = DesiredTable::default();
+        apply(&mut t, &p, &[], &batch, &[c], 5);
+        assert_eq!(t.sidecars.values().next().unwrap().record, r);
     }
 
     #[test]
