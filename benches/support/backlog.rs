@@ -289,7 +289,7 @@ pub mod child {
         let t = Instant::now();
         let p = plan::plan(
             &profile,
-            &fx.records,
+            fx.records.iter().cloned(),
             &fx.containers,
             &fx.namespaces,
             &mut generation,
