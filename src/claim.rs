@@ -44,6 +44,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
@@ -738,8 +739,25 @@ impl Journal {
                     self.path.display()
                 ),
             }
+            ControlFlow::Continue(())
         })?;
         Ok(count)
+    }
+
+    /// Whether the journal holds a record [`Journal::for_each_record`]
+    /// would pass; reads only up to the first (damaged lines are skipped
+    /// silently here and reported when the records are read).
+    pub fn has_records(&self) -> Result<bool, ClaimError> {
+        let mut found = false;
+        for_each_line(&self.file, &self.path, |_, line| {
+            found = line.is_ok_and(|l| Record::parse_line(l).is_ok());
+            if found {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(found)
     }
 
     /// Every record, in order (see [`Journal::for_each_record`]).
@@ -873,6 +891,7 @@ impl RejectLog {
                 {
                     count += 1;
                 }
+                ControlFlow::Continue(())
             })?;
         }
         Ok(count)
@@ -1148,11 +1167,11 @@ fn read_capped_line<R: BufRead>(
 
 /// Reads a host-private JSON-lines file from its start without moving any
 /// file offset, passing each line (or why it is unusable) to `f` with its
-/// 1-based number.
+/// 1-based number, until `f` breaks.
 fn for_each_line(
     file: &File,
     path: &Path,
-    mut f: impl FnMut(usize, Result<&[u8], String>),
+    mut f: impl FnMut(usize, Result<&[u8], String>) -> ControlFlow<()>,
 ) -> Result<(), ClaimError> {
     let mut reader = BufReader::with_capacity(64 * 1024, ReadAt { file, pos: 0 });
     let mut buf = Vec::new();
@@ -1168,7 +1187,9 @@ fn for_each_line(
         } else {
             Ok(buf.as_slice())
         };
-        f(line_no, line);
+        if f(line_no, line).is_break() {
+            break;
+        }
     }
     Ok(())
 }
@@ -1345,6 +1366,26 @@ mod tests {
         assert_eq!(raw, whole(10 * 1024 * 1024));
         assert_eq!(buf.len(), 4096);
         assert!(buf.capacity() <= 2 * 4096, "capacity {}", buf.capacity());
+    }
+
+    #[test]
+    fn line_reading_stops_when_asked() {
+        let path =
+            std::env::temp_dir().join(format!("sidespawn-lines-{}", crate::record::new_id(0)));
+        std::fs::write(&path, b"a\nb\nc\n").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut seen = Vec::new();
+        for_each_line(&file, &path, |n, line| {
+            seen.push((n, line.unwrap().to_vec()));
+            if n == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(seen, [(1, b"a".to_vec()), (2, b"b".to_vec())]);
     }
 
     #[test]

@@ -18,12 +18,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ack::Outcome;
 use crate::config::Profile;
 use crate::kind::Kind;
 use crate::netns::NetnsError;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Step, key_of, run_spec};
-use crate::record::{Action, Record};
+use crate::plan::{Job, JobKind, Namespaces, Plan, Step, run_spec};
+use crate::record::Record;
 use crate::runtime::{ContainerInfo, State, labels};
 use crate::state::{StateDir, StateError, read_json, write_atomic};
 
@@ -248,6 +247,7 @@ pub fn plan_restarts(
             what: JobKind::Restart,
             steps,
             answers: Vec::new(),
+            request: None,
         });
     }
     out
@@ -282,16 +282,16 @@ fn generation_of(labels_: &BTreeMap<String, String>) -> u64 {
 /// gone) and orphans remove; restarts update the bookkeeping. A failed start
 /// still records the new record, since it is the agent's latest word, so a
 /// later sync retries it under the restart policy. Identical repeats of a
-/// running sidecar that the table does not know yet are adopted.
+/// running sidecar that the table does not know yet are adopted. The records
+/// come from the plan (each job's and each kept sidecar's winning start), so
+/// the batch itself need not be kept.
 pub fn apply(
     table: &mut DesiredTable,
     plan: &Plan,
     outcomes: &[JobOutcome],
-    batch: &[Record],
     actual: &[ContainerInfo],
     now_ms: u64,
 ) {
-    let by_id: BTreeMap<&str, &Record> = batch.iter().map(|r| (r.id.as_str(), r)).collect();
     for (job, outcome) in plan.jobs.iter().zip(outcomes) {
         match job.what {
             JobKind::Stop => {
@@ -309,12 +309,7 @@ pub fn apply(
             }
             JobKind::Signal => {}
             JobKind::Start | JobKind::Replace => {
-                let Some(spec) = run_step(job) else { continue };
-                let Some(rec) = spec
-                    .labels
-                    .get(labels::REQUEST_ID)
-                    .and_then(|id| by_id.get(id.as_str()))
-                else {
+                let (Some(spec), Some(rec)) = (run_step(job), &job.request) else {
                     continue;
                 };
                 match outcome {
@@ -330,7 +325,7 @@ pub fn apply(
                             job.key.clone(),
                             DesiredSidecar {
                                 container: job.container.clone(),
-                                record: (*rec).clone(),
+                                record: rec.clone(),
                                 generation: generation_of(&spec.labels),
                                 image: spec.image.clone(),
                                 // A failed start counts as an attempt, so
@@ -371,30 +366,18 @@ pub fn apply(
     // Adopt identical repeats of a running sidecar the table lacks (a state
     // directory from before the table existed, or one rebuilt by hand).
     let jobs: HashSet<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
-    for a in &plan.answers {
-        let (Outcome::Ok, Some(cname)) = (a.result, a.container.as_deref()) else {
-            continue;
-        };
-        let Some(rec) = by_id.get(a.id.as_str()) else {
-            continue;
-        };
-        if rec.action != Action::Start {
+    for k in &plan.kept {
+        if jobs.contains(k.key.as_str()) || table.sidecars.contains_key(&k.key) {
             continue;
         }
-        let key = key_of(rec.kind, rec.tag.as_deref(), rec.netns.as_ref());
-        if jobs.contains(key.as_str()) || table.sidecars.contains_key(&key) {
-            continue;
-        }
-        let Some(c) = actual.iter().find(|c| c.name == cname) else {
+        let Some(c) = actual.iter().find(|c| c.name == k.container) else {
             continue;
         };
-        // The winner of an unchanged fold carries the running container's
-        // argv; superseded repeats answered Ok are identical by definition.
         table.sidecars.insert(
-            key,
+            k.key.clone(),
             DesiredSidecar {
-                container: cname.to_owned(),
-                record: (*rec).clone(),
+                container: k.container.clone(),
+                record: k.request.clone(),
                 generation: generation_of(&c.labels),
                 image: c.image.clone(),
                 restarts: Vec::new(),
@@ -433,8 +416,8 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 mod tests {
     use super::*;
     use crate::config::RestartPolicy;
-    use crate::plan::FakeNamespaces;
-    use crate::record::{NetnsRef, VERSION as RECORD_VERSION};
+    use crate::plan::{FakeNamespaces, key_of};
+    use crate::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
     use std::time::Duration;
 
     const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
@@ -663,23 +646,9 @@ mod tests {
     fn apply_inserts_starts_removes_stops_and_counts_restarts() {
         let r = rec("a");
         let mut g = 1;
-        let p = crate::plan::plan(
-            &profile(),
-            std::slice::from_ref(&r),
-            &[],
-            &ns(),
-            &mut g,
-            true,
-        );
+        let p = crate::plan::plan(&profile(), [r.clone()], &[], &ns(), &mut g, true);
         let mut t = DesiredTable::default();
-        apply(
-            &mut t,
-            &p,
-            &[JobOutcome::Ok],
-            std::slice::from_ref(&r),
-            &[],
-            5,
-        );
+        apply(&mut t, &p, &[JobOutcome::Ok], &[], 5);
         let d = t.sidecars.values().next().unwrap();
         assert_eq!(d.record, r);
         assert_eq!(d.generation, 1);
@@ -696,13 +665,12 @@ mod tests {
             &rplan,
             &[JobOutcome::Failed("boom".into())],
             &[],
-            &[],
             1_000_000,
         );
         let d = t.sidecars.values().next().unwrap();
         assert_eq!(d.restarts, [1_000_000]);
         assert_eq!(d.last_error.as_deref(), Some("boom"));
-        apply(&mut t, &rplan, &[JobOutcome::Ok], &[], &[], 1_010_000);
+        apply(&mut t, &rplan, &[JobOutcome::Ok], &[], 1_010_000);
         let d = t.sidecars.values().next().unwrap();
         assert_eq!(d.generation, 10);
         assert_eq!(d.last_error, None);
@@ -717,13 +685,13 @@ mod tests {
         stop.argv.clear();
         let p = crate::plan::plan(
             &profile(),
-            std::slice::from_ref(&stop),
+            [stop],
             std::slice::from_ref(&c),
             &ns(),
             &mut g,
             true,
         );
-        apply(&mut t, &p, &[JobOutcome::Ok], &[stop], &[c], 6);
+        apply(&mut t, &p, &[JobOutcome::Ok], &[c], 6);
         assert!(t.sidecars.is_empty());
     }
 
@@ -734,7 +702,7 @@ mod tests {
         let mut g = 1;
         let p = crate::plan::plan(
             &profile(),
-            std::slice::from_ref(&r),
+            [r],
             std::slice::from_ref(&c),
             &ns(),
             &mut g,
@@ -742,9 +710,31 @@ mod tests {
         );
         assert_eq!(p.unchanged, 1);
         let mut t = DesiredTable::default();
-        apply(&mut t, &p, &[], std::slice::from_ref(&r), &[c], 5);
+        apply(&mut t, &p, &[], &[c], 5);
         assert_eq!(t.sidecars.len(), 1);
         assert_eq!(t.sidecars.values().next().unwrap().generation, 3);
+    }
+
+    #[test]
+    fn apply_adopts_the_winning_start_not_a_superseded_one() {
+        let r = rec("b");
+        let c = container(&r, State::Running);
+        let mut earlier = rec("a");
+        earlier.argv = vec!["--other".into()];
+        let batch = [earlier, r.clone()];
+        let mut g = 1;
+        let p = crate::plan::plan(
+            &profile(),
+            batch,
+            std::slice::from_ref(&c),
+            &ns(),
+            &mut g,
+            true,
+        );
+        assert_eq!(p.unchanged, 1);
+        let mut t = DesiredTable::default();
+        apply(&mut t, &p, &[], &[c], 5);
+        assert_eq!(t.sidecars.values().next().unwrap().record, r);
     }
 
     #[test]

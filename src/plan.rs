@@ -1,8 +1,9 @@
 //! Fold claimed requests into per-sidecar decisions and plan the podman
 //! calls that make them true.
 //!
-//! Pure: takes the batch, the containers podman reports and a view of the
-//! namespaces, returns jobs and acknowledgements, and calls nothing. Each
+//! Pure: takes the batch (one record at a time, so that memory follows the
+//! sidecars, not the requests), the containers podman reports and a view of
+//! the namespaces, returns jobs and acknowledgements, and calls nothing. Each
 //! sidecar has a key (kind + process tag, else kind + namespace) and a
 //! deterministic container name derived from it. Within a batch the last
 //! start per key wins; an identical repeat of what runs is a no-op; changed
@@ -132,6 +133,9 @@ pub struct Job {
     /// Request ids acknowledged with the job's outcome, with the message
     /// used on success.
     pub answers: Vec<(String, String)>,
+    /// The start request a `Start` or `Replace` job carries out, which the
+    /// desired table records once it ran.
+    pub request: Option<Record>,
 }
 
 /// An acknowledgement decided while planning.
@@ -150,6 +154,17 @@ pub struct Plan {
     pub answers: Vec<Answer>,
     /// Starts that matched a running sidecar exactly.
     pub unchanged: usize,
+    /// The sidecars among those that need no job at all, with the start
+    /// that won: the desired table adopts them if it lacks them.
+    pub kept: Vec<Kept>,
+}
+
+/// A sidecar that already runs exactly as its winning start asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub key: String,
+    pub container: String,
+    pub request: Record,
 }
 
 impl Plan {
@@ -306,84 +321,147 @@ pub fn run_spec(
     }
 }
 
-/// Plans one kind's batch against the containers podman reported.
+/// Plans one kind's requests, in queue order, against the containers podman
+/// reported: a [`Planner`] fed every record, then finished.
 /// `next_generation` is advanced once per started container.
 pub fn plan(
     profile: &Profile,
-    batch: &[Record],
+    records: impl IntoIterator<Item = Record>,
     actual: &[ContainerInfo],
     namespaces: &dyn Namespaces,
     next_generation: &mut u64,
     collect_orphans: bool,
 ) -> Plan {
-    let kind = profile.kind;
-    let mut out = Plan::default();
-    let ours: Vec<&ContainerInfo> = actual
-        .iter()
-        .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
-        .collect();
-    let by_name: HashMap<&str, &ContainerInfo> =
-        ours.iter().map(|c| (c.name.as_str(), *c)).collect();
-
-    // Per key: the last start (batch index), starts it supersedes, and the
-    // signals that resolved to that key's container, in batch order.
-    #[derive(Default)]
-    struct Fold<'a> {
-        start: Option<(usize, &'a Record)>,
-        superseded: Vec<&'a Record>,
-        signals: Vec<(usize, &'a Record, String)>,
+    let mut planner = Planner::new(profile, actual);
+    for rec in records {
+        planner.push(rec);
     }
-    let mut folds: BTreeMap<String, Fold> = BTreeMap::new();
+    planner.finish(namespaces, next_generation, collect_orphans)
+}
 
-    for (i, rec) in batch.iter().enumerate() {
+/// A signal request resolved to a container, reduced to what the plan uses.
+struct SignalRequest<'a> {
+    /// Position in the batch.
+    index: usize,
+    id: String,
+    signal: Option<Signal>,
+    container: &'a str,
+}
+
+/// One key's share of the batch: the last start (with its position), the
+/// ids of the starts it superseded, and the signals that resolved to the
+/// key's container, in batch order.
+#[derive(Default)]
+struct Fold<'a> {
+    start: Option<(usize, Record)>,
+    superseded: Vec<String>,
+    signals: Vec<SignalRequest<'a>>,
+}
+
+/// The fold of one kind's batch, fed one record at a time (in queue order)
+/// and then finished into a [`Plan`]. It owns only what the plan needs: per
+/// key the start that wins so far, the ids of the requests it superseded and
+/// the resolved signals; every other record is dropped once answered, so
+/// memory follows the number of sidecars rather than of requests.
+pub struct Planner<'a> {
+    profile: &'a Profile,
+    /// This kind's containers, in podman's order.
+    ours: Vec<&'a ContainerInfo>,
+    /// This kind's running containers by main pid (the first listed, should
+    /// two claim one pid).
+    by_pid: HashMap<u32, &'a ContainerInfo>,
+    folds: BTreeMap<String, Fold<'a>>,
+    /// Answers decided as records arrive (refusals, unknown pids).
+    answers: Vec<Answer>,
+    /// Records pushed so far: the next one's position in the batch.
+    pushed: usize,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for `profile`'s kind against what podman reported.
+    pub fn new(profile: &'a Profile, actual: &'a [ContainerInfo]) -> Planner<'a> {
+        let kind = profile.kind;
+        let ours: Vec<&ContainerInfo> = actual
+            .iter()
+            .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
+            .collect();
+        let mut by_pid = HashMap::new();
+        for c in &ours {
+            if c.state == State::Running && c.pid != 0 {
+                by_pid.entry(c.pid).or_insert(*c);
+            }
+        }
+        Planner {
+            profile,
+            ours,
+            by_pid,
+            folds: BTreeMap::new(),
+            answers: Vec::new(),
+            pushed: 0,
+        }
+    }
+
+    /// Folds the next record of the batch in.
+    pub fn push(&mut self, rec: Record) {
+        let i = self.pushed;
+        self.pushed += 1;
+        let profile = self.profile;
+        let kind = profile.kind;
         if rec.kind != kind {
-            out.answers.push(reject(
+            self.answers.push(reject(
                 &rec.id,
                 format!("request for {} in the {kind} queue", rec.kind),
             ));
-            continue;
+            return;
         }
         match rec.action {
             Action::Start => {
                 match &rec.netns {
                     None if !profile.allow_host_network => {
-                        out.answers.push(reject(
+                        self.answers.push(reject(
                             &rec.id,
                             format!("{kind} may not run on the host network (kinds.{kind}.allow_host_network is false)"),
                         ));
-                        continue;
+                        return;
                     }
                     Some(ns) if !profile.netns_allowed(&ns.name) => {
-                        out.answers.push(reject(
+                        self.answers.push(reject(
                             &rec.id,
                             format!(
                                 "namespace {:?} does not match kinds.{kind}.netns_patterns {:?}",
                                 ns.name, profile.netns_patterns
                             ),
                         ));
-                        continue;
+                        return;
                     }
                     _ => {}
                 }
                 let key = key_of(kind, rec.tag.as_deref(), rec.netns.as_ref());
-                let f = folds.entry(key).or_default();
+                let f = self.folds.entry(key).or_default();
                 if let Some((_, old)) = f.start.replace((i, rec)) {
-                    f.superseded.push(old);
+                    f.superseded.push(old.id);
                 }
             }
             Action::Signal => {
                 let pid = rec.pid.unwrap_or(0);
-                let target = ours
-                    .iter()
-                    .find(|c| c.state == State::Running && c.pid == pid && pid != 0);
-                match target.and_then(|c| c.labels.get(labels::KEY).map(|k| (k, c))) {
-                    Some((key, c)) => folds
+                let target = self
+                    .by_pid
+                    .get(&pid)
+                    .and_then(|c| c.labels.get(labels::KEY).map(|k| (k, *c)));
+                match target {
+                    Some((key, c)) => self
+                        .folds
                         .entry(key.clone())
                         .or_default()
                         .signals
-                        .push((i, rec, c.name.clone())),
-                    None => out.answers.push(Answer {
-                        id: rec.id.clone(),
+                        .push(SignalRequest {
+                            index: i,
+                            id: rec.id,
+                            signal: rec.signal,
+                            container: &c.name,
+                        }),
+                    None => self.answers.push(Answer {
+                        id: rec.id,
                         result: Outcome::Failed,
                         message: format!("kill: ({pid}) - No such process: no running {kind} sidecar has pid {pid}"),
                         container: None,
@@ -393,196 +471,236 @@ pub fn plan(
         }
     }
 
-    for (key, f) in folds {
-        let start_idx = f.start.map(|(i, _)| i);
-        let last_stop = f
-            .signals
-            .iter()
-            .filter(|(_, r, _)| r.signal != Some(Signal::Hup))
-            .map(|(i, _, _)| *i)
-            .max();
-        let stopped_last = match (last_stop, start_idx) {
-            (Some(s), Some(st)) => s > st,
-            (Some(_), None) => true,
-            _ => false,
+    /// Decides the jobs of the folded batch. `next_generation` is advanced
+    /// once per started container; `collect_orphans` adds the removal of
+    /// this kind's containers whose namespace is gone or was recreated.
+    pub fn finish(
+        self,
+        namespaces: &dyn Namespaces,
+        next_generation: &mut u64,
+        collect_orphans: bool,
+    ) -> Plan {
+        let Planner {
+            profile,
+            ours,
+            folds,
+            answers,
+            ..
+        } = self;
+        let kind = profile.kind;
+        let by_name: HashMap<&str, &ContainerInfo> =
+            ours.iter().map(|c| (c.name.as_str(), *c)).collect();
+        let mut out = Plan {
+            answers,
+            ..Plan::default()
         };
 
-        if stopped_last {
-            // The agent's final word on this sidecar is "stop".
-            let (_, stop_rec, cname) = f
-                .signals
+        for (key, f) in folds {
+            let Fold {
+                start,
+                superseded,
+                signals,
+            } = f;
+            let start_idx = start.as_ref().map(|(i, _)| *i);
+            let last_stop = signals
                 .iter()
-                .rfind(|(_, r, _)| r.signal != Some(Signal::Hup))
-                .cloned()
-                .expect("a stop exists");
-            let mut job = Job {
-                key: key.clone(),
-                container: cname.clone(),
-                what: JobKind::Stop,
-                steps: vec![
-                    Step::Stop {
-                        name: cname.clone(),
-                        signal: stop_rec.signal.unwrap_or(Signal::Term),
-                    },
-                    Step::Remove {
-                        name: cname.clone(),
-                    },
-                ],
-                answers: vec![(stop_rec.id.clone(), format!("stopped and removed {cname}"))],
+                .filter(|s| s.signal != Some(Signal::Hup))
+                .map(|s| s.index)
+                .max();
+            let stopped_last = match (last_stop, start_idx) {
+                (Some(s), Some(st)) => s > st,
+                (Some(_), None) => true,
+                _ => false,
             };
-            for (_, r, _) in &f.signals {
-                if r.id != stop_rec.id {
-                    job.answers.push((
-                        r.id.clone(),
-                        format!("superseded by stop request {}", stop_rec.id),
-                    ));
-                }
-            }
-            for r in f.superseded.iter().chain(f.start.map(|(_, r)| r).iter()) {
-                job.answers.push((
-                    r.id.clone(),
-                    format!("superseded by stop request {}", stop_rec.id),
-                ));
-            }
-            out.jobs.push(job);
-            continue;
-        }
 
-        let mut steps = Vec::new();
-        let mut answers = Vec::new();
-        let mut removed_by_stop = None;
-        // Signals that came before the final start, in order.
-        for (_, r, cname) in &f.signals {
-            match r.signal {
-                Some(Signal::Hup) => {
-                    steps.push(Step::Signal {
-                        name: cname.clone(),
-                        signal: Signal::Hup,
-                    });
-                    answers.push((r.id.clone(), format!("sent HUP to {cname}")));
-                }
-                sig => {
-                    steps.push(Step::Stop {
-                        name: cname.clone(),
-                        signal: sig.unwrap_or(Signal::Term),
-                    });
-                    steps.push(Step::Remove {
-                        name: cname.clone(),
-                    });
-                    answers.push((r.id.clone(), format!("stopped and removed {cname}")));
-                    removed_by_stop = Some(cname.clone());
-                }
-            }
-        }
-
-        let Some((_, rec)) = f.start else {
-            let cname = f.signals.first().map(|s| s.2.clone()).unwrap_or_default();
-            out.jobs.push(Job {
-                key,
-                container: cname,
-                what: JobKind::Signal,
-                steps,
-                answers,
-            });
-            continue;
-        };
-        let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
-        for r in &f.superseded {
-            answers.push((r.id.clone(), format!("superseded by request {}", rec.id)));
-        }
-        let image = profile.image.clone().unwrap_or_default();
-        let want_hash = spec_hash(&image, &profile.command, &profile.daemon_argv(&rec.argv));
-        let existing = by_name.get(name.as_str()).copied();
-        let gone = removed_by_stop.as_deref() == Some(name.as_str());
-        let what = match existing {
-            Some(c)
-                if !gone
-                    && c.state == State::Running
-                    && c.labels.get(labels::ARGV_HASH) == Some(&want_hash)
-                    && c.labels.get(labels::NETNS_INO).map(String::as_str)
-                        == rec.netns.as_ref().map(|n| n.ino.to_string()).as_deref() =>
-            {
-                out.unchanged += 1;
-                answers.push((
-                    rec.id.clone(),
-                    format!("{name} already runs with these arguments"),
-                ));
-                if steps.is_empty() {
-                    for (id, message) in answers {
-                        out.answers.push(Answer {
-                            id,
-                            result: Outcome::Ok,
-                            message,
-                            container: Some(name.clone()),
-                        });
+            if stopped_last {
+                // The agent's final word on this sidecar is "stop".
+                let stop = signals
+                    .iter()
+                    .rfind(|s| s.signal != Some(Signal::Hup))
+                    .expect("a stop exists");
+                let cname = stop.container;
+                let mut job = Job {
+                    key,
+                    container: cname.to_owned(),
+                    what: JobKind::Stop,
+                    steps: vec![
+                        Step::Stop {
+                            name: cname.to_owned(),
+                            signal: stop.signal.unwrap_or(Signal::Term),
+                        },
+                        Step::Remove {
+                            name: cname.to_owned(),
+                        },
+                    ],
+                    answers: vec![(stop.id.clone(), format!("stopped and removed {cname}"))],
+                    request: None,
+                };
+                for s in &signals {
+                    if s.id != stop.id {
+                        job.answers.push((
+                            s.id.clone(),
+                            format!("superseded by stop request {}", stop.id),
+                        ));
                     }
-                    continue;
                 }
+                for id in superseded.into_iter().chain(start.map(|(_, r)| r.id)) {
+                    job.answers
+                        .push((id, format!("superseded by stop request {}", stop.id)));
+                }
+                out.jobs.push(job);
+                continue;
+            }
+
+            let mut steps = Vec::new();
+            let mut answers = Vec::new();
+            let mut removed_by_stop = None;
+            // Signals that came before the final start, in order.
+            for s in signals.iter() {
+                let cname = s.container;
+                match s.signal {
+                    Some(Signal::Hup) => {
+                        steps.push(Step::Signal {
+                            name: cname.to_owned(),
+                            signal: Signal::Hup,
+                        });
+                        answers.push((s.id.clone(), format!("sent HUP to {cname}")));
+                    }
+                    sig => {
+                        steps.push(Step::Stop {
+                            name: cname.to_owned(),
+                            signal: sig.unwrap_or(Signal::Term),
+                        });
+                        steps.push(Step::Remove {
+                            name: cname.to_owned(),
+                        });
+                        answers.push((s.id.clone(), format!("stopped and removed {cname}")));
+                        removed_by_stop = Some(cname);
+                    }
+                }
+            }
+
+            let Some((_, rec)) = start else {
+                let cname = signals
+                    .first()
+                    .map(|s| s.container.to_owned())
+                    .unwrap_or_default();
                 out.jobs.push(Job {
                     key,
-                    container: name,
+                    container: cname,
                     what: JobKind::Signal,
                     steps,
                     answers,
+                    request: None,
                 });
-                continue;
-            }
-            Some(c) if !gone => {
-                steps.push(Step::Remove { name: name.clone() });
-                if c.state == State::Running {
-                    JobKind::Replace
-                } else {
-                    JobKind::Start
-                }
-            }
-            _ => JobKind::Start,
-        };
-        let generation = *next_generation;
-        *next_generation += 1;
-        let spec = run_spec(profile, &namespaces.dir(), rec, generation);
-        steps.push(Step::Run {
-            spec,
-            netns: rec.netns.clone(),
-        });
-        answers.push((
-            rec.id.clone(),
-            format!("started {name} (generation {generation})"),
-        ));
-        out.jobs.push(Job {
-            key,
-            container: name,
-            what,
-            steps,
-            answers,
-        });
-    }
-
-    if collect_orphans {
-        let busy: std::collections::HashSet<String> =
-            out.jobs.iter().map(|j| j.container.clone()).collect();
-        for c in &ours {
-            if busy.contains(&c.name) {
-                continue;
-            }
-            let (Some(ns), Some(ino)) =
-                (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
-            else {
                 continue;
             };
-            if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
-                out.jobs.push(Job {
-                    key: c.labels.get(labels::KEY).cloned().unwrap_or_default(),
-                    container: c.name.clone(),
-                    what: JobKind::Orphan,
-                    steps: vec![Step::Remove {
-                        name: c.name.clone(),
-                    }],
-                    answers: Vec::new(),
-                });
+            let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
+            for id in superseded {
+                answers.push((id, format!("superseded by request {}", rec.id)));
+            }
+            let image = profile.image.clone().unwrap_or_default();
+            let want_hash = spec_hash(&image, &profile.command, &profile.daemon_argv(&rec.argv));
+            let existing = by_name.get(name.as_str()).copied();
+            let gone = removed_by_stop == Some(name.as_str());
+            let what = match existing {
+                Some(c)
+                    if !gone
+                        && c.state == State::Running
+                        && c.labels.get(labels::ARGV_HASH) == Some(&want_hash)
+                        && c.labels.get(labels::NETNS_INO).map(String::as_str)
+                            == rec.netns.as_ref().map(|n| n.ino.to_string()).as_deref() =>
+                {
+                    out.unchanged += 1;
+                    answers.push((
+                        rec.id.clone(),
+                        format!("{name} already runs with these arguments"),
+                    ));
+                    if steps.is_empty() {
+                        for (id, message) in answers {
+                            out.answers.push(Answer {
+                                id,
+                                result: Outcome::Ok,
+                                message,
+                                container: Some(name.clone()),
+                            });
+                        }
+                        out.kept.push(Kept {
+                            key,
+                            container: name,
+                            request: rec,
+                        });
+                        continue;
+                    }
+                    out.jobs.push(Job {
+                        key,
+                        container: name,
+                        what: JobKind::Signal,
+                        steps,
+                        answers,
+                        request: None,
+                    });
+                    continue;
+                }
+                Some(c) if !gone => {
+                    steps.push(Step::Remove { name: name.clone() });
+                    if c.state == State::Running {
+                        JobKind::Replace
+                    } else {
+                        JobKind::Start
+                    }
+                }
+                _ => JobKind::Start,
+            };
+            let generation = *next_generation;
+            *next_generation += 1;
+            let spec = run_spec(profile, &namespaces.dir(), &rec, generation);
+            steps.push(Step::Run {
+                spec,
+                netns: rec.netns.clone(),
+            });
+            answers.push((
+                rec.id.clone(),
+                format!("started {name} (generation {generation})"),
+            ));
+            out.jobs.push(Job {
+                key,
+                container: name,
+                what,
+                steps,
+                answers,
+                request: Some(rec),
+            });
+        }
+
+        if collect_orphans {
+            let busy: std::collections::HashSet<String> =
+                out.jobs.iter().map(|j| j.container.clone()).collect();
+            for c in &ours {
+                if busy.contains(&c.name) {
+                    continue;
+                }
+                let (Some(ns), Some(ino)) =
+                    (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
+                else {
+                    continue;
+                };
+                if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+                    out.jobs.push(Job {
+                        key: c.labels.get(labels::KEY).cloned().unwrap_or_default(),
+                        container: c.name.clone(),
+                        what: JobKind::Orphan,
+                        steps: vec![Step::Remove {
+                            name: c.name.clone(),
+                        }],
+                        answers: Vec::new(),
+                        request: None,
+                    });
+                }
             }
         }
+        out
     }
-    out
 }
 
 #[cfg(test)]
@@ -655,7 +773,14 @@ mod tests {
 
     fn go(batch: &[Record], actual: &[ContainerInfo]) -> Plan {
         let mut g = 1;
-        plan(&profile(), batch, actual, &ns(), &mut g, true)
+        plan(
+            &profile(),
+            batch.iter().cloned(),
+            actual,
+            &ns(),
+            &mut g,
+            true,
+        )
     }
 
     fn answered(p: &Plan) -> Vec<String> {
@@ -767,6 +892,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_two_containers_report_goes_to_the_first_listed() {
+        let a = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
+        let b = running(&start("b", None, U2, &["x"]), 55);
+        let p = go(&[signal("k", Signal::Hup, 55)], &[a.clone(), b]);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].container, a.name);
+    }
+
+    #[test]
+    fn starts_carry_their_request_and_unchanged_sidecars_are_kept() {
+        let t = tag1();
+        let c = running(&start("a", Some(&t), U1, &["x"]), 55);
+        let repeat = start("b", Some(&t), U1, &["x"]);
+        let new = start("c", None, U2, &["y"]);
+        let p = go(&[repeat.clone(), new.clone()], std::slice::from_ref(&c));
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].request.as_ref(), Some(&new));
+        assert_eq!(
+            p.kept,
+            [Kept {
+                key: c.labels[labels::KEY].clone(),
+                container: c.name.clone(),
+                request: repeat,
+            }]
+        );
+    }
+
+    #[test]
     fn term_and_kill_stop_then_remove() {
         for sig in [Signal::Term, Signal::Kill] {
             let c = running(&start("a", Some(&tag1()), U1, &["x"]), 55);
@@ -849,7 +1002,7 @@ mod tests {
         let mut prof = profile();
         prof.allow_host_network = true;
         let mut g = 1;
-        let p = plan(&prof, &[r], &[], &ns(), &mut g, false);
+        let p = plan(&prof, [r], &[], &ns(), &mut g, false);
         assert_eq!(p.jobs[0].container, "sidespawn-dnsmasq-h");
         let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
             panic!()
@@ -898,7 +1051,7 @@ mod tests {
         assert_eq!(p.jobs.len(), 1);
         assert_eq!(p.jobs[0].what, JobKind::Orphan);
         let mut g = 1;
-        let p = plan(&profile(), &[], &[c], &ns(), &mut g, false);
+        let p = plan(&profile(), Vec::new(), &[c], &ns(), &mut g, false);
         assert!(p.jobs.is_empty(), "no orphan scan unless asked");
     }
 
@@ -943,7 +1096,7 @@ mod tests {
     fn generations_increase_per_start() {
         let batch = [start("a", None, U1, &[]), start("b", None, U2, &[])];
         let mut g = 10;
-        let p = plan(&profile(), &batch, &[], &ns(), &mut g, false);
+        let p = plan(&profile(), batch, &[], &ns(), &mut g, false);
         assert_eq!(g, 12);
         let gens: Vec<_> = p
             .jobs

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::ack::{Ack, Outcome};
-use crate::claim::{Journal, Limits, Reject, RejectLog, SharedDir};
+use crate::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::config::{ConfigError, HostConfig, Profile};
 use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Step};
+use crate::plan::{Job, JobKind, Namespaces, Plan, Planner, Step};
 use crate::record::{Record, VERSION, now_ms};
 use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, labels};
 use crate::state::{KindStatus, StateDir, StateError};
@@ -119,7 +119,11 @@ struct KindCtx<'a> {
     shared: SharedDir,
     journal: Journal,
     rejects: RejectLog,
-    batch: Vec<Record>,
+    /// Whether the journal (or, in a dry run, the queue) holds a request.
+    has_requests: bool,
+    /// A dry run's requests read from the queue, planned after the
+    /// journal's (a real run claims them into the journal instead).
+    peeked: Vec<Record>,
     claimed: usize,
     /// Lines the claim refused (already in the reject log).
     claim_rejected: usize,
@@ -217,7 +221,7 @@ pub fn run(
         }
         fault_point("after-claim");
 
-        let busy = ctxs.iter().any(|c| !c.batch.is_empty());
+        let busy = ctxs.iter().any(|c| c.has_requests);
         let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
             match runtime.list() {
                 Ok(a) => {
@@ -246,7 +250,7 @@ pub fn run(
                 rejected: ctx.claim_rejected,
                 ..Summary::default()
             };
-            if ctx.batch.is_empty() && !(opts.full && pass == 1) {
+            if !(ctx.has_requests || (opts.full && pass == 1)) {
                 record_status(&state, ctx.kind, Ok(()), &kind_sum);
                 summary.add(&kind_sum);
                 continue;
@@ -267,14 +271,23 @@ pub fn run(
                     continue;
                 }
             };
-            let mut plan = crate::plan::plan(
-                ctx.profile,
-                &ctx.batch,
-                &actual,
-                namespaces,
-                &mut generation,
-                opts.full || !ctx.batch.is_empty(),
-            );
+            let collect_orphans = opts.full || ctx.has_requests;
+            let mut plan =
+                match plan_kind(ctx, &actual, namespaces, &mut generation, collect_orphans) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        kind_failed(
+                            &state,
+                            ctx.kind,
+                            msg,
+                            &kind_sum,
+                            &mut summary,
+                            &mut failed_kinds,
+                        );
+                        continue;
+                    }
+                };
             // Containers were listed for this pass: the moment to notice
             // desired sidecars whose process died.
             let mut desired = DesiredTable::load(&state, ctx.kind)?;
@@ -328,7 +341,7 @@ pub fn run(
             }
             let outcomes = execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
             desired::apply_restart_decisions(&mut desired, ctx.kind, &restarts);
-            desired::apply(&mut desired, &plan, &outcomes, &ctx.batch, &actual, now);
+            desired::apply(&mut desired, &plan, &outcomes, &actual, now);
             // Written before the journal is cleared: a rerun replays the
             // requests and rebuilds what this write would have said.
             if let Err(e) = desired.store(&state, ctx.kind) {
@@ -469,8 +482,8 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
     }
 }
 
-/// Claims (or, in a dry run, only reads) one kind's queue and loads its
-/// journal.
+/// Claims (or, in a dry run, only reads) one kind's queue. The journal is
+/// only looked at here; [`plan_kind`] streams it.
 fn prepare_kind<'a>(
     cfg: &'a HostConfig,
     kind: Kind,
@@ -484,7 +497,8 @@ fn prepare_kind<'a>(
     let rejects = RejectLog::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
     let mut claimed = 0;
     let mut claim_rejected = 0;
-    let mut batch = journal.read_records().map_err(|e| e.to_string())?;
+    let mut peeked = Vec::new();
+    let mut has_requests = journal.has_records().map_err(|e| e.to_string())?;
     if opts.dry_run {
         let (queued, bad) = shared.peek().map_err(|e| e.to_string())?;
         for r in &bad {
@@ -493,7 +507,8 @@ fn prepare_kind<'a>(
                 r.line, r.reason
             );
         }
-        batch.extend(queued);
+        has_requests |= !queued.is_empty();
+        peeked = queued;
     } else {
         let report = shared
             .claim(&journal, &rejects)
@@ -507,9 +522,7 @@ fn prepare_kind<'a>(
                 write_ack(&shared, id, Outcome::Rejected, &r.reason, None);
             }
         }
-        if report.claimed > 0 {
-            batch = journal.read_records().map_err(|e| e.to_string())?;
-        }
+        has_requests |= report.claimed > 0;
     }
     Ok(KindCtx {
         kind,
@@ -517,10 +530,28 @@ fn prepare_kind<'a>(
         shared,
         journal,
         rejects,
-        batch,
+        has_requests,
+        peeked,
         claimed,
         claim_rejected,
     })
+}
+
+/// Plans a kind's batch, streaming the journal (then a dry run's queued
+/// requests) through the planner, so no request is held once folded.
+fn plan_kind(
+    ctx: &mut KindCtx,
+    actual: &[ContainerInfo],
+    namespaces: &dyn Namespaces,
+    next_generation: &mut u64,
+    collect_orphans: bool,
+) -> Result<Plan, ClaimError> {
+    let mut planner = Planner::new(ctx.profile, actual);
+    ctx.journal.for_each_record(|r| planner.push(r))?;
+    for r in std::mem::take(&mut ctx.peeked) {
+        planner.push(r);
+    }
+    Ok(planner.finish(namespaces, next_generation, collect_orphans))
 }
 
 fn write_ack(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sidespawn::ack::{Ack, Outcome};
 use sidespawn::config::{HostConfig, Profile};
 use sidespawn::kind::Kind;
-use sidespawn::plan::{self, JobKind, Plan};
+use sidespawn::plan::{self, JobKind, Plan, Planner};
 use sidespawn::queue::QueueDir;
 use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 use sidespawn::runtime::{ContainerInfo, FakeRuntime, State};
@@ -58,9 +58,12 @@ const DNSMASQ_ARGS: &[&str] = &[
 ///   stands beside it → orphan removed;
 /// * 5-9: runs, identical repeats → unchanged, answered at once.
 ///
-/// So `n / 10` containers exist, and 2 % of the requests are signals.
+/// So `n / 10` containers exist, and 2 % of the requests are signals. The
+/// requests are made on demand from their position ([`Fixture::records`]),
+/// so that no phase holds the backlog unless the code measured does.
 struct Fixture {
-    records: Vec<Record>,
+    /// How many requests the backlog has.
+    requests: usize,
     containers: Vec<ContainerInfo>,
     namespaces: FakeNamespaces,
     groups: usize,
@@ -160,24 +163,47 @@ fn fixture(profile: &Profile, n: usize) -> Fixture {
             _ => containers.push(container_for(profile, &base, State::Running, pid_of(k))),
         }
     }
-    let mut records = Vec::with_capacity(n);
-    for round in 0..10 {
-        for k in 0..keys {
+    Fixture {
+        requests: n,
+        containers,
+        namespaces: FakeNamespaces::new(table),
+        groups: keys / 10,
+    }
+}
+
+impl Fixture {
+    /// The backlog in queue order: round `i / keys` of sidecar `i % keys`.
+    fn records(&self) -> impl Iterator<Item = Record> {
+        let keys = self.requests / 10;
+        (0..self.requests).map(move |i| {
+            let (round, k) = (i / keys, i % keys);
             let uuid = key_uuid(k);
-            let rec = match (k % 10, round) {
+            match (k % 10, round) {
                 (0, 9) => start_record(&uuid, first_ino(k), true),
                 (1, 5) => signal_record(Signal::Hup, pid_of(k)),
                 (2, 9) => signal_record(Signal::Term, pid_of(k)),
                 _ => start_record(&uuid, first_ino(k), false),
-            };
-            records.push(rec);
-        }
+            }
+        })
     }
-    Fixture {
-        records,
-        containers,
-        namespaces: FakeNamespaces::new(table),
-        groups: keys / 10,
+
+    /// Passes the backlog to `f`, made ahead a chunk at a time outside the
+    /// timing, so the time returned is `f`'s alone (taking each record and
+    /// dropping what it does not keep) and at most a chunk is held.
+    fn feed(&self, mut f: impl FnMut(Record)) -> Duration {
+        const CHUNK: usize = 256;
+        let mut records = self.records();
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut took = Duration::ZERO;
+        loop {
+            chunk.extend(records.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                return took;
+            }
+            let t = Instant::now();
+            chunk.drain(..).for_each(&mut f);
+            took += t.elapsed();
+        }
     }
 }
 
@@ -196,11 +222,11 @@ fn check_plan(p: &Plan, fx: &Fixture) -> Result<String, String> {
     ];
     let want = [g, g, g, 2 * g, g, 6 * g];
     let answered = p.answers.len() + p.jobs.iter().map(|j| j.answers.len()).sum::<usize>();
-    if got != want || answered != fx.records.len() || p.rejected() != 0 {
+    if got != want || answered != fx.requests || p.rejected() != 0 {
         return Err(format!(
             "unexpected plan: replace/signal/stop/start/orphan/unchanged {got:?}, want {want:?}; \
              {answered} of {} requests answered, {} rejected",
-            fx.records.len(),
+            fx.requests,
             p.rejected()
         ));
     }
@@ -215,7 +241,7 @@ fn check_plan(p: &Plan, fx: &Fixture) -> Result<String, String> {
 fn check_summary(s: &Summary, fx: &Fixture) -> Result<(), String> {
     let g = fx.groups;
     let want = Summary {
-        claimed: fx.records.len(),
+        claimed: fx.requests,
         started: 2 * g,
         replaced: g,
         unchanged: 6 * g,
@@ -286,30 +312,26 @@ pub mod child {
         let profile = profile()?;
         let fx = fixture(&profile, n);
         let mut generation = 1;
+        let mut planner = Planner::new(&profile, &fx.containers);
+        let mut took = fx.feed(|r| planner.push(r));
         let t = Instant::now();
-        let p = plan::plan(
-            &profile,
-            &fx.records,
-            &fx.containers,
-            &fx.namespaces,
-            &mut generation,
-            true,
-        );
-        let took = t.elapsed();
+        let p = planner.finish(&fx.namespaces, &mut generation, true);
+        took += t.elapsed();
         let what = check_plan(&p, &fx)?;
         Ok(format!("nanos={} {what}", took.as_nanos()))
     }
 
-    /// The least any fold does: one key per request into a map.
+    /// The least any streaming fold does: one key per request into a map,
+    /// and the request dropped.
     fn fold_phase(n: usize) -> Result<String, String> {
         let profile = profile()?;
         let fx = fixture(&profile, n);
-        let t = Instant::now();
         let mut last: HashMap<String, usize> = HashMap::with_capacity(n / 10);
-        for (i, r) in fx.records.iter().enumerate() {
+        let mut i = 0;
+        let took = fx.feed(|r| {
             last.insert(plan::key_of(r.kind, r.tag.as_deref(), r.netns.as_ref()), i);
-        }
-        let took = t.elapsed();
+            i += 1;
+        });
         std::hint::black_box(&last);
         Ok(format!("nanos={} keys={}", took.as_nanos(), last.len()))
     }
@@ -330,8 +352,8 @@ pub mod child {
         let fx = fixture(profile, n);
         let q = QueueDir::new(&cfg.queue_root, Kind::Dnsmasq);
         fs::create_dir_all(q.dir()).map_err(|e| e.to_string())?;
-        for r in &fx.records {
-            q.append(r, Duration::from_secs(10), || {})
+        for r in fx.records() {
+            q.append(&r, Duration::from_secs(10), || {})
                 .map_err(|e| e.to_string())?;
         }
         Ok((cfg, fx))
