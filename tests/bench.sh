@@ -3,10 +3,12 @@
 # watch) and prints one table of every figure beside the baseline measured in the same run,
 # with the ratio and the target; then writes docs/PERFORMANCE.md from that output.
 #
-# Usage: tests/bench.sh [--quick] [--no-doc]    (as root; about 25 minutes on 2 cores)
+# Usage: tests/bench.sh [--quick] [--no-doc] [--render]    (as root; about 25 minutes on 2 cores)
 #   --quick    small sizes and few runs: checks that everything can be measured (a minute or
 #              two); its figures are not the release figures, and the document is not written
 #   --no-doc   print the table only; leave docs/PERFORMANCE.md as it is
+#   --render   measure nothing: print the table and write the document again from the last
+#              run's output in target/bench-report/
 #
 # The benchmarks' own settings (SIDESPAWN_BENCH_*, see the top of each benches/*.rs) pass
 # through. Every bench's full output is kept in target/bench-report/. Exits non-zero when a
@@ -18,12 +20,14 @@ root=$PWD
 
 quick=0
 doc=1
+render_only=0
 for arg in "$@"; do
     case $arg in
         --quick) quick=1 ;;
         --no-doc) doc=0 ;;
+        --render) render_only=1 ;;
         -h | --help)
-            sed -n '2,13s/^# \{0,1\}//p' "$0"
+            sed -n '2,15s/^# \{0,1\}//p' "$0"
             exit 0
             ;;
         *)
@@ -32,62 +36,77 @@ for arg in "$@"; do
             ;;
     esac
 done
-if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/bench.sh: run as root: the benchmarks create network namespaces and containers" >&2
-    exit 2
-fi
-
 step() {
     printf '\n==== %s ====\n' "$*"
 }
 
-step "Installing dependencies"
-tests/scripts/install-deps.sh
-export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
-
-step "Building in release mode"
-cargo bench --no-run
-cargo rustc --release --bin sidespawn-wrapper --target-dir target/static \
-    -- -C target-feature=+crt-static
-export SIDESPAWN_STATIC_WRAPPER=$root/target/static/release/sidespawn-wrapper
-
-if [ "$quick" = 1 ]; then
-    doc=0
-    export SIDESPAWN_BENCH_RUNS=${SIDESPAWN_BENCH_RUNS:-2}
-    export SIDESPAWN_BENCH_EMPTY_RUNS=${SIDESPAWN_BENCH_EMPTY_RUNS:-20}
-    export SIDESPAWN_BENCH_FOLD_RUNS=${SIDESPAWN_BENCH_FOLD_RUNS:-1}
-    export SIDESPAWN_BENCH_SIZES=${SIDESPAWN_BENCH_SIZES:-1000,10000}
-    export SIDESPAWN_BENCH_SIDECARS=${SIDESPAWN_BENCH_SIDECARS:-20}
-    export SIDESPAWN_BENCH_CALLERS=${SIDESPAWN_BENCH_CALLERS:-5}
-    export SIDESPAWN_BENCH_XARGS_P=${SIDESPAWN_BENCH_XARGS_P:-4,8}
-    export SIDESPAWN_BENCH_STEADY=${SIDESPAWN_BENCH_STEADY:-30}
-    export SIDESPAWN_BENCH_STEADY_RUNS=${SIDESPAWN_BENCH_STEADY_RUNS:-3}
-    export SIDESPAWN_BENCH_UPGRADE_SIDECARS=${SIDESPAWN_BENCH_UPGRADE_SIDECARS:-3}
-    export SIDESPAWN_BENCH_IDLE_SECS=${SIDESPAWN_BENCH_IDLE_SECS:-5}
-fi
-
 out=$root/target/bench-report
-rm -rf "$out"
-mkdir -p "$out"
 export SIDESPAWN_BENCH_FIGURES=$out/figures.tsv
-: >"$SIDESPAWN_BENCH_FIGURES"
-started=$(date -u +%Y-%m-%dT%H:%MZ)
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ "$render_only" = 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/bench.sh: run as root: the benchmarks create network namespaces and containers" >&2
+        exit 2
+    fi
 
-failed=()
-for bench in wrapper sync watch; do
-    step "cargo bench --bench $bench"
-    # The watch bench's rounds default to 50; the p99 wants more.
-    if [ "$bench" = watch ] && [ "$quick" = 0 ]; then
-        runs=${SIDESPAWN_BENCH_WATCH_RUNS:-100}
-    else
-        runs=${SIDESPAWN_BENCH_RUNS:-}
+    step "Installing dependencies"
+    tests/scripts/install-deps.sh
+    export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
+
+    step "Building in release mode"
+    cargo bench --no-run
+    cargo rustc --release --bin sidespawn-wrapper --target-dir target/static \
+        -- -C target-feature=+crt-static
+    export SIDESPAWN_STATIC_WRAPPER=$root/target/static/release/sidespawn-wrapper
+
+    if [ "$quick" = 1 ]; then
+        doc=0
+        export SIDESPAWN_BENCH_RUNS=${SIDESPAWN_BENCH_RUNS:-2}
+        export SIDESPAWN_BENCH_EMPTY_RUNS=${SIDESPAWN_BENCH_EMPTY_RUNS:-20}
+        export SIDESPAWN_BENCH_FOLD_RUNS=${SIDESPAWN_BENCH_FOLD_RUNS:-1}
+        export SIDESPAWN_BENCH_SIZES=${SIDESPAWN_BENCH_SIZES:-1000,10000}
+        export SIDESPAWN_BENCH_SIDECARS=${SIDESPAWN_BENCH_SIDECARS:-20}
+        export SIDESPAWN_BENCH_CALLERS=${SIDESPAWN_BENCH_CALLERS:-5}
+        export SIDESPAWN_BENCH_XARGS_P=${SIDESPAWN_BENCH_XARGS_P:-4,8}
+        export SIDESPAWN_BENCH_STEADY=${SIDESPAWN_BENCH_STEADY:-30}
+        export SIDESPAWN_BENCH_STEADY_RUNS=${SIDESPAWN_BENCH_STEADY_RUNS:-3}
+        export SIDESPAWN_BENCH_UPGRADE_SIDECARS=${SIDESPAWN_BENCH_UPGRADE_SIDECARS:-3}
+        export SIDESPAWN_BENCH_IDLE_SECS=${SIDESPAWN_BENCH_IDLE_SECS:-5}
     fi
-    if ! SIDESPAWN_BENCH_RUNS=$runs cargo bench --bench "$bench" 2>&1 | tee "$out/$bench.txt"; then
-        failed+=("$bench")
-    fi
-done
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+    rm -rf "$out"
+    mkdir -p "$out"
+    : >"$SIDESPAWN_BENCH_FIGURES"
+    started=$(date -u +%Y-%m-%dT%H:%MZ)
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+    failed=()
+    for bench in wrapper sync watch; do
+        step "cargo bench --bench $bench"
+        # The watch bench's rounds default to 50; the p99 wants more.
+        runs=()
+        if [ "$bench" = watch ] && [ "$quick" = 0 ]; then
+            runs=(env "SIDESPAWN_BENCH_RUNS=${SIDESPAWN_BENCH_WATCH_RUNS:-100}")
+        fi
+        if ! "${runs[@]}" cargo bench --bench "$bench" 2>&1 | tee "$out/$bench.txt"; then
+            failed+=("$bench")
+        fi
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    printf 'started=%s\nload_before=%s\nload_after=%s\nfailed=%s\nquick=%s\n' \
+        "$started" "$load_before" "$load_after" "${failed[*]}" "$quick" >"$out/meta"
+fi
+if [ ! -s "$out/meta" ]; then
+    echo "tests/bench.sh: no complete run in $out to render" >&2
+    exit 1
+fi
+started=$(sed -n 's/^started=//p' "$out/meta")
+load_before=$(sed -n 's/^load_before=//p' "$out/meta")
+load_after=$(sed -n 's/^load_after=//p' "$out/meta")
+read -r -a failed <<<"$(sed -n 's/^failed=//p' "$out/meta")"
+# Figures of a --quick run never reach the document.
+if [ "$(sed -n 's/^quick=//p' "$out/meta")" = 1 ]; then
+    doc=0
+fi
 
 # Prints the named table of the figures file with aligned columns: the first and the last
 # column left-aligned, the others right-aligned; section titles on lines of their own.
