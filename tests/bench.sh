@@ -77,6 +77,7 @@ if [ "$render_only" = 0 ]; then
     mkdir -p "$out"
     : >"$SIDESPAWN_BENCH_FIGURES"
     started=$(date -u +%Y-%m-%dT%H:%MZ)
+    commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
     failed=()
@@ -92,14 +93,15 @@ if [ "$render_only" = 0 ]; then
         fi
     done
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-    printf 'started=%s\nload_before=%s\nload_after=%s\nfailed=%s\nquick=%s\n' \
-        "$started" "$load_before" "$load_after" "${failed[*]}" "$quick" >"$out/meta"
+    printf 'started=%s\ncommit=%s\nload_before=%s\nload_after=%s\nfailed=%s\nquick=%s\n' \
+        "$started" "$commit" "$load_before" "$load_after" "${failed[*]}" "$quick" >"$out/meta"
 fi
 if [ ! -s "$out/meta" ]; then
     echo "tests/bench.sh: no complete run in $out to render" >&2
     exit 1
 fi
 started=$(sed -n 's/^started=//p' "$out/meta")
+commit=$(sed -n 's/^commit=//p' "$out/meta")
 load_before=$(sed -n 's/^load_before=//p' "$out/meta")
 load_after=$(sed -n 's/^load_after=//p' "$out/meta")
 read -r -a failed <<<"$(sed -n 's/^failed=//p' "$out/meta")"
@@ -188,7 +190,7 @@ doc_path=docs/PERFORMANCE.md
     echo
     echo "## Machine"
     echo
-    echo "- run: $started, commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
+    echo "- run: $started, commit ${commit:-unknown}"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs"
     echo "- memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "- kernel: $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
