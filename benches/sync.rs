@@ -88,7 +88,7 @@ use sidespawn::sync::{self, Summary, SyncOptions};
 use host::{LabelGuard, NetnsSet, TempDir};
 use real_podman::{
     SyncHost, SyncRun, check_running, dnsmasq_image, profile_notes, profile_sync, random_uuid,
-    without_generation, xargs,
+    unix_now, without_generation, xargs,
 };
 use report::{Table, fmt_dur, fmt_kib, median, percentile, ratio, verdict};
 
@@ -1009,10 +1009,4 @@ fn qdhcp_names(n: usize) -> Result<Vec<String>, String> {
     (0..n)
         .map(|_| random_uuid().map(|u| format!("qdhcp-{u}")))
         .collect()
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

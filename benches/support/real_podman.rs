@@ -281,13 +281,9 @@ impl SyncHost {
         sock.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
         let log = self.dir.join("watch.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
-            .arg("--config")
-            .arg(&self.cfg_path)
-            .args(["watch", "-v", "--interval", "3600"])
-            .env("CONTAINERS_CONF", host::containers_conf())
+        let child = self
+            .sidespawn(&["watch", "-v", "--interval", "3600"])
             .env("NOTIFY_SOCKET", &sock_path)
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).map_err(|e| e.to_string())?)
@@ -316,13 +312,9 @@ impl SyncHost {
         let log_path = self.dir.join("timed.log");
         let log = File::create(&log_path).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let status = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
-            .arg("--config")
-            .arg(&self.cfg_path)
-            .arg("-v")
+        let status = self
+            .sidespawn(&["-v"])
             .args(args)
-            .env("CONTAINERS_CONF", host::containers_conf())
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -365,15 +357,21 @@ impl SyncHost {
             .collect())
     }
 
+    /// The release `sidespawn --config <this host's> ARGS`, with the test
+    /// podman configuration and plain log lines (for the profiles).
+    fn sidespawn(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config")
+            .arg(&self.cfg_path)
+            .args(args)
+            .env("CONTAINERS_CONF", host::containers_conf())
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
     /// The `podman run` lines of `sync --dry-run` (changes nothing).
     pub fn dry_run(&self) -> Result<Vec<String>, String> {
-        let out = host::run(
-            Command::new(env!("CARGO_BIN_EXE_sidespawn"))
-                .arg("--config")
-                .arg(&self.cfg_path)
-                .args(["sync", "--dry-run"])
-                .env("CONTAINERS_CONF", host::containers_conf()),
-        )?;
+        let out = host::run(&mut self.sidespawn(&["sync", "--dry-run"]))?;
         Ok(out
             .lines()
             .filter(|l| l.starts_with("podman run "))
@@ -388,17 +386,10 @@ impl SyncHost {
         host::check_interrupted()?;
         let stdout = File::create(&out_path).map_err(|e| e.to_string())?;
         let stderr = File::create(&log_path).map_err(|e| e.to_string())?;
-        let started_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let started_unix = unix_now();
         let t = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sidespawn"))
-            .arg("--config")
-            .arg(&self.cfg_path)
-            .args(["sync", "-v"])
-            .env("CONTAINERS_CONF", host::containers_conf())
-            // Plain log lines for the profile below.
-            .env("NO_COLOR", "1")
+        let mut child = self
+            .sidespawn(&["sync", "-v"])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -421,6 +412,13 @@ impl SyncHost {
             log,
         })
     }
+}
+
+/// Seconds since the epoch, as the log lines' timestamps count them.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub fn tail(text: &str, lines: usize) -> String {
