@@ -5,16 +5,24 @@
 //! with each entry of the netns directory. It never guesses: no match is an
 //! error. The host re-checks a recorded namespace right before it starts a
 //! sidecar: the name must still be a namespace mount with the recorded inode,
-//! so a namespace deleted and recreated under the same name is refused.
+//! so a namespace deleted and recreated under the same name is refused, and
+//! the namespace must be a network namespace (the kernel says which type an
+//! nsfs file is), so a bind mount of a UTS or mount namespace is refused
+//! before podman could leave a half-created container behind.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
 
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// `NS_GET_NSTYPE` from linux/nsfs.h, `_IO(0xb7, 0x3)`: asks an nsfs file
+/// descriptor which type of namespace it refers to (Linux 4.11+).
+const NS_GET_NSTYPE: nix::libc::Ioctl = 0xb703;
 
 /// Why a namespace could not be identified or verified.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +53,64 @@ pub enum NetnsError {
         expected: u64,
         found: u64,
     },
+    #[error(
+        "{path} is a {found} namespace, not a network namespace (mount a network namespace there, e.g. with `ip netns add`)"
+    )]
+    NotNetwork { path: PathBuf, found: String },
     #[error("invalid network namespace name {0:?}")]
     BadName(String),
+}
+
+/// The name of a namespace type as `/proc/PID/ns/` spells it.
+fn nstype_name(t: i32) -> String {
+    use nix::libc::{
+        CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
+        CLONE_NEWUTS,
+    };
+    // CLONE_NEWTIME, not in every libc crate version.
+    const CLONE_NEWTIME: i32 = 0x80;
+    match t {
+        CLONE_NEWNET => "net".into(),
+        CLONE_NEWUTS => "uts".into(),
+        CLONE_NEWNS => "mnt".into(),
+        CLONE_NEWIPC => "ipc".into(),
+        CLONE_NEWPID => "pid".into(),
+        CLONE_NEWUSER => "user".into(),
+        CLONE_NEWCGROUP => "cgroup".into(),
+        CLONE_NEWTIME => "time".into(),
+        other => format!("unknown (type {other:#x})"),
+    }
+}
+
+/// Asks the kernel which namespace type the nsfs file at `path` is, through
+/// a descriptor of the file itself: `O_PATH` descriptors refuse ioctls, so
+/// it is opened for reading, never following a link, and non-blocking (the
+/// caller has checked it is an nsfs file; this only guards the race with an
+/// entry swapped for a FIFO). Returns the descriptor's (dev, ino) too, so
+/// the caller can check it opened the entry it examined.
+fn namespace_type(path: &Path) -> Result<(i32, u64, u64), NetnsError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| NetnsError::Stat {
+            path: path.to_owned(),
+            source,
+        })?;
+    let md = file.metadata().map_err(|source| NetnsError::Stat {
+        path: path.to_owned(),
+        source,
+    })?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns an int; the
+    // descriptor is owned by `file`, open for the whole call.
+    let t = unsafe { nix::libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if t < 0 {
+        return Err(NetnsError::Stat {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok((t, md.dev(), md.ino()))
 }
 
 /// Finds the named namespace that `/proc/self/ns/net` belongs to. `Ok(None)`
@@ -131,6 +195,23 @@ pub fn verify(netns_dir: &Path, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
             found: md.ino(),
         });
     }
+    // Any namespace can be bind-mounted here, and podman would only find
+    // out after creating the container.
+    let (t, dev, ino) = namespace_type(&path)?;
+    if (dev, ino) != (md.dev(), md.ino()) {
+        // Swapped between the lstat and the open.
+        return Err(NetnsError::InodeMismatch {
+            name: ns.name.clone(),
+            expected: ns.ino,
+            found: ino,
+        });
+    }
+    if t != nix::libc::CLONE_NEWNET {
+        return Err(NetnsError::NotNetwork {
+            path,
+            found: nstype_name(t),
+        });
+    }
     Ok(path)
 }
 
@@ -149,6 +230,14 @@ pub fn current_inode(netns_dir: &Path, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_types_are_named_as_proc_names_them() {
+        assert_eq!(nstype_name(nix::libc::CLONE_NEWNET), "net");
+        assert_eq!(nstype_name(nix::libc::CLONE_NEWUTS), "uts");
+        assert_eq!(nstype_name(nix::libc::CLONE_NEWNS), "mnt");
+        assert_eq!(nstype_name(0x4), "unknown (type 0x4)");
+    }
 
     #[test]
     fn identify_without_netns_dir_is_none() {

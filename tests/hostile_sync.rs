@@ -1461,3 +1461,47 @@ fn netns_inode_mismatch_is_rejected() {
         &[other.inode()],
     );
 }
+
+/// A namespace of another type bind-mounted under /run/netns, unmounted and removed on drop.
+struct ForeignNamespace(PathBuf);
+
+impl ForeignNamespace {
+    /// `unshare --TYPE=FILE true` binds the new namespace of that type onto FILE.
+    fn new(name: &str, nstype: &str) -> ForeignNamespace {
+        let path = Path::new(common::NETNS_DIR).join(name);
+        fs::create_dir_all(common::NETNS_DIR).expect("create /run/netns");
+        fs::write(&path, b"").expect("create the mount point in /run/netns");
+        let entry = ForeignNamespace(path);
+        common::run(
+            Command::new("unshare")
+                .arg(format!("--{nstype}={}", entry.0.display()))
+                .arg("true"),
+        );
+        entry
+    }
+}
+
+impl Drop for ForeignNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn netns_entry_that_is_a_uts_namespace_is_rejected() {
+    if !privileged("netns entry is a UTS namespace") {
+        return;
+    }
+    let name = format!("qdhcp-{}", common::uuid());
+    let entry = ForeignNamespace::new(&name, "uts");
+    // A real nsfs mount: the type is the only thing wrong with it.
+    let ino = fs::metadata(&entry.0).expect("stat").ino();
+    netns_case(
+        "netns entry that is a bind mount of a UTS namespace (nsfs, matching name and inode)",
+        &name,
+        ino,
+        "is a uts namespace, not a network namespace",
+        &[],
+    );
+}
