@@ -58,7 +58,7 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
 
-use crate::ack::{Ack, MAX_ACK_BYTES};
+use crate::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES};
 use crate::kind::Kind;
 use crate::lock::{LockError, LockGuard, lock_exclusive};
 use crate::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
@@ -130,7 +130,7 @@ pub enum ClaimError {
     #[error("refusing to write an acknowledgement for request id {0:?}: not a safe file name")]
     UnsafeAckId(String),
     #[error(
-        "acknowledgement for request {id} is {len} bytes, over the {MAX_ACK_BYTES}-byte limit the wrapper reads; shorten its message"
+        "acknowledgement for request {id} does not fit the {MAX_ACK_BYTES}-byte limit the wrapper reads even with its {len}-byte message cut (its id or container name is too long)"
     )]
     AckTooLarge { id: String, len: usize },
     #[error("{op} {path}: {source}")]
@@ -556,14 +556,14 @@ impl SharedDir {
         if !is_safe_name(&ack.id, MAX_ID_LEN) || ack.id.starts_with('.') {
             return Err(ClaimError::UnsafeAckId(ack.id.clone()));
         }
-        let json = serde_json::to_vec(ack)
-            .map_err(|e| io_err("cannot serialize acknowledgement for", &self.path, e))?;
-        if json.len() as u64 > MAX_ACK_BYTES {
-            return Err(ClaimError::AckTooLarge {
-                id: ack.id.clone(),
-                len: json.len(),
-            });
-        }
+        // A long message is cut rather than the ack dropped: a wrapper
+        // waiting for it must learn why, not time out.
+        let json =
+            ack.to_json_within(MAX_ACK_BYTES as usize)
+                .ok_or_else(|| ClaimError::AckTooLarge {
+                    id: ack.id.clone(),
+                    len: ack.message.len(),
+                })?;
         let (acks, dir) = self.open_acks()?;
         let name = format!("{}.json", ack.id);
         let tmp = format!(".tmp-{}-{}", ack.id, crate::record::new_id(0));
@@ -852,7 +852,7 @@ impl RejectLog {
                 kind: self.kind,
                 line: r.line,
                 id: r.id.clone(),
-                reason: r.reason.clone(),
+                reason: crate::ack::bounded(&r.reason, MAX_MESSAGE_BYTES).into_owned(),
                 excerpt: r.excerpt.clone(),
             };
             serde_json::to_writer(&mut text, &entry)

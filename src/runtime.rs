@@ -202,6 +202,8 @@ const SCRUBBED_ENV: &[&str] = &["INVOCATION_ID", "NOTIFY_SOCKET"];
 /// The most of podman's stderr kept in an error. Podman prints its
 /// `Error: ...` line last, after any warnings, so the tail is what matters.
 const STDERR_SHOWN: usize = 4096;
+/// The most of a command line kept in an error (see [`error_args`]).
+const ARGS_SHOWN: usize = 2048;
 /// The most of stderr read into memory at all (the rest is drained).
 const STDERR_READ_CAP: usize = 64 * 1024;
 /// The most of stdout read into memory: `ps` JSON is about 1 KiB per
@@ -263,7 +265,7 @@ impl Podman {
     /// [`Finished`] for the caller to classify.
     fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
         let started = Instant::now();
-        let shown_args = || quote_args(args);
+        let shown_args = || error_args(args);
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -430,14 +432,14 @@ impl Podman {
                 return r.map(|()| Vec::new());
             }
             return Err(RuntimeError::Failed {
-                args: quote_args(args),
+                args: error_args(args),
                 status: f.status.to_string(),
                 stderr: summarise_stderr(&f.stderr),
             });
         }
         if f.stdout_truncated {
             return Err(RuntimeError::Parse {
-                args: quote_args(args),
+                args: error_args(args),
                 message: format!("more than {STDOUT_READ_CAP} bytes of output"),
             });
         }
@@ -450,7 +452,7 @@ impl Runtime for Podman {
         let args = call_args(&Call::List);
         let out = self.call(&args, self.timeout, |_| None)?;
         let all = parse_ps(&out).map_err(|message| RuntimeError::Parse {
-            args: quote_args(&args),
+            args: error_args(&args),
             message,
         })?;
         Ok(keep_managed(all))
@@ -465,7 +467,7 @@ impl Runtime for Podman {
         match text.lines().map(str::trim).rfind(|l| !l.is_empty()) {
             Some(id) => Ok(id.to_owned()),
             None => Err(RuntimeError::Parse {
-                args: quote_args(&args),
+                args: error_args(&args),
                 message: "podman printed no container id".to_owned(),
             }),
         }
@@ -713,6 +715,15 @@ fn quote_args(args: &[String]) -> String {
         .join(" ")
 }
 
+/// The command line as errors show it: quoted, and cut after
+/// [`ARGS_SHOWN`] bytes. A request's argv can be as long as the queue allows
+/// and every message that names the command ends up in an acknowledgement,
+/// the reject log or the state; the start (options, name, image) is what
+/// identifies the call.
+fn error_args(args: &[String]) -> String {
+    crate::ack::bounded(&quote_args(args), ARGS_SHOWN).into_owned()
+}
+
 fn describe_argv(program: &Path, args: &[String]) -> String {
     let program = program.to_string_lossy();
     let mut s = shell_quote(&program).into_owned();
@@ -845,7 +856,7 @@ impl Injected {
     fn to_error(&self, call: &Call) -> RuntimeError {
         match self {
             Injected::Stderr(message) => RuntimeError::Failed {
-                args: quote_args(&call_args(call)),
+                args: error_args(&call_args(call)),
                 status: "exit status: 125".to_owned(),
                 stderr: message.clone(),
             },
@@ -983,7 +994,7 @@ impl Runtime for FakeRuntime {
             // What podman does: a name held by any container, even an
             // exited or created one, blocks a new one.
             return Err(RuntimeError::Failed {
-                args: quote_args(&spec.argv()),
+                args: error_args(&spec.argv()),
                 status: "exit status: 125".to_owned(),
                 stderr: format!(
                     "Error: creating container storage: the container name \"{}\" is already in use",
@@ -1059,7 +1070,7 @@ impl Runtime for FakeRuntime {
         }
         if lock(&self.unhealthy).contains(name) {
             return Err(RuntimeError::Failed {
-                args: quote_args(&[&["exec".to_owned(), name.to_owned()][..], argv].concat()),
+                args: error_args(&[&["exec".to_owned(), name.to_owned()][..], argv].concat()),
                 status: "exit status: 1".to_owned(),
                 stderr: "unhealthy".to_owned(),
             });

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::ack::{Ack, Outcome};
+use crate::ack::{Ack, MAX_MESSAGE_BYTES, Outcome, bounded};
 use crate::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::config::{ConfigError, HostConfig, Profile};
 use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
@@ -464,7 +464,9 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
     let st = KindStatus {
         last_sync_ms: now_ms(),
         ok: result.is_ok(),
-        error: result.err().map(str::to_owned),
+        error: result
+            .err()
+            .map(|e| bounded(e, MAX_MESSAGE_BYTES).into_owned()),
         consecutive_failures: if result.is_ok() {
             0
         } else {
@@ -752,7 +754,13 @@ fn execute_kind(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = plan.jobs.get(i) else { break };
                     let t = Instant::now();
-                    let r = run_job(job, ctx.profile, runtime, namespaces);
+                    // Bounded once here: the message goes into the acks,
+                    // the reject log and the desired table's last_error.
+                    let r =
+                        run_job(job, ctx.profile, runtime, namespaces).map_err(|f| JobFailure {
+                            message: bounded(&f.message, MAX_MESSAGE_BYTES).into_owned(),
+                            ..f
+                        });
                     let elapsed = t.elapsed();
                     // Answer as soon as a job ends: a kill script is waiting.
                     answer_job(&ctx.shared, job, &r);

@@ -518,3 +518,40 @@ fn unhealthy_sidecar_counts_as_dead() {
             .healthy
     );
 }
+
+#[test]
+fn failed_start_with_80_kib_of_argv_is_acknowledged_with_its_reason() {
+    use sidespawn::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES, Outcome};
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    // 800 arguments of 100 bytes: the podman command line alone is over
+    // the ack's 64 KiB.
+    let big: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    s.fake
+        .fail_on(&s.name(), "Error: localhost/dnsmasq:1: image not known");
+    let req = s.start(&big);
+    assert_eq!(s.sync(false).failed, 1);
+
+    let path = s
+        .dir
+        .join("queue/dnsmasq/acks")
+        .join(format!("{}.json", req.id));
+    let bytes = std::fs::read(&path).expect("the failed start was acknowledged");
+    assert!(bytes.len() as u64 <= MAX_ACK_BYTES, "{} bytes", bytes.len());
+    let ack: Ack = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(ack.result, Outcome::Failed);
+    assert!(ack.message.contains("image not known"), "{}", ack.message);
+    assert!(ack.message.contains("more bytes)"), "{}", ack.message);
+    assert!(
+        ack.message.len() <= MAX_MESSAGE_BYTES,
+        "{}",
+        ack.message.len()
+    );
+
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    let last = d.last_error.unwrap();
+    assert!(last.len() <= MAX_MESSAGE_BYTES, "{}", last.len());
+    assert!(last.contains("image not known"), "{last}");
+}

@@ -20,6 +20,11 @@ struct Host {
 
 impl Host {
     fn new() -> Host {
+        Host::with_config(|_| {})
+    }
+
+    /// A host whose configuration `adjust` changes before it is written.
+    fn with_config(adjust: impl FnOnce(&mut serde_json::Value)) -> Host {
         let images = common::ensure_images();
         let dir = TempDir::new("sidespawn-sync");
         let run_label = common::unique("run");
@@ -36,7 +41,7 @@ impl Host {
         .unwrap();
         run_chmod(&shim);
         let data = dir.join("data");
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "queue_root": dir.join("queue"),
             "state_dir": dir.join("state"),
             "podman": shim,
@@ -50,6 +55,7 @@ impl Host {
                 }
             }
         });
+        adjust(&mut config);
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         std::fs::write(
             dir.join("wrapper.json"),
@@ -408,4 +414,55 @@ fn sync_killed_at_every_step_converges() {
             ),
         );
     }
+}
+
+#[test]
+fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
+    if !common::privileged("a failing podman run with a long command line is acknowledged") {
+        return;
+    }
+    // No such image, and no pull: podman fails at once with its reason.
+    let host = Host::with_config(|c| {
+        c["kinds"]["dnsmasq"]["image"] = "localhost/sidespawn-no-such-image:1".into();
+        c["kinds"]["dnsmasq"]["podman_args"] = serde_json::json!(["--pull=never"]);
+    });
+    std::fs::write(
+        host.dir.join("wrapper.json"),
+        serde_json::json!({"queue_root": host.queue_root(),
+            "kinds": {"dnsmasq": {"start_wait": true, "wait_timeout_ms": 60000}}})
+        .to_string(),
+    )
+    .unwrap();
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let tag = format!("dnsmasq-{uuid}");
+    // 800 arguments of 100 bytes: the command line alone is over the ack's 64 KiB.
+    let args: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
+    let link = host.dir.join("dnsmasq");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
+    let mut cmd = host.wrapper(&ns, &tag, &link, &[]);
+    cmd.args(&args);
+    let wrapper =
+        std::thread::spawn(move || common::output_within(&mut cmd, Duration::from_secs(90)));
+    common::wait_until(
+        Duration::from_secs(30),
+        "the wrapper queues its request",
+        || common::queue_records(&host.queue_root(), "dnsmasq").len() == 1,
+    );
+    let id = common::queue_records(&host.queue_root(), "dnsmasq")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = common::output(&mut host.sync_cmd());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("failed 1"), "{summary}");
+
+    let w = wrapper.join().unwrap();
+    let stderr = String::from_utf8_lossy(&w.stderr);
+    assert_eq!(w.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("request {id} failed")) && stderr.contains("image not known"),
+        "{stderr}"
+    );
+    assert!(host.containers().is_empty(), "{:?}", host.containers());
 }
