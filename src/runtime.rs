@@ -145,6 +145,11 @@ pub enum RuntimeError {
     /// improper". Callers treat it like "No such process".
     #[error("container {0} is not running")]
     NotRunning(String),
+    /// `podman run` found the name taken: a container of that name exists
+    /// in some state (often created by an earlier, interrupted sync whose
+    /// `podman run` outlived it). The caller looks at it and decides.
+    #[error("the container name {0} is already in use")]
+    NameInUse(String),
 }
 
 /// What sidespawn needs from a container engine.
@@ -159,6 +164,10 @@ pub trait Runtime: Send + Sync {
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
     /// Removes the container, stopping it at once if it still runs.
     fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+    /// One container by name, in any state, with its labels
+    /// ([`RuntimeError::NoSuchContainer`] when there is none). Only the
+    /// fields `ps` also gives are filled (`started_at` is 0).
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError>;
     /// The argv a call would run, for `--dry-run`.
     fn describe(&self, call: &Call) -> String;
     /// Runs a host-configured health command inside a running container
@@ -186,6 +195,7 @@ pub enum Call {
     Kill(String, Signal),
     Stop(String, Duration),
     Remove(String),
+    Inspect(String),
 }
 
 /// Environment variables podman must never inherit from sidespawn.
@@ -460,7 +470,9 @@ impl Runtime for Podman {
 
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
         let args = call_args(&Call::Run(spec.clone()));
-        let out = self.call(&args, self.timeout, |_| None)?;
+        let out = self.call(&args, self.timeout, |stderr| {
+            is_name_in_use(stderr).then(|| Err(RuntimeError::NameInUse(spec.name.clone())))
+        })?;
         // `podman run -d` prints the id alone; take the last line in case a
         // future version prints notices before it.
         let text = String::from_utf8_lossy(&out);
@@ -508,6 +520,20 @@ impl Runtime for Podman {
             is_no_such_container(stderr).then_some(Ok(()))
         })
         .map(drop)
+    }
+
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        let args = call_args(&Call::Inspect(name.to_owned()));
+        let out = self.call(&args, self.timeout, |stderr| {
+            is_no_such_container(stderr)
+                .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
+        })?;
+        parse_inspect(&out)
+            .map_err(|message| RuntimeError::Parse {
+                args: error_args(&args),
+                message,
+            })?
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))
     }
 
     fn describe(&self, call: &Call) -> String {
@@ -644,6 +670,15 @@ fn is_no_such_container(stderr: &str) -> bool {
     stderr.to_ascii_lowercase().contains("no such container")
 }
 
+/// Podman 4.3: `Error: creating container storage: the container name "X"
+/// is already in use by ID. You have to remove that container to be able to
+/// reuse that name: that name is already in use` (docker says `Conflict. The
+/// container name "/X" is already in use by container ...`).
+fn is_name_in_use(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("name") && s.contains("is already in use")
+}
+
 fn is_not_running(stderr: &str) -> bool {
     stderr
         .to_ascii_lowercase()
@@ -689,6 +724,11 @@ pub fn call_args(call: &Call) -> Vec<String> {
         }
         Call::Remove(name) => {
             let mut a = v(&["rm", "--force", "--time=0", "--"]);
+            a.push(name.clone());
+            a
+        }
+        Call::Inspect(name) => {
+            let mut a = v(&["container", "inspect", "--format", "json", "--"]);
             a.push(name.clone());
             a
         }
@@ -805,6 +845,65 @@ fn parse_ps(out: &[u8]) -> Result<Vec<ContainerInfo>, String> {
         .collect())
 }
 
+/// One entry of `podman container inspect --format json` (podman 4.x),
+/// only what [`Runtime::inspect_container`] returns.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectEntry {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    state: InspectState,
+    #[serde(default)]
+    image_name: String,
+    #[serde(default)]
+    config: InspectConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    pid: i64,
+    #[serde(default)]
+    exit_code: i32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Parses `podman container inspect --format json` output of one name: an
+/// array of one entry, or empty when there is no such container.
+fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
+    let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let entries: Option<Vec<InspectEntry>> =
+        serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(entries
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|e| ContainerInfo {
+            id: e.id,
+            name: e.name,
+            state: State::parse(&e.state.status),
+            pid: u32::try_from(e.state.pid).unwrap_or(0),
+            image: e.image_name,
+            labels: e.config.labels.unwrap_or_default(),
+            started_at: 0,
+            exit_code: e.state.exit_code,
+        }))
+}
+
 /// Keeps only containers carrying our managed-by label. `ps --filter`
 /// already does this; checking again means a podman that ignored the filter
 /// could never get someone else's container garbage-collected.
@@ -842,6 +941,9 @@ pub struct FakeRuntime {
     serial: AtomicU32,
     /// Containers whose health check fails.
     unhealthy: Mutex<std::collections::BTreeSet<String>>,
+    /// Containers `list` leaves out, as a `ps` taken before an interrupted
+    /// sync's `podman run` created them would.
+    hidden: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A failure injected into [`FakeRuntime`].
@@ -950,6 +1052,12 @@ impl FakeRuntime {
         }
     }
 
+    /// Leaves `name` out of every `list` until it is removed: the container
+    /// a killed sync's `podman run` created after the next sync listed.
+    pub fn hide_from_list(&self, name: &str) {
+        lock(&self.hidden).insert(name.to_owned());
+    }
+
     /// Removes every injected failure.
     pub fn clear_failures(&self) {
         lock(&self.failures).clear();
@@ -980,9 +1088,10 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         self.record(Call::List, None)?;
+        let hidden = lock(&self.hidden).clone();
         Ok(lock(&self.containers)
             .iter()
-            .filter(|c| is_managed(c))
+            .filter(|c| is_managed(c) && !hidden.contains(&c.name))
             .cloned()
             .collect())
     }
@@ -993,14 +1102,7 @@ impl Runtime for FakeRuntime {
         if cs.iter().any(|c| c.name == spec.name) {
             // What podman does: a name held by any container, even an
             // exited or created one, blocks a new one.
-            return Err(RuntimeError::Failed {
-                args: error_args(&spec.argv()),
-                status: "exit status: 125".to_owned(),
-                stderr: format!(
-                    "Error: creating container storage: the container name \"{}\" is already in use",
-                    spec.name
-                ),
-            });
+            return Err(RuntimeError::NameInUse(spec.name.clone()));
         }
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:064x}", 0xfa4e_0000_u64 + u64::from(n));
@@ -1053,7 +1155,17 @@ impl Runtime for FakeRuntime {
     fn remove(&self, name: &str) -> Result<(), RuntimeError> {
         self.record(Call::Remove(name.to_owned()), Some(name))?;
         lock(&self.containers).retain(|c| c.name != name);
+        lock(&self.hidden).remove(name);
         Ok(())
+    }
+
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        lock(&self.calls).push(Call::Inspect(name.to_owned()));
+        lock(&self.containers)
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))
     }
 
     fn exec_check(
@@ -1176,6 +1288,55 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    // ---- podman inspect JSON and run errors, from real podman 4.3 ----
+
+    const INSPECT_RUNNING: &str = include_str!("../tests/fixtures/podman/inspect-running.json");
+    const RUN_NAME_IN_USE: &str = include_str!("../tests/fixtures/podman/run-name-in-use.stderr");
+
+    #[test]
+    fn inspect_fixture_gives_state_pid_and_labels() {
+        let c = parse_inspect(INSPECT_RUNNING.as_bytes()).unwrap().unwrap();
+        assert_eq!(c.name, "ssfx-inuse");
+        assert_eq!(c.id.len(), 64);
+        assert_eq!(c.state, State::Running);
+        assert!(c.pid > 0);
+        assert_eq!(c.image, "localhost/sidespawn-test-agent:latest");
+        assert_eq!(c.labels[labels::KEY], "dnsmasq/tag/x");
+        assert_eq!(c.labels[labels::MANAGED_BY], labels::MANAGED_BY_VALUE);
+        // A missing container: podman prints `[]` (and fails).
+        assert_eq!(parse_inspect(b"[]\n").unwrap(), None);
+        assert_eq!(parse_inspect(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn name_in_use_is_recognised_in_podmans_own_words() {
+        assert!(is_name_in_use(RUN_NAME_IN_USE), "{RUN_NAME_IN_USE}");
+        assert!(is_name_in_use(
+            "docker: Error response from daemon: Conflict. The container name \"/x\" is already in use by container \"abc\"."
+        ));
+        assert!(!is_name_in_use("Error: localhost/x:1: image not known"));
+        assert!(!is_name_in_use("Error: address already in use"));
+    }
+
+    #[test]
+    fn error_args_are_cut_but_keep_the_start() {
+        let mut args = vec!["run".to_owned(), "--name=sidespawn-x".to_owned()];
+        args.extend((0..1000).map(|i| format!("--arg-{i:0>90}")));
+        let shown = error_args(&args);
+        assert!(shown.len() <= ARGS_SHOWN, "{}", shown.len());
+        assert!(
+            shown.starts_with("run --name=sidespawn-x --arg-"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("more bytes)"), "{shown}");
+        let e = RuntimeError::Failed {
+            args: shown,
+            status: "exit status: 125".into(),
+            stderr: "Error: image not known".into(),
+        };
+        assert!(e.to_string().ends_with("Error: image not known"));
     }
 
     // ---- podman ps JSON, from real podman 4.3 output ----

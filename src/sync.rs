@@ -23,7 +23,7 @@ use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
 use crate::plan::{Job, JobKind, Namespaces, Plan, Planner, Step};
 use crate::record::{Record, VERSION, now_ms};
-use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, labels};
+use crate::runtime::{Call, ContainerInfo, RunSpec, Runtime, RuntimeError, State, labels};
 use crate::state::{KindStatus, StateDir, StateError};
 
 /// What to do.
@@ -607,7 +607,17 @@ fn step_call(step: &Step) -> Call {
 }
 
 /// A finished job: its index in the plan, outcome and duration.
-type JobResult = (usize, Result<(), JobFailure>, Duration);
+type JobResult = (usize, Result<Done, JobFailure>, Duration);
+
+/// How a job that succeeded ended.
+enum Done {
+    /// As planned: the planned messages are true.
+    AsPlanned,
+    /// Its start found the sidecar already running as requested (an
+    /// interrupted sync had started it) and took it over: the start
+    /// request's answer says so instead.
+    Adopted(String),
+}
 
 /// Why a job did not complete.
 struct JobFailure {
@@ -620,11 +630,12 @@ fn run_job(
     profile: &Profile,
     runtime: &dyn Runtime,
     namespaces: &dyn Namespaces,
-) -> Result<(), JobFailure> {
+) -> Result<Done, JobFailure> {
     let failed = |e: RuntimeError| JobFailure {
         outcome: Outcome::Failed,
         message: e.to_string(),
     };
+    let mut done = Done::AsPlanned;
     for step in &job.steps {
         match step {
             Step::Remove { name } => runtime.remove(name).map_err(failed)?,
@@ -657,11 +668,82 @@ fn run_job(
                         message: e.to_string(),
                     });
                 }
-                runtime.run(spec).map_err(failed)?;
+                match runtime.run(spec) {
+                    Ok(_) => {}
+                    Err(RuntimeError::NameInUse(_)) => done = take_over_name(spec, runtime)?,
+                    Err(e) => return Err(failed(e)),
+                }
             }
         }
     }
-    Ok(())
+    Ok(done)
+}
+
+/// Labels that differ between two starts of the same sidecar with the same
+/// arguments.
+const PER_START_LABELS: [&str; 2] = [labels::REQUEST_ID, labels::GENERATION];
+
+/// `podman run` of `spec` found its name taken. The list this sync planned
+/// from did not show that container, so something created it since: most
+/// often the `podman run` of a sync killed (timeout, SIGKILL) while it was
+/// in flight, which the units' `KillMode=process` leaves running. If it is
+/// this very sidecar (every label but the request id and generation equal:
+/// same configuration, key, namespace inode and argv hash) and runs, it is
+/// adopted; if it is an older or broken start of this configuration's
+/// sidecar, it is replaced. A container of that name that is not this
+/// configuration's sidecar of this kind is left alone and the start fails
+/// saying so.
+fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFailure> {
+    let failed = |e: RuntimeError| JobFailure {
+        outcome: Outcome::Failed,
+        message: e.to_string(),
+    };
+    let name = &spec.name;
+    let c = match runtime.inspect_container(name) {
+        Ok(c) => c,
+        // Removed since: the name is free again.
+        Err(RuntimeError::NoSuchContainer(_)) => {
+            runtime.run(spec).map_err(failed)?;
+            return Ok(Done::AsPlanned);
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let has = |k: &str, v: &str| c.labels.get(k).map(String::as_str) == Some(v);
+    let identity = spec.labels.iter().filter(|(k, _)| {
+        !k.starts_with("io.sidespawn.")
+            || [labels::MANAGED_BY, labels::KIND, labels::KEY].contains(&k.as_str())
+    });
+    if !identity.clone().all(|(k, v)| has(k, v)) {
+        return Err(JobFailure {
+            outcome: Outcome::Failed,
+            message: format!(
+                "the container name {name} is already in use by container {}, which is not this configuration's sidecar for {} (its labels differ); remove or rename it (`podman rm -f {name}`) and ask again",
+                short_id(&c.id),
+                spec.labels.get(labels::KEY).map_or("?", String::as_str),
+            ),
+        });
+    }
+    let same = spec
+        .labels
+        .iter()
+        .filter(|(k, _)| !PER_START_LABELS.contains(&k.as_str()))
+        .all(|(k, v)| has(k, v));
+    if same && c.state == State::Running {
+        info!(container = %name, id = %short_id(&c.id), "adopting the sidecar an interrupted sync started with these arguments");
+        return Ok(Done::Adopted(format!(
+            "{name} already runs with these arguments (container {}, generation {}, started by an interrupted sync)",
+            short_id(&c.id),
+            c.labels.get(labels::GENERATION).map_or("?", String::as_str)
+        )));
+    }
+    warn!(container = %name, id = %short_id(&c.id), state = ?c.state, "replacing a container of this sidecar that an interrupted sync left behind");
+    runtime.remove(name).map_err(failed)?;
+    runtime.run(spec).map_err(failed)?;
+    Ok(Done::AsPlanned)
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// Runs the kind's health check in its running desired sidecars; returns
@@ -780,7 +862,7 @@ fn execute_kind(
     for (i, r, elapsed) in results {
         let job = &plan.jobs[i];
         match r {
-            Ok(()) => {
+            Ok(_) => {
                 info!(kind = %kind, container = %job.container, "{:?} done in {elapsed:?}", job.what);
                 match job.what {
                     JobKind::Start => sum.started += 1,
@@ -820,10 +902,14 @@ fn execute_kind(
     outcomes
 }
 
-fn answer_job(shared: &SharedDir, job: &Job, r: &Result<(), JobFailure>) {
+fn answer_job(shared: &SharedDir, job: &Job, r: &Result<Done, JobFailure>) {
+    let start_id = job.request.as_ref().map(|r| r.id.as_str());
     for (id, message) in &job.answers {
         match r {
-            Ok(()) => write_ack(shared, id, Outcome::Ok, message, Some(&job.container)),
+            Ok(Done::Adopted(adopted)) if Some(id.as_str()) == start_id => {
+                write_ack(shared, id, Outcome::Ok, adopted, Some(&job.container));
+            }
+            Ok(_) => write_ack(shared, id, Outcome::Ok, message, Some(&job.container)),
             Err(f) => write_ack(shared, id, f.outcome, &f.message, Some(&job.container)),
         }
     }

@@ -555,3 +555,103 @@ fn failed_start_with_80_kib_of_argv_is_acknowledged_with_its_reason() {
     assert!(last.len() <= MAX_MESSAGE_BYTES, "{}", last.len());
     assert!(last.contains("image not known"), "{last}");
 }
+
+/// The acknowledgement of request `id`, parsed.
+fn ack_of(s: &Setup, id: &str) -> sidespawn::ack::Ack {
+    let path = s.dir.join("queue/dnsmasq/acks").join(format!("{id}.json"));
+    serde_json::from_slice(&std::fs::read(&path).expect("acknowledged")).unwrap()
+}
+
+/// Creates, behind the sync's back, the container a start of `rec` makes: what a sync killed
+/// while its `podman run` was in flight leaves, after the next sync took its list.
+fn created_by_an_interrupted_sync(s: &Setup, rec: &Record) -> String {
+    let profile = s.cfg.profile(Kind::Dnsmasq).unwrap();
+    let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), rec, 7);
+    let id = s.fake.run(&spec).unwrap();
+    s.fake.hide_from_list(&spec.name);
+    s.fake.clear_calls();
+    id
+}
+
+#[test]
+fn start_adopts_the_sidecar_an_interrupted_sync_started() {
+    use sidespawn::ack::Outcome;
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    let id = created_by_an_interrupted_sync(&s, &req);
+
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.failed), (1, 0), "{sum}");
+    let ack = ack_of(&s, &req.id);
+    assert_eq!(ack.result, Outcome::Ok, "{}", ack.message);
+    assert!(ack.message.contains("interrupted sync"), "{}", ack.message);
+    // The same container, not removed nor run again.
+    assert_eq!(s.container().unwrap().id, id);
+    assert!(
+        !s.fake.calls().iter().any(|c| matches!(c, Call::Remove(_))),
+        "{:?}",
+        s.fake.calls()
+    );
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert_eq!(d.last_error, None);
+    assert!(
+        d.restarts.is_empty(),
+        "no restart budget used: {:?}",
+        d.restarts
+    );
+    assert_eq!(d.record.id, req.id);
+}
+
+#[test]
+fn start_replaces_what_an_interrupted_sync_started_with_other_arguments() {
+    use sidespawn::ack::Outcome;
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    let older = Record {
+        id: new_id(now_ms()),
+        argv: vec!["--older".into()],
+        ..req.clone()
+    };
+    let old_id = created_by_an_interrupted_sync(&s, &older);
+
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.failed), (1, 0), "{sum}");
+    let ack = ack_of(&s, &req.id);
+    assert_eq!(ack.result, Outcome::Ok, "{}", ack.message);
+    let c = s.container().unwrap();
+    assert_ne!(c.id, old_id);
+    assert_eq!(c.labels[labels::REQUEST_ID], req.id);
+    assert!(s.fake.calls().contains(&Call::Remove(s.name())));
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert_eq!(d.last_error, None);
+    assert!(d.restarts.is_empty(), "{:?}", d.restarts);
+}
+
+#[test]
+fn start_leaves_a_foreign_container_holding_the_name_alone() {
+    use sidespawn::ack::Outcome;
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let req = s.start(&["--no-hosts"]);
+    // Same name, but not this configuration's sidecar (no kind or key label).
+    let foreign = FakeRuntime::container(&s.name(), State::Running, &[("other", "yes")]);
+    let fake = FakeRuntime::new(vec![foreign.clone()]);
+    fake.hide_from_list(&s.name());
+    let s = Setup { fake, ..s };
+    let sum = s.sync(false);
+    assert_eq!(sum.failed, 1, "{sum}");
+    let ack = ack_of(&s, &req.id);
+    assert_eq!(ack.result, Outcome::Failed);
+    assert!(
+        ack.message.contains("already in use by container"),
+        "{}",
+        ack.message
+    );
+    assert_eq!(s.container().unwrap().id, foreign.id);
+    assert!(!s.fake.calls().iter().any(|c| matches!(c, Call::Remove(_))));
+}

@@ -336,12 +336,20 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
     let after = find(&rt, &name).expect("still listed");
     assert_eq!((after.state, after.pid), (State::Running, running.pid));
 
-    // The name is taken: a second run fails instead of duplicating.
+    // The name is taken: a second run fails instead of duplicating, in a
+    // way the sync can tell apart, and the holder can be looked at.
     match rt.run(&spec) {
-        Err(RuntimeError::Failed { stderr, .. }) => {
-            assert!(stderr.contains("already in use"), "{stderr}")
-        }
+        Err(RuntimeError::NameInUse(n)) => assert_eq!(n, name),
         other => panic!("second run with the same name: {other:?}"),
+    }
+    let held = rt.inspect_container(&name).unwrap();
+    assert_eq!(
+        (held.id.as_str(), held.state.clone()),
+        (cid.as_str(), State::Running)
+    );
+    assert_eq!(held.pid, running.pid);
+    for (k, v) in &spec.labels {
+        assert_eq!(held.labels.get(k), Some(v), "label {k}");
     }
 
     // stop: TERM reaches the shell, which exits 0 well before the grace time.
@@ -367,6 +375,10 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
     ));
     assert!(matches!(
         rt.stop(&name, Duration::from_secs(1)),
+        Err(RuntimeError::NoSuchContainer(n)) if n == name
+    ));
+    assert!(matches!(
+        rt.inspect_container(&name),
         Err(RuntimeError::NoSuchContainer(n)) if n == name
     ));
 }

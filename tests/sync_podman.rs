@@ -34,8 +34,11 @@ impl Host {
         std::fs::write(
             &shim,
             format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec podman \"$@\"\n",
-                dir.join("podman-calls").display()
+                // A `pre-run` script, when present, runs once before the next `podman run`,
+                // with its arguments: what an interrupted sync's podman did meanwhile.
+                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\nif [ \"$1\" = run ] && [ -e {pre} ]; then mv {pre} {pre}.done; sh {pre}.done \"$@\"; fi\nexec podman \"$@\"\n",
+                calls = dir.join("podman-calls").display(),
+                pre = dir.join("pre-run").display(),
             ),
         )
         .unwrap();
@@ -465,4 +468,100 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
         "{stderr}"
     );
     assert!(host.containers().is_empty(), "{:?}", host.containers());
+}
+
+/// Runs `sidespawn status --json` for the host.
+fn status_json(host: &Host) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+    cmd.arg("--config")
+        .arg(host.dir.join("config.json"))
+        .args(["status", "--json"])
+        .env("CONTAINERS_CONF", common::containers_conf());
+    let out = common::output(&mut cmd);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::explain(&cmd, &out)))
+}
+
+#[test]
+fn start_takes_over_the_container_an_interrupted_sync_created() {
+    if !common::privileged("a start whose container an interrupted sync created") {
+        return;
+    }
+    let host = Host::new();
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let pre_run = host.dir.join("pre-run");
+    let pre_id = host.dir.join("pre-run.id");
+    let cases = [
+        // The killed sync's own `podman run`, exactly: adopted.
+        ("same", "podman \"$@\" > PRE_ID\n"),
+        // An older start of the same sidecar (another argv hash): replaced.
+        (
+            "stale",
+            "n=$#\nfor a in \"$@\"; do\n  case \"$a\" in --label=io.sidespawn.argv-hash=*) a=--label=io.sidespawn.argv-hash=0000000000000000 ;; esac\n  set -- \"$@\" \"$a\"\ndone\nshift $n\npodman \"$@\" > PRE_ID\n",
+        ),
+    ];
+    for (case, script) in cases {
+        let tag = format!("dnsmasq-{uuid}-{case}");
+        let name = format!("sidespawn-dnsmasq-t-{tag}");
+        let pid_file = host.data().join(format!("{uuid}-{case}.pid"));
+        let args = dnsmasq_args(&pid_file, "/dev/null");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.queue_start(&ns, &tag, &args);
+        let id = common::queue_records(&host.queue_root(), "dnsmasq")[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        std::fs::write(
+            &pre_run,
+            script.replace("PRE_ID", &pre_id.display().to_string()),
+        )
+        .unwrap();
+
+        let summary = host.sync();
+        assert!(
+            summary.contains("started 1") && summary.contains("failed 0"),
+            "{case}: {summary}"
+        );
+        let created = std::fs::read_to_string(&pre_id).unwrap().trim().to_owned();
+        assert!(
+            !created.is_empty(),
+            "{case}: the pre-run created a container"
+        );
+        let ack = host.ack(&id).expect("acknowledged");
+        assert_eq!(ack["result"], "ok", "{case}: {ack}");
+        let c = host.inspect(&name);
+        assert_eq!(c["State"]["Status"], "running", "{case}");
+        assert_eq!(
+            c["Config"]["Labels"]["io.sidespawn.request-id"],
+            id.as_str()
+        );
+        match case {
+            "same" => {
+                assert_eq!(c["Id"], created.as_str(), "adopted, not replaced");
+                let m = ack["message"].as_str().unwrap();
+                assert!(m.contains("interrupted sync"), "{m}");
+            }
+            _ => {
+                assert_ne!(c["Id"], created.as_str(), "replaced");
+                assert_ne!(
+                    c["Config"]["Labels"]["io.sidespawn.argv-hash"],
+                    "0000000000000000"
+                );
+            }
+        }
+        // Neither a failure nor an automatic restart was counted against it.
+        let st = status_json(&host);
+        let sc = st["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{case}: {st}"))
+            .clone();
+        assert_eq!(sc["desired"], true, "{sc}");
+        assert_eq!(sc["last_error"], serde_json::Value::Null, "{sc}");
+        assert_eq!(sc["restarts"], 0, "{sc}");
+        std::fs::remove_file(&pre_id).unwrap();
+    }
 }
