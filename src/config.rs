@@ -91,6 +91,7 @@ struct ProfileFile {
     restart: Option<RestartFile>,
     health_cmd: Option<Vec<String>>,
     health_timeout_s: Option<u64>,
+    max_sidecars: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,7 +176,19 @@ pub struct Profile {
     /// restart policy.
     pub health_cmd: Option<Vec<String>>,
     pub health_timeout: Duration,
+    /// Most sidecars of this kind this configuration runs (desired or
+    /// running); a start that would add one more is rejected. See
+    /// [`DEFAULT_MAX_SIDECARS`].
+    pub max_sidecars: usize,
 }
+
+/// Default of `kinds.<kind>.max_sidecars`. A large DHCP node serves about
+/// 1,000 networks (one dnsmasq each, and as many metadata haproxies), an L3
+/// node a few hundred routers: 2,048 leaves twice that headroom, while an
+/// agent gone wrong (a loop over fresh tags) stops there instead of starting
+/// a podman container (a conmon, a daemon and their memory) per request
+/// until the host runs out.
+pub const DEFAULT_MAX_SIDECARS: usize = 2048;
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -235,6 +248,7 @@ impl Profile {
             restart: RestartPolicy::default(),
             health_cmd: None,
             health_timeout: Duration::from_secs(5),
+            max_sidecars: DEFAULT_MAX_SIDECARS,
         }
     }
 
@@ -395,6 +409,15 @@ impl HostConfig {
                 }
                 prof.health_cmd = Some(h);
             }
+            if let Some(m) = p.max_sidecars {
+                if m == 0 {
+                    return Err(invalid(
+                        &key("max_sidecars"),
+                        "must be at least 1 (to serve no sidecars of this kind, set enabled to false)",
+                    ));
+                }
+                prof.max_sidecars = m;
+            }
             if let Some(t) = p.health_timeout_s {
                 prof.health_timeout = Duration::from_secs(t.max(1));
             }
@@ -541,6 +564,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("reserved"));
+    }
+
+    #[test]
+    fn max_sidecars_defaults_and_refuses_zero() {
+        let p = Path::new("/c.json");
+        let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i"}}}"#).unwrap();
+        assert_eq!(c.kinds[&Kind::Dnsmasq].max_sidecars, DEFAULT_MAX_SIDECARS);
+        let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i","max_sidecars":3}}}"#)
+            .unwrap();
+        assert_eq!(c.kinds[&Kind::Dnsmasq].max_sidecars, 3);
+        let e = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i","max_sidecars":0}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kinds.dnsmasq.max_sidecars"), "{e}");
     }
 
     #[test]

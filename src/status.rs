@@ -41,6 +41,12 @@ pub struct KindReport {
     /// Desired sidecars of this kind, and how many of them run.
     pub desired: usize,
     pub desired_running: usize,
+    /// The kind's `max_sidecars`, and its sidecars that count against it
+    /// (desired or running, by key).
+    pub max_sidecars: usize,
+    pub sidecars: usize,
+    /// Whether the limit is reached: a start of a new sidecar is rejected.
+    pub at_limit: bool,
 }
 
 /// A kind's restart policy and what it did (`kinds[].restart`).
@@ -134,6 +140,9 @@ pub fn report(
             },
             desired: 0,
             desired_running: 0,
+            max_sidecars: 0,
+            sidecars: 0,
+            at_limit: false,
         };
         if let Some(p) = cfg.kinds.get(&kind) {
             r.restart.enabled = p.restart.enabled;
@@ -164,6 +173,15 @@ pub fn report(
         kreps.push(r);
     }
     let containers: Vec<ContainerInfo> = runtime.list()?;
+    // Sidecars counted against each kind's limit, as the sync counts them.
+    for kr in &mut kreps {
+        if let (Some(p), Ok(table)) = (cfg.kinds.get(&kr.kind), DesiredTable::load(&state, kr.kind))
+        {
+            kr.max_sidecars = p.max_sidecars;
+            kr.sidecars = crate::sync::sidecar_keys(p, &table, &containers).len();
+            kr.at_limit = kr.sidecars >= p.max_sidecars;
+        }
+    }
     let now_s = (now / 1000) as i64;
     let mut sidecars: Vec<SidecarReport> = containers
         .into_iter()
@@ -346,6 +364,17 @@ pub fn run(
             k.queue_depth,
             k.pending,
             oldest
+        )?;
+    }
+    for k in rep.kinds.iter().filter(|k| k.at_limit) {
+        writeln!(
+            out,
+            "{}: {} of {} sidecars, at the limit: new ones are rejected (kinds.{}.max_sidecars in {})",
+            k.kind.as_str(),
+            k.sidecars,
+            k.max_sidecars,
+            k.kind.as_str(),
+            cfg.path.display()
         )?;
     }
     writeln!(out)?;

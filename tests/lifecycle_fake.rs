@@ -655,3 +655,73 @@ fn start_leaves_a_foreign_container_holding_the_name_alone() {
     assert_eq!(s.container().unwrap().id, foreign.id);
     assert!(!s.fake.calls().iter().any(|c| matches!(c, Call::Remove(_))));
 }
+
+#[test]
+fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass() {
+    use sidespawn::ack::Outcome;
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.max_sidecars = 2;
+    }
+    let start = |s: &Setup, i: usize, argv: &str| {
+        let r = Record {
+            id: new_id(now_ms()),
+            tag: Some(format!("dnsmasq-{}-{i}", s.uuid)),
+            argv: vec![argv.to_owned()],
+            ..s.start_record_template()
+        };
+        s.queue(&r);
+        r
+    };
+    let name = |s: &Setup, i: usize| format!("sidespawn-dnsmasq-t-dnsmasq-{}-{i}", s.uuid);
+    let limit = format!(
+        "limit of 2 sidecars for kind dnsmasq reached; raise kinds.dnsmasq.max_sidecars in {}",
+        s.cfg.path.display()
+    );
+
+    // Three new sidecars in one batch: two fit.
+    let first: Vec<Record> = (0..3).map(|i| start(&s, i, "--a")).collect();
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.rejected), (2, 1), "{sum}");
+    let refused = ack_of(&s, &first[2].id);
+    assert_eq!(refused.result, Outcome::Rejected);
+    assert_eq!(refused.message, limit);
+    assert!(!s.fake.containers().iter().any(|c| c.name == name(&s, 2)));
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let k = &rep.kinds[0];
+    assert_eq!((k.sidecars, k.max_sidecars, k.at_limit), (2, 2, true));
+
+    // At the limit: a repeat and a replacement of existing sidecars pass,
+    // another new one does not.
+    let repeat = start(&s, 0, "--a");
+    let replace = start(&s, 1, "--b");
+    let another = start(&s, 3, "--a");
+    let sum = s.sync(false);
+    assert_eq!(
+        (sum.unchanged, sum.replaced, sum.rejected),
+        (1, 1, 1),
+        "{sum}"
+    );
+    assert_eq!(ack_of(&s, &repeat.id).result, Outcome::Ok);
+    assert_eq!(ack_of(&s, &replace.id).result, Outcome::Ok);
+    assert_eq!(ack_of(&s, &another.id).message, limit);
+
+    // A stop frees its slot for a start in the same batch.
+    let pid = s
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.name == name(&s, 0))
+        .unwrap()
+        .pid;
+    s.stop(pid);
+    let fourth = start(&s, 4, "--a");
+    let sum = s.sync(false);
+    assert_eq!((sum.removed, sum.started, sum.rejected), (1, 1, 0), "{sum}");
+    assert_eq!(ack_of(&s, &fourth.id).result, Outcome::Ok);
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert_eq!((rep.kinds[0].sidecars, rep.kinds[0].at_limit), (2, true));
+    assert_eq!(s.desired().sidecars.len(), 2);
+}

@@ -565,3 +565,59 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
         std::fs::remove_file(&pre_id).unwrap();
     }
 }
+
+#[test]
+fn start_past_max_sidecars_is_rejected_and_status_says_so() {
+    if !common::privileged("max_sidecars with real podman") {
+        return;
+    }
+    let host = Host::with_config(|c| c["kinds"]["dnsmasq"]["max_sidecars"] = 1.into());
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let pid_file = host.data().join(format!("{uuid}-{i}.pid"));
+        let args = dnsmasq_args(&pid_file, "/dev/null");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.queue_start(&ns, &format!("dnsmasq-{uuid}-{i}"), &args);
+        let queued = common::queue_records(&host.queue_root(), "dnsmasq");
+        ids.push(queued[i]["id"].as_str().unwrap().to_owned());
+    }
+    let summary = host.sync();
+    assert!(
+        summary.contains("started 1") && summary.contains("rejected 1"),
+        "{summary}"
+    );
+    assert_eq!(
+        host.containers(),
+        [format!("sidespawn-dnsmasq-t-dnsmasq-{uuid}-0")]
+    );
+    assert_eq!(host.ack(&ids[0]).unwrap()["result"], "ok");
+    let refused = host.ack(&ids[1]).unwrap();
+    assert_eq!(refused["result"], "rejected");
+    assert_eq!(
+        refused["message"],
+        format!(
+            "limit of 1 sidecars for kind dnsmasq reached; raise kinds.dnsmasq.max_sidecars in {}",
+            host.dir.join("config.json").display()
+        )
+    );
+
+    let st = status_json(&host);
+    let k = &st["kinds"][0];
+    assert_eq!(
+        (&k["sidecars"], &k["max_sidecars"], &k["at_limit"]),
+        (&1.into(), &1.into(), &true.into()),
+        "{k}"
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+    cmd.arg("--config")
+        .arg(host.dir.join("config.json"))
+        .arg("status")
+        .env("CONTAINERS_CONF", common::containers_conf());
+    let text = String::from_utf8_lossy(&common::output(&mut cmd).stdout).into_owned();
+    assert!(
+        text.contains("dnsmasq: 1 of 1 sidecars, at the limit"),
+        "{text}"
+    );
+}
