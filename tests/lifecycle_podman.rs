@@ -382,18 +382,24 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(
         keys(k),
         [
+            "at_limit",
             "desired",
             "desired_running",
             "error",
             "kind",
             "last_sync",
+            "max_sidecars",
             "oldest_pending_age_s",
             "pending",
             "queue_depth",
             "rejects_since_last_sync",
-            "restart"
+            "restart",
+            "sidecars"
         ]
     );
+    assert_eq!(k["max_sidecars"], 2048);
+    assert_eq!(k["sidecars"], 1);
+    assert_eq!(k["at_limit"], false);
     assert_eq!(k["kind"], "dnsmasq");
     assert_eq!(k["queue_depth"], 0);
     assert_eq!(k["pending"], false);
