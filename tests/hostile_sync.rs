@@ -1505,3 +1505,95 @@ fn netns_entry_that_is_a_uts_namespace_is_rejected() {
         &[],
     );
 }
+
+#[test]
+fn one_agent_asking_for_a_thousand_new_sidecars_gets_max_sidecars() {
+    if !privileged("a thousand distinct tags") {
+        return;
+    }
+    const LIMIT: usize = 20;
+    const TAGS: usize = 1000;
+    let host = FakeHost::with_config(|c| c["kinds"]["dnsmasq"]["max_sidecars"] = LIMIT.into());
+    let (ns, tag) = dhcp_netns();
+    let records: Vec<Record> = (0..TAGS)
+        .map(|i| start_record(DNSMASQ, &ns, &format!("{tag}-{i:04}"), &["--x"]))
+        .collect();
+    let text: String = records.iter().map(Record::to_line).collect();
+    host.write_queue(DNSMASQ, text.as_bytes());
+
+    let run = host.sync();
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(host.runs().len(), LIMIT, "{}", run.summary());
+    let limit = format!(
+        "limit of {LIMIT} sidecars for kind dnsmasq reached; raise kinds.dnsmasq.max_sidecars in {}",
+        host.config_path().display()
+    );
+    let (mut ok, mut refused) = (0, 0);
+    for r in &records {
+        let ack = host
+            .ack(DNSMASQ, &r.id)
+            .expect("every request is acknowledged");
+        match ack["result"].as_str() {
+            Some("ok") => ok += 1,
+            Some("rejected") => {
+                assert_eq!(ack["message"], limit.as_str());
+                refused += 1;
+            }
+            other => panic!("{other:?}: {ack}"),
+        }
+    }
+    assert_eq!((ok, refused), (LIMIT, TAGS - LIMIT));
+    assert_eq!(host.rejects(DNSMASQ).len(), TAGS - LIMIT);
+    assert!(
+        run.summary()
+            .contains(&format!("rejected {}", TAGS - LIMIT)),
+        "{}",
+        run.summary()
+    );
+    common::reliability(
+        &format!(
+            "{TAGS} start requests with distinct tags from one agent (`max_sidecars: {LIMIT}`)"
+        ),
+        "the first max_sidecars start, the rest are rejected naming the key to raise; no podman run for them",
+        &host.redact().apply(&format!(
+            "{} after {} ms; {LIMIT} podman runs; {} acks rejected: `{limit}`",
+            exit(run.code),
+            run.elapsed.as_millis(),
+            TAGS - LIMIT
+        )),
+    );
+}
+
+#[test]
+fn failed_start_with_80_kib_of_argv_is_still_acknowledged() {
+    if !privileged("a failing start with 80 KiB of argv") {
+        return;
+    }
+    let host = FakeHost::new();
+    let (ns, tag) = dhcp_netns();
+    let args: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rec = start_record(DNSMASQ, &ns, &tag, &args);
+    host.fail_run_of(&sidecar_name(DNSMASQ, &tag));
+    host.write_queue(DNSMASQ, rec.to_line().as_bytes());
+
+    let run = host.sync();
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let path = host.kind_dir(DNSMASQ).join(format!("acks/{}.json", rec.id));
+    let size = fs::metadata(&path).expect("acknowledged").len();
+    assert!(size <= sidespawn::ack::MAX_ACK_BYTES, "{size}");
+    let ack = host.assert_ack(DNSMASQ, &rec.id, "failed");
+    let message = ack["message"].as_str().expect("message");
+    assert!(message.contains("injected failure"), "{message}");
+    assert!(message.contains("more bytes)"), "{message}");
+    common::reliability(
+        "start request with 80 KiB of argv whose `podman run` fails",
+        "acknowledged `failed` with podman's reason; the command line in the message is cut, the ack stays under 64 KiB",
+        &host.redact().add(&tag, "<tag>").apply(&format!(
+            "{}; ack failed ({size} bytes), message {} bytes ending `{}`",
+            exit(run.code),
+            message.len(),
+            message.rsplit_once("): ").map_or(message, |(_, tail)| tail)
+        )),
+    );
+}

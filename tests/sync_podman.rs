@@ -563,6 +563,34 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
         assert_eq!(sc["last_error"], serde_json::Value::Null, "{sc}");
         assert_eq!(sc["restarts"], 0, "{sc}");
         std::fs::remove_file(&pre_id).unwrap();
+        let (what, expected) = match case {
+            "same" => (
+                "the container a killed sync's `podman run` created, with this request's labels, after the next sync listed (podman: name already in use)",
+                "adopted: the same container runs on, ack ok, no failure or restart counted",
+            ),
+            _ => (
+                "an older start's container of the same sidecar (other argv hash) created after the next sync listed (podman: name already in use)",
+                "replaced: removed and run again, ack ok, no failure or restart counted",
+            ),
+        };
+        common::reliability(
+            what,
+            expected,
+            &common::Redact::new()
+                .add(&uuid, "<uuid>")
+                .add(&created, "<id>")
+                .add(&created[..12], "<id>")
+                .apply(&format!(
+                    "{}; ack ok: `{}`; container {}; status last_error null, restarts 0",
+                    summary.trim(),
+                    ack["message"].as_str().unwrap_or(""),
+                    if c["Id"] == created.as_str() {
+                        "kept"
+                    } else {
+                        "new"
+                    }
+                )),
+        );
     }
 }
 
