@@ -13,6 +13,7 @@ pub mod desired;
 pub mod gc;
 pub mod health;
 pub mod kind;
+pub mod limit;
 pub mod lock;
 pub mod logs;
 pub mod netns;

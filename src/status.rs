@@ -178,7 +178,7 @@ pub fn report(
         if let (Some(p), Ok(table)) = (cfg.kinds.get(&kr.kind), DesiredTable::load(&state, kr.kind))
         {
             kr.max_sidecars = p.max_sidecars;
-            kr.sidecars = crate::sync::sidecar_keys(p, &table, &containers).len();
+            kr.sidecars = crate::limit::sidecar_keys(p, &table, &containers).len();
             kr.at_limit = kr.sidecars >= p.max_sidecars;
         }
     }

@@ -312,7 +312,7 @@ pub fn run(
             );
             log_restart_decisions(ctx.kind, &restarts);
             plan.jobs.extend(restarts.jobs.iter().cloned());
-            limit_sidecars(cfg, ctx.profile, &mut plan, &desired, &actual);
+            crate::limit::apply(cfg, ctx.profile, &mut plan, &desired, &actual);
             if opts.dry_run {
                 print_dry_run(ctx.kind, &plan, runtime);
                 continue;
@@ -745,90 +745,6 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
 
 fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
-}
-
-/// The sidecars of `profile`'s kind this configuration has: the desired
-/// ones and the running containers carrying its labels, by key.
-pub fn sidecar_keys(
-    profile: &Profile,
-    desired: &DesiredTable,
-    actual: &[ContainerInfo],
-) -> HashSet<String> {
-    let kind = profile.kind.as_str();
-    let mut keys: HashSet<String> = desired.sidecars.keys().cloned().collect();
-    keys.extend(
-        actual
-            .iter()
-            .filter(|c| c.state == State::Running)
-            .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind))
-            .filter(|c| {
-                profile
-                    .labels
-                    .iter()
-                    .all(|(k, v)| c.labels.get(k) == Some(v))
-            })
-            .filter_map(|c| c.labels.get(labels::KEY).cloned()),
-    );
-    keys
-}
-
-/// The answer to a start refused by `kinds.<kind>.max_sidecars`.
-pub fn limit_message(cfg: &HostConfig, profile: &Profile) -> String {
-    let kind = profile.kind;
-    format!(
-        "limit of {} sidecars for kind {kind} reached; raise kinds.{kind}.max_sidecars in {}",
-        profile.max_sidecars,
-        cfg.path.display()
-    )
-}
-
-/// Rejects the starts of this batch that would take the kind past its
-/// `max_sidecars`: what exists (desired or running) plus the new keys
-/// planned before them. A start of an existing key (a repeat, a
-/// replacement, a restart) and every stop pass; a stop in the batch frees
-/// its slot. One agent can otherwise make the host run a container per tag
-/// it invents.
-fn limit_sidecars(
-    cfg: &HostConfig,
-    profile: &Profile,
-    plan: &mut Plan,
-    desired: &DesiredTable,
-    actual: &[ContainerInfo],
-) {
-    let mut existing = sidecar_keys(profile, desired, actual);
-    for j in plan.jobs.iter().filter(|j| j.what == JobKind::Stop) {
-        existing.remove(&j.key);
-    }
-    let mut count = existing.len();
-    let mut refused = 0;
-    let mut kept = Vec::with_capacity(plan.jobs.len());
-    for job in std::mem::take(&mut plan.jobs) {
-        let new =
-            matches!(job.what, JobKind::Start | JobKind::Replace) && !existing.contains(&job.key);
-        if !new || count < profile.max_sidecars {
-            count += usize::from(new);
-            kept.push(job);
-            continue;
-        }
-        refused += 1;
-        let message = limit_message(cfg, profile);
-        for (id, _) in job.answers {
-            plan.answers.push(crate::plan::Answer {
-                id,
-                result: Outcome::Rejected,
-                message: message.clone(),
-                container: None,
-            });
-        }
-    }
-    plan.jobs = kept;
-    if refused > 0 {
-        warn!(
-            kind = %profile.kind,
-            "refused {refused} new sidecar(s): {}",
-            limit_message(cfg, profile)
-        );
-    }
 }
 
 /// Runs the kind's health check in its running desired sidecars; returns
