@@ -163,7 +163,7 @@ pub fn report(
         }
         kreps.push(r);
     }
-    let containers: Vec<ContainerInfo> = runtime.list()?;
+    let containers: Vec<ContainerInfo> = runtime.list(&cfg.instance)?;
     let now_s = (now / 1000) as i64;
     let mut sidecars: Vec<SidecarReport> = containers
         .into_iter()

@@ -223,7 +223,7 @@ pub fn run(
 
         let busy = ctxs.iter().any(|c| c.has_requests);
         let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
-            match runtime.list() {
+            match runtime.list(&cfg.instance) {
                 Ok(a) => {
                     unchanged_list = Some(a.clone());
                     a
@@ -821,7 +821,10 @@ fn answer_job(shared: &SharedDir, job: &Job, r: &Result<(), JobFailure>) {
     }
 }
 
-/// Reads the runtime's containers once, for `status`.
-pub fn containers(runtime: &dyn Runtime) -> Result<Vec<ContainerInfo>, RuntimeError> {
-    runtime.list()
+/// Reads this configuration's containers once, for `status`.
+pub fn containers(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+) -> Result<Vec<ContainerInfo>, RuntimeError> {
+    runtime.list(&cfg.instance)
 }

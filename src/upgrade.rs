@@ -137,7 +137,7 @@ pub fn replace_all(
     let state = StateDir::new(&cfg.state_dir);
     let image = profile.image.clone().unwrap_or_default();
     let mut table = DesiredTable::load(&state, kind)?;
-    let actual = runtime.list().map_err(UpgradeError::List)?;
+    let actual = runtime.list(&cfg.instance).map_err(UpgradeError::List)?;
     let mut report = UpgradeReport {
         image: image.clone(),
         ..UpgradeReport::default()

@@ -171,7 +171,7 @@ fn full_sync_with_nothing_to_change_asks_podman_once() {
         s.fake
             .calls()
             .iter()
-            .filter(|c| matches!(c, Call::List))
+            .filter(|c| matches!(c, Call::List(_)))
             .count()
     };
 
@@ -179,7 +179,7 @@ fn full_sync_with_nothing_to_change_asks_podman_once() {
     s.fake.clear_calls();
     let sum = s.sync(true);
     assert_eq!((sum.restarts, sum.removed), (0, 0), "{sum}");
-    assert_eq!(s.fake.calls(), [Call::List]);
+    assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
 
     // After a restart the list is stale: the collection lists again and
     // does not mistake the new container for a stranger.
@@ -343,7 +343,7 @@ fn dry_run_shows_the_restart_and_changes_nothing() {
         ..SyncOptions::default()
     };
     sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
-    assert_eq!(s.fake.calls(), [Call::List]);
+    assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
     assert_eq!(s.desired(), before);
 }
 
