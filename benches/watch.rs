@@ -339,7 +339,12 @@ fn bench() -> Result<(), Error> {
                     .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
                     .map_err(|e| e.to_string())?;
             }
-            remove(&format!("sidespawn-dnsmasq-t-{tag}"));
+            remove(&sidespawn::plan::container_name(
+                &cfg.instance,
+                sidespawn::kind::Kind::Dnsmasq,
+                Some(&tag),
+                None,
+            ));
         }
         if (i + 1) % 10 == 0 {
             eprintln!("watch bench: {} of {runs} rounds", i + 1);

@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::fake_host::{
-    FakeHost, after_image, dhcp_netns, exit, sidecar_name, signal_record, start_record,
-};
+use common::fake_host::{FakeHost, after_image, dhcp_netns, exit, signal_record, start_record};
 use common::{Netns, Redact};
 use serde_json::{Value, json};
 use sidespawn::kind::Kind;
@@ -181,7 +179,11 @@ fn hostile_line_then(
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)], "{run:#?}");
+    assert_eq!(
+        host.run_names(),
+        [host.sidecar_name(DNSMASQ, &tag)],
+        "{run:#?}"
+    );
     host.assert_ack(DNSMASQ, &good.id, "ok");
 
     let reject = only_reject(&host, DNSMASQ);
@@ -607,7 +609,7 @@ impl TwoKinds {
         assert!(
             self.host
                 .run_names()
-                .contains(&sidecar_name(HAPROXY, &self.haproxy_tag)),
+                .contains(&self.host.sidecar_name(HAPROXY, &self.haproxy_tag)),
             "{:?}",
             self.host.run_names()
         );
@@ -783,10 +785,10 @@ fn acks_dir_symlink_is_never_written_through() {
         run.stderr
     );
     assert!(
-        t.host.run_names().contains(&sidecar_name(
-            DNSMASQ,
-            t.dnsmasq.tag.as_deref().expect("tag")
-        )),
+        t.host.run_names().contains(
+            &t.host
+                .sidecar_name(DNSMASQ, t.dnsmasq.tag.as_deref().expect("tag"))
+        ),
         "the request itself is still served"
     );
     t.assert_haproxy_served();
@@ -1086,7 +1088,7 @@ fn sparse_multi_gigabyte_queue_is_cut_at_the_cap_quickly_with_bounded_memory() {
         m.peak_rss_kib
     );
     assert!(m.elapsed < Duration::from_secs(30), "{:?}", m.elapsed);
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
@@ -1127,7 +1129,7 @@ fn ten_megabyte_line_is_rejected_and_the_next_served() {
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
@@ -1167,7 +1169,7 @@ fn hundred_thousand_identical_requests_make_one_podman_run() {
         "{}",
         m.stdout
     );
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     assert_eq!(
         host.calls().len(),
         2,
@@ -1387,7 +1389,7 @@ fn netns_case(case: &str, name: &str, ino: u64, want: &str, also_redact: &[u64])
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let ack = host.assert_ack(DNSMASQ, &bad.id, "rejected");
     let message = ack["message"].as_str().expect("message");

@@ -125,7 +125,10 @@ impl Setup {
     }
 
     fn name(&self) -> String {
-        format!("sidespawn-dnsmasq-t-dnsmasq-{}", self.uuid)
+        format!(
+            "sidespawn-{}-dnsmasq-t-dnsmasq-{}",
+            self.cfg.instance, self.uuid
+        )
     }
 
     fn container(&self) -> Option<sidespawn::runtime::ContainerInfo> {

@@ -205,7 +205,7 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     host.queue_start(&ns, &tag, &args);
     let summary = host.sync();
     assert!(summary.contains("started 1"), "{summary}");
-    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
     let c = host.inspect(&name);
     assert_eq!(c["State"]["Status"], "running");
     assert_eq!(c["HostConfig"]["PidMode"], "host");
@@ -273,7 +273,7 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
     host.queue_start(&ns, &tag, &args);
     host.sync();
     let pid = read_pid(&pid_file);
-    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
 
     // HUP: the kill script waits for the host; run the sync meanwhile.
     let mut hup = host.kill_script(&ns, "HUP", pid);
@@ -356,7 +356,11 @@ fn sync_killed_at_every_step_converges() {
             let args = dnsmasq_args(&pid_file, "/dev/null");
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             host.queue_start(&ns, &tag, &args);
-            names.push(format!("sidespawn-dnsmasq-t-{tag}"));
+            names.push(common::sidecar_name(
+                &host.dir.join("state"),
+                "dnsmasq",
+                &tag,
+            ));
             guards.push(ns);
         }
         let ids: Vec<String> = common::queue_records(&host.queue_root(), "dnsmasq")
