@@ -241,6 +241,27 @@ fn with_netns_name(mut v: Value, name: &str) -> Vec<u8> {
 }
 
 #[test]
+fn argv_above_max_argv_bytes_is_rejected_alone() {
+    if !privileged("argv above kinds.dnsmasq.max_argv_bytes") {
+        return;
+    }
+    // 200 KiB of arguments: a valid line (under the queue's 1 MiB), but over the default
+    // 64 KiB per request; before the limit podman stored it and every listing carried it.
+    hostile_line(
+        "start request with 200 KiB of argv (over `kinds.dnsmasq.max_argv_bytes`, 64 KiB)",
+        Base::Start,
+        "over kinds.dnsmasq.max_argv_bytes (65536)",
+        true,
+        |v| {
+            let big: Vec<String> = (0..4)
+                .map(|i| format!("--x{i}={}", "y".repeat(51_200)))
+                .collect();
+            with(v, "argv", json!(big))
+        },
+    );
+}
+
+#[test]
 fn invalid_json_is_rejected() {
     if !privileged("invalid JSON") {
         return;
