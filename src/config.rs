@@ -241,7 +241,7 @@ pub fn instance_id(state_dir: &Path) -> String {
 /// `path` with its longest existing ancestor resolved by `canonicalize`
 /// and the rest appended lexically (`.` dropped, `..` popping), component
 /// by component, so a `..` after a symlink pops the symlink's target.
-fn canonical_through_ancestors(path: &Path) -> PathBuf {
+pub fn canonical_through_ancestors(path: &Path) -> PathBuf {
     use std::path::Component;
     let absolute = if path.is_absolute() {
         path.to_path_buf()

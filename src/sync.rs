@@ -149,6 +149,9 @@ pub fn run(
     // first read of the host state, and it checks the state directory first.
     let effective = crate::upgrade::effective_config(cfg)?;
     let cfg = &effective;
+    if !opts.dry_run {
+        StateDir::new(&cfg.state_dir).claim_owner(&cfg.queue_root, true)?;
+    }
     // A named kind without a usable profile is a configuration error.
     for &k in &kinds {
         cfg.profile(k)?;

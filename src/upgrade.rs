@@ -74,6 +74,8 @@ pub fn effective_config(cfg: &HostConfig) -> Result<HostConfig, StateError> {
     // A state directory that is not one gets its own advice, not a bare
     // "Not a directory" from the first file read below it.
     state.check_dir()?;
+    // Not another configuration's state (recorded by the first sync that writes).
+    state.claim_owner(&cfg.queue_root, false)?;
     let mut out = cfg.clone();
     for (kind, p) in out.kinds.iter_mut() {
         let st = ImageState::load(&state, *kind)?;

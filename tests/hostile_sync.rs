@@ -262,6 +262,47 @@ fn argv_above_max_argv_bytes_is_rejected_alone() {
 }
 
 #[test]
+fn a_second_configuration_on_the_same_state_dir_is_refused() {
+    if !privileged("two configurations sharing one state_dir") {
+        return;
+    }
+    let mut host = FakeHost::new();
+    let (ns, tag) = dhcp_netns();
+    let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
+    host.write_queue(DNSMASQ, first.to_line().as_bytes());
+    let run = host.sync();
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    // Another configuration: its own queue root, the first one's state directory (and so,
+    // without the check, its identity and its sidecars).
+    let other_root = host.dir().join("other-queue");
+    fs::create_dir_all(other_root.join("dnsmasq")).expect("mkdir");
+    host.set_config(|c| c["queue_root"] = json!(other_root));
+    let calls = host.calls().len();
+    let run = host.sync();
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let e = run.error_line();
+    assert!(
+        e.contains("must not share a state_dir")
+            && e.contains(&other_root.display().to_string())
+            && e.contains("owner.json"),
+        "{e}"
+    );
+    assert_eq!(
+        host.calls().len(),
+        calls,
+        "no podman call: {:?}",
+        host.calls()
+    );
+    common::reliability(
+        "a second host configuration (another queue_root) names the first one's state_dir",
+        "refused before any podman call, naming both queue roots and the fix",
+        &host
+            .redact()
+            .apply(&format!("exit {}; {e}", run.code.unwrap_or(-1))),
+    );
+}
+
+#[test]
 fn invalid_json_is_rejected() {
     if !privileged("invalid JSON") {
         return;
