@@ -157,6 +157,13 @@ pub trait Runtime: Send + Sync {
     /// label and `io.sidespawn.instance=<instance>`, in any state. Never
     /// another configuration's, nor one from before the instance label.
     fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Names of sidespawn's containers that carry no `io.sidespawn.instance`
+    /// label: made before the label existed, so no configuration can prove
+    /// they are its own and none touches them. Only `status` asks, to tell
+    /// the operator they need removing by hand (README, "Upgrading").
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
     /// Creates and starts a sidecar; returns the container id.
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError>;
     /// Sends a signal to the container's main process.
@@ -237,6 +244,40 @@ pub const PS_FORMAT: &str = concat!(
 const PIPE_GRACE: Duration = Duration::from_millis(500);
 /// The longest sleep between checks for podman's exit.
 const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// The template of [`Runtime::list_unlabelled`]: a container's names and
+/// its instance label (`""` when it has none; `index` of a missing key is
+/// the empty string), one JSON object per line.
+const UNLABELLED_FORMAT: &str = r#"{"Names":{{json .ListContainer.Names}},"Instance":{{json (index .Labels "io.sidespawn.instance")}}}"#;
+
+/// The names of [`UNLABELLED_FORMAT`]'s lines whose instance is empty.
+fn parse_unlabelled(out: &[u8]) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Line {
+        #[serde(default)]
+        names: PsNames,
+        #[serde(default)]
+        instance: Option<String>,
+    }
+    let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut names = Vec::new();
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: Line = serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if line.instance.as_deref().unwrap_or("").is_empty() {
+            names.push(match line.names {
+                PsNames::Many(n) => n.into_iter().next().unwrap_or_default(),
+                PsNames::One(n) => n,
+            });
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// The real runtime: the `podman` command line.
 #[derive(Debug, Clone)]
@@ -479,6 +520,25 @@ impl Runtime for Podman {
             message,
         })?;
         Ok(keep_managed(all, instance))
+    }
+
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        let args: Vec<String> = [
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            "--format",
+            UNLABELLED_FORMAT,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let out = self.call(&args, self.timeout, |_| None)?;
+        parse_unlabelled(&out).map_err(|message| RuntimeError::Parse {
+            args: quote_args(&args),
+            message,
+        })
     }
 
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
@@ -1031,6 +1091,20 @@ impl Runtime for FakeRuntime {
             .collect())
     }
 
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut names: Vec<String> = lock(&self.containers)
+            .iter()
+            .filter(|c| {
+                c.labels.get(labels::MANAGED_BY).map(String::as_str)
+                    == Some(labels::MANAGED_BY_VALUE)
+                    && c.labels.get(labels::INSTANCE).is_none_or(String::is_empty)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
         self.record(Call::Run(spec.clone()), Some(&spec.name))?;
         let mut cs = lock(&self.containers);
@@ -1323,6 +1397,22 @@ mod tests {
         let mut names: Vec<&str> = scoped.iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["isoexp-created", "isoexp-exited", "isoexp-run"]);
+    }
+
+    #[test]
+    fn unlabelled_containers_are_named_from_their_listing() {
+        // What podman 4.3.1 printed for UNLABELLED_FORMAT: an old sidecar, one of ours.
+        let out = br#"{"Names":["sidespawn-dnsmasq-t-old"],"Instance":""}
+{"Names":["sidespawn-0123456789ab-dnsmasq-t-new"],"Instance":"0123456789ab"}
+"#;
+        assert_eq!(parse_unlabelled(out).unwrap(), ["sidespawn-dnsmasq-t-old"]);
+        assert!(parse_unlabelled(b"").unwrap().is_empty());
+        assert!(parse_unlabelled(b"{").is_err());
+        let mut old = FakeRuntime::container("old", State::Running, &[]);
+        old.labels.remove(labels::INSTANCE);
+        let new = FakeRuntime::container("new", State::Running, &[]);
+        let fake = FakeRuntime::new(vec![old, new]);
+        assert_eq!(fake.list_unlabelled().unwrap(), ["old"]);
     }
 
     #[test]

@@ -278,6 +278,21 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
     b.queue_start_of("radvd", &nss[2], &tags[2]);
     let s = b.sync(&[]);
     assert!(s.contains("started 3"), "{s}");
+    // A sidecar from before the instance label: managed by sidespawn, of kind dnsmasq, owned
+    // by no configuration that can prove it.
+    let legacy = format!("sidespawn-dnsmasq-t-{}", common::unique("legacy"));
+    common::run(common::podman().args([
+        "create",
+        "--name",
+        &legacy,
+        "--label=io.sidespawn.managed-by=sidespawn",
+        "--label=io.sidespawn.kind=dnsmasq",
+        "--label=io.sidespawn.key=dnsmasq/tag/legacy",
+        &format!("--label={RUN_LABEL}={run_label}"),
+        &images.dnsmasq,
+        "true",
+    ]));
+    let legacy_id = common::run(common::podman().args(["inspect", "--format", "{{.Id}}", &legacy]));
     let b_pid = read_pid(&b.pid_file(&tags[0]));
     let before = containers_of(&b.instance());
     assert_eq!(before.len(), 3, "{before:?}");
@@ -387,6 +402,15 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     assert_eq!(names, [a.sidecar(&tags[1]).as_str()], "{st}");
+    assert_eq!(st["instance"], a.instance().as_str());
+    assert!(
+        st["unlabelled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == legacy.as_str()),
+        "status names the unlabelled container: {st}"
+    );
     let out = common::output(&mut b.sidespawn(&["status", "--json"]));
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["sidecars"].as_array().unwrap().len(), 3, "{st}");
@@ -421,6 +445,12 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
         "B sidecars touched by A: {} of {} (kill by pid, same tag, sync --full, watch start-up, gc, upgrade, rollback, status, logs)",
         changed.len(),
         before.len()
+    );
+    let legacy_now =
+        common::run(common::podman().args(["inspect", "--format", "{{.Id}}", &legacy]));
+    assert_eq!(
+        legacy_now, legacy_id,
+        "the unlabelled container is left alone"
     );
     assert!(
         changed.is_empty(),

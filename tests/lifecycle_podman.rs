@@ -378,8 +378,16 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
         k.sort();
         k
     };
-    assert_eq!(keys(&st), ["healthy", "kinds", "sidecars"]);
+    assert_eq!(
+        keys(&st),
+        ["healthy", "instance", "kinds", "sidecars", "unlabelled"]
+    );
     assert_eq!(st["healthy"], true);
+    assert_eq!(
+        st["instance"],
+        sidespawn::config::instance_id(&host.dir.join("state")).as_str()
+    );
+    assert!(st["unlabelled"].is_array(), "{st}");
     let k = &st["kinds"][0];
     assert_eq!(st["kinds"].as_array().unwrap().len(), 1);
     assert_eq!(
