@@ -258,7 +258,8 @@ fn bench() -> Result<(), Error> {
     let mut bare = Vec::new();
     // The sync's own container listing, timed on its own: every sync asks
     // podman what runs before it acts.
-    let list_args = sidespawn::runtime::call_args(&sidespawn::runtime::Call::List);
+    let list_args =
+        sidespawn::runtime::call_args(&sidespawn::runtime::Call::List(cfg.instance.clone()));
     let mut floor = Vec::new();
     let mut via_watch = Vec::new();
     let mut via_path = Vec::new();
@@ -338,7 +339,12 @@ fn bench() -> Result<(), Error> {
                     .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
                     .map_err(|e| e.to_string())?;
             }
-            remove(&format!("sidespawn-dnsmasq-t-{tag}"));
+            remove(&sidespawn::plan::container_name(
+                &cfg.instance,
+                sidespawn::kind::Kind::Dnsmasq,
+                Some(&tag),
+                None,
+            ));
         }
         if (i + 1) % 10 == 0 {
             eprintln!("watch bench: {} of {runs} rounds", i + 1);

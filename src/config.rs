@@ -64,6 +64,7 @@ struct HostConfigFile {
     max_queue_bytes: Option<u64>,
     ack_max_age_s: Option<u64>,
     max_passes: Option<u32>,
+    instance: Option<String>,
     #[serde(default)]
     kinds: BTreeMap<Kind, ProfileFile>,
 }
@@ -92,6 +93,7 @@ struct ProfileFile {
     health_cmd: Option<Vec<String>>,
     health_timeout_s: Option<u64>,
     max_sidecars: Option<usize>,
+    max_argv_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +146,10 @@ pub struct HostConfig {
     pub max_queue_bytes: u64,
     pub ack_max_age: Duration,
     pub max_passes: u32,
+    /// This configuration's identity on a podman it may share with others
+    /// (see [`instance_id`]): in every sidecar's `io.sidespawn.instance`
+    /// label and container name, and in the filter of every listing.
+    pub instance: String,
     /// Profiles of the kinds this host serves, by kind.
     pub kinds: BTreeMap<Kind, Profile>,
 }
@@ -152,6 +158,10 @@ pub struct HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub kind: Kind,
+    /// The configuration's identity ([`HostConfig::instance`]), copied into
+    /// each profile because everything that names or labels a sidecar
+    /// works from its profile.
+    pub instance: String,
     pub enabled: bool,
     /// `None` when not configured: the kind cannot be served until it is.
     pub image: Option<String>,
@@ -180,6 +190,92 @@ pub struct Profile {
     /// running); a start that would add one more is rejected. See
     /// [`DEFAULT_MAX_SIDECARS`].
     pub max_sidecars: usize,
+    /// Most bytes of a start request's argv (each argument plus a NUL, as
+    /// the kernel counts them); a larger request is rejected at plan time.
+    pub max_argv_bytes: usize,
+}
+
+/// Default `max_argv_bytes`: 64 KiB. Neutron's longest command line is
+/// dnsmasq's, about 1 KiB plus some 100 bytes per subnet of the network
+/// (`--dhcp-range=set:subnet-<uuid>,...`, `--dhcp-option-force=...`);
+/// haproxy (`-f <conf>`), keepalived (`-P -f <conf> -p <pid> -r <pid>`)
+/// and radvd (`-C <conf> -p <pid> -m syslog -u radvd`) pass a few hundred
+/// bytes. 64 KiB holds a network with several hundred subnets while
+/// bounding what one sidecar costs the host: podman keeps the argv in the
+/// container's configuration and `podman inspect`/`logs` carry it.
+pub const DEFAULT_MAX_ARGV_BYTES: usize = 64 * 1024;
+
+/// The most `max_argv_bytes` may be: the queue's own line cap, past which
+/// no request is read at all.
+pub const MAX_MAX_ARGV_BYTES: usize = crate::record::MAX_LINE_BYTES;
+
+/// Longest `instance`: it is part of every container name (128 bytes at
+/// most, longer names are hashed), so it must leave room for the rest.
+pub const MAX_INSTANCE_LEN: usize = 32;
+
+/// Whether `s` is a valid `instance`: 1–32 characters of `[a-z0-9_]`.
+/// No `-`: the instance is the second dash-separated word of a container
+/// name (`sidespawn-<instance>-<kind>-...`), so without dashes no pair of
+/// instance and tag can spell another pair's name.
+pub fn valid_instance(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_INSTANCE_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The automatic identity of the configuration whose state lives in
+/// `state_dir`: 12 hex digits of a hash of the directory's canonical path.
+///
+/// Why the state directory: it is what a configuration owns alone (two
+/// configurations sharing it would replay each other's journals and share
+/// one desired table, so [`crate::state::StateDir::claim_owner`] refuses
+/// that), it does not change when the configuration file is edited or
+/// moved, and it needs no operator action. The path is made canonical
+/// through its longest existing ancestor, so the identity is the same
+/// before and after the directory is created and whichever spelling
+/// (`/var/lib/../lib/sidespawn`, a symlinked parent) the file uses.
+/// Moving the state directory changes the identity: set `instance` to
+/// keep the old one (README, "Host configuration").
+pub fn instance_id(state_dir: &Path) -> String {
+    let canonical = canonical_through_ancestors(state_dir);
+    let h = crate::plan::fnv1a(canonical.as_os_str().as_encoded_bytes());
+    format!("{:012x}", h >> 16)
+}
+
+/// `path` with its longest existing ancestor resolved by `canonicalize`
+/// and the rest appended lexically (`.` dropped, `..` popping), component
+/// by component, so a `..` after a symlink pops the symlink's target.
+pub fn canonical_through_ancestors(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut out = PathBuf::new();
+    let mut resolving = true;
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => {
+                out.push(name);
+                if resolving {
+                    match out.canonicalize() {
+                        Ok(c) => out = c,
+                        Err(_) => resolving = false,
+                    }
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Default of `kinds.<kind>.max_sidecars`. A large DHCP node serves about
@@ -224,6 +320,7 @@ impl Profile {
         };
         Profile {
             kind,
+            instance: instance_id(Path::new(DEFAULT_STATE_DIR)),
             enabled: true,
             image: None,
             command: vec![kind.as_str().to_owned()],
@@ -249,7 +346,14 @@ impl Profile {
             health_cmd: None,
             health_timeout: Duration::from_secs(5),
             max_sidecars: DEFAULT_MAX_SIDECARS,
+            max_argv_bytes: DEFAULT_MAX_ARGV_BYTES,
         }
+    }
+
+    /// Bytes of `argv` as [`Profile::max_argv_bytes`] counts them: each
+    /// argument plus its terminating NUL.
+    pub fn argv_bytes(argv: &[String]) -> usize {
+        argv.iter().map(|a| a.len() + 1).sum()
     }
 
     /// Whether `name` matches one of the profile's namespace patterns.
@@ -364,9 +468,23 @@ impl HostConfig {
         if parallelism == 0 || parallelism > 256 {
             return Err(invalid("parallelism", "must be between 1 and 256"));
         }
+        let state_dir: PathBuf = f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let instance = match f.instance {
+            Some(i) if valid_instance(&i) => i,
+            Some(_) => {
+                return Err(invalid(
+                    "instance",
+                    &format!(
+                        "must be 1-{MAX_INSTANCE_LEN} characters of [a-z0-9_] (it becomes part of every container name); leave it out to derive one from state_dir"
+                    ),
+                ));
+            }
+            None => instance_id(&state_dir),
+        };
         let mut kinds = BTreeMap::new();
         for (kind, p) in f.kinds {
             let mut prof = Profile::defaults(kind);
+            prof.instance = instance.clone();
             let key = |k: &str| format!("kinds.{kind}.{k}");
             macro_rules! set {
                 ($field:ident) => {
@@ -421,6 +539,17 @@ impl HostConfig {
             if let Some(t) = p.health_timeout_s {
                 prof.health_timeout = Duration::from_secs(t.max(1));
             }
+            if let Some(m) = p.max_argv_bytes {
+                if m == 0 || m > MAX_MAX_ARGV_BYTES {
+                    return Err(invalid(
+                        &key("max_argv_bytes"),
+                        &format!(
+                            "must be between 1 and {MAX_MAX_ARGV_BYTES} (the queue's line limit)"
+                        ),
+                    ));
+                }
+                prof.max_argv_bytes = m;
+            }
             if prof.image.as_deref() == Some("") {
                 return Err(invalid(&key("image"), "must not be empty"));
             }
@@ -440,7 +569,7 @@ impl HostConfig {
             queue_root: f
                 .queue_root
                 .unwrap_or_else(|| crate::wrapper_config::DEFAULT_QUEUE_ROOT.into()),
-            state_dir: f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
             netns_dir: f
                 .netns_dir
                 .unwrap_or_else(|| crate::wrapper_config::DEFAULT_NETNS_DIR.into()),
@@ -451,6 +580,7 @@ impl HostConfig {
             max_queue_bytes: f.max_queue_bytes.unwrap_or(64 * 1024 * 1024),
             ack_max_age: Duration::from_secs(f.ack_max_age_s.unwrap_or(3600)),
             max_passes: f.max_passes.unwrap_or(1000).max(1),
+            instance,
             kinds,
         })
     }
@@ -601,5 +731,76 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn instance_is_derived_from_the_state_dir_and_stable() {
+        let base =
+            std::env::temp_dir().join(format!("sidespawn-inst-{}", crate::record::new_id(0)));
+        let dir = base.join("state");
+        let before = instance_id(&dir);
+        assert_eq!(before.len(), 12);
+        assert!(valid_instance(&before), "{before}");
+        // Other spellings of the same directory, before it exists...
+        assert_eq!(instance_id(&base.join("x/../state")), before);
+        assert_eq!(instance_id(&base.join("./state")), before);
+        std::fs::create_dir_all(&dir).unwrap();
+        // ...after it is created, and through a symlinked parent.
+        assert_eq!(instance_id(&dir), before);
+        std::os::unix::fs::symlink(&base, base.with_extension("link")).unwrap();
+        assert_eq!(
+            instance_id(&base.with_extension("link").join("state")),
+            before
+        );
+        assert_ne!(instance_id(&base.join("other")), before);
+        let text = serde_json::json!({"state_dir": dir}).to_string();
+        let c = HostConfig::from_str(Path::new("/c.json"), &text).unwrap();
+        assert_eq!(c.instance, before);
+        let _ = std::fs::remove_file(base.with_extension("link"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn instance_override_is_validated_and_reaches_every_profile() {
+        let p = Path::new("/c.json");
+        let c = HostConfig::from_str(
+            p,
+            r#"{"instance":"site_a","kinds":{"dnsmasq":{"image":"i"},"haproxy":{"image":"i"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.instance, "site_a");
+        assert!(c.kinds.values().all(|k| k.instance == "site_a"));
+        for bad in ["", "a-b", "A", "a b", "a/b", &"a".repeat(33)] {
+            let e = HostConfig::from_str(p, &serde_json::json!({ "instance": bad }).to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("instance") && e.contains("[a-z0-9_]"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(valid_instance(&"a".repeat(32)));
+    }
+
+    #[test]
+    fn max_argv_bytes_default_and_bounds() {
+        let p = Path::new("/c.json");
+        let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i"}}}"#).unwrap();
+        assert_eq!(c.kinds[&Kind::Dnsmasq].max_argv_bytes, 65536);
+        let c = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"dnsmasq":{"image":"i","max_argv_bytes":4096}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kinds[&Kind::Dnsmasq].max_argv_bytes, 4096);
+        for bad in ["0", "1048577"] {
+            let e = HostConfig::from_str(
+                p,
+                &format!(r#"{{"kinds":{{"dnsmasq":{{"image":"i","max_argv_bytes":{bad}}}}}}}"#),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("kinds.dnsmasq.max_argv_bytes"), "{e}");
+        }
     }
 }

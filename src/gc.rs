@@ -107,13 +107,15 @@ pub fn decide(
     out
 }
 
-/// Whether `c` belongs to this configuration: it carries every label of
-/// its kind's profile `labels` (a kind not configured here: not ours).
+/// Whether `c` belongs to this configuration: it carries its instance
+/// label and every label of its kind's profile `labels` (a kind not
+/// configured here: not ours).
 pub fn in_scope(cfg: &HostConfig, c: &ContainerInfo) -> bool {
-    c.labels
-        .get(labels::KIND)
-        .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
-        .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+    c.labels.get(labels::INSTANCE) == Some(&cfg.instance)
+        && c.labels
+            .get(labels::KIND)
+            .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
+            .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
 }
 
 /// What one gc did (or, dry, would do).
@@ -159,16 +161,20 @@ pub fn run(
     let state = StateDir::new(&cfg.state_dir);
     let actual = match listed {
         Some(a) => a,
-        None => runtime.list().map_err(GcError::List)?,
+        None => runtime.list(&cfg.instance).map_err(GcError::List)?,
     };
     let mut report = GcReport::default();
     for &kind in kinds {
         let mut desired = DesiredTable::load(&state, kind)?;
-        let scope = cfg
+        // The list is already this configuration's (the runtime filters on
+        // the instance); the instance is in the scope too so that no list
+        // handed in can widen it.
+        let mut scope = cfg
             .kinds
             .get(&kind)
             .map(|p| p.labels.clone())
             .unwrap_or_default();
+        scope.insert(labels::INSTANCE.to_owned(), cfg.instance.clone());
         let removals = decide(kind, &scope, &actual, &desired, namespaces);
         let mut forgot = false;
         for r in removals {
@@ -326,17 +332,37 @@ mod tests {
         .to_string();
         let cfg = HostConfig::from_str(&d.join("c.json"), &text).unwrap();
         let ns = FakeNamespaces::new([("qdhcp-a".to_owned(), 7)]);
+        let ours = |mut c: ContainerInfo| {
+            c.labels
+                .insert(labels::INSTANCE.to_owned(), cfg.instance.clone());
+            c
+        };
+        // Another configuration's exited leftover, its namespace gone: not ours to collect.
+        let theirs = c("their-stray", State::Exited, "qdhcp-gone", "3");
         let fake = FakeRuntime::new(vec![
-            c("stray", State::Exited, "qdhcp-a", "7"),
-            c("keep", State::Running, "qdhcp-a", "7"),
+            ours(c("stray", State::Exited, "qdhcp-a", "7")),
+            ours(c("keep", State::Running, "qdhcp-a", "7")),
+            theirs,
         ]);
         let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], true, None).unwrap();
         assert_eq!(rep.removed.len(), 1);
-        assert_eq!(fake.containers().len(), 2);
+        assert_eq!(fake.containers().len(), 3);
         let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], false, None).unwrap();
+        assert_eq!(rep.removed.len(), 1);
         assert_eq!(rep.removed[0].container, "stray");
         let left: Vec<String> = fake.containers().into_iter().map(|c| c.name).collect();
-        assert_eq!(left, ["keep"]);
+        assert_eq!(left, ["keep", "their-stray"]);
+        // Even handed a list with it in, gc leaves the other instance's container.
+        let rep = run(
+            &cfg,
+            &fake,
+            &ns,
+            &[Kind::Dnsmasq],
+            false,
+            Some(fake.containers()),
+        )
+        .unwrap();
+        assert!(rep.removed.is_empty(), "{:?}", rep.removed);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -185,15 +185,26 @@ pub fn key_of(kind: Kind, tag: Option<&str>, netns: Option<&NetnsRef>) -> String
     }
 }
 
-/// The deterministic container name of a sidecar. Tag and namespace names
-/// are already restricted to `[A-Za-z0-9._-]`; the `-t-`/`-n-` marker after
-/// the kind keeps a tag and a namespace of the same spelling apart. Very long
-/// names are shortened with a hash so they stay unique.
-pub fn container_name(kind: Kind, tag: Option<&str>, netns: Option<&NetnsRef>) -> String {
+/// The deterministic container name of a sidecar of configuration
+/// `instance`: `sidespawn-<instance>-<kind>-t-<tag>` (`-n-<netns>` without
+/// a tag, `-h` on the host network). The instance makes the names of two
+/// configurations on one podman disjoint, so a start in one can never
+/// replace, or be blocked by, a container of the other; it has no `-` (see
+/// `config::valid_instance`), so the instance ends at the second dash. Tag
+/// and namespace names are already restricted to `[A-Za-z0-9._-]`; the
+/// `-t-`/`-n-` marker after the kind keeps a tag and a namespace of the same
+/// spelling apart. Very long names are shortened with a hash so they stay
+/// unique.
+pub fn container_name(
+    instance: &str,
+    kind: Kind,
+    tag: Option<&str>,
+    netns: Option<&NetnsRef>,
+) -> String {
     let name = match (tag, netns) {
-        (Some(t), _) => format!("sidespawn-{kind}-t-{t}"),
-        (None, Some(ns)) => format!("sidespawn-{kind}-n-{}", ns.name),
-        (None, None) => format!("sidespawn-{kind}-h"),
+        (Some(t), _) => format!("sidespawn-{instance}-{kind}-t-{t}"),
+        (None, Some(ns)) => format!("sidespawn-{instance}-{kind}-n-{}", ns.name),
+        (None, None) => format!("sidespawn-{instance}-{kind}-h"),
     };
     const MAX: usize = 128;
     if name.len() <= MAX {
@@ -247,10 +258,16 @@ pub fn run_spec(
 ) -> RunSpec {
     let kind = profile.kind;
     let image = profile.image.clone().unwrap_or_default();
-    let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
+    let name = container_name(
+        &profile.instance,
+        kind,
+        rec.tag.as_deref(),
+        rec.netns.as_ref(),
+    );
     let daemon_argv = profile.daemon_argv(&rec.argv);
     let mut l: BTreeMap<String, String> = profile.labels.clone();
     l.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+    l.insert(labels::INSTANCE.into(), profile.instance.clone());
     l.insert(labels::KIND.into(), kind.as_str().into());
     l.insert(
         labels::KEY.into(),
@@ -365,10 +382,11 @@ struct Fold<'a> {
 /// memory follows the number of sidecars rather than of requests.
 pub struct Planner<'a> {
     profile: &'a Profile,
-    /// This kind's containers, in podman's order.
+    /// This configuration's containers of this kind, in podman's order.
     ours: Vec<&'a ContainerInfo>,
-    /// This kind's running containers by main pid (the first listed, should
-    /// two claim one pid).
+    /// Those that run, by main pid (the first listed, should two claim one
+    /// pid): a kill request's pid resolves only among these, never to
+    /// another kind's or another configuration's sidecar.
     by_pid: HashMap<u32, &'a ContainerInfo>,
     folds: BTreeMap<String, Fold<'a>>,
     /// Answers decided as records arrive (refusals, unknown pids).
@@ -381,9 +399,16 @@ impl<'a> Planner<'a> {
     /// A planner for `profile`'s kind against what podman reported.
     pub fn new(profile: &'a Profile, actual: &'a [ContainerInfo]) -> Planner<'a> {
         let kind = profile.kind;
+        // The runtime lists only this configuration's containers; checking
+        // the instance again here keeps a runtime that did not (or a caller
+        // passing another list) from ever resolving a pid, naming a
+        // replacement or an orphan among someone else's.
         let ours: Vec<&ContainerInfo> = actual
             .iter()
-            .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
+            .filter(|c| {
+                crate::runtime::is_managed(c, &profile.instance)
+                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+            })
             .collect();
         let mut by_pid = HashMap::new();
         for c in &ours {
@@ -435,6 +460,17 @@ impl<'a> Planner<'a> {
                         return;
                     }
                     _ => {}
+                }
+                let bytes = Profile::argv_bytes(&rec.argv);
+                if bytes > profile.max_argv_bytes {
+                    self.answers.push(reject(
+                        &rec.id,
+                        format!(
+                            "argv is {bytes} bytes, over kinds.{kind}.max_argv_bytes ({}); shorten the command line or raise the limit in the host configuration",
+                            profile.max_argv_bytes
+                        ),
+                    ));
+                    return;
                 }
                 let key = key_of(kind, rec.tag.as_deref(), rec.netns.as_ref());
                 let f = self.folds.entry(key).or_default();
@@ -595,7 +631,12 @@ impl<'a> Planner<'a> {
                 });
                 continue;
             };
-            let name = container_name(kind, rec.tag.as_deref(), rec.netns.as_ref());
+            let name = container_name(
+                &profile.instance,
+                kind,
+                rec.tag.as_deref(),
+                rec.netns.as_ref(),
+            );
             for id in superseded {
                 answers.push((id, format!("superseded by request {}", rec.id)));
             }
@@ -805,7 +846,9 @@ mod tests {
         let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
             panic!()
         };
-        assert_eq!(spec.name, format!("sidespawn-dnsmasq-t-dnsmasq-{U1}"));
+        let i = &profile().instance;
+        assert_eq!(spec.name, format!("sidespawn-{i}-dnsmasq-t-dnsmasq-{U1}"));
+        assert_eq!(spec.labels[labels::INSTANCE], *i);
         assert_eq!(spec.daemon_argv, ["-k", "--no-hosts", ""]);
         assert_eq!(answered(&p), ["a"]);
     }
@@ -866,7 +909,7 @@ mod tests {
         assert_eq!(p.jobs.len(), 2);
         assert_eq!(
             p.jobs[0].container,
-            format!("sidespawn-dnsmasq-n-qdhcp-{U1}")
+            format!("sidespawn-{}-dnsmasq-n-qdhcp-{U1}", profile().instance)
         );
     }
 
@@ -1003,7 +1046,10 @@ mod tests {
         prof.allow_host_network = true;
         let mut g = 1;
         let p = plan(&prof, [r], &[], &ns(), &mut g, false);
-        assert_eq!(p.jobs[0].container, "sidespawn-dnsmasq-h");
+        assert_eq!(
+            p.jobs[0].container,
+            format!("sidespawn-{}-dnsmasq-h", profile().instance)
+        );
         let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
             panic!()
         };
@@ -1111,14 +1157,101 @@ mod tests {
 
     #[test]
     fn long_names_stay_unique_and_bounded() {
-        let a = container_name(Kind::Dnsmasq, Some(&"a".repeat(128)), None);
-        let b = container_name(Kind::Dnsmasq, Some(&("a".repeat(127) + "b")), None);
+        let i = "0123456789ab";
+        let a = container_name(i, Kind::Dnsmasq, Some(&"a".repeat(128)), None);
+        let b = container_name(i, Kind::Dnsmasq, Some(&("a".repeat(127) + "b")), None);
         assert!(a.len() <= 128 && b.len() <= 128);
         assert_ne!(a, b);
         assert_ne!(
-            container_name(Kind::Dnsmasq, Some("x"), None),
-            container_name(Kind::Dnsmasq, None, netns("x", 1).as_ref())
+            container_name(i, Kind::Dnsmasq, Some("x"), None),
+            container_name(i, Kind::Dnsmasq, None, netns("x", 1).as_ref())
         );
+        // The longest instance and tag: still bounded, still apart.
+        let long = "z".repeat(crate::config::MAX_INSTANCE_LEN);
+        let c = container_name(&long, Kind::Keepalived, Some(&"a".repeat(128)), None);
+        assert!(c.len() <= 128, "{c}");
+        assert_ne!(
+            c,
+            container_name(&long, Kind::Keepalived, Some(&"a".repeat(127)), None)
+        );
+    }
+
+    #[test]
+    fn two_instances_never_share_a_name() {
+        let t = Some("dnsmasq-x");
+        assert_ne!(
+            container_name("aaa", Kind::Dnsmasq, t, None),
+            container_name("bbb", Kind::Dnsmasq, t, None)
+        );
+        assert_eq!(
+            container_name("aaa", Kind::Dnsmasq, t, None),
+            "sidespawn-aaa-dnsmasq-t-dnsmasq-x"
+        );
+    }
+
+    /// `profile()` under another configuration's identity.
+    fn other_instance() -> Profile {
+        Profile {
+            instance: "other".into(),
+            ..profile()
+        }
+    }
+
+    #[test]
+    fn kill_pids_resolve_only_among_this_configurations_sidecars() {
+        // B's sidecar runs with pid 55; A is asked to kill 55.
+        let r = start("a", Some(&tag1()), U1, &["x"]);
+        let mut b = running(&r, 55);
+        b.labels.insert(labels::INSTANCE.into(), "other".into());
+        let p = go(&[signal("k", Signal::Kill, 55)], std::slice::from_ref(&b));
+        assert!(p.jobs.is_empty(), "{:?}", p.jobs);
+        assert_eq!(p.answers[0].result, Outcome::Failed);
+        assert!(p.answers[0].message.contains("No such process"));
+        // Not an orphan of A either, even with its namespace gone.
+        let mut g = 1;
+        let gone = FakeNamespaces::default();
+        let p = plan(
+            &profile(),
+            Vec::new(),
+            std::slice::from_ref(&b),
+            &gone,
+            &mut g,
+            true,
+        );
+        assert!(p.jobs.is_empty(), "{:?}", p.jobs);
+        // And B's own planner does see it.
+        let mut g = 1;
+        let p = plan(
+            &other_instance(),
+            [signal("k", Signal::Hup, 55)],
+            &[b],
+            &ns(),
+            &mut g,
+            false,
+        );
+        assert_eq!(p.jobs.len(), 1);
+    }
+
+    #[test]
+    fn a_start_above_max_argv_bytes_is_rejected_and_others_run() {
+        let mut prof = profile();
+        prof.max_argv_bytes = 100;
+        let big = start("big", Some(&tag1()), U1, &[&"x".repeat(100)]);
+        let fits = start("fits", None, U2, &[&"y".repeat(98)]);
+        let mut g = 1;
+        let p = plan(&prof, [big, fits], &[], &ns(), &mut g, false);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].answers[0].0, "fits");
+        assert_eq!(p.answers.len(), 1);
+        let a = &p.answers[0];
+        assert_eq!((a.id.as_str(), a.result), ("big", Outcome::Rejected));
+        assert!(
+            a.message
+                .contains("argv is 101 bytes, over kinds.dnsmasq.max_argv_bytes (100)"),
+            "{}",
+            a.message
+        );
+        assert_eq!(Profile::argv_bytes(&["ab".into(), String::new()]), 4);
     }
 
     #[test]

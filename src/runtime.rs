@@ -35,6 +35,10 @@ use crate::record::Signal;
 pub mod labels {
     pub const MANAGED_BY: &str = "io.sidespawn.managed-by";
     pub const MANAGED_BY_VALUE: &str = "sidespawn";
+    /// The configuration that owns the sidecar (`HostConfig::instance`).
+    /// Every listing filters on it, so a configuration sees, names,
+    /// signals and removes only its own sidecars.
+    pub const INSTANCE: &str = "io.sidespawn.instance";
     pub const KIND: &str = "io.sidespawn.kind";
     pub const KEY: &str = "io.sidespawn.key";
     pub const NETNS: &str = "io.sidespawn.netns";
@@ -65,7 +69,7 @@ impl State {
     }
 }
 
-/// One container from `podman ps -a --format json`.
+/// One container from `podman ps -a` (the fields of [`PS_FORMAT`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
     pub id: String,
@@ -154,8 +158,17 @@ pub enum RuntimeError {
 
 /// What sidespawn needs from a container engine.
 pub trait Runtime: Send + Sync {
-    /// All containers carrying our managed-by label, in any state.
-    fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// The containers of configuration `instance`: carrying our managed-by
+    /// label and `io.sidespawn.instance=<instance>`, in any state. Never
+    /// another configuration's, nor one from before the instance label.
+    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Names of sidespawn's containers that carry no `io.sidespawn.instance`
+    /// label: made before the label existed, so no configuration can prove
+    /// they are its own and none touches them. Only `status` asks, to tell
+    /// the operator they need removing by hand (README, "Upgrading").
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
     /// Creates and starts a sidecar; returns the container id.
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError>;
     /// Sends a signal to the container's main process.
@@ -190,7 +203,8 @@ pub trait Runtime: Send + Sync {
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    List,
+    /// List one configuration's containers (its instance).
+    List(String),
     Run(RunSpec),
     Kill(String, Signal),
     Stop(String, Duration),
@@ -216,14 +230,66 @@ const STDERR_SHOWN: usize = 4096;
 const ARGS_SHOWN: usize = 2048;
 /// The most of stderr read into memory at all (the rest is drained).
 const STDERR_READ_CAP: usize = 64 * 1024;
-/// The most of stdout read into memory: `ps` JSON is about 1 KiB per
-/// container, so this is far above any real host and only stops a runaway.
+/// The most of stdout read into memory. The listing asks only for fields of
+/// bounded size ([`PS_FORMAT`]: no command line), about 1 KiB per
+/// container whatever its argv, so this is tens of thousands of sidecars
+/// and only stops a runaway.
 const STDOUT_READ_CAP: usize = 64 * 1024 * 1024;
+
+/// The Go template of the listing: one JSON object per container and line,
+/// with only the fields the plan uses. `--format json` would print every
+/// field, among them the whole command line (twice), so the listing grew
+/// with the sidecars' argv and ~70 sidecars with 1 MiB of arguments pushed
+/// it past [`STDOUT_READ_CAP`], failing every sync of every kind. Every
+/// field here has a size the host bounds (labels: ours and the profile's).
+/// `.ListContainer.State`/`.Names` are the raw fields (`.State` alone is
+/// the human "Up 2 seconds ago"); checked against podman 4.3.1, output
+/// saved in `tests/fixtures/podman/ps-fields-*.jsonl`.
+pub const PS_FORMAT: &str = concat!(
+    r#"{"Id":{{json .ID}},"Names":{{json .ListContainer.Names}},"#,
+    r#""State":{{json .ListContainer.State}},"Pid":{{json .Pid}},"#,
+    r#""Image":{{json .Image}},"Labels":{{json .Labels}},"#,
+    r#""StartedAt":{{json .StartedAt}},"ExitCode":{{json .ExitCode}}}"#
+);
 /// How long to wait for EOF on the pipes once podman itself has exited:
 /// only a process podman left behind in its group could hold them open.
 const PIPE_GRACE: Duration = Duration::from_millis(500);
 /// The longest sleep between checks for podman's exit.
 const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// The template of [`Runtime::list_unlabelled`]: a container's names and
+/// its instance label (`""` when it has none; `index` of a missing key is
+/// the empty string), one JSON object per line.
+const UNLABELLED_FORMAT: &str = r#"{"Names":{{json .ListContainer.Names}},"Instance":{{json (index .Labels "io.sidespawn.instance")}}}"#;
+
+/// The names of [`UNLABELLED_FORMAT`]'s lines whose instance is empty.
+fn parse_unlabelled(out: &[u8]) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Line {
+        #[serde(default)]
+        names: PsNames,
+        #[serde(default)]
+        instance: Option<String>,
+    }
+    let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut names = Vec::new();
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: Line = serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if line.instance.as_deref().unwrap_or("").is_empty() {
+            names.push(match line.names {
+                PsNames::Many(n) => n.into_iter().next().unwrap_or_default(),
+                PsNames::One(n) => n,
+            });
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 /// The real runtime: the `podman` command line.
 #[derive(Debug, Clone)]
@@ -458,14 +524,33 @@ impl Podman {
 }
 
 impl Runtime for Podman {
-    fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        let args = call_args(&Call::List);
+    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let args = call_args(&Call::List(instance.to_owned()));
         let out = self.call(&args, self.timeout, |_| None)?;
         let all = parse_ps(&out).map_err(|message| RuntimeError::Parse {
             args: error_args(&args),
             message,
         })?;
-        Ok(keep_managed(all))
+        Ok(keep_managed(all, instance))
+    }
+
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        let args: Vec<String> = [
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            "--format",
+            UNLABELLED_FORMAT,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let out = self.call(&args, self.timeout, |_| None)?;
+        parse_unlabelled(&out).map_err(|message| RuntimeError::Parse {
+            args: quote_args(&args),
+            message,
+        })
     }
 
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
@@ -697,14 +782,19 @@ fn stop_secs(t: Duration) -> u64 {
 pub fn call_args(call: &Call) -> Vec<String> {
     let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     match call {
-        Call::List => {
+        Call::List(instance) => {
+            // Podman ANDs several `label=` filters (checked with 4.3.1);
+            // `keep_managed` checks both labels again anyway.
             let mut a = v(&["ps", "-a", "--no-trunc", "--filter"]);
             a.push(format!(
                 "label={}={}",
                 labels::MANAGED_BY,
                 labels::MANAGED_BY_VALUE
             ));
-            a.extend(v(&["--format", "json"]));
+            a.push("--filter".to_owned());
+            a.push(format!("label={}={instance}", labels::INSTANCE));
+            a.push("--format".to_owned());
+            a.push(PS_FORMAT.to_owned());
             a
         }
         Call::Run(spec) => spec.argv(),
@@ -774,8 +864,9 @@ fn describe_argv(program: &Path, args: &[String]) -> String {
     s
 }
 
-/// One entry of `podman ps --format json` (podman 4.x). Only the fields we
-/// use; everything else is ignored so newer podmans still parse.
+/// One container of the listing: a line of [`PS_FORMAT`]'s output, or an
+/// entry of `podman ps --format json` (podman 4.x), which parses the same.
+/// Only the fields we use; anything else is ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct PsEntry {
@@ -813,16 +904,28 @@ impl Default for PsNames {
     }
 }
 
-/// Parses `podman ps --format json` output. No containers may print `[]`,
-/// `null` or nothing at all.
+/// Parses the listing: one JSON object per line ([`PS_FORMAT`]; no
+/// containers prints nothing), or, from `--format json`, one array (`[]`
+/// or `null` for none).
 fn parse_ps(out: &[u8]) -> Result<Vec<ContainerInfo>, String> {
     let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
-    if text.trim().is_empty() {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    let entries: Option<Vec<PsEntry>> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let entries: Vec<PsEntry> = if trimmed.starts_with('[') || trimmed == "null" {
+        let all: Option<Vec<PsEntry>> = serde_json::from_str(trimmed).map_err(|e| e.to_string())?;
+        all.unwrap_or_default()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str::<PsEntry>(l).map_err(|e| format!("line {}: {e}", i + 1))
+            })
+            .collect::<Result<_, _>>()?
+    };
     Ok(entries
-        .unwrap_or_default()
         .into_iter()
         .map(|e| {
             let name = match e.names {
@@ -904,24 +1007,31 @@ fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
         }))
 }
 
-/// Keeps only containers carrying our managed-by label. `ps --filter`
-/// already does this; checking again means a podman that ignored the filter
-/// could never get someone else's container garbage-collected.
-fn keep_managed(all: Vec<ContainerInfo>) -> Vec<ContainerInfo> {
+/// Keeps only containers carrying our managed-by label and `instance`.
+/// `ps --filter` already does this; checking again means a podman that
+/// ignored or ORed the filters could never get another configuration's
+/// container (or anyone else's) signalled or garbage-collected.
+fn keep_managed(all: Vec<ContainerInfo>, instance: &str) -> Vec<ContainerInfo> {
     let total = all.len();
-    let kept: Vec<ContainerInfo> = all.into_iter().filter(is_managed).collect();
+    let kept: Vec<ContainerInfo> = all
+        .into_iter()
+        .filter(|c| is_managed(c, instance))
+        .collect();
     if kept.len() != total {
         tracing::warn!(
             ignored = total - kept.len(),
-            "podman listed containers without the {} label despite the filter; ignoring them",
-            labels::MANAGED_BY
+            "podman listed containers without the {} label or with another {} despite the filter; ignoring them",
+            labels::MANAGED_BY,
+            labels::INSTANCE
         );
     }
     kept
 }
 
-fn is_managed(c: &ContainerInfo) -> bool {
+/// Whether `c` is a sidecar of configuration `instance`.
+pub fn is_managed(c: &ContainerInfo, instance: &str) -> bool {
     c.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
+        && c.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -978,8 +1088,10 @@ impl FakeRuntime {
         }
     }
 
-    /// A container carrying our managed-by label plus `labels`, for
-    /// seeding [`FakeRuntime::new`]. Running ones get a pid.
+    /// A container carrying our managed-by label, the instance of
+    /// [`crate::config::Profile::defaults`] and `labels` (which may name
+    /// another instance), for seeding [`FakeRuntime::new`]. Running ones
+    /// get a pid.
     pub fn container(name: &str, state: State, labels: &[(&str, &str)]) -> ContainerInfo {
         let mut l: BTreeMap<String, String> = labels
             .iter()
@@ -989,6 +1101,9 @@ impl FakeRuntime {
             labels::MANAGED_BY.to_owned(),
             labels::MANAGED_BY_VALUE.to_owned(),
         );
+        l.entry(labels::INSTANCE.to_owned()).or_insert_with(|| {
+            crate::config::instance_id(std::path::Path::new(crate::config::DEFAULT_STATE_DIR))
+        });
         let running = state == State::Running;
         ContainerInfo {
             // FNV-1a of the name: stable and distinct per name.
@@ -1086,14 +1201,28 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        self.record(Call::List, None)?;
+    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.record(Call::List(instance.to_owned()), None)?;
         let hidden = lock(&self.hidden).clone();
         Ok(lock(&self.containers)
             .iter()
-            .filter(|c| is_managed(c) && !hidden.contains(&c.name))
+            .filter(|c| is_managed(c, instance) && !hidden.contains(&c.name))
             .cloned()
             .collect())
+    }
+
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut names: Vec<String> = lock(&self.containers)
+            .iter()
+            .filter(|c| {
+                c.labels.get(labels::MANAGED_BY).map(String::as_str)
+                    == Some(labels::MANAGED_BY_VALUE)
+                    && c.labels.get(labels::INSTANCE).is_none_or(String::is_empty)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
@@ -1203,6 +1332,8 @@ mod tests {
 
     const PS_EMPTY: &str = include_str!("../tests/fixtures/podman/ps-empty.json");
     const PS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-mixed.json");
+    const PS_FIELDS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-fields-mixed.jsonl");
+    const PS_FIELDS_SCOPED: &str = include_str!("../tests/fixtures/podman/ps-fields-scoped.jsonl");
 
     /// A scratch directory removed on drop, for fake podman scripts.
     struct Scratch(PathBuf);
@@ -1386,10 +1517,81 @@ mod tests {
 
     #[test]
     fn containers_without_our_label_are_never_listed() {
-        let kept = keep_managed(parse_ps(PS_MIXED.as_bytes()).unwrap());
+        // Containers from before the instance label: never this
+        // configuration's, whatever their other labels say.
+        assert!(keep_managed(parse_ps(PS_MIXED.as_bytes()).unwrap(), "x").is_empty());
+        let mut bare = parse_ps(PS_MIXED.as_bytes()).unwrap();
+        for c in &mut bare {
+            c.labels.insert(labels::INSTANCE.into(), "x".into());
+        }
+        let kept = keep_managed(bare, "x");
         let mut names: Vec<&str> = kept.iter().map(|c| c.name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["ssfx-created", "ssfx-exited", "ssfx-running"]);
+    }
+
+    #[test]
+    fn field_template_fixture_parses_every_state() {
+        let cs = parse_ps(PS_FIELDS_MIXED.as_bytes()).unwrap();
+        assert_eq!(cs.len(), 5);
+        let running = by_name(&cs, "isoexp-run");
+        assert_eq!(running.state, State::Running);
+        assert!(running.pid > 0);
+        assert_eq!(running.id.len(), 64, "--no-trunc gives full ids");
+        assert_eq!(running.image, "localhost/sidespawn-test-agent:latest");
+        assert_eq!(running.labels[labels::MANAGED_BY], labels::MANAGED_BY_VALUE);
+        assert_eq!(running.labels[labels::INSTANCE], "isoexp");
+        assert_eq!(running.labels[labels::KIND], "dnsmasq");
+        assert!(running.started_at > 1_600_000_000);
+        let exited = by_name(&cs, "isoexp-exited");
+        assert_eq!((exited.state.clone(), exited.pid), (State::Exited, 0));
+        assert_eq!(exited.exit_code, 7);
+        assert!(exited.started_at > 0);
+        let created = by_name(&cs, "isoexp-created");
+        assert_eq!(created.state, State::Created);
+        assert_eq!((created.pid, created.started_at), (0, 0));
+        assert_eq!(
+            by_name(&cs, "isoexp-other").labels[labels::INSTANCE],
+            "other"
+        );
+        assert!(
+            !by_name(&cs, "isoexp-nolabel")
+                .labels
+                .contains_key(labels::MANAGED_BY)
+        );
+        // Another instance and an unlabelled container are never kept.
+        let kept = keep_managed(cs, "isoexp");
+        let mut names: Vec<&str> = kept.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["isoexp-created", "isoexp-exited", "isoexp-run"]);
+        // What podman's two ANDed label filters printed: the same three.
+        let scoped = parse_ps(PS_FIELDS_SCOPED.as_bytes()).unwrap();
+        let mut names: Vec<&str> = scoped.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["isoexp-created", "isoexp-exited", "isoexp-run"]);
+    }
+
+    #[test]
+    fn unlabelled_containers_are_named_from_their_listing() {
+        // What podman 4.3.1 printed for UNLABELLED_FORMAT: an old sidecar, one of ours.
+        let out = br#"{"Names":["sidespawn-dnsmasq-t-old"],"Instance":""}
+{"Names":["sidespawn-0123456789ab-dnsmasq-t-new"],"Instance":"0123456789ab"}
+"#;
+        assert_eq!(parse_unlabelled(out).unwrap(), ["sidespawn-dnsmasq-t-old"]);
+        assert!(parse_unlabelled(b"").unwrap().is_empty());
+        assert!(parse_unlabelled(b"{").is_err());
+        let mut old = FakeRuntime::container("old", State::Running, &[]);
+        old.labels.remove(labels::INSTANCE);
+        let new = FakeRuntime::container("new", State::Running, &[]);
+        let fake = FakeRuntime::new(vec![old, new]);
+        assert_eq!(fake.list_unlabelled().unwrap(), ["old"]);
+    }
+
+    #[test]
+    fn a_bad_line_of_the_field_listing_is_an_error_naming_it() {
+        let e = parse_ps(b"{\"Id\":\"a\"}\n{\"Names\":[\"x\"]}\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert_eq!(parse_ps(b"{\"Id\":\"a\"}\n\n").unwrap().len(), 1);
     }
 
     #[test]
@@ -1405,7 +1607,10 @@ mod tests {
 
     #[test]
     fn malformed_ps_output_is_an_error() {
-        assert!(parse_ps(br#"{"Id":"abc"}"#).is_err());
+        // One object is a valid line of the field listing; a cut one is not.
+        assert_eq!(parse_ps(br#"{"Id":"abc"}"#).unwrap().len(), 1);
+        assert!(parse_ps(br#"{"Id":"abc""#).is_err());
+        assert!(parse_ps(br#""abc""#).is_err());
         assert!(
             parse_ps(br#"[{"Names":["x"]}]"#).is_err(),
             "an entry needs an Id"
@@ -1418,7 +1623,7 @@ mod tests {
         let tmp = Scratch::new();
         let fixture = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/podman/ps-mixed.json"
+            "/tests/fixtures/podman/ps-fields-mixed.jsonl"
         );
         let podman = tmp.script(
             "podman",
@@ -1427,9 +1632,11 @@ mod tests {
         let args_file = tmp.file("args");
         let p = Podman::new(podman, Duration::from_secs(10))
             .with_env("ARGS", args_file.to_string_lossy());
-        let cs = p.list().unwrap();
+        // The fixture is unfiltered: the code drops the other instance and
+        // the unlabelled container even when podman does not.
+        let cs = p.list("isoexp").unwrap();
         assert_eq!(cs.len(), 3);
-        assert_eq!(by_name(&cs, "ssfx-running").state, State::Running);
+        assert_eq!(by_name(&cs, "isoexp-run").state, State::Running);
 
         let args = std::fs::read(&args_file).unwrap();
         let args: Vec<String> = args
@@ -1445,8 +1652,10 @@ mod tests {
                 "--no-trunc",
                 "--filter",
                 "label=io.sidespawn.managed-by=sidespawn",
+                "--filter",
+                "label=io.sidespawn.instance=isoexp",
                 "--format",
-                "json"
+                PS_FORMAT,
             ])
         );
     }
@@ -1456,7 +1665,7 @@ mod tests {
         let tmp = Scratch::new();
         let podman = tmp.script("podman", "echo 'WARN[0000] not json'");
         let err = Podman::new(podman, Duration::from_secs(10))
-            .list()
+            .list("i")
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Parse { .. }), "{err}");
     }
@@ -1566,8 +1775,10 @@ mod tests {
     fn describe_prints_the_exact_command_line() {
         let p = Podman::new("/usr/bin/podman", Duration::from_secs(1));
         assert_eq!(
-            p.describe(&Call::List),
-            "/usr/bin/podman ps -a --no-trunc --filter label=io.sidespawn.managed-by=sidespawn --format json"
+            p.describe(&Call::List("abc".into())),
+            format!(
+                "/usr/bin/podman ps -a --no-trunc --filter label=io.sidespawn.managed-by=sidespawn --filter label=io.sidespawn.instance=abc --format '{PS_FORMAT}'"
+            )
         );
         assert_eq!(
             p.describe(&Call::Kill("sidespawn-a".into(), Signal::Hup)),
@@ -1587,7 +1798,8 @@ mod tests {
             "{run}"
         );
         assert_eq!(
-            Podman::new("/opt/my podman", Duration::from_secs(1)).describe(&Call::List)[..16],
+            Podman::new("/opt/my podman", Duration::from_secs(1)).describe(&Call::List("i".into()))
+                [..16],
             *"'/opt/my podman'"
         );
         let fake = FakeRuntime::default();
@@ -1667,7 +1879,7 @@ mod tests {
              echo 'Error: the real reason' >&2\nexit 125",
         );
         let err = Podman::new(podman, Duration::from_secs(10))
-            .list()
+            .list("i")
             .unwrap_err();
         let RuntimeError::Failed { stderr, .. } = err else {
             panic!("expected Failed, got {err:?}");
@@ -1724,7 +1936,7 @@ mod tests {
     #[test]
     fn missing_program_is_a_spawn_error() {
         let err = Podman::new("/nonexistent/sidespawn/podman", Duration::from_secs(1))
-            .list()
+            .list("i")
             .unwrap_err();
         match &err {
             RuntimeError::Spawn { program, message } => {
@@ -1746,7 +1958,7 @@ mod tests {
         let p = Podman::new(podman, Duration::from_millis(300))
             .with_env("PIDFILE", pidfile.to_string_lossy());
         let t = Instant::now();
-        let err = p.list().unwrap_err();
+        let err = p.list("i").unwrap_err();
         let took = t.elapsed();
         assert!(matches!(err, RuntimeError::Timeout { .. }), "{err}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
@@ -1790,7 +2002,7 @@ mod tests {
         let p = Podman::new(podman, Duration::from_secs(20))
             .with_env("PIDFILE", pidfile.to_string_lossy());
         let t = Instant::now();
-        let err = p.list().unwrap_err();
+        let err = p.list("i").unwrap_err();
         let took = t.elapsed();
         let leftover = std::fs::read_to_string(&pidfile).unwrap();
         if let Ok(pid) = leftover.trim().parse() {
@@ -1826,7 +2038,7 @@ mod tests {
             .with_env("INVOCATION_ID", "0123")
             .with_env("NOTIFY_SOCKET", "/run/systemd/notify")
             .with_env("SIDESPAWN_MARK", "extra")
-            .list()
+            .list("i")
             .unwrap();
         let env = std::fs::read_to_string(&out).unwrap();
         assert!(env.lines().any(|l| l == "SIDESPAWN_MARK=extra"), "{env}");
@@ -1851,7 +2063,9 @@ mod tests {
         );
         let tmp = Scratch::new();
         let podman = tmp.script("podman", "env > \"$SIDESPAWN_ENV_DUMP\"");
-        Podman::new(podman, Duration::from_secs(10)).list().unwrap();
+        Podman::new(podman, Duration::from_secs(10))
+            .list("i")
+            .unwrap();
     }
 
     #[test]
@@ -1890,10 +2104,24 @@ mod tests {
         let exited = FakeRuntime::container("old", State::Exited, &[(labels::KIND, "dnsmasq")]);
         let mut foreign = FakeRuntime::container("foreign", State::Running, &[]);
         foreign.labels.clear();
-        let fake = FakeRuntime::new(vec![exited.clone(), foreign]);
+        let other = FakeRuntime::container(
+            "other",
+            State::Running,
+            &[(labels::KIND, "dnsmasq"), (labels::INSTANCE, "b")],
+        );
+        let fake = FakeRuntime::new(vec![exited.clone(), foreign, other]);
+        let own = crate::config::Profile::defaults(crate::kind::Kind::Dnsmasq).instance;
 
-        let listed = fake.list().unwrap();
-        assert_eq!(listed, vec![exited.clone()], "only our label is listed");
+        let listed = fake.list(&own).unwrap();
+        assert_eq!(
+            listed,
+            vec![exited.clone()],
+            "only our label and instance are listed"
+        );
+        assert_eq!(fake.list("b").unwrap().len(), 1);
+        fake.clear_calls();
+        let listed = fake.list(&own).unwrap();
+        assert_eq!(listed, vec![exited.clone()]);
 
         let a = spec("a", &["x"]);
         let id_a = fake.run(&a).unwrap();
@@ -1938,7 +2166,7 @@ mod tests {
         assert_eq!(
             fake.calls(),
             vec![
-                Call::List,
+                Call::List(own),
                 Call::Run(a.clone()),
                 Call::Run(spec("b", &[])),
                 Call::Run(a),
@@ -1986,11 +2214,17 @@ mod tests {
         ));
 
         fake.fail_list("Error: database is locked");
-        let err = fake.list().unwrap_err();
+        let own = crate::config::Profile::defaults(crate::kind::Kind::Dnsmasq).instance;
+        let err = fake.list(&own).unwrap_err();
         assert!(err.to_string().contains("database is locked"), "{err}");
 
         fake.clear_failures();
-        assert_eq!(fake.list().unwrap().len(), 1);
+        assert_eq!(
+            fake.list(&own).unwrap().len(),
+            0,
+            "spec() has no instance label"
+        );
+        assert_eq!(fake.containers().len(), 1);
         fake.remove("bad").unwrap();
     }
 }

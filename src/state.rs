@@ -31,6 +31,22 @@ pub enum StateError {
         "host state directory {path} is a {found}, not a directory; move it aside: the next sync recreates the directory (root-only, mode 0700)"
     )]
     NotADirectory { path: PathBuf, found: &'static str },
+    #[error(
+        "host state directory {path} belongs to the configuration whose queue_root is {owner}, not {queue_root} (recorded in {path}/owner.json): two configurations must not share a state_dir, their journals and desired sidecars would mix; give this configuration a state_dir of its own, or, if that queue root was moved here, delete {path}/owner.json"
+    )]
+    SharedStateDir {
+        path: PathBuf,
+        owner: PathBuf,
+        queue_root: PathBuf,
+    },
+}
+
+/// Who owns a state directory (`<state_dir>/owner.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The canonical queue root of the configuration that first synced with this state
+    /// directory.
+    pub queue_root: PathBuf,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -199,6 +215,39 @@ impl StateDir {
         }
     }
 
+    /// Checks that this state directory is not another configuration's: the first sync
+    /// records its queue root in `owner.json` (when `record`), and a configuration with
+    /// another queue root is refused from then on. Two configurations on one state
+    /// directory would replay each other's journals, share desired tables and, above
+    /// all, have one identity (`config::instance_id`), so that each would take the other's
+    /// sidecars for its own. A state directory that cannot be written to is left for the
+    /// sync to report; the check is then only made once it can be recorded.
+    pub fn claim_owner(&self, queue_root: &Path, record: bool) -> Result<(), StateError> {
+        let path = self.dir.join("owner.json");
+        let queue_root = crate::config::canonical_through_ancestors(queue_root);
+        match read_json::<Owner>(&path)? {
+            Some(o) if o.queue_root == queue_root => Ok(()),
+            Some(o) => Err(StateError::SharedStateDir {
+                path: self.dir.clone(),
+                owner: o.queue_root,
+                queue_root,
+            }),
+            None if record => {
+                let text = serde_json::to_vec_pretty(&Owner { queue_root }).map_err(|e| {
+                    StateError::Corrupt {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                if let Err(e) = write_atomic(&path, &text) {
+                    tracing::warn!("cannot record the owner of the state directory: {e}");
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The next generation number to hand out for `kind` (starts at 1).
     /// Per kind, so that syncs of different kinds, which run at the same
     /// time, each own their counter under their sync lock.
@@ -255,6 +304,31 @@ mod tests {
             e.contains("generation") && e.contains("move it aside"),
             "{e}"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_serves_one_queue_root() {
+        let d = std::env::temp_dir().join(format!("sidespawn-owner-{}", crate::record::new_id(0)));
+        let s = StateDir::new(&d);
+        let (a, b) = (d.join("qa"), d.join("qb"));
+        s.claim_owner(&a, false).unwrap();
+        s.claim_owner(&b, false).unwrap();
+        assert!(
+            !d.join("owner.json").exists(),
+            "a dry check records nothing"
+        );
+        s.claim_owner(&a, true).unwrap();
+        s.claim_owner(&d.join("x/../qa"), true).unwrap();
+        let e = s.claim_owner(&b, true).unwrap_err().to_string();
+        assert!(
+            e.contains("qa")
+                && e.contains("qb")
+                && e.contains("owner.json")
+                && e.contains("must not share a state_dir"),
+            "{e}"
+        );
+        assert!(s.claim_owner(&b, false).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

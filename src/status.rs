@@ -90,8 +90,15 @@ pub struct Report {
     /// True when every desired sidecar runs, every queue is readable and no
     /// last sync failed (the exit code: 0 when true).
     pub healthy: bool,
+    /// This configuration's identity: the `io.sidespawn.instance` label
+    /// (and name part) of its sidecars.
+    pub instance: String,
     pub kinds: Vec<KindReport>,
     pub sidecars: Vec<SidecarReport>,
+    /// sidespawn containers without an instance label (made by a version
+    /// before it): no configuration touches them; remove them by hand.
+    /// They do not make the report unhealthy.
+    pub unlabelled: Vec<String>,
 }
 
 fn state_name(s: &State) -> String {
@@ -172,7 +179,7 @@ pub fn report(
         }
         kreps.push(r);
     }
-    let containers: Vec<ContainerInfo> = runtime.list()?;
+    let containers: Vec<ContainerInfo> = runtime.list(&cfg.instance)?;
     // Sidecars counted against each kind's limit, as the sync counts them.
     for kr in &mut kreps {
         if let (Some(p), Ok(table)) = (cfg.kinds.get(&kr.kind), DesiredTable::load(&state, kr.kind))
@@ -302,10 +309,18 @@ pub fn report(
         && kreps
             .iter()
             .all(|k| k.error.is_none() && k.last_sync.as_ref().is_none_or(|s| s.ok));
+    // Informational: a podman that cannot answer this already failed the
+    // listing above, and an operator still wants the rest of the report.
+    let unlabelled = runtime.list_unlabelled().unwrap_or_else(|e| {
+        tracing::warn!("cannot list containers without an instance label: {e}");
+        Vec::new()
+    });
     Ok(Report {
         healthy,
+        instance: cfg.instance.clone(),
         kinds: kreps,
         sidecars,
+        unlabelled,
     })
 }
 
@@ -407,6 +422,17 @@ pub fn run(
     }
     if rep.sidecars.is_empty() {
         writeln!(out, "(no sidecars)")?;
+    }
+    writeln!(out, "\ninstance {}", rep.instance)?;
+    if !rep.unlabelled.is_empty() {
+        writeln!(
+            out,
+            "{} sidespawn container(s) without an io.sidespawn.instance label (made before it existed; no configuration touches them, remove them by hand once their networks are served again, see README \"Upgrading\"):",
+            rep.unlabelled.len()
+        )?;
+        for n in &rep.unlabelled {
+            writeln!(out, "  {n}")?;
+        }
     }
     Ok(rep.healthy)
 }

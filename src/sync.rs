@@ -149,6 +149,9 @@ pub fn run(
     // first read of the host state, and it checks the state directory first.
     let effective = crate::upgrade::effective_config(cfg)?;
     let cfg = &effective;
+    if !opts.dry_run {
+        StateDir::new(&cfg.state_dir).claim_owner(&cfg.queue_root, true)?;
+    }
     // A named kind without a usable profile is a configuration error.
     for &k in &kinds {
         cfg.profile(k)?;
@@ -223,7 +226,7 @@ pub fn run(
 
         let busy = ctxs.iter().any(|c| c.has_requests);
         let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
-            match runtime.list() {
+            match runtime.list(&cfg.instance) {
                 Ok(a) => {
                     unchanged_list = Some(a.clone());
                     a
@@ -712,7 +715,13 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
     let has = |k: &str, v: &str| c.labels.get(k).map(String::as_str) == Some(v);
     let identity = spec.labels.iter().filter(|(k, _)| {
         !k.starts_with("io.sidespawn.")
-            || [labels::MANAGED_BY, labels::KIND, labels::KEY].contains(&k.as_str())
+            || [
+                labels::MANAGED_BY,
+                labels::INSTANCE,
+                labels::KIND,
+                labels::KEY,
+            ]
+            .contains(&k.as_str())
     });
     if !identity.clone().all(|(k, v)| has(k, v)) {
         return Err(JobFailure {
@@ -916,7 +925,10 @@ fn answer_job(shared: &SharedDir, job: &Job, r: &Result<Done, JobFailure>) {
     }
 }
 
-/// Reads the runtime's containers once, for `status`.
-pub fn containers(runtime: &dyn Runtime) -> Result<Vec<ContainerInfo>, RuntimeError> {
-    runtime.list()
+/// Reads this configuration's containers once, for `status`.
+pub fn containers(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+) -> Result<Vec<ContainerInfo>, RuntimeError> {
+    runtime.list(&cfg.instance)
 }

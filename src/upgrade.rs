@@ -74,6 +74,8 @@ pub fn effective_config(cfg: &HostConfig) -> Result<HostConfig, StateError> {
     // A state directory that is not one gets its own advice, not a bare
     // "Not a directory" from the first file read below it.
     state.check_dir()?;
+    // Not another configuration's state (recorded by the first sync that writes).
+    state.claim_owner(&cfg.queue_root, false)?;
     let mut out = cfg.clone();
     for (kind, p) in out.kinds.iter_mut() {
         let st = ImageState::load(&state, *kind)?;
@@ -137,7 +139,7 @@ pub fn replace_all(
     let state = StateDir::new(&cfg.state_dir);
     let image = profile.image.clone().unwrap_or_default();
     let mut table = DesiredTable::load(&state, kind)?;
-    let actual = runtime.list().map_err(UpgradeError::List)?;
+    let actual = runtime.list(&cfg.instance).map_err(UpgradeError::List)?;
     let mut report = UpgradeReport {
         image: image.clone(),
         ..UpgradeReport::default()

@@ -151,8 +151,11 @@ podman exec "$AGENT" ip netns exec "$NS" env "PROCESS_TAG=dnsmasq-$UUID" dnsmasq
 echo "wrapper exit code: 0 (the request is queued; Neutron now waits for the pid file)"
 
 step "the host: sidespawn@dnsmasq.path fired sidespawn@dnsmasq.service (sidespawn sync --kind dnsmasq)"
-NAME=sidespawn-dnsmasq-t-dnsmasq-$UUID
+# The name carries the configuration's instance (derived from its state_dir): find the
+# sidecar by its tag label instead of spelling the name.
+NAME=
 for _ in $(seq 600); do
+    [[ -n $NAME ]] || NAME=$(podman ps -a --filter "label=io.sidespawn.tag=dnsmasq-$UUID" --format '{{.Names}}')
     [[ $(podman inspect --format '{{.State.Status}}' "$NAME" 2>/dev/null) == running ]] && break
     sleep 0.1
 done

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fake_host::{FakeHost, dhcp_netns, exit, sidecar_name, start_record};
+use common::fake_host::{FakeHost, dhcp_netns, exit, start_record};
 use common::{Netns, TempDir, TmpfsMount};
 use serde_json::{Value, json};
 use sidespawn::kind::Kind;
@@ -59,7 +59,7 @@ fn podman_missing_fails_clearly_and_the_request_runs_on_the_next_good_sync() {
     host.set_config(|c| c["podman"] = json!(shim));
     let again = host.sync();
     assert_eq!(again.code, Some(0), "{again:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &rec.id, "ok");
     assert!(host.journal_ids(DNSMASQ).is_empty());
     common::reliability(
@@ -131,7 +131,7 @@ fn podman_failing_for_one_request_leaves_the_others_running() {
         .iter()
         .map(|t| start_record(DNSMASQ, &ns, t, &["--port=0"]))
         .collect();
-    let failing = sidecar_name(DNSMASQ, &tags[1]);
+    let failing = host.sidecar_name(DNSMASQ, &tags[1]);
     host.fail_run_of(&failing);
     let queue: String = recs.iter().map(|r| r.to_line()).collect();
     host.write_queue(DNSMASQ, queue.as_bytes());
@@ -346,12 +346,13 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
     // What podman reports: a sidecar of ours from before, at generation 41.
     host.set_ps(&json!([{
         "Id": "f".repeat(64),
-        "Names": ["sidespawn-dnsmasq-t-old"],
+        "Names": [host.sidecar_name(DNSMASQ, "old")],
         "State": "running",
         "Pid": 4242,
         "Image": common::fake_host::IMAGE,
         "Labels": {
             "io.sidespawn.managed-by": "sidespawn",
+            "io.sidespawn.instance": host.instance(),
             "io.sidespawn.kind": "dnsmasq",
             "io.sidespawn.key": "dnsmasq/tag/old",
             "io.sidespawn.tag": "old",
@@ -399,7 +400,7 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
     let run_argv = host
         .runs()
         .into_iter()
-        .find(|c| common::fake_host::run_name(c) == Some(sidecar_name(DNSMASQ, &tag)))
+        .find(|c| common::fake_host::run_name(c) == Some(host.sidecar_name(DNSMASQ, &tag)))
         .expect("started");
     assert!(
         run_argv.contains(&"--label=io.sidespawn.generation=42".to_owned()),
@@ -559,7 +560,7 @@ fn namespace_deleted_between_claim_and_start_is_rejected() {
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &keep.id, "ok");
     let ack = host.assert_ack(DNSMASQ, &gone.id, "rejected");
     let message = ack["message"].as_str().expect("message");

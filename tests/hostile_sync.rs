@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::fake_host::{
-    FakeHost, after_image, dhcp_netns, exit, sidecar_name, signal_record, start_record,
-};
+use common::fake_host::{FakeHost, after_image, dhcp_netns, exit, signal_record, start_record};
 use common::{Netns, Redact};
 use serde_json::{Value, json};
 use sidespawn::kind::Kind;
@@ -181,7 +179,11 @@ fn hostile_line_then(
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)], "{run:#?}");
+    assert_eq!(
+        host.run_names(),
+        [host.sidecar_name(DNSMASQ, &tag)],
+        "{run:#?}"
+    );
     host.assert_ack(DNSMASQ, &good.id, "ok");
 
     let reject = only_reject(&host, DNSMASQ);
@@ -236,6 +238,68 @@ fn with(mut v: Value, key: &str, value: Value) -> Vec<u8> {
 fn with_netns_name(mut v: Value, name: &str) -> Vec<u8> {
     v["netns"]["name"] = json!(name);
     v.to_string().into_bytes()
+}
+
+#[test]
+fn argv_above_max_argv_bytes_is_rejected_alone() {
+    if !privileged("argv above kinds.dnsmasq.max_argv_bytes") {
+        return;
+    }
+    // 200 KiB of arguments: a valid line (under the queue's 1 MiB), but over the default
+    // 64 KiB per request; before the limit podman stored it and every listing carried it.
+    hostile_line(
+        "start request with 200 KiB of argv (over `kinds.dnsmasq.max_argv_bytes`, 64 KiB)",
+        Base::Start,
+        "over kinds.dnsmasq.max_argv_bytes (65536)",
+        true,
+        |v| {
+            let big: Vec<String> = (0..4)
+                .map(|i| format!("--x{i}={}", "y".repeat(51_200)))
+                .collect();
+            with(v, "argv", json!(big))
+        },
+    );
+}
+
+#[test]
+fn a_second_configuration_on_the_same_state_dir_is_refused() {
+    if !privileged("two configurations sharing one state_dir") {
+        return;
+    }
+    let mut host = FakeHost::new();
+    let (ns, tag) = dhcp_netns();
+    let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
+    host.write_queue(DNSMASQ, first.to_line().as_bytes());
+    let run = host.sync();
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    // Another configuration: its own queue root, the first one's state directory (and so,
+    // without the check, its identity and its sidecars).
+    let other_root = host.dir().join("other-queue");
+    fs::create_dir_all(other_root.join("dnsmasq")).expect("mkdir");
+    host.set_config(|c| c["queue_root"] = json!(other_root));
+    let calls = host.calls().len();
+    let run = host.sync();
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let e = run.error_line();
+    assert!(
+        e.contains("must not share a state_dir")
+            && e.contains(&other_root.display().to_string())
+            && e.contains("owner.json"),
+        "{e}"
+    );
+    assert_eq!(
+        host.calls().len(),
+        calls,
+        "no podman call: {:?}",
+        host.calls()
+    );
+    common::reliability(
+        "a second host configuration (another queue_root) names the first one's state_dir",
+        "refused before any podman call, naming both queue roots and the fix",
+        &host
+            .redact()
+            .apply(&format!("exit {}; {e}", run.code.unwrap_or(-1))),
+    );
 }
 
 #[test]
@@ -607,7 +671,7 @@ impl TwoKinds {
         assert!(
             self.host
                 .run_names()
-                .contains(&sidecar_name(HAPROXY, &self.haproxy_tag)),
+                .contains(&self.host.sidecar_name(HAPROXY, &self.haproxy_tag)),
             "{:?}",
             self.host.run_names()
         );
@@ -783,10 +847,10 @@ fn acks_dir_symlink_is_never_written_through() {
         run.stderr
     );
     assert!(
-        t.host.run_names().contains(&sidecar_name(
-            DNSMASQ,
-            t.dnsmasq.tag.as_deref().expect("tag")
-        )),
+        t.host.run_names().contains(
+            &t.host
+                .sidecar_name(DNSMASQ, t.dnsmasq.tag.as_deref().expect("tag"))
+        ),
         "the request itself is still served"
     );
     t.assert_haproxy_served();
@@ -1086,7 +1150,7 @@ fn sparse_multi_gigabyte_queue_is_cut_at_the_cap_quickly_with_bounded_memory() {
         m.peak_rss_kib
     );
     assert!(m.elapsed < Duration::from_secs(30), "{:?}", m.elapsed);
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
@@ -1127,7 +1191,7 @@ fn ten_megabyte_line_is_rejected_and_the_next_served() {
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let reject = only_reject(&host, DNSMASQ);
     let reason = reject["reason"].as_str().expect("reason");
@@ -1167,7 +1231,7 @@ fn hundred_thousand_identical_requests_make_one_podman_run() {
         "{}",
         m.stdout
     );
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     assert_eq!(
         host.calls().len(),
         2,
@@ -1387,7 +1451,7 @@ fn netns_case(case: &str, name: &str, ino: u64, want: &str, also_redact: &[u64])
 
     let run = host.sync();
     assert_eq!(run.code, Some(0), "{run:#?}");
-    assert_eq!(host.run_names(), [sidecar_name(DNSMASQ, &tag)]);
+    assert_eq!(host.run_names(), [host.sidecar_name(DNSMASQ, &tag)]);
     host.assert_ack(DNSMASQ, &good.id, "ok");
     let ack = host.assert_ack(DNSMASQ, &bad.id, "rejected");
     let message = ack["message"].as_str().expect("message");
@@ -1569,12 +1633,16 @@ fn failed_start_with_80_kib_of_argv_is_still_acknowledged() {
     if !privileged("a failing start with 80 KiB of argv") {
         return;
     }
-    let host = FakeHost::new();
+    // Above the default max_argv_bytes (64 KiB), so the limit is raised: the request must reach
+    // podman and fail there.
+    let host = FakeHost::with_config(|c| {
+        c["kinds"]["dnsmasq"]["max_argv_bytes"] = json!(1 << 20);
+    });
     let (ns, tag) = dhcp_netns();
     let args: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let rec = start_record(DNSMASQ, &ns, &tag, &args);
-    host.fail_run_of(&sidecar_name(DNSMASQ, &tag));
+    host.fail_run_of(&host.sidecar_name(DNSMASQ, &tag));
     host.write_queue(DNSMASQ, rec.to_line().as_bytes());
 
     let run = host.sync();

@@ -125,7 +125,10 @@ impl Setup {
     }
 
     fn name(&self) -> String {
-        format!("sidespawn-dnsmasq-t-dnsmasq-{}", self.uuid)
+        format!(
+            "sidespawn-{}-dnsmasq-t-dnsmasq-{}",
+            self.cfg.instance, self.uuid
+        )
     }
 
     fn container(&self) -> Option<sidespawn::runtime::ContainerInfo> {
@@ -171,7 +174,7 @@ fn full_sync_with_nothing_to_change_asks_podman_once() {
         s.fake
             .calls()
             .iter()
-            .filter(|c| matches!(c, Call::List))
+            .filter(|c| matches!(c, Call::List(_)))
             .count()
     };
 
@@ -179,7 +182,7 @@ fn full_sync_with_nothing_to_change_asks_podman_once() {
     s.fake.clear_calls();
     let sum = s.sync(true);
     assert_eq!((sum.restarts, sum.removed), (0, 0), "{sum}");
-    assert_eq!(s.fake.calls(), [Call::List]);
+    assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
 
     // After a restart the list is stale: the collection lists again and
     // does not mistake the new container for a stranger.
@@ -343,7 +346,7 @@ fn dry_run_shows_the_restart_and_changes_nothing() {
         ..SyncOptions::default()
     };
     sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
-    assert_eq!(s.fake.calls(), [Call::List]);
+    assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
     assert_eq!(s.desired(), before);
 }
 
@@ -522,9 +525,13 @@ fn unhealthy_sidecar_counts_as_dead() {
 #[test]
 fn failed_start_with_80_kib_of_argv_is_acknowledged_with_its_reason() {
     use sidespawn::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES, Outcome};
-    let Some(s) = Setup::new(serde_json::json!({})) else {
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
         return;
     };
+    // Above the default max_argv_bytes: raised, so the request reaches podman.
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.max_argv_bytes = 1 << 20;
+    }
     // 800 arguments of 100 bytes: the podman command line alone is over
     // the ack's 64 KiB.
     let big: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
@@ -675,7 +682,12 @@ fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass(
         s.queue(&r);
         r
     };
-    let name = |s: &Setup, i: usize| format!("sidespawn-dnsmasq-t-dnsmasq-{}-{i}", s.uuid);
+    let name = |s: &Setup, i: usize| {
+        format!(
+            "sidespawn-{}-dnsmasq-t-dnsmasq-{}-{i}",
+            s.cfg.instance, s.uuid
+        )
+    };
     let limit = format!(
         "limit of 2 sidecars for kind dnsmasq reached; raise kinds.dnsmasq.max_sidecars in {}",
         s.cfg.path.display()

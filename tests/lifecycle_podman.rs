@@ -132,6 +132,8 @@ struct Network {
     pid_file: PathBuf,
     lease_file: PathBuf,
     args: Vec<String>,
+    /// The host's state directory, which its sidecars' names derive from.
+    state: PathBuf,
 }
 
 const ADDRESS: &str = "10.78.0.10";
@@ -183,6 +185,7 @@ impl Network {
             pid_file,
             lease_file,
             args,
+            state: host.dir.join("state"),
         }
     }
 
@@ -191,7 +194,7 @@ impl Network {
     }
 
     fn container(&self) -> String {
-        format!("sidespawn-dnsmasq-t-{}", self.tag())
+        common::sidecar_name(&self.state, "dnsmasq", &self.tag())
     }
 
     /// The pid in the pid file when it names a live dnsmasq of this network
@@ -375,8 +378,16 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
         k.sort();
         k
     };
-    assert_eq!(keys(&st), ["healthy", "kinds", "sidecars"]);
+    assert_eq!(
+        keys(&st),
+        ["healthy", "instance", "kinds", "sidecars", "unlabelled"]
+    );
     assert_eq!(st["healthy"], true);
+    assert_eq!(
+        st["instance"],
+        sidespawn::config::instance_id(&host.dir.join("state")).as_str()
+    );
+    assert!(st["unlabelled"].is_array(), "{st}");
     let k = &st["kinds"][0];
     assert_eq!(st["kinds"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -503,13 +514,15 @@ fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
     // A leftover of ours that nothing wants (a created, never started
     // container), beside the desired sidecar, dead with restarts off.
     let images = common::ensure_images();
-    let stray = format!("sidespawn-dnsmasq-t-{}", common::unique("stray"));
+    let stray = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &common::unique("stray"));
+    let instance = sidespawn::config::instance_id(&host.dir.join("state"));
     let _guard = common::Container::new(&stray);
     common::run(common::podman().args([
         "create",
         "--name",
         &stray,
         "--label=io.sidespawn.managed-by=sidespawn",
+        &format!("--label=io.sidespawn.instance={instance}"),
         "--label=io.sidespawn.kind=dnsmasq",
         &format!("--label=test.sidespawn.run={}", host.run_label),
         &images.dnsmasq,

@@ -228,8 +228,14 @@ fn import_busybox(host: &Host, tmp: &Path, tag: &str) {
     );
 }
 
+/// The instance label the test's sidecars carry.
+const INSTANCE: &str = "rttest";
+
 fn find(rt: &Podman, name: &str) -> Option<ContainerInfo> {
-    rt.list().unwrap().into_iter().find(|c| c.name == name)
+    rt.list(INSTANCE)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == name)
 }
 
 /// Polls the container's log until it contains `needle`.
@@ -276,6 +282,7 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
         image: tag.clone(),
         labels: [
             (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            (labels::INSTANCE, INSTANCE),
             (labels::KIND, "dnsmasq"),
             (labels::KEY, name.as_str()),
             (labels::REQUEST_ID, id.as_str()),
@@ -326,6 +333,10 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
     }
     assert!(running.pid > 0);
     assert!(running.started_at > 0);
+    assert!(
+        rt.list("rtother").unwrap().iter().all(|c| c.name != name),
+        "another instance's listing never shows it"
+    );
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", running.pid)).unwrap();
     assert!(cmdline.starts_with(b"sh\0-c\0"), "{cmdline:?}");
 
@@ -381,4 +392,108 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
         rt.inspect_container(&name),
         Err(RuntimeError::NoSuchContainer(n)) if n == name
     ));
+}
+
+/// The listing's size does not grow with the sidecars' argv: two sidecars,
+/// one with 1 KiB and one with 512 KiB of arguments, each listed under its
+/// own instance, list in the same number of bytes (pids aside). Before, the
+/// listing (`--format json`) carried every command line, so about 70
+/// sidecars with 1 MiB of argv pushed it past the 64 MiB read cap and every
+/// sync of every kind failed; the old format is measured too, to show what
+/// this test catches.
+#[test]
+fn real_podman_listing_size_is_independent_of_argv_size() {
+    let id = unique();
+    let tmp = TempDir(std::env::temp_dir().join(format!("sidespawn-rt-argv-{id}")));
+    std::fs::create_dir_all(&tmp.0).unwrap();
+    let Some(host) = host(&tmp.0) else {
+        return;
+    };
+    let tag = format!("localhost/sidespawn-rt-argv:{id}");
+    let _image = ImageGuard {
+        host: host.clone(),
+        tag: tag.clone(),
+    };
+    import_busybox(&host, &tmp.0, &tag);
+    let rt = host.runtime();
+    // Instances and names of equal length, so only the argv differs.
+    let small_i = format!("rtsmall{}", std::process::id());
+    let large_i = format!("rtlarge{}", std::process::id());
+    let mut guards = Vec::new();
+    for (instance, bytes) in [(&small_i, 1024usize), (&large_i, 512 * 1024)] {
+        let name = format!("sidespawn-{instance}-dnsmasq-t-{id}");
+        guards.push(ContainerGuard {
+            host: host.clone(),
+            name: name.clone(),
+        });
+        // One argument may be at most 128 KiB (MAX_ARG_STRLEN): 8 of 64 KiB.
+        let n = bytes.div_ceil(64 * 1024).max(1);
+        let argv: Vec<String> = (0..n).map(|_| "x".repeat(bytes / n - 1)).collect();
+        let spec = RunSpec {
+            name,
+            image: tag.clone(),
+            labels: [
+                (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                (labels::INSTANCE, instance.as_str()),
+                (labels::KIND, "dnsmasq"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            podman_args: vec!["--network=none".to_owned()],
+            command: ["sh", "-c", "exec sleep 600", "sh"]
+                .map(str::to_owned)
+                .to_vec(),
+            daemon_argv: argv,
+        };
+        rt.run(&spec).unwrap();
+    }
+    let listing = |instance: &str| -> Vec<u8> {
+        let args =
+            sidespawn::runtime::call_args(&sidespawn::runtime::Call::List(instance.to_owned()));
+        let out = host.podman().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        out.stdout
+    };
+    // Pids differ in their digits; everything else is the same length.
+    let without_pid = |out: &[u8]| -> usize {
+        let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+        out.len() - v["Pid"].to_string().len()
+    };
+    let small = listing(&small_i);
+    let large = listing(&large_i);
+    assert_eq!(rt.list(&small_i).unwrap().len(), 1);
+    assert_eq!(rt.list(&large_i).unwrap().len(), 1);
+    eprintln!(
+        "listing bytes: 1 KiB argv {}, 512 KiB argv {}",
+        small.len(),
+        large.len()
+    );
+    assert_eq!(
+        without_pid(&small),
+        without_pid(&large),
+        "{}\n{}",
+        String::from_utf8_lossy(&small),
+        String::from_utf8_lossy(&large)
+    );
+    assert!(small.len() < 4096, "{} bytes for one sidecar", small.len());
+    // What the old `--format json` listing cost for the same two sidecars.
+    let old = |instance: &str| {
+        host.must(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+            "--format",
+            "json",
+        ])
+        .len()
+    };
+    let (old_small, old_large) = (old(&small_i), old(&large_i));
+    eprintln!("old --format json bytes: 1 KiB argv {old_small}, 512 KiB argv {old_large}");
+    assert!(
+        old_large > old_small + 500 * 1024,
+        "{old_small} vs {old_large}"
+    );
 }

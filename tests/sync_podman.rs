@@ -214,7 +214,7 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     host.queue_start(&ns, &tag, &args);
     let summary = host.sync();
     assert!(summary.contains("started 1"), "{summary}");
-    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
     let c = host.inspect(&name);
     assert_eq!(c["State"]["Status"], "running");
     assert_eq!(c["HostConfig"]["PidMode"], "host");
@@ -282,7 +282,7 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
     host.queue_start(&ns, &tag, &args);
     host.sync();
     let pid = read_pid(&pid_file);
-    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
 
     // HUP: the kill script waits for the host; run the sync meanwhile.
     let mut hup = host.kill_script(&ns, "HUP", pid);
@@ -365,7 +365,11 @@ fn sync_killed_at_every_step_converges() {
             let args = dnsmasq_args(&pid_file, "/dev/null");
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             host.queue_start(&ns, &tag, &args);
-            names.push(format!("sidespawn-dnsmasq-t-{tag}"));
+            names.push(common::sidecar_name(
+                &host.dir.join("state"),
+                "dnsmasq",
+                &tag,
+            ));
             guards.push(ns);
         }
         let ids: Vec<String> = common::queue_records(&host.queue_root(), "dnsmasq")
@@ -428,6 +432,8 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
     let host = Host::with_config(|c| {
         c["kinds"]["dnsmasq"]["image"] = "localhost/sidespawn-no-such-image:1".into();
         c["kinds"]["dnsmasq"]["podman_args"] = serde_json::json!(["--pull=never"]);
+        // Above the default max_argv_bytes: raised, so the request reaches podman.
+        c["kinds"]["dnsmasq"]["max_argv_bytes"] = serde_json::json!(1 << 20);
     });
     std::fs::write(
         host.dir.join("wrapper.json"),
@@ -503,7 +509,7 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
     ];
     for (case, script) in cases {
         let tag = format!("dnsmasq-{uuid}-{case}");
-        let name = format!("sidespawn-dnsmasq-t-{tag}");
+        let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
         let pid_file = host.data().join(format!("{uuid}-{case}.pid"));
         let args = dnsmasq_args(&pid_file, "/dev/null");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -618,7 +624,11 @@ fn start_past_max_sidecars_is_rejected_and_status_says_so() {
     );
     assert_eq!(
         host.containers(),
-        [format!("sidespawn-dnsmasq-t-dnsmasq-{uuid}-0")]
+        [common::sidecar_name(
+            &host.dir.join("state"),
+            "dnsmasq",
+            &format!("dnsmasq-{uuid}-0")
+        )]
     );
     assert_eq!(host.ack(&ids[0]).unwrap()["result"], "ok");
     let refused = host.ack(&ids[1]).unwrap();

@@ -206,7 +206,7 @@ fn wrapper_call_becomes_a_sidecar_that_outlives_the_oneshot() {
     let uuid = common::uuid();
     let ns = Netns::new(&format!("qdhcp-{uuid}"));
     let tag = format!("dnsmasq-{uuid}");
-    let name = format!("sidespawn-dnsmasq-t-{tag}");
+    let name = common::sidecar_name(&s.dir.join("state"), "dnsmasq", &tag);
     let pid_file = s.dir.join(format!("data/{uuid}.pid"));
 
     let t0 = Instant::now();
@@ -315,7 +315,7 @@ fn burst_of_2000_calls_from_20_callers_is_claimed_exactly_once() {
     assert_eq!(status["total_rejected"], 0);
     let mut want: Vec<String> = tags
         .iter()
-        .map(|t| format!("sidespawn-dnsmasq-t-{t}"))
+        .map(|t| common::sidecar_name(&s.dir.join("state"), "dnsmasq", t))
         .collect();
     want.sort();
     assert_eq!(s.containers(), want, "one running sidecar per tag");
@@ -352,7 +352,11 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
     );
     s.manager.systemctl_ok(&["start", PATH_UNIT]);
     common::wait_until(TIMEOUT, "the path unit's start picks it up", || {
-        s.running(&format!("sidespawn-dnsmasq-t-{tag1}"))
+        s.running(&common::sidecar_name(
+            &s.dir.join("state"),
+            "dnsmasq",
+            &tag1,
+        ))
     });
     s.wait_idle();
 
@@ -373,7 +377,11 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
     s.manager
         .systemctl_ok(&["start", "sidespawn-backstop.service"]);
     common::wait_until(TIMEOUT, "the backstop picks it up", || {
-        s.running(&format!("sidespawn-dnsmasq-t-{tag2}"))
+        s.running(&common::sidecar_name(
+            &s.dir.join("state"),
+            "dnsmasq",
+            &tag2,
+        ))
     });
     assert_eq!(
         s.manager.show("sidespawn-backstop.service", "Result"),

@@ -184,8 +184,8 @@ impl Setup {
         common::container_status(name) == "running"
     }
 
-    fn sidecar(kind: &str, tag: &str) -> String {
-        format!("sidespawn-{kind}-t-{tag}")
+    fn sidecar(&self, kind: &str, tag: &str) -> String {
+        common::sidecar_name(&self.dir.join("state"), kind, tag)
     }
 
     fn acks(&self, kind: &str) -> Vec<serde_json::Value> {
@@ -229,7 +229,7 @@ impl Setup {
             acks.iter().find(|a| a["result"] != "ok"),
             d.log()
         );
-        let mut want: Vec<String> = tags.iter().map(|t| Self::sidecar("dnsmasq", t)).collect();
+        let mut want: Vec<String> = tags.iter().map(|t| self.sidecar("dnsmasq", t)).collect();
         want.sort();
         assert_eq!(self.containers(), want, "one running sidecar per tag");
         assert!(common::queue_records(&self.queue_root(), "dnsmasq").is_empty());
@@ -480,7 +480,7 @@ fn replaced_or_deleted_queue_directory_is_watched_again() {
     let tag1 = s.tag();
     s.call("dnsmasq", &tag1);
     common::wait_until(TIMEOUT, "the request in the new directory runs", || {
-        s.running(&Setup::sidecar("dnsmasq", &tag1))
+        s.running(&s.sidecar("dnsmasq", &tag1))
     });
 
     // Deleted outright, then made anew. The daemon may be writing into it
@@ -495,14 +495,14 @@ fn replaced_or_deleted_queue_directory_is_watched_again() {
     common::wait_until(
         TIMEOUT,
         "the request in the recreated directory runs",
-        || s.running(&Setup::sidecar("dnsmasq", &tag2)),
+        || s.running(&s.sidecar("dnsmasq", &tag2)),
     );
 
     // And the watch on the newest directory keeps working.
     let tag3 = s.tag();
     s.call("dnsmasq", &tag3);
     common::wait_until(TIMEOUT, "a later request runs", || {
-        s.running(&Setup::sidecar("dnsmasq", &tag3))
+        s.running(&s.sidecar("dnsmasq", &tag3))
     });
     // --interval 3600: the periodic reconcile cannot have done it.
     assert_eq!(d.count("READY=1"), 1, "{}", d.log());
@@ -590,7 +590,7 @@ fn overflowed_inotify_queue_loses_nothing() {
     let acks = s.acks("dnsmasq");
     assert!(acks.iter().all(|a| a["result"] == "ok"), "{}", d.log());
     for t in &tags2 {
-        assert!(s.running(&Setup::sidecar("dnsmasq", t)), "{t}\n{}", d.log());
+        assert!(s.running(&s.sidecar("dnsmasq", t)), "{t}\n{}", d.log());
     }
     assert!(common::queue_records(&s.queue_root(), "dnsmasq").is_empty());
 }
@@ -674,7 +674,7 @@ fn sighup_rereads_the_configuration_and_keeps_it_when_bad() {
     let tag = s.tag();
     s.call("dnsmasq", &tag);
     common::wait_until(TIMEOUT, "dnsmasq is still served", || {
-        s.running(&Setup::sidecar("dnsmasq", &tag))
+        s.running(&s.sidecar("dnsmasq", &tag))
     });
 
     // A kind added: its queue appears and is watched.
@@ -686,7 +686,7 @@ fn sighup_rereads_the_configuration_and_keeps_it_when_bad() {
     let htag = format!("haproxy-{}", common::uuid());
     s.call("haproxy", &htag);
     common::wait_until(TIMEOUT, "the added kind is served", || {
-        s.running(&Setup::sidecar("haproxy", &htag))
+        s.running(&s.sidecar("haproxy", &htag))
     });
     assert!(
         d.messages
@@ -744,7 +744,7 @@ fn failing_sync_backs_off_keeps_watching_and_recovers() {
     s.write_config(&[], &images.dnsmasq);
     d.signal(Signal::SIGHUP);
     common::wait_until(TIMEOUT, "the request runs after the fix", || {
-        s.running(&Setup::sidecar("dnsmasq", &tag))
+        s.running(&s.sidecar("dnsmasq", &tag))
     });
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit().code(), Some(0), "{}", d.log());
@@ -787,7 +787,7 @@ fn watch_service_under_a_real_systemd_manager() {
     let tag = s.tag();
     s.call("dnsmasq", &tag);
     common::wait_until(TIMEOUT, "the wrapper call becomes a sidecar", || {
-        s.running(&Setup::sidecar("dnsmasq", &tag))
+        s.running(&s.sidecar("dnsmasq", &tag))
     });
 
     // `systemctl reload` reaches the daemon as SIGHUP; same process after.
@@ -811,5 +811,5 @@ fn watch_service_under_a_real_systemd_manager() {
     manager.systemctl_ok(&["stop", SERVICE]);
     assert_eq!(manager.show(SERVICE, "Result"), "success");
     // KillMode=process: the sidecar outlives the daemon.
-    assert!(s.running(&Setup::sidecar("dnsmasq", &tag)));
+    assert!(s.running(&s.sidecar("dnsmasq", &tag)));
 }

@@ -328,7 +328,7 @@ fn upgrade(
 fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> String {
     use sidespawn::runtime::Runtime;
     use std::os::unix::process::CommandExt;
-    let containers = match runtime.list() {
+    let containers = match runtime.list(&cfg.instance) {
         Ok(c) => c,
         Err(e) => return format!("cannot list containers: {e}"),
     };

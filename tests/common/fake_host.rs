@@ -408,7 +408,16 @@ pub fn signal_record(kind: Kind, signal: Signal, pid: u32) -> Record {
     }
 }
 
-/// The name the host gives the sidecar of a tagged request.
-pub fn sidecar_name(kind: Kind, tag: &str) -> String {
-    format!("sidespawn-{kind}-t-{tag}")
+impl FakeHost {
+    /// The configuration's identity, as the host derives it from its configuration.
+    pub fn instance(&self) -> String {
+        sidespawn::config::HostConfig::load(&self.config_path(), true)
+            .expect("config")
+            .instance
+    }
+
+    /// The name the host gives the sidecar of a tagged request.
+    pub fn sidecar_name(&self, kind: Kind, tag: &str) -> String {
+        sidespawn::plan::container_name(&self.instance(), kind, Some(tag), None)
+    }
 }

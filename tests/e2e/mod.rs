@@ -1108,6 +1108,8 @@ pub struct DhcpNetwork {
     pub dir: PathBuf,
     /// Bridge ports plugged so far, for the next name.
     clients: Mutex<u32>,
+    /// The deployment's state directory, which its sidecars' names derive from.
+    state: PathBuf,
 }
 
 /// A client VM on a [`DhcpNetwork`]: its own namespace, a veth with its MAC, a fixed address.
@@ -1137,6 +1139,7 @@ impl DhcpNetwork {
             prefix,
             dir,
             clients: Mutex::new(0),
+            state: d.state_dir(),
         };
         for file in ["host", "addn_hosts", "opts"] {
             replace_file(&net.dir.join(file), "");
@@ -1150,7 +1153,7 @@ impl DhcpNetwork {
 
     /// The sidecar's deterministic name (see README, "Sidecars are named ...").
     pub fn container_name(&self) -> String {
-        format!("sidespawn-dnsmasq-t-{}", self.tag())
+        common::sidecar_name(&self.state, "dnsmasq", &self.tag())
     }
 
     pub fn pid_file(&self) -> PathBuf {
@@ -1300,6 +1303,8 @@ pub struct MetadataProxy {
     pub pid_file: PathBuf,
     /// What the backend serves at `/`.
     pub content: String,
+    /// The deployment's state directory, which its sidecars' names derive from.
+    state: PathBuf,
 }
 
 /// The address Neutron's metadata proxy listens on.
@@ -1371,6 +1376,7 @@ listen listener
             conf,
             pid_file,
             content,
+            state: d.state_dir(),
         }
     }
 
@@ -1379,7 +1385,7 @@ listen listener
     }
 
     pub fn container_name(&self) -> String {
-        format!("sidespawn-haproxy-t-{}", self.tag())
+        common::sidecar_name(&self.state, "haproxy", &self.tag())
     }
 
     pub fn argv(&self) -> Vec<String> {
