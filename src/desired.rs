@@ -203,10 +203,13 @@ pub fn plan_restarts(
             continue;
         }
         let window_ms = policy.window.as_millis() as u64;
+        // A time after now was stored before the wall clock went back: it
+        // counts as now, so a step back delays a restart by the backoff at
+        // most, never by the size of the step.
         let recent: Vec<u64> = d
             .restarts
             .iter()
-            .copied()
+            .map(|&t| t.min(now_ms))
             .filter(|&t| now_ms.saturating_sub(t) < window_ms)
             .collect();
         if recent.len() >= policy.max_restarts as usize {
@@ -394,6 +397,23 @@ pub fn apply_intents(table: &mut DesiredTable, plan: &Plan) -> bool {
     for job in &plan.jobs {
         if job.what == JobKind::Stop {
             changed |= table.sidecars.remove(&job.key).is_some();
+        }
+    }
+    changed
+}
+
+/// Brings restart times stored in the future (the wall clock was stepped
+/// back since) down to `now_ms`, so the window and the backoff run from now
+/// instead of waiting for the clock to catch up. Returns whether anything
+/// changed.
+pub fn clamp_future(table: &mut DesiredTable, now_ms: u64) -> bool {
+    let mut changed = false;
+    for d in table.sidecars.values_mut() {
+        for t in &mut d.restarts {
+            if *t > now_ms {
+                *t = now_ms;
+                changed = true;
+            }
         }
     }
     changed
@@ -603,6 +623,28 @@ mod tests {
         // Once the window passed they no longer count.
         let later = now + Duration::from_secs(600).as_millis() as u64;
         let rp = go(&profile(), &table_with(&r, five), &[], later);
+        assert_eq!(rp.jobs.len(), 1);
+    }
+
+    #[test]
+    fn restart_times_in_the_future_count_as_now() {
+        // The wall clock went back a day after these were stored.
+        let r = rec("a");
+        let now = 10_000_000_000;
+        let day = 86_400_000;
+        let rp = go(&profile(), &table_with(&r, vec![now + day]), &[], now);
+        assert_eq!(
+            rp.blocked[0].1,
+            Blocked::Backoff {
+                until_ms: now + 5000
+            }
+        );
+        // The sync stores the clamped time, so the backoff runs from then.
+        let mut t = table_with(&r, vec![now - 1, now + day]);
+        assert!(clamp_future(&mut t, now));
+        assert_eq!(t.sidecars.values().next().unwrap().restarts, [now - 1, now]);
+        assert!(!clamp_future(&mut t, now));
+        let rp = go(&profile(), &t, &[], now + 5000);
         assert_eq!(rp.jobs.len(), 1);
     }
 

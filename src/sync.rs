@@ -298,6 +298,8 @@ pub fn run(
                 HashSet::new()
             };
             let now = now_ms();
+            // Stored by the end of this sync, so the clamp sticks.
+            desired::clamp_future(&mut desired, now);
             let restarts = desired::plan_restarts(
                 ctx.profile,
                 &desired,

@@ -518,3 +518,51 @@ fn unhealthy_sidecar_counts_as_dead() {
             .healthy
     );
 }
+
+#[test]
+fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
+    let Some(s) = Setup::new(serde_json::json!({"backoff_s": 0})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    // A restart recorded a day ahead: what a wall clock stepped back by a
+    // day leaves behind.
+    let day = 86_400_000;
+    let state = StateDir::new(&s.cfg.state_dir);
+    let mut t = s.desired();
+    for d in t.sidecars.values_mut() {
+        d.restarts = vec![now_ms() + day];
+    }
+    t.store(&state, Kind::Dnsmasq).unwrap();
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1, "the restart waited for the clock");
+    assert_eq!(s.container().unwrap().state, State::Running);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(
+        d.restarts.iter().all(|&t| t <= now_ms()),
+        "a future restart time was kept: {d:?}"
+    );
+
+    // A failed sync recorded a day ahead: the back-off is its delay (1 s
+    // after one failure), not the day.
+    let st = sidespawn::state::KindStatus {
+        last_sync_ms: now_ms() + day,
+        ok: false,
+        error: Some("boom".into()),
+        consecutive_failures: 1,
+        ..Default::default()
+    };
+    state.store_status(Kind::Dnsmasq, &st).unwrap();
+    let t0 = std::time::Instant::now();
+    let opts = SyncOptions {
+        backoff: true,
+        ..SyncOptions::default()
+    };
+    sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the back-off waited {took:?}"
+    );
+}
