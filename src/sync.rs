@@ -178,20 +178,32 @@ pub fn run(
             .collect::<Result<Vec<_>, _>>()?
     };
 
+    if !opts.dry_run {
+        state.clean_stale_tmp();
+    }
     if opts.backoff && !opts.dry_run {
+        // From the failure mark, which a full state directory cannot stop
+        // (the JSON status may be stale then). A last sync "after now" (the
+        // clock went back) counts as now: the wait is the delay at most.
         let worst = kinds
             .iter()
-            .filter_map(|&k| state.status(k).ok().flatten())
-            .map(|s| (backoff_delay(s.consecutive_failures), s))
-            .max_by_key(|(d, _)| *d);
-        if let Some((delay, st)) = worst {
-            let since = Duration::from_millis(now_ms().saturating_sub(st.last_sync_ms));
+            .filter_map(|&k| Some((k, state.failures(k)?)))
+            .map(|(k, (n, at))| (backoff_delay(n), k, n, at))
+            .max_by_key(|(d, ..)| *d);
+        if let Some((delay, kind, failures, at)) = worst {
+            let since = Duration::from_millis(now_ms().saturating_sub(at));
             if let Some(wait) = delay.checked_sub(since).filter(|w| !w.is_zero()) {
+                let why = state
+                    .status(kind)
+                    .ok()
+                    .flatten()
+                    .filter(|st| st.last_sync_ms == at)
+                    .and_then(|st| st.error)
+                    .unwrap_or_else(|| {
+                        "its status could not be written; see `sidespawn status`".to_owned()
+                    });
                 warn!(
-                    "previous sync failed {} time(s) in a row ({}); retrying in {:?}",
-                    st.consecutive_failures,
-                    st.error.as_deref().unwrap_or("unknown error"),
-                    wait
+                    "previous sync of {kind} failed {failures} time(s) in a row ({why}); retrying in {wait:?}"
                 );
                 std::thread::sleep(wait);
             }
@@ -463,6 +475,7 @@ fn next_generation(
 
 fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {
     let prev = state.status(kind).ok().flatten().unwrap_or_default();
+    let prev_failures = state.failures(kind).map_or(0, |(n, _)| n);
     let st = KindStatus {
         last_sync_ms: now_ms(),
         ok: result.is_ok(),
@@ -470,7 +483,7 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         consecutive_failures: if result.is_ok() {
             0
         } else {
-            prev.consecutive_failures.saturating_add(1)
+            prev_failures.saturating_add(1)
         },
         claimed: s.claimed,
         failed: s.failed,
@@ -479,6 +492,10 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         total_rejected: prev.total_rejected + s.rejected as u64,
         previous_sync_ms: prev.last_sync_ms,
     };
+    // First, and needing no free block: the back-off works on a full disk.
+    if let Err(e) = state.mark_failures(kind, st.consecutive_failures, st.last_sync_ms) {
+        warn!("cannot record the failures of {kind}: {e}");
+    }
     if let Err(e) = state.store_status(kind, &st) {
         warn!("cannot record the sync status of {kind}: {e}");
     }

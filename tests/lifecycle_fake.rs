@@ -566,3 +566,107 @@ fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
         "the back-off waited {took:?}"
     );
 }
+
+/// The temporary files of the state's atomic writer under `dir`.
+fn temporary_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let tmpfs = common::TmpfsMount::new("256k");
+    s.cfg.state_dir = tmpfs.path().join("state");
+    s.start(&["a"]);
+    s.sync(false);
+
+    // Not a block left.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmpfs.path().join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    assert!(tmpfs.available() < 4096, "{} bytes left", tmpfs.available());
+    // A temporary file a killed sync left behind (its pid is long gone).
+    let stale = s.cfg.state_dir.join("status/.dnsmasq.json.tmp-2147483646");
+    std::fs::File::create(&stale).unwrap();
+
+    s.start(&["b"]);
+    let opts = SyncOptions {
+        backoff: true,
+        ..SyncOptions::default()
+    };
+    let first = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    assert_eq!(first.errors.len(), 1, "{first}");
+    let why = &first.errors[0].1;
+    assert!(why.contains("No space left on device"), "{why}");
+
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy, "{rep:?}");
+    let state_error = rep.state_error.as_deref().unwrap_or_default();
+    assert!(
+        state_error.contains("is full")
+            && state_error.contains(&s.cfg.state_dir.display().to_string()),
+        "{state_error}"
+    );
+    let last = rep.kinds[0].last_sync.as_ref().unwrap();
+    assert!(!last.ok, "status says the failed sync was fine: {last:?}");
+    assert_eq!(last.consecutive_failures, 1);
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not writable"),
+        "{last:?}"
+    );
+
+    // One failure: the next run waits a second before it tries.
+    let t0 = std::time::Instant::now();
+    let second = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(second.errors.len(), 1, "{second}");
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "no back-off: the second run took {waited:?}"
+    );
+    let last = sidespawn::status::report(&s.cfg, &s.fake, &[])
+        .unwrap()
+        .kinds[0]
+        .last_sync
+        .clone()
+        .unwrap();
+    assert_eq!(last.consecutive_failures, 2, "{last:?}");
+    let left = temporary_files(&s.cfg.state_dir);
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+
+    // Space again: the queued request runs and the status recovers.
+    std::fs::remove_file(tmpfs.path().join("filler")).unwrap();
+    let sum = s.sync(false);
+    assert_eq!(sum.claimed, 1, "{sum}");
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy, "{rep:?}");
+    assert!(rep.kinds[0].last_sync.as_ref().unwrap().ok);
+    common::reliability(
+        "the host state directory's file system is full (ENOSPC) when the sync runs",
+        "the sync fails and exits 1; status says the state directory is not writable and exits 1; --backoff still backs off; no temporary file is left",
+        &format!(
+            "sync: `{}`; status: `{state_error}`; second run waited {:.1}s; no .tmp- file; after freeing space the request ran",
+            why.replace(&tmpfs.path().display().to_string(), "<tmpfs>"),
+            waited.as_secs_f64()
+        )
+        .replace(&tmpfs.path().display().to_string(), "<tmpfs>"),
+    );
+}
