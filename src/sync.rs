@@ -203,7 +203,7 @@ pub fn run(
                         "its status could not be written; see `sidespawn status`".to_owned()
                     });
                 warn!(
-                    "previous sync of {kind} failed {failures} time(s) in a row ({why}); retrying in {wait:?}"
+                    "previous sync failed {failures} time(s) in a row ({kind}: {why}); retrying in {wait:?}"
                 );
                 std::thread::sleep(wait);
             }
