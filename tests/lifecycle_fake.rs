@@ -670,3 +670,142 @@ fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
         .replace(&tmpfs.path().display().to_string(), "<tmpfs>"),
     );
 }
+
+/// Sidecar `i` of the scale measurement, with `argv_bytes` of arguments.
+fn big_record(i: usize, argv_bytes: usize) -> Record {
+    Record {
+        v: VERSION,
+        id: format!("big-{i}"),
+        kind: Kind::Dnsmasq,
+        action: Action::Start,
+        argv: (0..argv_bytes / 1024)
+            .map(|j| format!("--opt-{j}={}", "x".repeat(1000)))
+            .collect(),
+        netns: Some(NetnsRef {
+            name: format!("qdhcp-big-{i}"),
+            dev: 4,
+            ino: 1000 + i as u64,
+        }),
+        tag: Some(format!("dnsmasq-big-{i}")),
+        signal: None,
+        pid: None,
+        ts: 1,
+    }
+}
+
+const SCALE_DIR_ENV: &str = "SIDESPAWN_SCALE_DIR";
+const SCALE_BIG: usize = 64;
+
+/// What one small request costs beside big desired sidecars: 64 entries of
+/// about 1 MiB of argv each, or none. Run by hand:
+/// `cargo test --release --test lifecycle_fake desired_table_cost -- --ignored --nocapture`.
+/// Each sync runs in a child process (this test again) so its peak RSS is
+/// its own.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn desired_table_cost_of_one_small_request() {
+    if let Some(dir) = std::env::var_os(SCALE_DIR_ENV) {
+        return scale_child(std::path::Path::new(&dir));
+    }
+    if !common::privileged("the desired table's cost (the queue must be root's)") {
+        return;
+    }
+    for big in [0, SCALE_BIG] {
+        let Some(s) = Setup::new(serde_json::json!({})) else {
+            return;
+        };
+        let state = StateDir::new(&s.cfg.state_dir);
+        let profile = s.cfg.profile(Kind::Dnsmasq).unwrap().clone();
+        let mut t = DesiredTable::default();
+        for i in 0..big {
+            let r = big_record(i, 1 << 20);
+            let spec =
+                sidespawn::plan::run_spec(&profile, std::path::Path::new("/run/netns"), &r, 1);
+            t.sidecars.insert(
+                sidespawn::plan::key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref()),
+                sidespawn::desired::DesiredSidecar {
+                    container: spec.name,
+                    record: r,
+                    generation: 1,
+                    image: spec.image,
+                    restarts: Vec::new(),
+                    last_error: None,
+                },
+            );
+        }
+        t.store(&state, Kind::Dnsmasq).unwrap();
+        drop(t);
+        std::fs::write(s.dir.join("uuid"), &s.uuid).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "desired_table_cost_of_one_small_request",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(SCALE_DIR_ENV, s.dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout.lines().find(|l| l.starts_with("SCALE")).unwrap();
+        println!("{big} big desired sidecars: {line}");
+    }
+}
+
+fn scale_child(dir: &std::path::Path) {
+    let text = serde_json::json!({
+        "queue_root": dir.join("queue"),
+        "state_dir": dir.join("state"),
+        "kinds": {"dnsmasq": {"image": "localhost/dnsmasq:1", "restart": {}}}
+    })
+    .to_string();
+    let cfg = HostConfig::from_str(&dir.join("config.json"), &text).unwrap();
+    let uuid = std::fs::read_to_string(dir.join("uuid")).unwrap();
+    let profile = cfg.profile(Kind::Dnsmasq).unwrap();
+    // The big sidecars run (the fake only needs their names and labels).
+    let fake = FakeRuntime::new(Vec::new());
+    let mut namespaces = vec![(format!("qdhcp-{uuid}"), 100)];
+    for i in 0..SCALE_BIG {
+        let r = big_record(i, 0);
+        let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), &r, 1);
+        fake.run(&spec).unwrap();
+        namespaces.push((r.netns.unwrap().name, 1000 + i as u64));
+    }
+    let ns = FakeNamespaces::new(namespaces);
+    let r = Record {
+        argv: vec!["--no-hosts".into()],
+        netns: Some(NetnsRef {
+            name: format!("qdhcp-{uuid}"),
+            dev: 4,
+            ino: 100,
+        }),
+        tag: Some(format!("dnsmasq-{uuid}")),
+        id: new_id(now_ms()),
+        ts: now_ms(),
+        ..big_record(0, 0)
+    };
+    std::fs::write(
+        common::queue_file(&dir.join("queue"), "dnsmasq"),
+        r.to_line(),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let sum = sidespawn::sync::run(&cfg, &fake, &ns, &SyncOptions::default()).unwrap();
+    let took = t0.elapsed();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    assert_eq!(sum.started, 1, "{sum}");
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        .unwrap();
+    println!(
+        "SCALE sync {:.1} ms, peak RSS {hwm}",
+        took.as_secs_f64() * 1000.0
+    );
+}
