@@ -163,7 +163,7 @@ pub fn run(
     };
     let mut report = GcReport::default();
     for &kind in kinds {
-        let mut desired = DesiredTable::load(&state, kind)?;
+        let mut desired = DesiredTable::load_meta(&state, kind)?;
         let scope = cfg
             .kinds
             .get(&kind)

@@ -28,6 +28,10 @@ pub enum StateError {
     )]
     Corrupt { path: PathBuf, message: String },
     #[error(
+        "unreadable desired-sidecar file {path}: {message}; run `sidespawn sync --full`: it moves the file aside to <state_dir>/desired/corrupt/ and rebuilds the entry from the sidecar's container"
+    )]
+    CorruptDesired { path: PathBuf, message: String },
+    #[error(
         "host state directory {path} is a {found}, not a directory; move it aside: the next sync recreates the directory (root-only, mode 0700)"
     )]
     NotADirectory { path: PathBuf, found: &'static str },

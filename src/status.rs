@@ -235,7 +235,7 @@ pub fn report(
     let mut all_desired_run = true;
     for kr in &mut kreps {
         let kind = kr.kind;
-        let table = match DesiredTable::load(&state, kind) {
+        let table = match DesiredTable::peek(&state, kind) {
             Ok(t) => t,
             Err(e) => {
                 kr.error.get_or_insert(e.to_string());

@@ -161,6 +161,8 @@ pub fn run(
     };
     let mut summary = Summary::default();
     let mut failed_kinds: Vec<Kind> = Vec::new();
+    // Desired entries whose files were unreadable and could not be rebuilt.
+    let mut lost_entries: Vec<(Kind, Vec<String>)> = Vec::new();
 
     // One sync per kind at a time: the backstop's full sync and a path
     // unit's sync of one kind may start together, and two syncs replaying
@@ -301,25 +303,71 @@ pub fn run(
                     }
                 };
             // Containers were listed for this pass: the moment to notice
-            // desired sidecars whose process died.
-            let mut desired = DesiredTable::load(&state, ctx.kind)?;
+            // desired sidecars whose process died. Without their argv, read
+            // below only for those that may be started again.
+            let change = !opts.dry_run;
+            let mut desired = match DesiredTable::open(&state, ctx.kind, change) {
+                Ok((mut t, unreadable)) => {
+                    let lost = desired::recover(&mut t, &unreadable, ctx.profile, &actual, runtime);
+                    if !lost.is_empty() {
+                        lost_entries.push((ctx.kind, lost));
+                    }
+                    t
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    kind_failed(
+                        &state,
+                        ctx.kind,
+                        msg,
+                        &kind_sum,
+                        &mut summary,
+                        &mut failed_kinds,
+                    );
+                    continue;
+                }
+            };
             let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
             let unhealthy = if opts.full && pass == 1 && !opts.dry_run {
                 check_health(cfg, ctx.profile, runtime, &desired, &actual)
             } else {
                 HashSet::new()
             };
+            let seen = Observed {
+                actual: &actual,
+                busy: &busy,
+                unhealthy: &unhealthy,
+            };
+            let need = desired::argv_needed(&desired, ctx.kind, &seen);
+            match desired.load_argv(&state, ctx.kind, &need, change) {
+                Ok(unreadable) if unreadable.is_empty() => {}
+                Ok(unreadable) => {
+                    let lost =
+                        desired::recover(&mut desired, &unreadable, ctx.profile, &actual, runtime);
+                    if !lost.is_empty() {
+                        lost_entries.push((ctx.kind, lost));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    kind_failed(
+                        &state,
+                        ctx.kind,
+                        msg,
+                        &kind_sum,
+                        &mut summary,
+                        &mut failed_kinds,
+                    );
+                    continue;
+                }
+            }
             let now = now_ms();
             // Stored by the end of this sync, so the clamp sticks.
             desired::clamp_future(&mut desired, now);
             let restarts = desired::plan_restarts(
                 ctx.profile,
                 &desired,
-                &Observed {
-                    actual: &actual,
-                    busy: &busy,
-                    unhealthy: &unhealthy,
-                },
+                &seen,
                 namespaces,
                 &mut generation,
                 now,
@@ -346,8 +394,19 @@ pub fn run(
             // stop but before the table is written would otherwise restart
             // a sidecar the agent stopped (the replayed stop request finds
             // no container, so it cannot name the sidecar any more).
-            if desired::apply_intents(&mut desired, &plan) {
-                desired.store(&state, ctx.kind)?;
+            if desired::apply_intents(&mut desired, &plan)
+                && let Err(e) = desired.store(&state, ctx.kind)
+            {
+                let msg = e.to_string();
+                kind_failed(
+                    &state,
+                    ctx.kind,
+                    msg,
+                    &kind_sum,
+                    &mut summary,
+                    &mut failed_kinds,
+                );
+                continue;
             }
             fault_point("after-plan");
             if !plan.jobs.is_empty() {
@@ -375,7 +434,19 @@ pub fn run(
             if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
                 warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
             }
-            record_status(&state, ctx.kind, Ok(()), &kind_sum);
+            match lost_entries.iter().find(|(k, _)| *k == ctx.kind) {
+                // Said once, in the status of the sync that found them.
+                Some((_, lost)) => {
+                    let msg = format!(
+                        "desired sidecars lost with unreadable state files (moved aside to {}): {}; the agent's next start request for each restores it",
+                        desired::corrupt_dir(&state).display(),
+                        lost.join("; ")
+                    );
+                    error!(kind = %ctx.kind, "{msg}");
+                    record_status(&state, ctx.kind, Err(&msg), &kind_sum);
+                }
+                None => record_status(&state, ctx.kind, Ok(()), &kind_sum),
+            }
             summary.add(&kind_sum);
         }
         if opts.dry_run {

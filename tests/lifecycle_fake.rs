@@ -809,3 +809,159 @@ fn scale_child(dir: &std::path::Path) {
         took.as_secs_f64() * 1000.0
     );
 }
+
+/// A two-kind host (dnsmasq and haproxy) on the fake runtime.
+struct TwoKinds {
+    s: Setup,
+}
+
+impl TwoKinds {
+    fn new() -> Option<TwoKinds> {
+        let mut s = Setup::new(serde_json::json!({"backoff_s": 0}))?;
+        std::fs::create_dir_all(s.dir.join("queue/haproxy")).unwrap();
+        let text = serde_json::json!({
+            "queue_root": s.dir.join("queue"),
+            "state_dir": s.dir.join("state"),
+            "kinds": {
+                "dnsmasq": {"image": "localhost/dnsmasq:1", "restart": {"backoff_s": 0}},
+                "haproxy": {"image": "localhost/haproxy:1"}
+            }
+        })
+        .to_string();
+        s.cfg = HostConfig::from_str(&s.dir.join("config.json"), &text).unwrap();
+        s.ns = FakeNamespaces::new([
+            (format!("qdhcp-{}", s.uuid), 100),
+            (format!("qrouter-{}", s.uuid), 200),
+        ]);
+        Some(TwoKinds { s })
+    }
+
+    /// Queues a haproxy start; returns its container's name.
+    fn haproxy(&self) -> String {
+        use std::io::Write;
+        let uuid = &self.s.uuid;
+        let r = Record {
+            kind: Kind::Haproxy,
+            argv: vec!["-f".into(), "/x.cfg".into()],
+            netns: Some(NetnsRef {
+                name: format!("qrouter-{uuid}"),
+                dev: 4,
+                ino: 200,
+            }),
+            tag: Some(format!("haproxy-{uuid}")),
+            ..self.s.start_record_template()
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(common::queue_file(&self.s.dir.join("queue"), "haproxy"))
+            .unwrap();
+        writeln!(f, "{}", r.to_line().trim_end()).unwrap();
+        format!("sidespawn-haproxy-t-haproxy-{uuid}")
+    }
+
+    fn sync_full(&self) -> Summary {
+        let opts = SyncOptions {
+            full: true,
+            ..SyncOptions::default()
+        };
+        sidespawn::sync::run(&self.s.cfg, &self.s.fake, &self.s.ns, &opts).unwrap()
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.s
+            .fake
+            .containers()
+            .iter()
+            .any(|c| c.name == name && c.state == State::Running)
+    }
+
+    fn corrupt_dir(&self) -> Vec<String> {
+        std::fs::read_dir(self.s.cfg.state_dir.join("desired/corrupt"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
+    let Some(t) = TwoKinds::new() else {
+        return;
+    };
+    let s = &t.s;
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    assert_eq!(s.sync(false).started, 1);
+    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+    let state = StateDir::new(&s.cfg.state_dir);
+    let entry = sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key);
+    std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+
+    // dnsmasq's sidecar dies and haproxy gets a request: both are served.
+    s.die();
+    let haproxy = t.haproxy();
+    let sum = t.sync_full();
+    assert!(sum.errors.is_empty(), "{sum}");
+    assert_eq!((sum.claimed, sum.started, sum.restarts), (1, 1, 1), "{sum}");
+    assert!(t.running(&haproxy));
+    assert!(t.running(&s.name()), "restart protection lost");
+    // Rebuilt as it was, the unreadable file kept aside for the operator.
+    let d = &s.desired().sidecars[&key];
+    assert_eq!(d.record.argv, req.argv);
+    assert_eq!(d.record.id, req.id);
+    assert_eq!(d.restarts.len(), 1);
+    assert_eq!(t.corrupt_dir().len(), 1, "{:?}", t.corrupt_dir());
+    let st = state.status(Kind::Dnsmasq).unwrap().unwrap();
+    assert!(st.ok, "{st:?}");
+
+    // An old single-file table that is unreadable: every entry rebuilt.
+    std::fs::remove_dir_all(s.cfg.state_dir.join("desired/dnsmasq")).unwrap();
+    std::fs::write(s.cfg.state_dir.join("desired/dnsmasq.json"), b"\x00garbage").unwrap();
+    s.die();
+    let sum = t.sync_full();
+    assert!(sum.errors.is_empty(), "{sum}");
+    assert_eq!(sum.restarts, 1, "{sum}");
+    assert_eq!(s.desired().sidecars[&key].record.argv, req.argv);
+    assert!(!s.cfg.state_dir.join("desired/dnsmasq.json").exists());
+    assert_eq!(t.corrupt_dir().len(), 2, "{:?}", t.corrupt_dir());
+    common::reliability(
+        "a desired-table entry of one kind is unreadable (truncated JSON), or the old single-file table is",
+        "the file is moved aside to desired/corrupt/; the entry is rebuilt from its container's labels and command, so a dead sidecar is still restarted; other kinds' requests run",
+        "haproxy's request ran; the dead dnsmasq was restarted with its original argv and request id; 2 files in desired/corrupt/",
+    );
+}
+
+#[test]
+fn a_corrupt_entry_without_a_container_fails_its_kind_alone_and_names_the_file() {
+    let Some(t) = TwoKinds::new() else {
+        return;
+    };
+    let s = &t.s;
+    s.start(&["a"]);
+    s.sync(false);
+    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+    let state = StateDir::new(&s.cfg.state_dir);
+    std::fs::write(
+        sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key),
+        b"[",
+    )
+    .unwrap();
+    s.fake.remove(&s.name()).unwrap();
+    let haproxy = t.haproxy();
+    let sum = t.sync_full();
+    assert_eq!(sum.started, 1, "{sum}");
+    assert!(t.running(&haproxy));
+    let st = state.status(Kind::Dnsmasq).unwrap().unwrap();
+    assert!(!st.ok, "{st:?}");
+    let why = st.error.unwrap();
+    assert!(
+        why.contains("desired/corrupt") && why.contains("no container to rebuild it from"),
+        "{why}"
+    );
+    assert!(state.status(Kind::Haproxy).unwrap().unwrap().ok);
+    // Said once: the next sync is clean again.
+    t.sync_full();
+    assert!(state.status(Kind::Dnsmasq).unwrap().unwrap().ok);
+}
