@@ -336,9 +336,10 @@ impl DesiredTable {
                 legacy.display(),
                 dir.display()
             );
-        } else if mode.migrate {
+        } else if mode.migrate && bad.is_empty() {
             // Argv files no entry refers to: left by a sync killed between
-            // writing a new argv and its entry.
+            // writing a new argv and its entry. (Not while an entry is
+            // unreadable: the file it named is kept for the operator.)
             for name in names.iter().filter(|n| n.ends_with(".argv")) {
                 if !referenced.contains(name) {
                     let _ = std::fs::remove_file(dir.join(name));
@@ -349,7 +350,16 @@ impl DesiredTable {
         for (path, stem_, message, argv_file) in bad {
             let file = if mode.set_aside {
                 set_aside(state, &path)?;
-                if let Some(a) = argv_file {
+                // Its argv files too (the one it names, or, when it cannot be
+                // read that far, every one of its stem), for the operator.
+                let own = |n: &&String| {
+                    Some(*n) == argv_file.as_ref()
+                        || stem_.as_ref().is_some_and(|s| {
+                            n.strip_prefix(s.as_str())
+                                .is_some_and(|r| r.starts_with('.') && r.ends_with(".argv"))
+                        })
+                };
+                for a in names.iter().filter(own) {
                     let _ = set_aside(state, &dir.join(a));
                 }
                 corrupt_dir(state).join(path.file_name().unwrap_or_default())

@@ -163,7 +163,12 @@ pub fn run(
     };
     let mut report = GcReport::default();
     for &kind in kinds {
-        let mut desired = DesiredTable::load_meta(&state, kind)?;
+        // A dry run holds no lock, so it must not migrate the table.
+        let mut desired = if dry_run {
+            DesiredTable::peek(&state, kind)?
+        } else {
+            DesiredTable::load_meta(&state, kind)?
+        };
         let scope = cfg
             .kinds
             .get(&kind)

@@ -912,7 +912,10 @@ fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
     assert_eq!(d.record.argv, req.argv);
     assert_eq!(d.record.id, req.id);
     assert_eq!(d.restarts.len(), 1);
-    assert_eq!(t.corrupt_dir().len(), 1, "{:?}", t.corrupt_dir());
+    // The entry and the argv file it named (by its stem: it could not be read that far).
+    let aside = t.corrupt_dir();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    assert!(aside.iter().any(|n| n.contains(".argv.")), "{aside:?}");
     let st = state.status(Kind::Dnsmasq).unwrap().unwrap();
     assert!(st.ok, "{st:?}");
 
@@ -925,11 +928,11 @@ fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
     assert_eq!(sum.restarts, 1, "{sum}");
     assert_eq!(s.desired().sidecars[&key].record.argv, req.argv);
     assert!(!s.cfg.state_dir.join("desired/dnsmasq.json").exists());
-    assert_eq!(t.corrupt_dir().len(), 2, "{:?}", t.corrupt_dir());
+    assert_eq!(t.corrupt_dir().len(), 3, "{:?}", t.corrupt_dir());
     common::reliability(
         "a desired-table entry of one kind is unreadable (truncated JSON), or the old single-file table is",
         "the file is moved aside to desired/corrupt/; the entry is rebuilt from its container's labels and command, so a dead sidecar is still restarted; other kinds' requests run",
-        "haproxy's request ran; the dead dnsmasq was restarted with its original argv and request id; 2 files in desired/corrupt/",
+        "haproxy's request ran; the dead dnsmasq was restarted with its original argv and request id; the entry, its argv file and the old table in desired/corrupt/",
     );
 }
 

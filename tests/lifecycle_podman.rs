@@ -786,6 +786,6 @@ fn a_corrupt_desired_entry_is_rebuilt_from_the_podman_container() {
     let aside = std::fs::read_dir(host.dir.join("state/desired/corrupt"))
         .unwrap()
         .count();
-    assert_eq!(aside, 1);
+    assert_eq!(aside, 2, "the entry and its argv file");
     assert!(net.dhcp(), "no lease from the restarted dnsmasq");
 }
