@@ -565,6 +565,14 @@ fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
         took < std::time::Duration::from_secs(5),
         "the back-off waited {took:?}"
     );
+    common::reliability(
+        "the wall clock is stepped back a day after restarts and a failed sync were recorded",
+        "times after now count as now: a dead sidecar is restarted under its backoff_s, --backoff waits its delay, not the day",
+        &format!(
+            "restarted at once (backoff_s 0), the stored time clamped to now; --backoff run took {:.1}s",
+            took.as_secs_f64()
+        ),
+    );
 }
 
 /// The temporary files of the state's atomic writer under `dir`.
