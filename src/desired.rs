@@ -7,8 +7,13 @@
 //! some kinds (keepalived, radvd) and never dnsmasq or haproxy. This table
 //! is what lets a sync start a dead sidecar again with the same argv, and
 //! lets `upgrade` replace sidecars without a new request. It lives in the
-//! host-private state directory (`<state_dir>/desired/<kind>.json`), is
-//! written atomically, and only under the kind's sync lock.
+//! host-private state directory, one entry file per sidecar under
+//! `<state_dir>/desired/<kind>/` with its argv in a file of its own written
+//! once per request, so the cost of a sync follows what it changes, not
+//! the size of every argv (see [`DesiredTable`]). Files are written
+//! atomically, only when they change, and only under the kind's sync lock.
+//! An unreadable file is never fatal to the other kinds: the sync moves it
+//! aside and rebuilds the entry from the sidecar's container ([`recover`]).
 //!
 //! Planning restarts is pure ([`plan_restarts`]); applying job outcomes to
 //! the table is too ([`apply`]), so both are unit-tested without podman.

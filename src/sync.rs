@@ -434,8 +434,12 @@ pub fn run(
             if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
                 warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
             }
-            match lost_entries.iter().find(|(k, _)| *k == ctx.kind) {
-                // Said once, in the status of the sync that found them.
+            match lost_entries
+                .iter()
+                .position(|(k, _)| *k == ctx.kind)
+                .map(|i| lost_entries.swap_remove(i))
+            {
+                // Said once, in the status of the pass that found them.
                 Some((_, lost)) => {
                     let msg = format!(
                         "desired sidecars lost with unreadable state files (moved aside to {}): {}; the agent's next start request for each restores it",
