@@ -1542,6 +1542,51 @@ mod tests {
     }
 
     #[test]
+    fn recovery_rebuilds_only_what_the_container_proves() {
+        use crate::runtime::{FakeRuntime, Runtime};
+        let r = rec("a");
+        let spec = run_spec(&profile(), std::path::Path::new("/run/netns"), &r, 3);
+        let key = key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref());
+        let bad = [Corrupt {
+            file: "x".into(),
+            stem: Some(stem(&key)),
+            message: "truncated".into(),
+        }];
+        // Run here: its command is known and matches its argv-hash label.
+        let fake = FakeRuntime::new(Vec::new());
+        fake.run(&spec).unwrap();
+        let actual = fake.list().unwrap();
+        let mut t = DesiredTable::default();
+        assert!(recover(&mut t, &bad, &profile(), &actual, &fake).is_empty());
+        let d = &t.sidecars[&key];
+        assert_eq!(d.record.argv, r.argv);
+        assert_eq!(d.record.id, r.id);
+        assert_eq!(d.record.netns.as_ref().map(|n| n.ino), Some(100));
+        assert_eq!(d.generation, 3);
+
+        // A container whose command does not match its label is not trusted.
+        let seeded = FakeRuntime::new(actual.clone());
+        let mut t = DesiredTable::default();
+        let lost = recover(&mut t, &bad, &profile(), &actual, &seeded);
+        assert!(t.sidecars.is_empty());
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(lost[0].contains(&key), "{lost:?}");
+        assert!(
+            lost[1].contains("no container to rebuild it from"),
+            "{lost:?}"
+        );
+
+        // Another kind's entry being unreadable rebuilds nothing here.
+        let other = [Corrupt {
+            stem: Some(stem("dnsmasq/tag/other")),
+            ..bad[0].clone()
+        }];
+        let mut t = DesiredTable::default();
+        recover(&mut t, &other, &profile(), &actual, &fake);
+        assert!(t.sidecars.is_empty());
+    }
+
+    #[test]
     fn file_stems_are_safe_and_distinct() {
         let a = stem("dnsmasq/tag/x");
         assert!(a.starts_with("dnsmasq_tag_x-"), "{a}");
