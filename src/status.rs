@@ -352,7 +352,8 @@ pub fn run(
     )?;
     for k in &rep.kinds {
         let last = match (&k.error, &k.last_sync) {
-            (Some(e), _) => format!("queue unreadable: {e}"),
+            // The queue or the desired table: the error names which.
+            (Some(e), _) => format!("UNREADABLE: {e}"),
             (None, None) => "never".into(),
             (None, Some(s)) => {
                 let ago = now_ms().saturating_sub(s.last_sync_ms) / 1000;
