@@ -704,8 +704,23 @@ fn big_record(i: usize, argv_bytes: usize) -> Record {
 const SCALE_DIR_ENV: &str = "SIDESPAWN_SCALE_DIR";
 const SCALE_BIG: usize = 64;
 
+/// `SIDESPAWN_SCALE_SIDECARS` (default 64) sidecars of
+/// `SIDESPAWN_SCALE_ARGV_BYTES` (default 1 MiB) each.
+fn scale_sizes() -> (usize, usize) {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        env("SIDESPAWN_SCALE_SIDECARS", SCALE_BIG),
+        env("SIDESPAWN_SCALE_ARGV_BYTES", 1 << 20),
+    )
+}
+
 /// What one small request costs beside big desired sidecars: 64 entries of
-/// about 1 MiB of argv each, or none. Run by hand:
+/// about 1 MiB of argv each (or see [`scale_sizes`]), or none. Run by hand:
 /// `cargo test --release --test lifecycle_fake desired_table_cost -- --ignored --nocapture`.
 /// Each sync runs in a child process (this test again) so its peak RSS is
 /// its own.
@@ -718,7 +733,8 @@ fn desired_table_cost_of_one_small_request() {
     if !common::privileged("the desired table's cost (the queue must be root's)") {
         return;
     }
-    for big in [0, SCALE_BIG] {
+    let (sidecars, argv_bytes) = scale_sizes();
+    for big in [0, sidecars] {
         let Some(s) = Setup::new(serde_json::json!({})) else {
             return;
         };
@@ -726,7 +742,7 @@ fn desired_table_cost_of_one_small_request() {
         let profile = s.cfg.profile(Kind::Dnsmasq).unwrap().clone();
         let mut t = DesiredTable::default();
         for i in 0..big {
-            let r = big_record(i, 1 << 20);
+            let r = big_record(i, argv_bytes);
             let spec =
                 sidespawn::plan::run_spec(&profile, std::path::Path::new("/run/netns"), &r, 1);
             t.sidecars.insert(
@@ -761,7 +777,7 @@ fn desired_table_cost_of_one_small_request() {
             String::from_utf8_lossy(&out.stderr)
         );
         let line = stdout.lines().find(|l| l.starts_with("SCALE")).unwrap();
-        println!("{big} big desired sidecars: {line}");
+        println!("{big} desired sidecars of {argv_bytes} bytes of argv: {line}");
     }
 }
 
@@ -778,7 +794,7 @@ fn scale_child(dir: &std::path::Path) {
     // The big sidecars run (the fake only needs their names and labels).
     let fake = FakeRuntime::new(Vec::new());
     let mut namespaces = vec![(format!("qdhcp-{uuid}"), 100)];
-    for i in 0..SCALE_BIG {
+    for i in 0..scale_sizes().0 {
         let r = big_record(i, 0);
         let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), &r, 1);
         fake.run(&spec).unwrap();
