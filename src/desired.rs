@@ -62,8 +62,9 @@ pub struct DesiredSidecar {
 /// what changed.
 #[derive(Debug, Clone)]
 struct Stored {
-    /// FNV-1a of the entry file's bytes.
-    entry_hash: u64,
+    /// The entry as its file says, without the argv: compared, not
+    /// serialised, to find what changed (cheap with many sidecars).
+    entry: DesiredSidecar,
     /// The argv file's name, beside the entry file.
     argv_file: String,
     /// The request whose argv that file holds.
@@ -280,6 +281,14 @@ impl DesiredTable {
             Err(e) => return Err(io_err("cannot list", &dir, e)),
         };
         let mut referenced = HashSet::new();
+        // Entries are opened relative to the directory, into one buffer:
+        // with hundreds of sidecars the path walks and allocations add up.
+        let dir_fd = if names.is_empty() {
+            None
+        } else {
+            Some(std::fs::File::open(&dir).map_err(|e| io_err("cannot open", &dir, e))?)
+        };
+        let mut buf = Vec::new();
         for name in &names {
             // Temporary files of a write in progress start with a dot.
             let Some(stem_) = name
@@ -289,7 +298,14 @@ impl DesiredTable {
                 continue;
             };
             let path = dir.join(name);
-            match read_entry(&path, stem_, mode.argv) {
+            let read = dir_fd
+                .as_ref()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+                .and_then(|d| read_at(d, name, &mut buf));
+            match read
+                .map_err(|e| (e.to_string(), None))
+                .and_then(|()| read_entry(&path, &buf, stem_, mode.argv))
+            {
                 Ok((key, d, st)) => {
                     referenced.insert(st.argv_file.clone());
                     if !mode.argv {
@@ -440,8 +456,11 @@ impl DesiredTable {
             lazy,
         } = self;
         for (key, d) in sidecars.iter_mut() {
-            let stem_ = stem(key);
             let before = stored.get(key);
+            if before.is_some_and(|s| s.record_id == d.record.id && same_entry(&s.entry, d)) {
+                continue;
+            }
+            let stem_ = stem(key);
             let argv_file = match before {
                 Some(s) if s.record_id == d.record.id => s.argv_file.clone(),
                 _ => {
@@ -462,24 +481,22 @@ impl DesiredTable {
             };
             let path = dir.join(format!("{stem_}.json"));
             let argv = std::mem::take(&mut d.record.argv);
+            let snapshot = d.clone();
+            d.record.argv = argv;
             let entry = EntryFile {
                 v: VERSION,
                 key: key.clone(),
-                container: d.container.clone(),
-                generation: d.generation,
-                image: d.image.clone(),
-                restarts: d.restarts.clone(),
-                last_error: d.last_error.clone(),
-                record: d.record.clone(),
+                container: snapshot.container.clone(),
+                generation: snapshot.generation,
+                image: snapshot.image.clone(),
+                restarts: snapshot.restarts.clone(),
+                last_error: snapshot.last_error.clone(),
+                record: snapshot.record.clone(),
                 argv_file: argv_file.clone(),
             };
-            d.record.argv = argv;
             let bytes =
                 serde_json::to_vec_pretty(&entry).map_err(|e| corrupt(&path, e.to_string()))?;
-            let entry_hash = fnv1a(&bytes);
-            if before.is_none_or(|s| s.entry_hash != entry_hash) {
-                write_atomic(&path, &bytes)?;
-            }
+            write_atomic(&path, &bytes)?;
             if let Some(old) = before.filter(|s| s.argv_file != argv_file) {
                 let old = dir.join(&old.argv_file);
                 remove_if_there(&old)?;
@@ -487,7 +504,7 @@ impl DesiredTable {
             stored.insert(
                 key.clone(),
                 Stored {
-                    entry_hash,
+                    entry: snapshot,
                     argv_file,
                     record_id: d.record.id.clone(),
                 },
@@ -557,11 +574,11 @@ fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<(), StateError>
 /// with the argv file's name when the entry named one.
 fn read_entry(
     path: &std::path::Path,
+    bytes: &[u8],
     stem_: &str,
     argv: bool,
 ) -> Result<(String, DesiredSidecar, Stored), (String, Option<String>)> {
-    let bytes = std::fs::read(path).map_err(|e| (e.to_string(), None))?;
-    let e: EntryFile = serde_json::from_slice(&bytes).map_err(|e| (e.to_string(), None))?;
+    let e: EntryFile = serde_json::from_slice(bytes).map_err(|e| (e.to_string(), None))?;
     if e.v != VERSION {
         return Err((
             format!("format version {} (this sidespawn reads {VERSION})", e.v),
@@ -574,29 +591,77 @@ fn read_entry(
             Some(e.argv_file),
         ));
     }
-    let mut record = e.record;
+    let mut d = DesiredSidecar {
+        container: e.container,
+        record: e.record,
+        generation: e.generation,
+        image: e.image,
+        restarts: e.restarts,
+        last_error: e.last_error,
+    };
+    // The file holds no argv; one there would be ignored, so it is dropped.
+    d.record.argv.clear();
+    let st = Stored {
+        entry: d.clone(),
+        argv_file: e.argv_file,
+        record_id: d.record.id.clone(),
+    };
     if argv {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        record.argv = read_argv(&dir.join(&e.argv_file), &record.id)
-            .map_err(|m| (m, Some(e.argv_file.clone())))?;
+        d.record.argv = read_argv(&dir.join(&st.argv_file), &d.record.id)
+            .map_err(|m| (m, Some(st.argv_file.clone())))?;
     }
-    let st = Stored {
-        entry_hash: fnv1a(&bytes),
-        argv_file: e.argv_file,
-        record_id: record.id.clone(),
-    };
-    Ok((
-        e.key,
-        DesiredSidecar {
-            container: e.container,
-            record,
-            generation: e.generation,
-            image: e.image,
-            restarts: e.restarts,
-            last_error: e.last_error,
-        },
-        st,
-    ))
+    Ok((e.key, d, st))
+}
+
+/// Reads `name` in the directory `dir` into `buf`, never following a link.
+fn read_at(dir: &std::fs::File, name: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    buf.clear();
+    std::fs::File::from(fd).read_to_end(buf)?;
+    Ok(())
+}
+
+/// Whether `now` says what the entry file (`stored`, read without its
+/// argv) says: everything but the argv, which its own file holds.
+fn same_entry(stored: &DesiredSidecar, now: &DesiredSidecar) -> bool {
+    let DesiredSidecar {
+        container,
+        record,
+        generation,
+        image,
+        restarts,
+        last_error,
+    } = stored;
+    // Destructured so that a new field cannot be forgotten here.
+    let Record {
+        v,
+        id,
+        kind,
+        action,
+        argv: _,
+        netns,
+        tag,
+        signal,
+        pid,
+        ts,
+    } = record;
+    let r = &now.record;
+    *container == now.container
+        && *generation == now.generation
+        && *image == now.image
+        && *restarts == now.restarts
+        && *last_error == now.last_error
+        && (*v, id, *kind, action, netns, tag, signal, *pid, *ts)
+            == (
+                r.v, &r.id, r.kind, &r.action, &r.netns, &r.tag, &r.signal, r.pid, r.ts,
+            )
 }
 
 fn read_argv(path: &std::path::Path, id: &str) -> Result<Vec<String>, String> {
