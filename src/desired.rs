@@ -370,7 +370,7 @@ impl DesiredTable {
         let mut out = Vec::new();
         for (path, stem_, message, argv_file) in bad {
             let file = if mode.set_aside {
-                set_aside(state, &path)?;
+                let moved = set_aside(state, &path)?;
                 // Its argv files too (the one it names, or, when it cannot be
                 // read that far, every one of its stem), for the operator.
                 let own = |n: &&String| {
@@ -383,7 +383,7 @@ impl DesiredTable {
                 for a in names.iter().filter(own) {
                     let _ = set_aside(state, &dir.join(a));
                 }
-                corrupt_dir(state).join(path.file_name().unwrap_or_default())
+                moved
             } else {
                 path
             };
@@ -426,8 +426,7 @@ impl DesiredTable {
                     let mut file = path.clone();
                     if change {
                         set_aside(state, &entry_path(state, kind, key))?;
-                        let _ = set_aside(state, &path);
-                        file = corrupt_dir(state).join(path.file_name().unwrap_or_default());
+                        file = set_aside(state, &path)?;
                     }
                     out.push(Corrupt {
                         file,
@@ -546,8 +545,8 @@ fn remove_if_there(path: &std::path::Path) -> Result<(), StateError> {
 }
 
 /// Moves an unreadable file to [`corrupt_dir`] (named after itself and the
-/// time), for the operator to look at.
-fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<(), StateError> {
+/// time), for the operator to look at; returns where it went.
+fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<PathBuf, StateError> {
     let to_dir = corrupt_dir(state);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -563,9 +562,9 @@ fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<(), StateError>
                 path.display(),
                 to.display()
             );
-            Ok(())
+            Ok(to)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_owned()),
         Err(e) => Err(io_err("cannot move aside", path, e)),
     }
 }
@@ -736,7 +735,17 @@ pub fn recover(
                 table.sidecars.insert(key.clone(), d);
                 rebuilt.insert(s);
             }
-            Err(e) => problems.push(format!("{key} (container {}): {e}", c.name)),
+            Err(e) => {
+                let file = bad
+                    .iter()
+                    .find(|b| b.stem.as_deref().is_none_or(|b| b == s))
+                    .map(|b| b.file.display().to_string())
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "{file}: cannot rebuild {key} from container {}: {e}",
+                    c.name
+                ));
+            }
         }
     }
     for c in bad {
