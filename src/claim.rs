@@ -596,9 +596,11 @@ impl SharedDir {
     /// stale temporary files, links a container left) last modified more
     /// than `max_age` ago. Never follows a link. Returns how many went.
     pub fn prune_acks(&self, max_age: Duration) -> Result<usize, ClaimError> {
-        let Some(cutoff) = SystemTime::now().checked_sub(max_age) else {
+        let now = SystemTime::now();
+        let Some(cutoff) = now.checked_sub(max_age) else {
             return Ok(0);
         };
+        let future = now + Duration::from_secs(60);
         let (acks, dir) = self.open_acks()?;
         // Dir owns one descriptor for reading entries; the *at calls use the
         // other, so iterating and unlinking do not fight over a borrow.
@@ -627,7 +629,22 @@ impl SharedDir {
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(io_err("cannot stat an entry of", &dir, e)),
             };
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR || mtime(&st) >= cutoff {
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                continue;
+            }
+            if mtime(&st) > future {
+                // Written before the wall clock was stepped back: restamped
+                // so it ages from now instead of outliving the step.
+                let _ = nix::sys::stat::utimensat(
+                    &acks,
+                    name,
+                    &nix::sys::time::TimeSpec::UTIME_OMIT,
+                    &nix::sys::time::TimeSpec::UTIME_NOW,
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                );
+                continue;
+            }
+            if mtime(&st) >= cutoff {
                 continue;
             }
             match unlinkat(&acks, name, UnlinkatFlags::NoRemoveDir) {

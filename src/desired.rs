@@ -7,13 +7,19 @@
 //! some kinds (keepalived, radvd) and never dnsmasq or haproxy. This table
 //! is what lets a sync start a dead sidecar again with the same argv, and
 //! lets `upgrade` replace sidecars without a new request. It lives in the
-//! host-private state directory (`<state_dir>/desired/<kind>.json`), is
-//! written atomically, and only under the kind's sync lock.
+//! host-private state directory, one entry file per sidecar under
+//! `<state_dir>/desired/<kind>/` with its argv in a file of its own written
+//! once per request, so the cost of a sync follows what it changes, not
+//! the size of every argv (see [`DesiredTable`]). Files are written
+//! atomically, only when they change, and only under the kind's sync lock.
+//! An unreadable file is never fatal to the other kinds: the sync moves it
+//! aside and rebuilds the entry from the sidecar's container ([`recover`]).
 //!
 //! Planning restarts is pure ([`plan_restarts`]); applying job outcomes to
 //! the table is too ([`apply`]), so both are unit-tested without podman.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -21,13 +27,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::Profile;
 use crate::kind::Kind;
 use crate::netns::NetnsError;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Step, run_spec};
+use crate::plan::{Job, JobKind, Namespaces, Plan, Step, fnv1a, run_spec};
 use crate::record::Record;
 use crate::runtime::{ContainerInfo, State, labels};
 use crate::state::{StateDir, StateError, read_json, write_atomic};
 
-/// Format version of the table file.
-pub const VERSION: u32 = 1;
+/// Format version of an entry file.
+pub const VERSION: u32 = 2;
+/// Format version of the single-file table (`desired/<kind>.json`) that
+/// entry files replaced; read once and migrated.
+const LEGACY_VERSION: u32 = 1;
 
 /// One desired sidecar.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,52 +58,771 @@ pub struct DesiredSidecar {
     pub last_error: Option<String>,
 }
 
-/// One kind's table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DesiredTable {
-    pub v: u32,
-    /// By sidecar key ([`key_of`]).
-    pub sidecars: BTreeMap<String, DesiredSidecar>,
+/// What is on disk for one entry, so [`DesiredTable::store`] writes only
+/// what changed.
+#[derive(Debug, Clone)]
+struct Stored {
+    /// The entry as its file says, without the argv: compared, not
+    /// serialised, to find what changed (cheap with many sidecars).
+    entry: DesiredSidecar,
+    /// The argv file's name, beside the entry file.
+    argv_file: String,
+    /// The request whose argv that file holds.
+    record_id: String,
 }
 
-impl Default for DesiredTable {
-    fn default() -> DesiredTable {
-        DesiredTable {
-            v: VERSION,
-            sidecars: BTreeMap::new(),
-        }
+/// One kind's table: by sidecar key ([`crate::plan::key_of`]).
+///
+/// On disk, one entry file per sidecar, `<state_dir>/desired/<kind>/<stem>.json`
+/// (everything but the argv), and beside it the argv, written once per
+/// request (`<stem>.<hash of the request id>.argv`), so a restart rewrites a
+/// few hundred bytes however big the argv. Loaded without the argv
+/// ([`DesiredTable::open`]), an entry's `record.argv` is empty until
+/// [`DesiredTable::load_argv`] reads it.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredTable {
+    pub sidecars: BTreeMap<String, DesiredSidecar>,
+    stored: BTreeMap<String, Stored>,
+    /// Keys whose argv is not loaded.
+    lazy: HashSet<String>,
+}
+
+impl PartialEq for DesiredTable {
+    fn eq(&self, other: &DesiredTable) -> bool {
+        self.sidecars == other.sidecars
     }
 }
 
-/// `<state_dir>/desired/<kind>.json`.
-pub fn path(state: &StateDir, kind: Kind) -> PathBuf {
+/// An entry (or the whole old table) that could not be read.
+#[derive(Debug, Clone)]
+pub struct Corrupt {
+    /// The file, where it is now (moved aside by a sync).
+    pub file: PathBuf,
+    /// The entry's file stem; `None` for the old single-file table, which
+    /// held every entry of the kind.
+    pub stem: Option<String>,
+    pub message: String,
+}
+
+/// The old single-file table.
+#[derive(Deserialize)]
+struct LegacyTable {
+    v: u32,
+    sidecars: BTreeMap<String, DesiredSidecar>,
+}
+
+/// An entry file.
+#[derive(Serialize, Deserialize)]
+struct EntryFile {
+    v: u32,
+    key: String,
+    container: String,
+    generation: u64,
+    image: String,
+    #[serde(default)]
+    restarts: Vec<u64>,
+    #[serde(default)]
+    last_error: Option<String>,
+    /// The request without its argv.
+    record: Record,
+    /// The argv file's name.
+    argv_file: String,
+}
+
+/// An argv file.
+#[derive(Serialize, Deserialize)]
+struct ArgvFile {
+    /// The request it belongs to, checked against the entry's.
+    id: String,
+    argv: Vec<String>,
+}
+
+/// `<state_dir>/desired/<kind>/`, the entry files.
+pub fn dir(state: &StateDir, kind: Kind) -> PathBuf {
+    state.path().join("desired").join(kind.as_str())
+}
+
+/// `<state_dir>/desired/<kind>.json`, the table before entry files.
+pub fn legacy_path(state: &StateDir, kind: Kind) -> PathBuf {
     state.path().join("desired").join(format!("{kind}.json"))
 }
 
+/// `<state_dir>/desired/corrupt/`, where a sync moves unreadable files.
+pub fn corrupt_dir(state: &StateDir) -> PathBuf {
+    state.path().join("desired").join("corrupt")
+}
+
+/// The file stem of `key`'s entry: the key with anything but
+/// `[A-Za-z0-9._-]` replaced, shortened, and a hash of the whole key so two
+/// keys never share a file.
+pub fn stem(key: &str) -> String {
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{safe}-{:016x}", fnv1a(key.as_bytes()))
+}
+
+/// The entry file of `key`.
+pub fn entry_path(state: &StateDir, kind: Kind, key: &str) -> PathBuf {
+    dir(state, kind).join(format!("{}.json", stem(key)))
+}
+
+fn corrupt(path: &std::path::Path, message: impl Into<String>) -> StateError {
+    StateError::CorruptDesired {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn io_err(op: &'static str, path: &std::path::Path, source: std::io::Error) -> StateError {
+    StateError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How [`DesiredTable::read`] treats what it finds.
+#[derive(Clone, Copy)]
+struct ReadMode {
+    /// Read every argv file too.
+    argv: bool,
+    /// Rewrite an old single-file table as entry files (the caller holds
+    /// the kind's sync lock).
+    migrate: bool,
+    /// Move unreadable files aside instead of failing (the sync, which
+    /// rebuilds their entries from the containers).
+    set_aside: bool,
+}
+
 impl DesiredTable {
-    /// Loads the table; a missing file is an empty table.
+    /// Loads the whole table, argv included; a missing one is empty. An old
+    /// single-file table is migrated. Fails on an unreadable file, naming
+    /// it. The caller holds the kind's sync lock.
     pub fn load(state: &StateDir, kind: Kind) -> Result<DesiredTable, StateError> {
-        let p = path(state, kind);
-        let t: DesiredTable = read_json(&p)?.unwrap_or_default();
-        if t.v != VERSION {
-            return Err(StateError::Corrupt {
-                path: p,
-                message: format!("format version {} (this sidespawn reads {VERSION})", t.v),
-            });
-        }
-        Ok(t)
+        let mode = ReadMode {
+            argv: true,
+            migrate: true,
+            set_aside: false,
+        };
+        Self::read(state, kind, mode).and_then(fail_on_corrupt)
     }
 
-    /// Writes the table atomically and durably: a lost update would
-    /// restart a sidecar the agent stopped, or forget one it wants.
-    pub fn store(&self, state: &StateDir, kind: Kind) -> Result<(), StateError> {
-        let p = path(state, kind);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Corrupt {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&p, &text)
+    /// Loads the table without the argv (`record.argv` is empty), for
+    /// callers that do not start sidecars. Like [`DesiredTable::load`]
+    /// otherwise.
+    pub fn load_meta(state: &StateDir, kind: Kind) -> Result<DesiredTable, StateError> {
+        let mode = ReadMode {
+            argv: false,
+            migrate: true,
+            set_aside: false,
+        };
+        Self::read(state, kind, mode).and_then(fail_on_corrupt)
     }
+
+    /// Reads the table without the argv and without changing anything (no
+    /// lock needed), for `status`.
+    pub fn peek(state: &StateDir, kind: Kind) -> Result<DesiredTable, StateError> {
+        let mode = ReadMode {
+            argv: false,
+            migrate: false,
+            set_aside: false,
+        };
+        Self::read(state, kind, mode).and_then(fail_on_corrupt)
+    }
+
+    /// The sync's load: without the argv; unreadable files are moved aside
+    /// to [`corrupt_dir`] and returned, for [`recover`] to rebuild their
+    /// entries from the containers. Fails only when the table cannot be
+    /// read at all (then this kind's sync fails, alone).
+    /// With `change` false (a dry run) nothing is migrated or moved.
+    pub fn open(
+        state: &StateDir,
+        kind: Kind,
+        change: bool,
+    ) -> Result<(DesiredTable, Vec<Corrupt>), StateError> {
+        let mode = ReadMode {
+            argv: false,
+            migrate: change,
+            set_aside: change,
+        };
+        Self::read(state, kind, mode)
+    }
+
+    fn read(
+        state: &StateDir,
+        kind: Kind,
+        mode: ReadMode,
+    ) -> Result<(DesiredTable, Vec<Corrupt>), StateError> {
+        let mut table = DesiredTable::default();
+        let mut bad = Vec::new();
+        let dir = dir(state, kind);
+        let names = match std::fs::read_dir(&dir) {
+            Ok(rd) => {
+                let mut v: Vec<String> = Vec::new();
+                for e in rd {
+                    let e = e.map_err(|e| io_err("cannot list", &dir, e))?;
+                    if let Some(n) = e.file_name().to_str() {
+                        v.push(n.to_owned());
+                    }
+                }
+                v.sort();
+                v
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("cannot list", &dir, e)),
+        };
+        let mut referenced = HashSet::new();
+        // Entries are opened relative to the directory, into one buffer:
+        // with hundreds of sidecars the path walks and allocations add up.
+        let dir_fd = if names.is_empty() {
+            None
+        } else {
+            Some(std::fs::File::open(&dir).map_err(|e| io_err("cannot open", &dir, e))?)
+        };
+        let mut buf = Vec::new();
+        for name in &names {
+            // Temporary files of a write in progress start with a dot.
+            let Some(stem_) = name
+                .strip_suffix(".json")
+                .filter(|_| !name.starts_with('.'))
+            else {
+                continue;
+            };
+            let path = dir.join(name);
+            let read = dir_fd
+                .as_ref()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+                .and_then(|d| read_at(d, name, &mut buf));
+            match read
+                .map_err(|e| (e.to_string(), None))
+                .and_then(|()| read_entry(&path, &buf, stem_, mode.argv))
+            {
+                Ok((key, d, st)) => {
+                    referenced.insert(st.argv_file.clone());
+                    if !mode.argv {
+                        table.lazy.insert(key.clone());
+                    }
+                    table.stored.insert(key.clone(), st);
+                    table.sidecars.insert(key, d);
+                }
+                Err((message, argv_file)) => {
+                    if let Some(a) = &argv_file {
+                        referenced.insert(a.clone());
+                    }
+                    bad.push((path, Some(stem_.to_owned()), message, argv_file));
+                }
+            }
+        }
+        // The old single-file table: its entries win over entry files a
+        // migration killed half-way wrote from it.
+        let legacy = legacy_path(state, kind);
+        let mut migrated = false;
+        match read_json::<LegacyTable>(&legacy) {
+            Ok(None) => {}
+            Ok(Some(t)) if t.v == LEGACY_VERSION => {
+                for (k, d) in t.sidecars {
+                    table.lazy.remove(&k);
+                    table.sidecars.insert(k, d);
+                }
+                migrated = mode.migrate;
+            }
+            Ok(Some(t)) => bad.push((
+                legacy.clone(),
+                None,
+                format!(
+                    "format version {} (this sidespawn reads {LEGACY_VERSION})",
+                    t.v
+                ),
+                None,
+            )),
+            Err(StateError::Corrupt { message, .. }) => {
+                bad.push((legacy.clone(), None, message, None));
+            }
+            Err(e) => return Err(e),
+        }
+        if migrated {
+            table.store(state, kind)?;
+            std::fs::remove_file(&legacy).map_err(|e| io_err("cannot remove", &legacy, e))?;
+            tracing::info!(
+                "moved the desired sidecars of {kind} from {} to {}",
+                legacy.display(),
+                dir.display()
+            );
+        } else if mode.migrate && bad.is_empty() {
+            // Argv files no entry refers to: left by a sync killed between
+            // writing a new argv and its entry. (Not while an entry is
+            // unreadable: the file it named is kept for the operator.)
+            for name in names.iter().filter(|n| n.ends_with(".argv")) {
+                if !referenced.contains(name) {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (path, stem_, message, argv_file) in bad {
+            let file = if mode.set_aside {
+                let moved = set_aside(state, &path)?;
+                // Its argv files too (the one it names, or, when it cannot be
+                // read that far, every one of its stem), for the operator.
+                let own = |n: &&String| {
+                    Some(*n) == argv_file.as_ref()
+                        || stem_.as_ref().is_some_and(|s| {
+                            n.strip_prefix(s.as_str())
+                                .is_some_and(|r| r.starts_with('.') && r.ends_with(".argv"))
+                        })
+                };
+                for a in names.iter().filter(own) {
+                    let _ = set_aside(state, &dir.join(a));
+                }
+                moved
+            } else {
+                path
+            };
+            out.push(Corrupt {
+                file,
+                stem: stem_,
+                message,
+            });
+        }
+        Ok((table, out))
+    }
+
+    /// Reads the argv of `keys` (those loaded without it). An entry whose
+    /// argv file cannot be read leaves the table; its files are moved aside
+    /// (unless `change` is false) and returned, as [`DesiredTable::open`]
+    /// does.
+    pub fn load_argv(
+        &mut self,
+        state: &StateDir,
+        kind: Kind,
+        keys: &[String],
+        change: bool,
+    ) -> Result<Vec<Corrupt>, StateError> {
+        let dir = dir(state, kind);
+        let mut out = Vec::new();
+        for key in keys {
+            if !self.lazy.contains(key) {
+                continue;
+            }
+            let (Some(st), Some(d)) = (self.stored.get(key), self.sidecars.get_mut(key)) else {
+                continue;
+            };
+            let path = dir.join(&st.argv_file);
+            match read_argv(&path, &d.record.id) {
+                Ok(argv) => {
+                    d.record.argv = argv;
+                    self.lazy.remove(key);
+                }
+                Err(message) => {
+                    let mut file = path.clone();
+                    if change {
+                        set_aside(state, &entry_path(state, kind, key))?;
+                        file = set_aside(state, &path)?;
+                    }
+                    out.push(Corrupt {
+                        file,
+                        stem: Some(stem(key)),
+                        message,
+                    });
+                    self.sidecars.remove(key);
+                    self.stored.remove(key);
+                    self.lazy.remove(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes what changed since the table was read or last stored, each
+    /// file atomically and durably (a lost update would restart a sidecar
+    /// the agent stopped, or forget one it wants): an argv file per new
+    /// request, the entry file of each changed entry, and removes the
+    /// files of entries that left.
+    pub fn store(&mut self, state: &StateDir, kind: Kind) -> Result<(), StateError> {
+        let dir = dir(state, kind);
+        let DesiredTable {
+            sidecars,
+            stored,
+            lazy,
+        } = self;
+        for (key, d) in sidecars.iter_mut() {
+            let before = stored.get(key);
+            if before.is_some_and(|s| s.record_id == d.record.id && same_entry(&s.entry, d)) {
+                continue;
+            }
+            let stem_ = stem(key);
+            let argv_file = match before {
+                Some(s) if s.record_id == d.record.id => s.argv_file.clone(),
+                _ => {
+                    // A new request: its record came with its argv. (An
+                    // entry read without its argv keeps its request, and
+                    // its argv file stays as it is.)
+                    lazy.remove(key);
+                    let name = format!("{stem_}.{:016x}.argv", fnv1a(d.record.id.as_bytes()));
+                    let path = dir.join(&name);
+                    let bytes = serde_json::to_vec(&ArgvFile {
+                        id: d.record.id.clone(),
+                        argv: d.record.argv.clone(),
+                    })
+                    .map_err(|e| corrupt(&path, e.to_string()))?;
+                    write_atomic(&path, &bytes)?;
+                    name
+                }
+            };
+            let path = dir.join(format!("{stem_}.json"));
+            let argv = std::mem::take(&mut d.record.argv);
+            let snapshot = d.clone();
+            d.record.argv = argv;
+            let entry = EntryFile {
+                v: VERSION,
+                key: key.clone(),
+                container: snapshot.container.clone(),
+                generation: snapshot.generation,
+                image: snapshot.image.clone(),
+                restarts: snapshot.restarts.clone(),
+                last_error: snapshot.last_error.clone(),
+                record: snapshot.record.clone(),
+                argv_file: argv_file.clone(),
+            };
+            let bytes =
+                serde_json::to_vec_pretty(&entry).map_err(|e| corrupt(&path, e.to_string()))?;
+            write_atomic(&path, &bytes)?;
+            if let Some(old) = before.filter(|s| s.argv_file != argv_file) {
+                let old = dir.join(&old.argv_file);
+                remove_if_there(&old)?;
+            }
+            stored.insert(
+                key.clone(),
+                Stored {
+                    entry: snapshot,
+                    argv_file,
+                    record_id: d.record.id.clone(),
+                },
+            );
+        }
+        let gone: Vec<String> = stored
+            .keys()
+            .filter(|k| !sidecars.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            remove_if_there(&entry_path(state, kind, key))?;
+            if let Some(s) = stored.remove(key) {
+                remove_if_there(&dir.join(s.argv_file))?;
+            }
+            lazy.remove(key);
+        }
+        if !gone.is_empty()
+            && let Ok(d) = std::fs::File::open(&dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn fail_on_corrupt((t, bad): (DesiredTable, Vec<Corrupt>)) -> Result<DesiredTable, StateError> {
+    match bad.into_iter().next() {
+        None => Ok(t),
+        Some(c) => Err(corrupt(&c.file, c.message)),
+    }
+}
+
+fn remove_if_there(path: &std::path::Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("cannot remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Moves an unreadable file to [`corrupt_dir`] (named after itself and the
+/// time), for the operator to look at; returns where it went.
+fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<PathBuf, StateError> {
+    let to_dir = corrupt_dir(state);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&to_dir)
+        .map_err(|e| io_err("cannot create", &to_dir, e))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let to = to_dir.join(format!("{name}.{}", crate::record::now_ms()));
+    match std::fs::rename(path, &to) {
+        Ok(()) => {
+            tracing::warn!(
+                "moved the unreadable {} aside to {}",
+                path.display(),
+                to.display()
+            );
+            Ok(to)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_owned()),
+        Err(e) => Err(io_err("cannot move aside", path, e)),
+    }
+}
+
+/// Reads one entry file (and its argv with `argv`). The error says why,
+/// with the argv file's name when the entry named one.
+fn read_entry(
+    path: &std::path::Path,
+    bytes: &[u8],
+    stem_: &str,
+    argv: bool,
+) -> Result<(String, DesiredSidecar, Stored), (String, Option<String>)> {
+    let e: EntryFile = serde_json::from_slice(bytes).map_err(|e| (e.to_string(), None))?;
+    if e.v != VERSION {
+        return Err((
+            format!("format version {} (this sidespawn reads {VERSION})", e.v),
+            Some(e.argv_file),
+        ));
+    }
+    if stem(&e.key) != stem_ {
+        return Err((
+            format!("holds key {:?}, which belongs in another file", e.key),
+            Some(e.argv_file),
+        ));
+    }
+    let mut d = DesiredSidecar {
+        container: e.container,
+        record: e.record,
+        generation: e.generation,
+        image: e.image,
+        restarts: e.restarts,
+        last_error: e.last_error,
+    };
+    // The file holds no argv; one there would be ignored, so it is dropped.
+    d.record.argv.clear();
+    let st = Stored {
+        entry: d.clone(),
+        argv_file: e.argv_file,
+        record_id: d.record.id.clone(),
+    };
+    if argv {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        d.record.argv = read_argv(&dir.join(&st.argv_file), &d.record.id)
+            .map_err(|m| (m, Some(st.argv_file.clone())))?;
+    }
+    Ok((e.key, d, st))
+}
+
+/// Reads `name` in the directory `dir` into `buf`, never following a link.
+fn read_at(dir: &std::fs::File, name: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    buf.clear();
+    std::fs::File::from(fd).read_to_end(buf)?;
+    Ok(())
+}
+
+/// Whether `now` says what the entry file (`stored`, read without its
+/// argv) says: everything but the argv, which its own file holds.
+fn same_entry(stored: &DesiredSidecar, now: &DesiredSidecar) -> bool {
+    let DesiredSidecar {
+        container,
+        record,
+        generation,
+        image,
+        restarts,
+        last_error,
+    } = stored;
+    // Destructured so that a new field cannot be forgotten here.
+    let Record {
+        v,
+        id,
+        kind,
+        action,
+        argv: _,
+        netns,
+        tag,
+        signal,
+        pid,
+        ts,
+    } = record;
+    let r = &now.record;
+    *container == now.container
+        && *generation == now.generation
+        && *image == now.image
+        && *restarts == now.restarts
+        && *last_error == now.last_error
+        && (*v, id, *kind, action, netns, tag, signal, *pid, *ts)
+            == (
+                r.v, &r.id, r.kind, &r.action, &r.netns, &r.tag, &r.signal, r.pid, r.ts,
+            )
+}
+
+fn read_argv(path: &std::path::Path, id: &str) -> Result<Vec<String>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let a: ArgvFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if a.id != id {
+        return Err(format!(
+            "{} holds the argv of request {}, not {id}",
+            path.display(),
+            a.id
+        ));
+    }
+    Ok(a.argv)
+}
+
+/// The keys of dead (or unhealthy) desired sidecars [`plan_restarts`] may
+/// start, whose argv is not loaded yet: what the sync reads before it
+/// plans. Nothing else needs an argv.
+pub fn argv_needed(table: &DesiredTable, kind: Kind, seen: &Observed) -> Vec<String> {
+    table
+        .sidecars
+        .iter()
+        .filter(|(k, _)| table.lazy.contains(*k) && !seen.busy.contains(*k))
+        .filter(|(_, d)| {
+            let c = seen.actual.iter().find(|c| {
+                c.name == d.container
+                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+            });
+            is_dead(c) || seen.unhealthy.contains(&d.container)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Rebuilds, from the containers podman reports, the entries of files
+/// [`DesiredTable::open`] could not read: each of this configuration's
+/// containers of the kind whose key's entry was unreadable (every one, when
+/// the old single-file table was) and that the table lacks gets its entry
+/// back from its labels and its command (`podman container inspect`),
+/// checked against its argv-hash label. Restart counts start afresh.
+/// Returns what could not be rebuilt, each naming the file and why.
+pub fn recover(
+    table: &mut DesiredTable,
+    bad: &[Corrupt],
+    profile: &Profile,
+    actual: &[ContainerInfo],
+    runtime: &dyn crate::runtime::Runtime,
+) -> Vec<String> {
+    let kind = profile.kind;
+    let whole = bad.iter().any(|c| c.stem.is_none());
+    let stems: HashSet<&str> = bad.iter().filter_map(|c| c.stem.as_deref()).collect();
+    let mut rebuilt: HashSet<String> = HashSet::new();
+    let mut problems = Vec::new();
+    for c in actual {
+        let ours = c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+            && profile
+                .labels
+                .iter()
+                .all(|(k, v)| c.labels.get(k) == Some(v));
+        let Some(key) = c.labels.get(labels::KEY).filter(|_| ours) else {
+            continue;
+        };
+        let s = stem(key);
+        if table.sidecars.contains_key(key) || !(whole || stems.contains(s.as_str())) {
+            continue;
+        }
+        match rebuild(c, profile, runtime) {
+            Ok(d) => {
+                tracing::warn!(kind = %kind, "rebuilt the desired entry {key} from container {}", c.name);
+                table.lazy.remove(key);
+                table.sidecars.insert(key.clone(), d);
+                rebuilt.insert(s);
+            }
+            Err(e) => {
+                let file = bad
+                    .iter()
+                    .find(|b| b.stem.as_deref().is_none_or(|b| b == s))
+                    .map(|b| b.file.display().to_string())
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "{file}: cannot rebuild {key} from container {}: {e}",
+                    c.name
+                ));
+            }
+        }
+    }
+    for c in bad {
+        if c.stem.as_ref().is_none_or(|s| !rebuilt.contains(s)) && !whole {
+            problems.push(format!(
+                "{}: {}; no container to rebuild it from",
+                c.file.display(),
+                c.message
+            ));
+        }
+    }
+    problems
+}
+
+fn rebuild(
+    c: &ContainerInfo,
+    profile: &Profile,
+    runtime: &dyn crate::runtime::Runtime,
+) -> Result<DesiredSidecar, String> {
+    let l = &c.labels;
+    let id = l
+        .get(labels::REQUEST_ID)
+        .ok_or("it has no request-id label")?;
+    let netns = match l.get(labels::NETNS) {
+        Some(name) => Some(crate::record::NetnsRef {
+            name: name.clone(),
+            dev: 0,
+            ino: l
+                .get(labels::NETNS_INO)
+                .and_then(|i| i.parse().ok())
+                .ok_or("it has no netns-ino label")?,
+        }),
+        None => None,
+    };
+    let tag = l.get(labels::TAG).cloned();
+    let kind = profile.kind;
+    if crate::plan::container_name(&profile.instance, kind, tag.as_deref(), netns.as_ref())
+        != c.name
+    {
+        return Err("its name does not follow from its labels".to_owned());
+    }
+    let cmd = runtime.command(&c.name).map_err(|e| e.to_string())?;
+    let rest = profile.command.get(1..).unwrap_or_default();
+    let daemon = cmd
+        .strip_prefix(rest)
+        .ok_or("its command does not start with the profile's")?;
+    let argv = daemon
+        .strip_prefix(&profile.foreground_args[..])
+        .ok_or("its arguments do not start with the profile's foreground_args")?;
+    let hash = l.get(labels::ARGV_HASH);
+    let images = [Some(c.image.as_str()), profile.image.as_deref()];
+    if !images
+        .iter()
+        .flatten()
+        .any(|img| hash == Some(&crate::plan::spec_hash(img, &profile.command, daemon)))
+    {
+        return Err("its command does not match its argv-hash label".to_owned());
+    }
+    Ok(DesiredSidecar {
+        container: c.name.clone(),
+        record: Record {
+            v: crate::record::VERSION,
+            id: id.clone(),
+            kind,
+            action: crate::record::Action::Start,
+            argv: argv.to_vec(),
+            netns,
+            tag,
+            signal: None,
+            pid: None,
+            ts: 0,
+        },
+        generation: generation_of(l),
+        image: c.image.clone(),
+        restarts: Vec::new(),
+        last_error: None,
+    })
 }
 
 /// Why a dead desired sidecar is not started again now.
@@ -187,6 +915,11 @@ pub fn plan_restarts(
         if !is_dead(c) && !unhealthy.contains(&d.container) {
             continue;
         }
+        if table.lazy.contains(key) {
+            // Its argv was not read (see `argv_needed`): it cannot be started.
+            tracing::error!(kind = %kind, key = %key, "not restarted: its argv was not loaded");
+            continue;
+        }
         if let Some(ns) = &d.record.netns {
             match namespaces.verify(ns) {
                 Ok(_) => {}
@@ -203,10 +936,13 @@ pub fn plan_restarts(
             continue;
         }
         let window_ms = policy.window.as_millis() as u64;
+        // A time after now was stored before the wall clock went back: it
+        // counts as now, so a step back delays a restart by the backoff at
+        // most, never by the size of the step.
         let recent: Vec<u64> = d
             .restarts
             .iter()
-            .copied()
+            .map(|&t| t.min(now_ms))
             .filter(|&t| now_ms.saturating_sub(t) < window_ms)
             .collect();
         if recent.len() >= policy.max_restarts as usize {
@@ -394,6 +1130,23 @@ pub fn apply_intents(table: &mut DesiredTable, plan: &Plan) -> bool {
     for job in &plan.jobs {
         if job.what == JobKind::Stop {
             changed |= table.sidecars.remove(&job.key).is_some();
+        }
+    }
+    changed
+}
+
+/// Brings restart times stored in the future (the wall clock was stepped
+/// back since) down to `now_ms`, so the window and the backoff run from now
+/// instead of waiting for the clock to catch up. Returns whether anything
+/// changed.
+pub fn clamp_future(table: &mut DesiredTable, now_ms: u64) -> bool {
+    let mut changed = false;
+    for d in table.sidecars.values_mut() {
+        for t in &mut d.restarts {
+            if *t > now_ms {
+                *t = now_ms;
+                changed = true;
+            }
         }
     }
     changed
@@ -607,6 +1360,28 @@ mod tests {
     }
 
     #[test]
+    fn restart_times_in_the_future_count_as_now() {
+        // The wall clock went back a day after these were stored.
+        let r = rec("a");
+        let now = 10_000_000_000;
+        let day = 86_400_000;
+        let rp = go(&profile(), &table_with(&r, vec![now + day]), &[], now);
+        assert_eq!(
+            rp.blocked[0].1,
+            Blocked::Backoff {
+                until_ms: now + 5000
+            }
+        );
+        // The sync stores the clamped time, so the backoff runs from then.
+        let mut t = table_with(&r, vec![now - 1, now + day]);
+        assert!(clamp_future(&mut t, now));
+        assert_eq!(t.sidecars.values().next().unwrap().restarts, [now - 1, now]);
+        assert!(!clamp_future(&mut t, now));
+        let rp = go(&profile(), &t, &[], now + 5000);
+        assert_eq!(rp.jobs.len(), 1);
+    }
+
+    #[test]
     fn vanished_or_recreated_namespace_is_forgotten() {
         let mut r = rec("a");
         r.netns.as_mut().unwrap().ino = 99;
@@ -737,23 +1512,167 @@ mod tests {
         assert_eq!(t.sidecars.values().next().unwrap().record, r);
     }
 
-    #[test]
-    fn table_round_trips_and_names_its_path_when_corrupt() {
+    fn scratch() -> (PathBuf, StateDir) {
         let d =
             std::env::temp_dir().join(format!("sidespawn-desired-{}", crate::record::new_id(0)));
         let s = StateDir::new(&d);
+        (d, s)
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn table_round_trips_and_names_its_path_when_corrupt() {
+        let (d, s) = scratch();
         assert_eq!(
             DesiredTable::load(&s, Kind::Dnsmasq).unwrap(),
             DesiredTable::default()
         );
-        let t = table_with(&rec("a"), vec![7]);
+        let mut t = table_with(&rec("a"), vec![7]);
         t.store(&s, Kind::Dnsmasq).unwrap();
         assert_eq!(DesiredTable::load(&s, Kind::Dnsmasq).unwrap(), t);
-        std::fs::write(path(&s, Kind::Dnsmasq), b"{").unwrap();
+        let key = t.sidecars.keys().next().unwrap().clone();
+        std::fs::write(entry_path(&s, Kind::Dnsmasq, &key), b"{").unwrap();
         let e = DesiredTable::load(&s, Kind::Dnsmasq)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("desired/dnsmasq.json"), "{e}");
+        assert!(
+            e.contains("desired/dnsmasq/dnsmasq_tag_") && e.contains("sync --full"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn entries_are_written_only_when_they_change_and_the_argv_once() {
+        let (d, s) = scratch();
+        let r = rec("a");
+        let mut t = table_with(&r, vec![]);
+        t.store(&s, Kind::Dnsmasq).unwrap();
+        let kdir = dir(&s, Kind::Dnsmasq);
+        let names = files(&kdir);
+        assert_eq!(names.len(), 2, "{names:?}");
+        let ino = |n: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(kdir.join(n)).unwrap().ino()
+        };
+        let before: Vec<u64> = names.iter().map(|n| ino(n)).collect();
+
+        // Loaded without its argv, nothing changed: nothing written.
+        let mut lazy = DesiredTable::open(&s, Kind::Dnsmasq, true).unwrap().0;
+        assert!(lazy.sidecars.values().all(|d| d.record.argv.is_empty()));
+        lazy.store(&s, Kind::Dnsmasq).unwrap();
+        assert_eq!(names.iter().map(|n| ino(n)).collect::<Vec<_>>(), before);
+
+        // A restart: the entry is rewritten, the argv file is not.
+        lazy.sidecars.values_mut().next().unwrap().restarts.push(5);
+        lazy.store(&s, Kind::Dnsmasq).unwrap();
+        let after: Vec<u64> = names.iter().map(|n| ino(n)).collect();
+        let argv_at = names.iter().position(|n| n.ends_with(".argv")).unwrap();
+        assert_eq!(after[argv_at], before[argv_at]);
+        assert_ne!(after[1 - argv_at], before[1 - argv_at]);
+        let full = DesiredTable::load(&s, Kind::Dnsmasq).unwrap();
+        let got = full.sidecars.values().next().unwrap();
+        assert_eq!(got.record, r);
+        assert_eq!(got.restarts, [5]);
+
+        // A new request replaces the argv file; a stop removes both.
+        let mut t = DesiredTable::load(&s, Kind::Dnsmasq).unwrap();
+        let mut r2 = rec("b");
+        r2.argv = vec!["--new".into()];
+        t.sidecars.values_mut().next().unwrap().record = r2.clone();
+        t.store(&s, Kind::Dnsmasq).unwrap();
+        assert_eq!(files(&kdir).len(), 2, "{:?}", files(&kdir));
+        let t2 = DesiredTable::load(&s, Kind::Dnsmasq).unwrap();
+        assert_eq!(t2.sidecars.values().next().unwrap().record, r2);
+        t.sidecars.clear();
+        t.store(&s, Kind::Dnsmasq).unwrap();
+        assert!(files(&kdir).is_empty(), "{:?}", files(&kdir));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_single_file_table_is_migrated_with_nothing_lost() {
+        let (d, s) = scratch();
+        let t = table_with(&rec("a"), vec![7]);
+        let legacy = serde_json::json!({"v": 1, "sidecars": t.sidecars});
+        std::fs::create_dir_all(d.join("desired")).unwrap();
+        std::fs::write(legacy_path(&s, Kind::Dnsmasq), legacy.to_string()).unwrap();
+        // `status` reads it as it is, without migrating.
+        assert_eq!(DesiredTable::peek(&s, Kind::Dnsmasq).unwrap(), t);
+        assert!(legacy_path(&s, Kind::Dnsmasq).exists());
+        assert_eq!(DesiredTable::load(&s, Kind::Dnsmasq).unwrap(), t);
+        assert!(!legacy_path(&s, Kind::Dnsmasq).exists());
+        assert_eq!(files(&dir(&s, Kind::Dnsmasq)).len(), 2);
+        assert_eq!(DesiredTable::load(&s, Kind::Dnsmasq).unwrap(), t);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn recovery_rebuilds_only_what_the_container_proves() {
+        use crate::runtime::{FakeRuntime, Runtime};
+        let r = rec("a");
+        let spec = run_spec(&profile(), std::path::Path::new("/run/netns"), &r, 3);
+        let key = key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref());
+        let bad = [Corrupt {
+            file: "x".into(),
+            stem: Some(stem(&key)),
+            message: "truncated".into(),
+        }];
+        // Run here: its command is known and matches its argv-hash label.
+        let fake = FakeRuntime::new(Vec::new());
+        fake.run(&spec).unwrap();
+        let actual = fake.list(&profile().instance).unwrap();
+        let mut t = DesiredTable::default();
+        assert!(recover(&mut t, &bad, &profile(), &actual, &fake).is_empty());
+        let d = &t.sidecars[&key];
+        assert_eq!(d.record.argv, r.argv);
+        assert_eq!(d.record.id, r.id);
+        assert_eq!(d.record.netns.as_ref().map(|n| n.ino), Some(100));
+        assert_eq!(d.generation, 3);
+
+        // A container whose command does not match its label is not trusted.
+        let seeded = FakeRuntime::new(actual.clone());
+        let mut t = DesiredTable::default();
+        let lost = recover(&mut t, &bad, &profile(), &actual, &seeded);
+        assert!(t.sidecars.is_empty());
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(lost[0].contains(&key), "{lost:?}");
+        assert!(
+            lost[1].contains("no container to rebuild it from"),
+            "{lost:?}"
+        );
+
+        // Another kind's entry being unreadable rebuilds nothing here.
+        let other = [Corrupt {
+            stem: Some(stem("dnsmasq/tag/other")),
+            ..bad[0].clone()
+        }];
+        let mut t = DesiredTable::default();
+        recover(&mut t, &other, &profile(), &actual, &fake);
+        assert!(t.sidecars.is_empty());
+    }
+
+    #[test]
+    fn file_stems_are_safe_and_distinct() {
+        let a = stem("dnsmasq/tag/x");
+        assert!(a.starts_with("dnsmasq_tag_x-"), "{a}");
+        assert_ne!(a, stem("dnsmasq_tag/x"));
+        let long = stem(&format!("dnsmasq/tag/{}", "y".repeat(500)));
+        assert!(long.len() < 130, "{long}");
+        assert!(
+            stem("k/../..\\n")
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        );
     }
 }

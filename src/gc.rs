@@ -165,7 +165,12 @@ pub fn run(
     };
     let mut report = GcReport::default();
     for &kind in kinds {
-        let mut desired = DesiredTable::load(&state, kind)?;
+        // A dry run holds no lock, so it must not migrate the table.
+        let mut desired = if dry_run {
+            DesiredTable::peek(&state, kind)?
+        } else {
+            DesiredTable::load_meta(&state, kind)?
+        };
         // The list is already this configuration's (the runtime filters on
         // the instance); the instance is in the scope too so that no list
         // handed in can widen it.

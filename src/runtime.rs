@@ -183,6 +183,16 @@ pub trait Runtime: Send + Sync {
     fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError>;
     /// The argv a call would run, for `--dry-run`.
     fn describe(&self, call: &Call) -> String;
+    /// The arguments a container runs after its image (`podman container
+    /// inspect`'s `Config.Cmd`): the profile's command arguments, then the
+    /// daemon argv. Only to rebuild a lost desired-table entry from the
+    /// container itself. Runtimes without it say so.
+    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        Err(RuntimeError::Spawn {
+            program: format!("inspect {name}"),
+            message: "this runtime cannot inspect containers".to_owned(),
+        })
+    }
     /// Runs a host-configured health command inside a running container
     /// (`podman exec NAME ARGV...`) within `timeout`; `Ok` when it exits 0.
     /// Runtimes without it report every check as failed to run.
@@ -625,6 +635,20 @@ impl Runtime for Podman {
         describe_argv(&self.program, &call_args(call))
     }
 
+    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let args: Vec<String> = ["container", "inspect", "--format=json", "--", name]
+            .map(str::to_owned)
+            .to_vec();
+        let out = self.call(&args, self.timeout, |stderr| {
+            is_no_such_container(stderr)
+                .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
+        })?;
+        parse_inspect_cmd(&out).map_err(|message| RuntimeError::Parse {
+            args: quote_args(&args),
+            message,
+        })
+    }
+
     fn exec_check(
         &self,
         name: &str,
@@ -749,6 +773,29 @@ fn summarise_stderr(stderr: &str) -> String {
         cut += 1;
     }
     format!("[...] {}", &s[cut..])
+}
+
+/// `Config.Cmd` of the one container `podman container inspect --format=json`
+/// printed (`null` when it has none).
+fn parse_inspect_cmd(out: &[u8]) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    struct Inspected {
+        #[serde(rename = "Config")]
+        config: InspectedConfig,
+    }
+    #[derive(Deserialize)]
+    struct InspectedConfig {
+        #[serde(rename = "Cmd", default)]
+        cmd: Option<Vec<String>>,
+    }
+    let all: Vec<Inspected> = serde_json::from_slice(out).map_err(|e| e.to_string())?;
+    match <[Inspected; 1]>::try_from(all) {
+        Ok([one]) => Ok(one.config.cmd.unwrap_or_default()),
+        Err(all) => Err(format!(
+            "expected one container, podman printed {}",
+            all.len()
+        )),
+    }
 }
 
 fn is_no_such_container(stderr: &str) -> bool {
@@ -1045,6 +1092,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
     containers: Mutex<Vec<ContainerInfo>>,
+    /// What each container runs after its image, by name (for `command`).
+    commands: Mutex<BTreeMap<String, Vec<String>>>,
     calls: Mutex<Vec<Call>>,
     failures: Mutex<BTreeMap<String, Injected>>,
     list_failure: Mutex<Option<Injected>>,
@@ -1238,6 +1287,14 @@ impl Runtime for FakeRuntime {
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        lock(&self.commands).insert(
+            spec.name.clone(),
+            spec.command
+                .iter()
+                .chain(&spec.daemon_argv)
+                .cloned()
+                .collect(),
+        );
         cs.push(ContainerInfo {
             id: id.clone(),
             name: spec.name.clone(),
@@ -1319,6 +1376,14 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        if !lock(&self.containers).iter().any(|c| c.name == name) {
+            return Err(RuntimeError::NoSuchContainer(name.to_owned()));
+        }
+        // A seeded container was never run here: podman would report no command.
+        Ok(lock(&self.commands).get(name).cloned().unwrap_or_default())
+    }
+
     fn describe(&self, call: &Call) -> String {
         describe_argv(Path::new("podman"), &call_args(call))
     }
@@ -1334,6 +1399,17 @@ mod tests {
     const PS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-mixed.json");
     const PS_FIELDS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-fields-mixed.jsonl");
     const PS_FIELDS_SCOPED: &str = include_str!("../tests/fixtures/podman/ps-fields-scoped.jsonl");
+    const INSPECT: &str = include_str!("../tests/fixtures/podman/inspect-dnsmasq.json");
+
+    #[test]
+    fn inspect_gives_the_arguments_after_the_image() {
+        assert_eq!(
+            parse_inspect_cmd(INSPECT.as_bytes()).unwrap(),
+            ["-k", "", "--a=b c"]
+        );
+        let e = parse_inspect_cmd(b"[]").unwrap_err();
+        assert!(e.contains("printed 0"), "{e}");
+    }
 
     /// A scratch directory removed on drop, for fake podman scripts.
     struct Scratch(PathBuf);

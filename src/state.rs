@@ -28,6 +28,10 @@ pub enum StateError {
     )]
     Corrupt { path: PathBuf, message: String },
     #[error(
+        "unreadable desired-sidecar file {path}: {message}; run `sidespawn sync --full`: it moves the file aside to <state_dir>/desired/corrupt/ and rebuilds the entry from the sidecar's container"
+    )]
+    CorruptDesired { path: PathBuf, message: String },
+    #[error(
         "host state directory {path} is a {found}, not a directory; move it aside: the next sync recreates the directory (root-only, mode 0700)"
     )]
     NotADirectory { path: PathBuf, found: &'static str },
@@ -78,23 +82,48 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
             .unwrap_or_default(),
         std::process::id()
     ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io("cannot create", &tmp))?;
-    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-    if durable {
-        f.sync_all().map_err(io("cannot sync", &tmp))?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io("cannot create", &tmp))?;
+        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
+        if durable {
+            f.sync_all().map_err(io("cannot sync", &tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))
+    })();
+    if written.is_err() {
+        // On a full filesystem every sync would otherwise leave one behind.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))?;
+    written?;
     if durable && let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Whether `name` is a temporary file of [`write_replace`] whose writer is
+/// gone (`.<name>.tmp-<pid>` with no process `pid`). One whose process
+/// lives is another sync's, mid-write.
+fn is_stale_tmp(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once(".tmp-"))
+        .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        .filter(|&p| p > 0)
+    else {
+        return false;
+    };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
@@ -109,6 +138,11 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
         Err(e) => Err(io("cannot read", path)(e)),
     }
 }
+
+/// Below this much free space `status` reports the state directory as not
+/// writable: a sync writes a few small files, and a desired entry can be as
+/// big as the largest request.
+const MIN_FREE_BYTES: u64 = 64 * 1024;
 
 /// The host state directory.
 #[derive(Debug, Clone)]
@@ -140,6 +174,16 @@ pub struct KindStatus {
     /// count the rejects logged since then.
     #[serde(default)]
     pub previous_sync_ms: u64,
+}
+
+impl KindStatus {
+    /// Whether this status is at least as new as the failure `mark`
+    /// ([`StateDir::failure_mark`]), which every sync writes just before it.
+    /// Two syncs may end in the same millisecond: then it is current when it
+    /// says the same as the mark.
+    pub fn is_current(&self, (failures, at): (u32, u64)) -> bool {
+        self.last_sync_ms > at || (self.last_sync_ms == at && self.consecutive_failures == failures)
+    }
 }
 
 impl StateDir {
@@ -248,6 +292,117 @@ impl StateDir {
         }
     }
 
+    /// Removes the temporary files a killed writer left (`.*.tmp-<pid>` of a
+    /// process that is gone) in the state directory and its subdirectories,
+    /// two levels deep (`desired/<kind>/`). Returns how many went.
+    pub fn clean_stale_tmp(&self) -> usize {
+        fn walk(dir: &Path, depth: u32, removed: &mut usize) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.filter_map(Result::ok) {
+                let Ok(ft) = e.file_type() else { continue };
+                let name = e.file_name();
+                if ft.is_dir() && depth > 0 {
+                    walk(&e.path(), depth - 1, removed);
+                } else if ft.is_file()
+                    && name.to_str().is_some_and(is_stale_tmp)
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    *removed += 1;
+                }
+            }
+        }
+        let mut removed = 0;
+        walk(&self.dir, 2, &mut removed);
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} temporary file(s) a killed sync left in {}",
+                self.dir.display()
+            );
+        }
+        removed
+    }
+
+    fn lock_path(&self, kind: Kind) -> PathBuf {
+        self.dir.join("locks").join(format!("{kind}.lock"))
+    }
+
+    /// Records the failed syncs of `kind` in a row (0 after a success) where
+    /// recording needs no free block: in the length of the kind's lock file
+    /// (extended sparse, never written) and its modification time. The back-off
+    /// and `status` read it back, so both work when the state directory is
+    /// full and the JSON status cannot be written.
+    pub fn mark_failures(&self, kind: Kind, failures: u32, at_ms: u64) -> Result<(), StateError> {
+        let path = self.lock_path(kind);
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io("cannot open", &path))?;
+        f.set_len(u64::from(failures))
+            .map_err(io("cannot record the failures in", &path))?;
+        let at = nix::sys::time::TimeSpec::from(std::time::Duration::from_millis(at_ms));
+        nix::sys::stat::futimens(&f, &at, &at)
+            .map_err(|e| io("cannot record the failures in", &path)(e.into()))
+    }
+
+    /// Failed syncs of `kind` in a row and when the last sync ended (Unix
+    /// ms), from whichever of the failure mark and the JSON status is newer:
+    /// the mark is written first by every sync, the status may not be.
+    pub fn failures(&self, kind: Kind) -> Option<(u32, u64)> {
+        let st = self.status(kind).ok().flatten();
+        match (self.failure_mark(kind), st) {
+            (Some(mark), Some(st)) if st.is_current(mark) => {
+                Some((st.consecutive_failures, st.last_sync_ms))
+            }
+            (Some(mark), _) => Some(mark),
+            (None, st) => st.map(|st| (st.consecutive_failures, st.last_sync_ms)),
+        }
+    }
+
+    /// What [`StateDir::mark_failures`] recorded: failures in a row and
+    /// when (Unix ms); `None` before the first record.
+    pub fn failure_mark(&self, kind: Kind) -> Option<(u32, u64)> {
+        let path = self.lock_path(kind);
+        let m = std::fs::symlink_metadata(&path).ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        let at = m
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        Some((u32::try_from(m.len()).unwrap_or(u32::MAX), at))
+    }
+
+    /// Why the state directory cannot take a write now (read-only, or no
+    /// free blocks or inodes), from `statvfs` alone: nothing is written.
+    pub fn unwritable(&self) -> Option<String> {
+        let v = nix::sys::statvfs::statvfs(&self.dir).ok()?;
+        let dir = self.dir.display();
+        if v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Some(format!(
+                "state directory {dir} is on a read-only filesystem"
+            ));
+        }
+        // Root may use the reserved blocks, hence `bfree`, not `bavail`.
+        let free = (v.blocks_free() as u64).saturating_mul(v.fragment_size() as u64);
+        if free < MIN_FREE_BYTES {
+            return Some(format!(
+                "state directory {dir} is full ({free} bytes free); free space on its filesystem: every sync of it fails until then"
+            ));
+        }
+        if v.files() > 0 && v.files_free() == 0 {
+            return Some(format!(
+                "state directory {dir} has no free inodes; free some on its filesystem: every sync of it fails until then"
+            ));
+        }
+        None
+    }
+
     /// The next generation number to hand out for `kind` (starts at 1).
     /// Per kind, so that syncs of different kinds, which run at the same
     /// time, each own their counter under their sync lock.
@@ -329,6 +484,32 @@ mod tests {
             "{e}"
         );
         assert!(s.claim_owner(&b, false).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn failed_writes_and_killed_writers_leave_no_temporary_file() {
+        let d = std::env::temp_dir().join(format!("sidespawn-state-{}", crate::record::new_id(0)));
+        let s = StateDir::new(&d);
+        // Renaming a file over a directory fails after the write.
+        std::fs::create_dir_all(d.join("status/radvd.json")).unwrap();
+        assert!(s.store_status(Kind::Radvd, &KindStatus::default()).is_err());
+        let names = |dir: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("status"), ["radvd.json"]);
+        // A dead writer's file goes; a live one's (ours) stays.
+        std::fs::create_dir_all(d.join("desired/radvd")).unwrap();
+        std::fs::write(d.join("desired/radvd/.x.json.tmp-2147483646"), b"").unwrap();
+        let live = format!(".y.json.tmp-{}", std::process::id());
+        std::fs::write(d.join("desired/radvd").join(&live), b"").unwrap();
+        assert_eq!(s.clean_stale_tmp(), 1);
+        assert_eq!(names("desired/radvd"), [live]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -87,12 +87,16 @@ pub struct SidecarReport {
 /// The whole report (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// True when every desired sidecar runs, every queue is readable and no
-    /// last sync failed (the exit code: 0 when true).
+    /// True when every desired sidecar runs, every queue is readable, the
+    /// state directory can be written and no last sync failed (the exit
+    /// code: 0 when true).
     pub healthy: bool,
     /// This configuration's identity: the `io.sidespawn.instance` label
     /// (and name part) of its sidecars.
     pub instance: String,
+    /// Why the host state directory cannot be written (full, out of inodes,
+    /// read-only); `null` when it can. Every sync fails while it is set.
+    pub state_error: Option<String>,
     pub kinds: Vec<KindReport>,
     pub sidecars: Vec<SidecarReport>,
     /// sidespawn containers without an instance label (made by a version
@@ -107,6 +111,35 @@ fn state_name(s: &State) -> String {
         State::Created => "created".into(),
         State::Exited => "exited".into(),
         State::Other(o) => o.clone(),
+    }
+}
+
+/// The last sync of `kind`: its JSON status, unless the failure mark (which
+/// needs no free block) is newer, i.e. the syncs since could not write it.
+fn last_sync(state: &StateDir, kind: Kind) -> Option<KindStatus> {
+    let st = state.status(kind).ok().flatten();
+    let Some((failures, at)) = state.failure_mark(kind) else {
+        return st;
+    };
+    match st {
+        Some(st) if st.is_current((failures, at)) => Some(st),
+        st if failures == 0 => st,
+        st => {
+            let prev = st.unwrap_or_default();
+            Some(KindStatus {
+                last_sync_ms: at,
+                ok: false,
+                error: Some(format!(
+                    "the sync failed and could not record why in {}: the state directory is not writable (full?); free space there",
+                    state.path().display()
+                )),
+                consecutive_failures: failures,
+                previous_sync_ms: prev.last_sync_ms,
+                total_claimed: prev.total_claimed,
+                total_rejected: prev.total_rejected,
+                ..KindStatus::default()
+            })
+        }
     }
 }
 
@@ -135,7 +168,7 @@ pub fn report(
             queue_depth: 0,
             pending: false,
             oldest_pending_age_s: None,
-            last_sync: state.status(kind).ok().flatten(),
+            last_sync: last_sync(&state, kind),
             error: None,
             rejects_since_last_sync: None,
             restart: RestartReport {
@@ -227,7 +260,7 @@ pub fn report(
     let mut all_desired_run = true;
     for kr in &mut kreps {
         let kind = kr.kind;
-        let table = match DesiredTable::load(&state, kind) {
+        let table = match DesiredTable::peek(&state, kind) {
             Ok(t) => t,
             Err(e) => {
                 kr.error.get_or_insert(e.to_string());
@@ -305,7 +338,9 @@ pub fn report(
             }
         }
     }
+    let state_error = state.unwritable();
     let healthy = all_desired_run
+        && state_error.is_none()
         && kreps
             .iter()
             .all(|k| k.error.is_none() && k.last_sync.as_ref().is_none_or(|s| s.ok));
@@ -318,6 +353,7 @@ pub fn report(
     Ok(Report {
         healthy,
         instance: cfg.instance.clone(),
+        state_error,
         kinds: kreps,
         sidecars,
         unlabelled,
@@ -339,6 +375,9 @@ pub fn run(
         writeln!(out)?;
         return Ok(rep.healthy);
     }
+    if let Some(e) = &rep.state_error {
+        writeln!(out, "STATE NOT WRITABLE: {e}")?;
+    }
     writeln!(
         out,
         "{:<11} {:>6} {:>8} {:>10}  LAST SYNC",
@@ -346,7 +385,8 @@ pub fn run(
     )?;
     for k in &rep.kinds {
         let last = match (&k.error, &k.last_sync) {
-            (Some(e), _) => format!("queue unreadable: {e}"),
+            // The queue or the desired table: the error names which.
+            (Some(e), _) => format!("UNREADABLE: {e}"),
             (None, None) => "never".into(),
             (None, Some(s)) => {
                 let ago = now_ms().saturating_sub(s.last_sync_ms) / 1000;

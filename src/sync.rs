@@ -164,6 +164,8 @@ pub fn run(
     };
     let mut summary = Summary::default();
     let mut failed_kinds: Vec<Kind> = Vec::new();
+    // Desired entries whose files were unreadable and could not be rebuilt.
+    let mut lost_entries: Vec<(Kind, Vec<String>)> = Vec::new();
 
     // One sync per kind at a time: the backstop's full sync and a path
     // unit's sync of one kind may start together, and two syncs replaying
@@ -181,20 +183,32 @@ pub fn run(
             .collect::<Result<Vec<_>, _>>()?
     };
 
+    if !opts.dry_run {
+        state.clean_stale_tmp();
+    }
     if opts.backoff && !opts.dry_run {
+        // From the failure mark, which a full state directory cannot stop
+        // (the JSON status may be stale then). A last sync "after now" (the
+        // clock went back) counts as now: the wait is the delay at most.
         let worst = kinds
             .iter()
-            .filter_map(|&k| state.status(k).ok().flatten())
-            .map(|s| (backoff_delay(s.consecutive_failures), s))
-            .max_by_key(|(d, _)| *d);
-        if let Some((delay, st)) = worst {
-            let since = Duration::from_millis(now_ms().saturating_sub(st.last_sync_ms));
+            .filter_map(|&k| Some((k, state.failures(k)?)))
+            .map(|(k, (n, at))| (backoff_delay(n), k, n, at))
+            .max_by_key(|(d, ..)| *d);
+        if let Some((delay, kind, failures, at)) = worst {
+            let since = Duration::from_millis(now_ms().saturating_sub(at));
             if let Some(wait) = delay.checked_sub(since).filter(|w| !w.is_zero()) {
+                let why = state
+                    .status(kind)
+                    .ok()
+                    .flatten()
+                    .filter(|st| st.last_sync_ms == at)
+                    .and_then(|st| st.error)
+                    .unwrap_or_else(|| {
+                        "its status could not be written; see `sidespawn status`".to_owned()
+                    });
                 warn!(
-                    "previous sync failed {} time(s) in a row ({}); retrying in {:?}",
-                    st.consecutive_failures,
-                    st.error.as_deref().unwrap_or("unknown error"),
-                    wait
+                    "previous sync failed {failures} time(s) in a row ({kind}: {why}); retrying in {wait:?}"
                 );
                 std::thread::sleep(wait);
             }
@@ -292,23 +306,71 @@ pub fn run(
                     }
                 };
             // Containers were listed for this pass: the moment to notice
-            // desired sidecars whose process died.
-            let mut desired = DesiredTable::load(&state, ctx.kind)?;
+            // desired sidecars whose process died. Without their argv, read
+            // below only for those that may be started again.
+            let change = !opts.dry_run;
+            let mut desired = match DesiredTable::open(&state, ctx.kind, change) {
+                Ok((mut t, unreadable)) => {
+                    let lost = desired::recover(&mut t, &unreadable, ctx.profile, &actual, runtime);
+                    if !lost.is_empty() {
+                        lost_entries.push((ctx.kind, lost));
+                    }
+                    t
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    kind_failed(
+                        &state,
+                        ctx.kind,
+                        msg,
+                        &kind_sum,
+                        &mut summary,
+                        &mut failed_kinds,
+                    );
+                    continue;
+                }
+            };
             let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
             let unhealthy = if opts.full && pass == 1 && !opts.dry_run {
                 check_health(cfg, ctx.profile, runtime, &desired, &actual)
             } else {
                 HashSet::new()
             };
+            let seen = Observed {
+                actual: &actual,
+                busy: &busy,
+                unhealthy: &unhealthy,
+            };
+            let need = desired::argv_needed(&desired, ctx.kind, &seen);
+            match desired.load_argv(&state, ctx.kind, &need, change) {
+                Ok(unreadable) if unreadable.is_empty() => {}
+                Ok(unreadable) => {
+                    let lost =
+                        desired::recover(&mut desired, &unreadable, ctx.profile, &actual, runtime);
+                    if !lost.is_empty() {
+                        lost_entries.push((ctx.kind, lost));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    kind_failed(
+                        &state,
+                        ctx.kind,
+                        msg,
+                        &kind_sum,
+                        &mut summary,
+                        &mut failed_kinds,
+                    );
+                    continue;
+                }
+            }
             let now = now_ms();
+            // Stored by the end of this sync, so the clamp sticks.
+            desired::clamp_future(&mut desired, now);
             let restarts = desired::plan_restarts(
                 ctx.profile,
                 &desired,
-                &Observed {
-                    actual: &actual,
-                    busy: &busy,
-                    unhealthy: &unhealthy,
-                },
+                &seen,
                 namespaces,
                 &mut generation,
                 now,
@@ -336,8 +398,19 @@ pub fn run(
             // stop but before the table is written would otherwise restart
             // a sidecar the agent stopped (the replayed stop request finds
             // no container, so it cannot name the sidecar any more).
-            if desired::apply_intents(&mut desired, &plan) {
-                desired.store(&state, ctx.kind)?;
+            if desired::apply_intents(&mut desired, &plan)
+                && let Err(e) = desired.store(&state, ctx.kind)
+            {
+                let msg = e.to_string();
+                kind_failed(
+                    &state,
+                    ctx.kind,
+                    msg,
+                    &kind_sum,
+                    &mut summary,
+                    &mut failed_kinds,
+                );
+                continue;
             }
             fault_point("after-plan");
             if !plan.jobs.is_empty() {
@@ -365,7 +438,23 @@ pub fn run(
             if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
                 warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
             }
-            record_status(&state, ctx.kind, Ok(()), &kind_sum);
+            match lost_entries
+                .iter()
+                .position(|(k, _)| *k == ctx.kind)
+                .map(|i| lost_entries.swap_remove(i))
+            {
+                // Said once, in the status of the pass that found them.
+                Some((_, lost)) => {
+                    let msg = format!(
+                        "desired sidecars lost with unreadable state files (moved aside to {}): {}; the agent's next start request for each restores it",
+                        desired::corrupt_dir(&state).display(),
+                        lost.join("; ")
+                    );
+                    error!(kind = %ctx.kind, "{msg}");
+                    record_status(&state, ctx.kind, Err(&msg), &kind_sum);
+                }
+                None => record_status(&state, ctx.kind, Ok(()), &kind_sum),
+            }
             summary.add(&kind_sum);
         }
         if opts.dry_run {
@@ -465,6 +554,7 @@ fn next_generation(
 
 fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Summary) {
     let prev = state.status(kind).ok().flatten().unwrap_or_default();
+    let prev_failures = state.failures(kind).map_or(0, |(n, _)| n);
     let st = KindStatus {
         last_sync_ms: now_ms(),
         ok: result.is_ok(),
@@ -474,7 +564,7 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         consecutive_failures: if result.is_ok() {
             0
         } else {
-            prev.consecutive_failures.saturating_add(1)
+            prev_failures.saturating_add(1)
         },
         claimed: s.claimed,
         failed: s.failed,
@@ -483,6 +573,10 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
         total_rejected: prev.total_rejected + s.rejected as u64,
         previous_sync_ms: prev.last_sync_ms,
     };
+    // First, and needing no free block: the back-off works on a full disk.
+    if let Err(e) = state.mark_failures(kind, st.consecutive_failures, st.last_sync_ms) {
+        warn!("cannot record the failures of {kind}: {e}");
+    }
     if let Err(e) = state.store_status(kind, &st) {
         warn!("cannot record the sync status of {kind}: {e}");
     }

@@ -295,7 +295,7 @@ pub fn rollback(
 /// run now (the most common one, if they differ).
 fn remember_previous(cfg: &HostConfig, kind: Kind, target: &str) -> Result<(), StateError> {
     let state = StateDir::new(&cfg.state_dir);
-    let table = DesiredTable::load(&state, kind)?;
+    let table = DesiredTable::load_meta(&state, kind)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for d in table.sidecars.values() {
         *counts.entry(d.image.as_str()).or_default() += 1;

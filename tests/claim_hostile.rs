@@ -882,13 +882,28 @@ fn acks_are_written_atomically_and_pruned_without_following_links() {
     )
     .unwrap();
     fs::create_dir(q.acks().join("a-dir")).unwrap();
+    // Written a day ahead (the clock went back since): restamped to now, so
+    // it goes after ack_max_age_s instead of after the day.
+    let ahead = q.acks().join("from-the-future.json");
+    fs::write(&ahead, b"{}").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&ahead)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(86_400))
+        .unwrap();
 
     assert_eq!(dir.prune_acks(Duration::from_secs(60)).unwrap(), 2);
+    let restamped = fs::metadata(&ahead).unwrap().modified().unwrap();
+    assert!(restamped <= std::time::SystemTime::now(), "{restamped:?}");
+
     assert!(!path.exists());
     assert!(fs::symlink_metadata(&link).is_err());
     assert_eq!(fs::read(&target).unwrap(), b"host data\n");
     assert!(q.ack(&ack2.id).exists());
     assert!(q.acks().join("a-dir").is_dir());
+    dir.prune_acks(Duration::ZERO).unwrap();
+    assert!(!ahead.exists());
 
     common::reliability(
         "acknowledgement written over a symlink; ack ids with `../`, `/`, a leading dot; old links in acks/",

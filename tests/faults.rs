@@ -720,3 +720,103 @@ fn wrapper_refuses_a_request_longer_than_the_host_accepts() {
         &format!("exit 2: `{}`; nothing queued", stderr.trim()),
     );
 }
+
+#[test]
+fn a_full_state_directory_fails_every_run_visibly_and_backs_off() {
+    if !privileged("state directory on a full file system") {
+        return;
+    }
+    let tmpfs = TmpfsMount::new("256k");
+    let state = tmpfs.path().join("state");
+    let host = FakeHost::with_config(|c| c["state_dir"] = json!(state));
+    let (ns, tag) = dhcp_netns();
+    let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
+    host.write_queue(DNSMASQ, first.to_line().as_bytes());
+    assert_eq!(host.sync().code, Some(0));
+
+    // Not a block left.
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(tmpfs.path().join("filler")).expect("filler");
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let (ns2, tag2) = dhcp_netns();
+    let rec = start_record(DNSMASQ, &ns2, &tag2, &["--port=0"]);
+    host.write_queue(DNSMASQ, rec.to_line().as_bytes());
+    let backoff = || {
+        let mut cmd = host.sync_cmd();
+        cmd.arg("--backoff");
+        host.run_sync(&mut cmd)
+    };
+    let run1 = backoff();
+    assert_eq!(run1.code, Some(1), "{run1:#?}");
+    assert!(
+        run1.stderr.contains("No space left on device"),
+        "{}",
+        run1.stderr
+    );
+    let status = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config")
+            .arg(host.config_path())
+            .arg("status")
+            .env("NO_COLOR", "1");
+        common::output(&mut cmd)
+    };
+    let st = status();
+    let text = String::from_utf8_lossy(&st.stdout).into_owned();
+    assert_eq!(st.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("STATE NOT WRITABLE") && text.contains("FAILED"),
+        "{text}"
+    );
+    let run2 = backoff();
+    assert_eq!(run2.code, Some(1));
+    assert!(
+        run2.stderr
+            .contains("previous sync failed 1 time(s) in a row"),
+        "{}",
+        run2.stderr
+    );
+    assert!(
+        run2.elapsed >= Duration::from_millis(900),
+        "{:?}",
+        run2.elapsed
+    );
+    let mut left = Vec::new();
+    let mut todo = vec![state.clone()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("list").map(Result::unwrap) {
+            if e.file_type().expect("type").is_dir() {
+                todo.push(e.path());
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+
+    fs::remove_file(tmpfs.path().join("filler")).expect("free space");
+    let run3 = host.sync();
+    assert_eq!(run3.code, Some(0), "{run3:#?}");
+    host.assert_ack(DNSMASQ, &rec.id, "ok");
+    // (Still exit 1 here: the shim's `ps` shows none of the desired sidecars.)
+    let text = String::from_utf8_lossy(&status().stdout).into_owned();
+    assert!(
+        !text.contains("STATE NOT WRITABLE")
+            && text
+                .lines()
+                .any(|l| l.starts_with("dnsmasq") && l.contains(" ok ")),
+        "{text}"
+    );
+    common::reliability(
+        "the host state directory's file system is full (ENOSPC) under `sync --backoff` (the units' command)",
+        "every run exits 1 naming the error; `status` exits 1 saying the state directory is not writable; the second run backs off; no temporary file is left; once space is freed the request runs",
+        &format!(
+            "runs exit {} and {}; second run waited {:.1} s; status exit 1 `STATE NOT WRITABLE`; no .tmp- file; after freeing space: exit 0, ack ok",
+            exit(run1.code),
+            exit(run2.code),
+            run2.elapsed.as_secs_f64()
+        ),
+    );
+}

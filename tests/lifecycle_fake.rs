@@ -737,3 +737,477 @@ fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass(
     assert_eq!((rep.kinds[0].sidecars, rep.kinds[0].at_limit), (2, true));
     assert_eq!(s.desired().sidecars.len(), 2);
 }
+
+#[test]
+fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
+    let Some(s) = Setup::new(serde_json::json!({"backoff_s": 0})) else {
+        return;
+    };
+    s.start(&["a"]);
+    s.sync(false);
+    // A restart recorded a day ahead: what a wall clock stepped back by a
+    // day leaves behind.
+    let day = 86_400_000;
+    let state = StateDir::new(&s.cfg.state_dir);
+    let mut t = s.desired();
+    for d in t.sidecars.values_mut() {
+        d.restarts = vec![now_ms() + day];
+    }
+    t.store(&state, Kind::Dnsmasq).unwrap();
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1, "the restart waited for the clock");
+    assert_eq!(s.container().unwrap().state, State::Running);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert!(
+        d.restarts.iter().all(|&t| t <= now_ms()),
+        "a future restart time was kept: {d:?}"
+    );
+
+    // A failed sync recorded a day ahead: the back-off is its delay (1 s
+    // after one failure), not the day.
+    let st = sidespawn::state::KindStatus {
+        last_sync_ms: now_ms() + day,
+        ok: false,
+        error: Some("boom".into()),
+        consecutive_failures: 1,
+        ..Default::default()
+    };
+    state.store_status(Kind::Dnsmasq, &st).unwrap();
+    let t0 = std::time::Instant::now();
+    let opts = SyncOptions {
+        backoff: true,
+        ..SyncOptions::default()
+    };
+    sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the back-off waited {took:?}"
+    );
+    common::reliability(
+        "the wall clock is stepped back a day after restarts and a failed sync were recorded",
+        "times after now count as now: a dead sidecar is restarted under its backoff_s, --backoff waits its delay, not the day",
+        &format!(
+            "restarted at once (backoff_s 0), the stored time clamped to now; --backoff run took {:.1}s",
+            took.as_secs_f64()
+        ),
+    );
+}
+
+/// The temporary files of the state's atomic writer under `dir`.
+fn temporary_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let tmpfs = common::TmpfsMount::new("256k");
+    s.cfg.state_dir = tmpfs.path().join("state");
+    s.start(&["a"]);
+    s.sync(false);
+
+    // Not a block left.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmpfs.path().join("filler")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    assert!(tmpfs.available() < 4096, "{} bytes left", tmpfs.available());
+    // A temporary file a killed sync left behind (its pid is long gone).
+    let stale = s.cfg.state_dir.join("status/.dnsmasq.json.tmp-2147483646");
+    std::fs::File::create(&stale).unwrap();
+
+    s.start(&["b"]);
+    let opts = SyncOptions {
+        backoff: true,
+        ..SyncOptions::default()
+    };
+    let first = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    assert_eq!(first.errors.len(), 1, "{first}");
+    let why = &first.errors[0].1;
+    assert!(why.contains("No space left on device"), "{why}");
+
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy, "{rep:?}");
+    let state_error = rep.state_error.as_deref().unwrap_or_default();
+    assert!(
+        state_error.contains("is full")
+            && state_error.contains(&s.cfg.state_dir.display().to_string()),
+        "{state_error}"
+    );
+    let last = rep.kinds[0].last_sync.as_ref().unwrap();
+    assert!(!last.ok, "status says the failed sync was fine: {last:?}");
+    assert_eq!(last.consecutive_failures, 1);
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not writable"),
+        "{last:?}"
+    );
+
+    // One failure: the next run waits a second before it tries.
+    let t0 = std::time::Instant::now();
+    let second = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(second.errors.len(), 1, "{second}");
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "no back-off: the second run took {waited:?}"
+    );
+    let last = sidespawn::status::report(&s.cfg, &s.fake, &[])
+        .unwrap()
+        .kinds[0]
+        .last_sync
+        .clone()
+        .unwrap();
+    assert_eq!(last.consecutive_failures, 2, "{last:?}");
+    let left = temporary_files(&s.cfg.state_dir);
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+
+    // Space again: the queued request runs and the status recovers.
+    std::fs::remove_file(tmpfs.path().join("filler")).unwrap();
+    let sum = s.sync(false);
+    assert_eq!(sum.claimed, 1, "{sum}");
+    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy, "{rep:?}");
+    assert!(rep.kinds[0].last_sync.as_ref().unwrap().ok);
+    common::reliability(
+        "the host state directory's file system is full (ENOSPC) when the sync runs",
+        "the sync fails and exits 1; status says the state directory is not writable and exits 1; --backoff still backs off; no temporary file is left",
+        &format!(
+            "sync: `{}`; status: `{state_error}`; second run waited {:.1}s; no .tmp- file; after freeing space the request ran",
+            why.replace(&tmpfs.path().display().to_string(), "<tmpfs>"),
+            waited.as_secs_f64()
+        )
+        .replace(&tmpfs.path().display().to_string(), "<tmpfs>"),
+    );
+}
+
+/// Sidecar `i` of the scale measurement, with `argv_bytes` of arguments.
+fn big_record(i: usize, argv_bytes: usize) -> Record {
+    Record {
+        v: VERSION,
+        id: format!("big-{i}"),
+        kind: Kind::Dnsmasq,
+        action: Action::Start,
+        argv: (0..argv_bytes / 1024)
+            .map(|j| format!("--opt-{j}={}", "x".repeat(1000)))
+            .collect(),
+        netns: Some(NetnsRef {
+            name: format!("qdhcp-big-{i}"),
+            dev: 4,
+            ino: 1000 + i as u64,
+        }),
+        tag: Some(format!("dnsmasq-big-{i}")),
+        signal: None,
+        pid: None,
+        ts: 1,
+    }
+}
+
+const SCALE_DIR_ENV: &str = "SIDESPAWN_SCALE_DIR";
+const SCALE_BIG: usize = 64;
+
+/// `SIDESPAWN_SCALE_SIDECARS` (default 64) sidecars of
+/// `SIDESPAWN_SCALE_ARGV_BYTES` (default 1 MiB) each.
+fn scale_sizes() -> (usize, usize) {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        env("SIDESPAWN_SCALE_SIDECARS", SCALE_BIG),
+        env("SIDESPAWN_SCALE_ARGV_BYTES", 1 << 20),
+    )
+}
+
+/// What one small request costs beside big desired sidecars: 64 entries of
+/// about 1 MiB of argv each (or see [`scale_sizes`]), or none. Run by hand:
+/// `cargo test --release --test lifecycle_fake desired_table_cost -- --ignored --nocapture`.
+/// Each sync runs in a child process (this test again) so its peak RSS is
+/// its own.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn desired_table_cost_of_one_small_request() {
+    if let Some(dir) = std::env::var_os(SCALE_DIR_ENV) {
+        return scale_child(std::path::Path::new(&dir));
+    }
+    if !common::privileged("the desired table's cost (the queue must be root's)") {
+        return;
+    }
+    let (sidecars, argv_bytes) = scale_sizes();
+    for big in [0, sidecars] {
+        let Some(s) = Setup::new(serde_json::json!({})) else {
+            return;
+        };
+        let state = StateDir::new(&s.cfg.state_dir);
+        let profile = s.cfg.profile(Kind::Dnsmasq).unwrap().clone();
+        let mut t = DesiredTable::default();
+        for i in 0..big {
+            let r = big_record(i, argv_bytes);
+            let spec =
+                sidespawn::plan::run_spec(&profile, std::path::Path::new("/run/netns"), &r, 1);
+            t.sidecars.insert(
+                sidespawn::plan::key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref()),
+                sidespawn::desired::DesiredSidecar {
+                    container: spec.name,
+                    record: r,
+                    generation: 1,
+                    image: spec.image,
+                    restarts: Vec::new(),
+                    last_error: None,
+                },
+            );
+        }
+        t.store(&state, Kind::Dnsmasq).unwrap();
+        drop(t);
+        std::fs::write(s.dir.join("uuid"), &s.uuid).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "desired_table_cost_of_one_small_request",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(SCALE_DIR_ENV, s.dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout.lines().find(|l| l.starts_with("SCALE")).unwrap();
+        println!("{big} desired sidecars of {argv_bytes} bytes of argv: {line}");
+    }
+}
+
+fn scale_child(dir: &std::path::Path) {
+    let text = serde_json::json!({
+        "queue_root": dir.join("queue"),
+        "state_dir": dir.join("state"),
+        "kinds": {"dnsmasq": {"image": "localhost/dnsmasq:1", "restart": {}}}
+    })
+    .to_string();
+    let cfg = HostConfig::from_str(&dir.join("config.json"), &text).unwrap();
+    let uuid = std::fs::read_to_string(dir.join("uuid")).unwrap();
+    let profile = cfg.profile(Kind::Dnsmasq).unwrap();
+    // The big sidecars run (the fake only needs their names and labels).
+    let fake = FakeRuntime::new(Vec::new());
+    let mut namespaces = vec![(format!("qdhcp-{uuid}"), 100)];
+    for i in 0..scale_sizes().0 {
+        let r = big_record(i, 0);
+        let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), &r, 1);
+        fake.run(&spec).unwrap();
+        namespaces.push((r.netns.unwrap().name, 1000 + i as u64));
+    }
+    let ns = FakeNamespaces::new(namespaces);
+    let r = Record {
+        argv: vec!["--no-hosts".into()],
+        netns: Some(NetnsRef {
+            name: format!("qdhcp-{uuid}"),
+            dev: 4,
+            ino: 100,
+        }),
+        tag: Some(format!("dnsmasq-{uuid}")),
+        id: new_id(now_ms()),
+        ts: now_ms(),
+        ..big_record(0, 0)
+    };
+    std::fs::write(
+        common::queue_file(&dir.join("queue"), "dnsmasq"),
+        r.to_line(),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let sum = sidespawn::sync::run(&cfg, &fake, &ns, &SyncOptions::default()).unwrap();
+    let took = t0.elapsed();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    assert_eq!(sum.started, 1, "{sum}");
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        .unwrap();
+    println!(
+        "SCALE sync {:.1} ms, peak RSS {hwm}",
+        took.as_secs_f64() * 1000.0
+    );
+}
+
+/// A two-kind host (dnsmasq and haproxy) on the fake runtime.
+struct TwoKinds {
+    s: Setup,
+}
+
+impl TwoKinds {
+    fn new() -> Option<TwoKinds> {
+        let mut s = Setup::new(serde_json::json!({"backoff_s": 0}))?;
+        std::fs::create_dir_all(s.dir.join("queue/haproxy")).unwrap();
+        let text = serde_json::json!({
+            "queue_root": s.dir.join("queue"),
+            "state_dir": s.dir.join("state"),
+            "kinds": {
+                "dnsmasq": {"image": "localhost/dnsmasq:1", "restart": {"backoff_s": 0}},
+                "haproxy": {"image": "localhost/haproxy:1"}
+            }
+        })
+        .to_string();
+        s.cfg = HostConfig::from_str(&s.dir.join("config.json"), &text).unwrap();
+        s.ns = FakeNamespaces::new([
+            (format!("qdhcp-{}", s.uuid), 100),
+            (format!("qrouter-{}", s.uuid), 200),
+        ]);
+        Some(TwoKinds { s })
+    }
+
+    /// Queues a haproxy start; returns its container's name.
+    fn haproxy(&self) -> String {
+        use std::io::Write;
+        let uuid = &self.s.uuid;
+        let r = Record {
+            kind: Kind::Haproxy,
+            argv: vec!["-f".into(), "/x.cfg".into()],
+            netns: Some(NetnsRef {
+                name: format!("qrouter-{uuid}"),
+                dev: 4,
+                ino: 200,
+            }),
+            tag: Some(format!("haproxy-{uuid}")),
+            ..self.s.start_record_template()
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(common::queue_file(&self.s.dir.join("queue"), "haproxy"))
+            .unwrap();
+        writeln!(f, "{}", r.to_line().trim_end()).unwrap();
+        format!("sidespawn-{}-haproxy-t-haproxy-{uuid}", self.s.cfg.instance)
+    }
+
+    fn sync_full(&self) -> Summary {
+        let opts = SyncOptions {
+            full: true,
+            ..SyncOptions::default()
+        };
+        sidespawn::sync::run(&self.s.cfg, &self.s.fake, &self.s.ns, &opts).unwrap()
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.s
+            .fake
+            .containers()
+            .iter()
+            .any(|c| c.name == name && c.state == State::Running)
+    }
+
+    fn corrupt_dir(&self) -> Vec<String> {
+        std::fs::read_dir(self.s.cfg.state_dir.join("desired/corrupt"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
+    let Some(t) = TwoKinds::new() else {
+        return;
+    };
+    let s = &t.s;
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    assert_eq!(s.sync(false).started, 1);
+    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+    let state = StateDir::new(&s.cfg.state_dir);
+    let entry = sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key);
+    std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+
+    // dnsmasq's sidecar dies and haproxy gets a request: both are served.
+    s.die();
+    let haproxy = t.haproxy();
+    let sum = t.sync_full();
+    assert!(sum.errors.is_empty(), "{sum}");
+    assert_eq!((sum.claimed, sum.started, sum.restarts), (1, 1, 1), "{sum}");
+    assert!(t.running(&haproxy));
+    assert!(t.running(&s.name()), "restart protection lost");
+    // Rebuilt as it was, the unreadable file kept aside for the operator.
+    let d = &s.desired().sidecars[&key];
+    assert_eq!(d.record.argv, req.argv);
+    assert_eq!(d.record.id, req.id);
+    assert_eq!(d.restarts.len(), 1);
+    // The entry and the argv file it named (by its stem: it could not be read that far).
+    let aside = t.corrupt_dir();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    assert!(aside.iter().any(|n| n.contains(".argv.")), "{aside:?}");
+    let st = state.status(Kind::Dnsmasq).unwrap().unwrap();
+    assert!(st.ok, "{st:?}");
+
+    // An old single-file table that is unreadable: every entry rebuilt.
+    std::fs::remove_dir_all(s.cfg.state_dir.join("desired/dnsmasq")).unwrap();
+    std::fs::write(s.cfg.state_dir.join("desired/dnsmasq.json"), b"\x00garbage").unwrap();
+    s.die();
+    let sum = t.sync_full();
+    assert!(sum.errors.is_empty(), "{sum}");
+    assert_eq!(sum.restarts, 1, "{sum}");
+    assert_eq!(s.desired().sidecars[&key].record.argv, req.argv);
+    assert!(!s.cfg.state_dir.join("desired/dnsmasq.json").exists());
+    assert_eq!(t.corrupt_dir().len(), 3, "{:?}", t.corrupt_dir());
+    common::reliability(
+        "a desired-table entry of one kind is unreadable (truncated JSON), or the old single-file table is",
+        "the file is moved aside to desired/corrupt/; the entry is rebuilt from its container's labels and command, so a dead sidecar is still restarted; other kinds' requests run",
+        "haproxy's request ran; the dead dnsmasq was restarted with its original argv and request id; the entry, its argv file and the old table in desired/corrupt/",
+    );
+}
+
+#[test]
+fn a_corrupt_entry_without_a_container_fails_its_kind_alone_and_names_the_file() {
+    let Some(t) = TwoKinds::new() else {
+        return;
+    };
+    let s = &t.s;
+    s.start(&["a"]);
+    s.sync(false);
+    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+    let state = StateDir::new(&s.cfg.state_dir);
+    std::fs::write(
+        sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key),
+        b"[",
+    )
+    .unwrap();
+    s.fake.remove(&s.name()).unwrap();
+    let haproxy = t.haproxy();
+    let sum = t.sync_full();
+    assert_eq!(sum.started, 1, "{sum}");
+    assert!(t.running(&haproxy));
+    let st = state.status(Kind::Dnsmasq).unwrap().unwrap();
+    assert!(!st.ok, "{st:?}");
+    let why = st.error.unwrap();
+    assert!(
+        why.contains("desired/corrupt") && why.contains("no container to rebuild it from"),
+        "{why}"
+    );
+    assert!(state.status(Kind::Haproxy).unwrap().unwrap().ok);
+    // Said once: the next sync is clean again.
+    t.sync_full();
+    assert!(state.status(Kind::Dnsmasq).unwrap().unwrap().ok);
+}

@@ -107,10 +107,28 @@ impl Host {
         common::run_containers(&self.run_label, true)
     }
 
+    /// The desired table as it is on disk (`state/desired/dnsmasq/`: an
+    /// entry file per sidecar, its argv in the file the entry names), as
+    /// `{"sidecars": {key: entry with record.argv}}`.
     fn desired(&self) -> serde_json::Value {
-        let p = self.dir.join("state/desired/dnsmasq.json");
-        let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        serde_json::from_slice(&b).unwrap()
+        let dir = self.dir.join("state/desired/dnsmasq");
+        let read = |p: &std::path::Path| -> serde_json::Value {
+            let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            serde_json::from_slice(&b).unwrap()
+        };
+        let mut sidecars = serde_json::Map::new();
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let mut entry = read(&p);
+            let argv = read(&dir.join(entry["argv_file"].as_str().unwrap()));
+            assert_eq!(argv["id"], entry["record"]["id"], "{}", p.display());
+            entry["record"]["argv"] = argv["argv"].clone();
+            sidecars.insert(entry["key"].as_str().unwrap().to_owned(), entry);
+        }
+        serde_json::json!({ "sidecars": sidecars })
     }
 }
 
@@ -388,6 +406,9 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
         sidespawn::config::instance_id(&host.dir.join("state")).as_str()
     );
     assert!(st["unlabelled"].is_array(), "{st}");
+    assert_eq!(keys(&st), ["healthy", "kinds", "sidecars", "state_error"]);
+    assert_eq!(st["healthy"], true);
+    assert_eq!(st["state_error"], serde_json::Value::Null);
     let k = &st["kinds"][0];
     assert_eq!(st["kinds"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -737,4 +758,55 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     assert!(summary.contains("restarts 1"), "{summary}");
     net.wait_alive(Some(pid));
     assert_eq!(generation(&host.inspect(&net.container())), g + 1);
+}
+
+#[test]
+fn a_corrupt_desired_entry_is_rebuilt_from_the_podman_container() {
+    if !common::privileged("a corrupt desired entry is rebuilt from `podman container inspect`") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({}));
+    let net = Network::new(&host);
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    let summary = host.ok(&["sync"]);
+    assert!(summary.contains("started 1"), "{summary}");
+    let pid = net.wait_alive(None);
+    let before = host.inspect(&net.container());
+    let dir = host.dir.join("state/desired/dnsmasq");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    std::fs::write(&entries[0], b"{\"v\": 2,").unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(
+        Duration::from_secs(30),
+        "podman sees the sidecar exit",
+        || host.status_of(&net.container()) == "exited",
+    );
+    let summary = host.ok(&["sync", "--full"]);
+    assert!(summary.contains("restarts 1"), "{summary}");
+    net.wait_alive(Some(pid));
+    let after = host.inspect(&net.container());
+    assert_eq!(after["Config"]["Cmd"], before["Config"]["Cmd"]);
+    assert_eq!(generation(&after), generation(&before) + 1);
+    let desired = host.desired();
+    let entry = &desired["sidecars"][format!("dnsmasq/tag/{}", net.tag())];
+    assert_eq!(entry["record"]["argv"], serde_json::json!(net.args));
+    assert_eq!(
+        entry["record"]["id"],
+        before["Config"]["Labels"]["io.sidespawn.request-id"]
+    );
+    let aside = std::fs::read_dir(host.dir.join("state/desired/corrupt"))
+        .unwrap()
+        .count();
+    assert_eq!(aside, 2, "the entry and its argv file");
+    assert!(net.dhcp(), "no lease from the restarted dnsmasq");
 }
