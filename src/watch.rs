@@ -28,9 +28,11 @@
 //!   pending" check, not in another sync.
 //! * **Watches follow the directories.** The queue root is watched too;
 //!   when a kind directory is renamed, deleted or recreated its watch is
-//!   moved to whatever now has the name (identified by device and inode),
-//!   and the kind is rescanned, since a request may have landed before the
-//!   new watch existed. Whatever cannot be watched is retried every second.
+//!   moved to whatever now has the name, and the kind is rescanned, since a
+//!   request may have landed before the new watch existed. An event about
+//!   the name always places a new watch: device and inode cannot tell a
+//!   directory made again on a reused inode from the one whose watch the
+//!   kernel dropped. Whatever cannot be watched is retried every second.
 //! * **Signals without an async runtime.** SIGTERM, SIGINT and SIGHUP are
 //!   blocked before any thread starts and read from a `signalfd` by one
 //!   thread, so no thread is ever interrupted mid-sync. (Child processes do
@@ -407,18 +409,28 @@ impl Watches {
     }
 
     /// Points the watch on `path` at whatever directory has that name now.
-    /// Returns whether it changed.
+    /// Returns whether the directory changed.
+    ///
+    /// Without `force`, a directory with the identity already armed keeps
+    /// its watch (the retry timer only fills gaps). An event about the name
+    /// itself forces a new watch: the identity cannot prove the kernel
+    /// still watches it, because a directory deleted and made again can get
+    /// the freed inode back, and when the events of both are read only
+    /// after both happened, the new directory has the old identity and no
+    /// watch (the kernel dropped it with the old one).
     fn arm_path(
         watcher: &mut INotifyWatcher,
         path: &Path,
         armed: &mut Option<DirId>,
+        force: bool,
     ) -> Result<bool, WatchError> {
         // Identity first, watch second: if the directory is swapped in
         // between, the recorded identity is the older one, the next check
         // sees the difference and re-arms. The other order could keep a
         // watch on a directory that no longer has the name.
         let now = dir_id(path);
-        if now.is_some() && now == *armed {
+        let changed = now != *armed;
+        if now.is_some() && !changed && !force {
             return Ok(false);
         }
         // The old watch may already be gone (the kernel drops it with its
@@ -434,17 +446,17 @@ impl Watches {
                 Err(e) => return Err(watch_error(Some(path), e)),
             }
         }
-        Ok(true)
+        Ok(changed)
     }
 
-    fn arm_root(&mut self) -> Result<bool, WatchError> {
-        Self::arm_path(&mut self.watcher, &self.root, &mut self.root_id)
+    fn arm_root(&mut self, force: bool) -> Result<bool, WatchError> {
+        Self::arm_path(&mut self.watcher, &self.root, &mut self.root_id, force)
     }
 
-    fn arm_kind(&mut self, kind: Kind) -> Result<bool, WatchError> {
+    fn arm_kind(&mut self, kind: Kind, force: bool) -> Result<bool, WatchError> {
         let path = self.kind_path(kind);
         let armed = self.kinds.entry(kind).or_default();
-        Self::arm_path(&mut self.watcher, &path, armed)
+        Self::arm_path(&mut self.watcher, &path, armed, force)
     }
 
     fn disarm_kind(&mut self, kind: Kind) {
@@ -775,9 +787,9 @@ impl Daemon {
 
     /// Arms every watch; any failure but a missing directory is an error.
     fn arm_strict(&mut self, kinds: &BTreeSet<Kind>) -> Result<(), WatchError> {
-        self.watches.arm_root()?;
+        self.watches.arm_root(false)?;
         for &k in kinds {
-            self.watches.arm_kind(k)?;
+            self.watches.arm_kind(k, false)?;
         }
         Ok(())
     }
@@ -812,8 +824,11 @@ impl Daemon {
         Ok(())
     }
 
-    fn rearm(&mut self, kind: Kind) {
-        let r = self.watches.arm_kind(kind);
+    /// Re-arms `kind`'s watch (`force`: even on a directory that looks
+    /// armed, see [`Watches::arm_path`]) and has its queue looked at, for
+    /// whatever was queued before the watch existed.
+    fn rearm(&mut self, kind: Kind, force: bool) {
+        let r = self.watches.arm_kind(kind, force);
         if self.watches.report(r) {
             debug!(kind = %kind, "queue directory changed; watch re-armed");
         }
@@ -823,8 +838,10 @@ impl Daemon {
         }
     }
 
-    fn rescan_all(&mut self) {
-        let r = self.watches.arm_root();
+    /// Re-arms every watch and looks at every queue; `force` as in
+    /// [`Self::rearm`] (only the retry timer, which fills gaps, does not).
+    fn rescan_all(&mut self, force: bool) {
+        let r = self.watches.arm_root(force);
         if self.watches.report(r) {
             info!(
                 "queue root {} changed; re-arming every watch",
@@ -832,7 +849,7 @@ impl Daemon {
             );
         }
         for k in self.kinds() {
-            self.rearm(k);
+            self.rearm(k, force);
         }
         if self.watches.complete() {
             self.watches.last_error = None;
@@ -845,7 +862,7 @@ impl Daemon {
             Err(e) => {
                 let e = watch_error(None, e);
                 warn!("inotify reported an error: {e}; rescanning every queue");
-                self.rescan_all();
+                self.rescan_all(true);
                 return;
             }
         };
@@ -857,8 +874,8 @@ impl Daemon {
         }
         for a in actions {
             match a {
-                Action::RescanAll => self.rescan_all(),
-                Action::Rearm(k) => self.rearm(k),
+                Action::RescanAll => self.rescan_all(true),
+                Action::Rearm(k) => self.rearm(k, true),
                 Action::Check(k) => {
                     if let Some(w) = self.workers.get(&k) {
                         w.cue.poke();
@@ -897,7 +914,7 @@ impl Daemon {
             Ok(v) => v,
             Err(e) => {
                 error!("{e}; keeping the previous configuration");
-                self.rescan_all();
+                self.rescan_all(true);
                 self.notify(&[State::Ready, State::Status(self.status_line())]);
                 return;
             }
@@ -932,7 +949,7 @@ impl Daemon {
                 self.workers[&k].cue.retry_now();
             }
         }
-        self.rescan_all();
+        self.rescan_all(true);
         info!("configuration reloaded: watching {}", list(&self.kinds()));
         self.notify(&[State::Ready, State::Status(self.status_line())]);
     }
@@ -956,7 +973,7 @@ impl Daemon {
             }
             if !stopping && now >= next_full {
                 debug!("periodic full reconcile");
-                self.rescan_all();
+                self.rescan_all(true);
                 for w in self.workers.values() {
                     w.cue.full();
                 }
@@ -1013,7 +1030,7 @@ impl Daemon {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if !stopping && !self.watches.complete() {
-                        self.rescan_all();
+                        self.rescan_all(false);
                     }
                 }
                 // Every sender lives in this struct or in a thread it owns.
@@ -1111,6 +1128,58 @@ fn run_job(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The kernel dropped a kind directory's watch (its directory was
+    /// deleted) while a directory of the same identity has the name again
+    /// (a freed inode reused before the daemon read the events): an event
+    /// about the name must still place a new watch, or nothing queued in
+    /// the new directory is seen until the next full reconcile.
+    #[test]
+    fn an_event_rearms_a_directory_that_looks_armed() {
+        let root =
+            std::env::temp_dir().join(format!("sidespawn-watch-{}", crate::record::new_id(0)));
+        let kind_dir = root.join("dnsmasq");
+        std::fs::create_dir_all(&kind_dir).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = INotifyWatcher::new(
+            move |e: notify::Result<Event>| {
+                let _ = tx.send(e);
+            },
+            notify::Config::default(),
+        )
+        .unwrap();
+        let mut w = Watches {
+            watcher,
+            root: root.clone(),
+            root_id: None,
+            kinds: BTreeMap::new(),
+            last_error: None,
+        };
+        assert!(w.arm_kind(Kind::Dnsmasq, false).unwrap());
+        // The kernel's watch is gone; the recorded identity still matches.
+        w.watcher.unwatch(&kind_dir).unwrap();
+        // Whether a write into the directory reaches the watcher within `wait`.
+        let sees_a_write = |rx: &Receiver<notify::Result<Event>>, name: &str, wait: Duration| {
+            while rx.try_recv().is_ok() {}
+            std::fs::write(kind_dir.join(name), b"x").unwrap();
+            let until = Instant::now() + wait;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(Ok(ev)) if ev.paths.iter().any(|p| p.ends_with(name)) => return true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            false
+        };
+        // The retry timer's look trusts the identity...
+        assert!(!w.arm_kind(Kind::Dnsmasq, false).unwrap());
+        assert!(!sees_a_write(&rx, "before", Duration::from_secs(1)));
+        // ...an event about the name does not.
+        assert!(!w.arm_kind(Kind::Dnsmasq, true).unwrap());
+        assert!(sees_a_write(&rx, "after", Duration::from_secs(30)));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     fn kinds() -> BTreeSet<Kind> {
         [Kind::Dnsmasq, Kind::Haproxy].into_iter().collect()
