@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Profile;
 use crate::kind::Kind;
+use crate::netns::Namespaces;
 use crate::netns::NetnsError;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Step, fnv1a, run_spec};
+use crate::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
 use crate::record::Record;
 use crate::runtime::{ContainerInfo, State, labels};
 use crate::state::{StateDir, StateError, read_json, write_atomic};
@@ -1152,6 +1153,23 @@ pub fn clamp_future(table: &mut DesiredTable, now_ms: u64) -> bool {
     changed
 }
 
+/// Brings the table up to date after the plan ran: first the restart
+/// decisions (forgotten and blocked sidecars), then each job's outcome. The
+/// one call the sync makes once its jobs have finished.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_outcomes(
+    table: &mut DesiredTable,
+    kind: Kind,
+    plan: &Plan,
+    restarts: &RestartPlan,
+    outcomes: &[JobOutcome],
+    actual: &[ContainerInfo],
+    now_ms: u64,
+) {
+    apply_restart_decisions(table, kind, restarts);
+    apply(table, plan, outcomes, actual, now_ms);
+}
+
 /// Remembers why sidecars are not restarted, and forgets those whose
 /// namespace is gone.
 pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &RestartPlan) {
@@ -1169,7 +1187,8 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 mod tests {
     use super::*;
     use crate::config::RestartPolicy;
-    use crate::plan::{FakeNamespaces, key_of};
+    use crate::netns::FakeNamespaces;
+    use crate::plan::key_of;
     use crate::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
     use std::time::Duration;
 

@@ -13,83 +13,14 @@
 //! has run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ack::Outcome;
 use crate::config::Profile;
 use crate::kind::Kind;
-use crate::netns::NetnsError;
+use crate::netns::Namespaces;
 use crate::record::{Action, NetnsRef, Record, Signal};
-use crate::runtime::{ContainerInfo, RunSpec, State, labels};
-
-/// The namespaces as the planner and executor see them.
-pub trait Namespaces: Sync {
-    /// The directory that holds named namespaces (for podman's `--network`).
-    fn dir(&self) -> PathBuf;
-    /// Checks a recorded namespace still exists with its inode.
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError>;
-    /// The inode of a namespace name now, if it is one.
-    fn inode(&self, name: &str) -> Option<u64>;
-}
-
-/// The real namespaces under a netns directory.
-pub struct HostNamespaces(pub PathBuf);
-
-/// Namespaces from a table of name → inode, for unit tests and benchmarks
-/// (the counterpart of `runtime::FakeRuntime`): `verify` answers as the
-/// real check would, missing or replaced, from the table.
-#[derive(Debug, Default)]
-pub struct FakeNamespaces(std::sync::Mutex<HashMap<String, u64>>);
-
-impl FakeNamespaces {
-    pub fn new(entries: impl IntoIterator<Item = (String, u64)>) -> FakeNamespaces {
-        FakeNamespaces(std::sync::Mutex::new(entries.into_iter().collect()))
-    }
-
-    /// Forgets every namespace, as if all were deleted.
-    pub fn clear(&self) {
-        self.table().clear();
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Namespaces for FakeNamespaces {
-    fn dir(&self) -> PathBuf {
-        "/run/netns".into()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        match self.table().get(&ns.name) {
-            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-            Some(&found) => Err(NetnsError::InodeMismatch {
-                name: ns.name.clone(),
-                expected: ns.ino,
-                found,
-            }),
-            None => Err(NetnsError::Missing {
-                name: ns.name.clone(),
-                dir: self.dir(),
-            }),
-        }
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        self.table().get(name).copied()
-    }
-}
-
-impl Namespaces for HostNamespaces {
-    fn dir(&self) -> PathBuf {
-        self.0.clone()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        crate::netns::verify(&self.0, ns)
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        crate::netns::current_inode(&self.0, name)
-    }
-}
+use crate::runtime::{Call, ContainerInfo, RunSpec, State, labels};
 
 /// One podman-level step of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +37,25 @@ pub enum Step {
         spec: RunSpec,
         netns: Option<NetnsRef>,
     },
+}
+
+impl Step {
+    /// The engine call that carries out this step. Execution and the dry
+    /// run both go through it, so a dry run prints exactly what a real run
+    /// executes: a stop with a signal other than KILL waits the profile's
+    /// `stop_timeout` (the caller passes it in) before podman kills.
+    pub fn call(&self, stop_timeout: Duration) -> Call {
+        match self {
+            Step::Remove { name } => Call::Remove(name.clone()),
+            Step::Signal { name, signal } => Call::Kill(name.clone(), *signal),
+            Step::Stop {
+                name,
+                signal: Signal::Kill,
+            } => Call::Kill(name.clone(), Signal::Kill),
+            Step::Stop { name, .. } => Call::Stop(name.clone(), stop_timeout),
+            Step::Run { spec, .. } => Call::Run(spec.clone()),
+        }
+    }
 }
 
 /// What a job does, for the summary.
@@ -747,6 +697,7 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::FakeNamespaces;
     use crate::record::{VERSION, now_ms};
     use std::path::Path;
 

@@ -126,7 +126,7 @@ impl RunSpec {
 }
 
 /// A podman call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
         "cannot run {program}: {message} (install podman or set \"podman\" in the host configuration)"
@@ -193,6 +193,17 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot inspect containers".to_owned(),
         })
     }
+    /// Streams a container's logs to this process's stdout and stderr
+    /// (`podman logs [--follow] -- NAME`), without a time limit: `--follow`
+    /// lasts until the operator stops it. Returns podman's exit status,
+    /// which is the `logs` command's. Runtimes without it say so.
+    fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
+        let _ = follow;
+        Err(RuntimeError::Spawn {
+            program: format!("logs of {name}"),
+            message: "this runtime cannot show logs".to_owned(),
+        })
+    }
     /// Runs a host-configured health command inside a running container
     /// (`podman exec NAME ARGV...`) within `timeout`; `Ok` when it exits 0.
     /// Runtimes without it report every check as failed to run.
@@ -210,6 +221,20 @@ pub trait Runtime: Send + Sync {
     }
 }
 
+/// Carries out one call on `runtime`: the single dispatch from a [`Call`]
+/// value to the engine, so whatever is described is what runs.
+pub fn perform(runtime: &dyn Runtime, call: &Call) -> Result<(), RuntimeError> {
+    match call {
+        Call::List(instance) => runtime.list(instance).map(drop),
+        Call::Run(spec) => runtime.run(spec).map(drop),
+        Call::Kill(name, signal) => runtime.kill(name, *signal),
+        Call::Stop(name, timeout) => runtime.stop(name, *timeout),
+        Call::Remove(name) => runtime.remove(name),
+        Call::Inspect(name) => runtime.inspect_container(name).map(drop),
+        Call::Logs { name, follow } => runtime.logs(name, *follow).map(drop),
+    }
+}
+
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -220,6 +245,12 @@ pub enum Call {
     Stop(String, Duration),
     Remove(String),
     Inspect(String),
+    /// Stream a container's logs to this process's stdout (`--follow`: until
+    /// the container stops or the operator interrupts).
+    Logs {
+        name: String,
+        follow: bool,
+    },
 }
 
 /// Environment variables podman must never inherit from sidespawn.
@@ -345,18 +376,12 @@ impl Podman {
         self.timeout
     }
 
-    /// Runs `podman ARGS` and waits at most `timeout`. This is the only
-    /// place sidespawn starts podman. Errors only for what prevents a
-    /// result (spawn failure, timeout); a non-zero exit is returned as a
-    /// [`Finished`] for the caller to classify.
-    fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
-        let started = Instant::now();
-        let shown_args = || error_args(args);
+    /// `podman ARGS` as every podman this process starts is made: argv
+    /// only, stdin closed, the extra environment, and never the scrubbed
+    /// variables ([`SCRUBBED_ENV`]).
+    fn command_for(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -364,6 +389,18 @@ impl Podman {
         for k in SCRUBBED_ENV {
             cmd.env_remove(k);
         }
+        cmd
+    }
+
+    /// Runs `podman ARGS` and waits at most `timeout`. This is the only
+    /// place sidespawn starts podman. Errors only for what prevents a
+    /// result (spawn failure, timeout); a non-zero exit is returned as a
+    /// [`Finished`] for the caller to classify.
+    fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
+        let started = Instant::now();
+        let shown_args = || error_args(args);
+        let mut cmd = self.command_for(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so a timeout can kill podman together with
         // any helper it started (runc, a hook) that would otherwise keep
         // running or keep our pipes open. conmon calls setsid() and so is
@@ -635,6 +672,20 @@ impl Runtime for Podman {
         describe_argv(&self.program, &call_args(call))
     }
 
+    fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
+        let args = call_args(&Call::Logs {
+            name: name.to_owned(),
+            follow,
+        });
+        // Output goes straight to ours, as it comes: `--follow` streams.
+        self.command_for(&args)
+            .status()
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.program.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
     fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
         let args: Vec<String> = ["container", "inspect", "--format=json", "--", name]
             .map(str::to_owned)
@@ -866,6 +917,15 @@ pub fn call_args(call: &Call) -> Vec<String> {
         }
         Call::Inspect(name) => {
             let mut a = v(&["container", "inspect", "--format", "json", "--"]);
+            a.push(name.clone());
+            a
+        }
+        Call::Logs { name, follow } => {
+            let mut a = v(&["logs"]);
+            if *follow {
+                a.push("--follow".to_owned());
+            }
+            a.push("--".to_owned());
             a.push(name.clone());
             a
         }

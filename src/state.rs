@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::kind::Kind;
 
+/// Longest wait for another sync (or `gc`, `upgrade`) of the same kind to
+/// finish.
+pub const SYNC_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{op} {path}: {source}")]
@@ -21,8 +25,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Lock(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error(
         "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
     )]
@@ -235,7 +239,22 @@ impl StateDir {
                 path.display()
             )
         })
-        .map_err(|e| StateError::Lock(e.to_string()))
+        .map_err(StateError::Lock)
+    }
+
+    /// Takes the sync locks of `kinds` ([`StateDir::sync_lock`]), each once and
+    /// in kind order, so two holders of several kinds cannot deadlock. The
+    /// sync, `gc` and `upgrade` all take them this way: whoever edits a
+    /// kind's desired table or containers excludes the others.
+    pub fn sync_locks(
+        &self,
+        kinds: &[Kind],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<crate::lock::LockGuard>, StateError> {
+        let mut sorted = kinds.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        sorted.iter().map(|&k| self.sync_lock(k, timeout)).collect()
     }
 
     /// Fails with advice when the state directory exists as something else than a directory

@@ -61,7 +61,7 @@ use tracing::{debug, error, info, warn};
 use crate::claim::{Limits, SharedDir};
 use crate::config::{ConfigError, HostConfig};
 use crate::kind::Kind;
-use crate::plan::HostNamespaces;
+use crate::netns::HostNamespaces;
 use crate::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
 use crate::runtime::{Podman, Runtime};
 use crate::sdnotify::{Notifier, State};
@@ -1072,7 +1072,7 @@ fn run_job(
         Ok(s) => Err(s
             .errors
             .iter()
-            .map(|(_, e)| e.as_str())
+            .map(|(_, e)| e.to_string())
             .collect::<Vec<_>>()
             .join("; ")),
         Err(e) => Err(e.to_string()),
