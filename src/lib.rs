@@ -24,6 +24,7 @@ pub mod queue;
 pub mod record;
 pub mod runtime;
 pub mod sdnotify;
+pub mod shell;
 pub mod state;
 pub mod status;
 pub mod sync;

@@ -14,7 +14,6 @@
 //! unrelated process can be hit; `describe` prints exactly the argv that
 //! would run.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -932,25 +931,7 @@ pub fn call_args(call: &Call) -> Vec<String> {
     }
 }
 
-/// Quotes one word for a POSIX shell: bare when it is made only of
-/// characters no shell treats specially, else in single quotes with each
-/// embedded `'` written as `'\''`.
-pub fn shell_quote(word: &str) -> Cow<'_, str> {
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b);
-    // A leading `=` is expanded by zsh (`=cmd`), so it is quoted too.
-    if !word.is_empty() && !word.starts_with('=') && word.bytes().all(safe) {
-        Cow::Borrowed(word)
-    } else {
-        Cow::Owned(format!("'{}'", word.replace('\'', r"'\''")))
-    }
-}
-
-fn quote_args(args: &[String]) -> String {
-    args.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use crate::shell::{quote_words as quote_args, shell_quote};
 
 /// The command line as errors show it: quoted, and cut after
 /// [`ARGS_SHOWN`] bytes. A request's argv can be as long as the queue allows
@@ -1853,58 +1834,6 @@ mod tests {
         assert!(a[..end].contains(&"--label=io.sidespawn.tag=--privileged".to_owned()));
         assert!(!a[..end].iter().any(|w| w == "--privileged" || w == "-v"));
         assert_eq!(a[end + 1], "--privileged", "the image, after --");
-    }
-
-    #[test]
-    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
-        assert_eq!(
-            shell_quote("label=a.b/c:d-e_f,g+h@i%j"),
-            "label=a.b/c:d-e_f,g+h@i%j"
-        );
-        assert!(matches!(shell_quote("plain"), Cow::Borrowed(_)));
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-        assert_eq!(shell_quote("=cmd"), "'=cmd'");
-        assert_eq!(shell_quote("~root"), "'~root'");
-    }
-
-    #[test]
-    fn quoted_words_survive_a_real_shell() {
-        let words = strings(&[
-            "",
-            "a b",
-            "it's",
-            "'",
-            "''",
-            "$HOME",
-            "`id`",
-            "$(id)",
-            "back\\slash",
-            "new\nline",
-            "*",
-            "a;b|c&d>e",
-            "\"dq\"",
-            "~root",
-            "=x",
-            "--privileged",
-            "ünïcode",
-        ]);
-        let script = format!("printf '%s\\0' {}", quote_args(&words));
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{script}");
-        let mut got: Vec<String> = out
-            .stdout
-            .split(|b| *b == 0)
-            .map(|w| String::from_utf8(w.to_vec()).unwrap())
-            .collect();
-        assert_eq!(got.pop().as_deref(), Some(""), "trailing NUL");
-        assert_eq!(got, words);
     }
 
     #[test]

@@ -558,19 +558,7 @@ pub fn tmpfiles_command() -> Vec<String> {
 
 /// `argv` as a shell would need it typed, for printing (`--dry-run`, logs).
 pub fn display_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::shell::quote_words(argv)
 }
 
 /// Runs `cmds` in order, stopping at the first failure. argv vectors, no

@@ -14,7 +14,6 @@
 //! the new configuration.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
@@ -119,42 +118,33 @@ pub fn replace_all(
             .collect();
         // Handed out before the batch runs: a crash must not reuse them.
         state.store_generation(kind, generation)?;
-        let results: Mutex<Vec<(String, Result<Replaced, String>)>> = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for (key, spec) in &jobs {
-                let results = &results;
-                let record = &table.sidecars[key].record;
-                s.spawn(move || {
-                    let t = Instant::now();
-                    let r = (|| {
-                        if let Some(ns) = &record.netns {
-                            namespaces.verify(ns).map_err(|e| e.to_string())?;
-                        }
-                        match runtime.remove(&spec.name) {
-                            Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {}
-                            Err(e) => return Err(e.to_string()),
-                        }
-                        runtime.run(spec).map_err(|e| e.to_string())?;
-                        Ok(())
-                    })();
-                    let generation = spec
-                        .labels
-                        .get(labels::GENERATION)
-                        .and_then(|g| g.parse().ok())
-                        .unwrap_or(0);
-                    let out = r.map(|()| Replaced {
-                        container: spec.name.clone(),
-                        generation,
-                        gap: t.elapsed(),
-                    });
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((key.clone(), out));
-                });
-            }
+        // The whole batch at once: its size is the parallelism.
+        let results = crate::parallel::map(&jobs, jobs.len(), |_, (key, spec)| {
+            let record = &table.sidecars[key].record;
+            let t = Instant::now();
+            let r = (|| {
+                if let Some(ns) = &record.netns {
+                    namespaces.verify(ns).map_err(|e| e.to_string())?;
+                }
+                match runtime.remove(&spec.name) {
+                    Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                runtime.run(spec).map_err(|e| e.to_string())?;
+                Ok(())
+            })();
+            let generation = spec
+                .labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            let out = r.map(|()| Replaced {
+                container: spec.name.clone(),
+                generation,
+                gap: t.elapsed(),
+            });
+            (key.clone(), out)
         });
-        let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut failures = Vec::new();
         for (key, r) in results {
             match r {
