@@ -9,6 +9,7 @@
 pub mod ack;
 pub mod claim;
 pub mod config;
+pub mod defaults;
 pub mod desired;
 pub mod gc;
 pub mod health;
