@@ -30,7 +30,7 @@ use crate::netns::Namespaces;
 use crate::netns::NetnsError;
 use crate::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
 use crate::record::Record;
-use crate::runtime::{ContainerInfo, State, labels};
+use crate::runtime::{ContainerInfo, SidecarLabels, State, labels};
 use crate::state::{StateDir, StateError, read_json, write_atomic};
 
 /// Format version of an entry file.
@@ -687,10 +687,10 @@ pub fn argv_needed(table: &DesiredTable, kind: Kind, seen: &Observed) -> Vec<Str
         .iter()
         .filter(|(k, _)| table.lazy.contains(*k) && !seen.busy.contains(*k))
         .filter(|(_, d)| {
-            let c = seen.actual.iter().find(|c| {
-                c.name == d.container
-                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            });
+            let c = seen
+                .actual
+                .iter()
+                .find(|c| c.name == d.container && SidecarLabels::of(c).is_kind(kind));
             is_dead(c) || seen.unhealthy.contains(&d.container)
         })
         .map(|(k, _)| k.clone())
@@ -717,12 +717,8 @@ pub fn recover(
     let mut rebuilt: HashSet<String> = HashSet::new();
     let mut problems = Vec::new();
     for c in actual {
-        let ours = c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            && profile
-                .labels
-                .iter()
-                .all(|(k, v)| c.labels.get(k) == Some(v));
-        let Some(key) = c.labels.get(labels::KEY).filter(|_| ours) else {
+        let l = SidecarLabels::of(c);
+        let Some(key) = l.key().filter(|_| l.is_profiles(kind, &profile.labels)) else {
             continue;
         };
         let s = stem(key);
@@ -733,7 +729,7 @@ pub fn recover(
             Ok(d) => {
                 tracing::warn!(kind = %kind, "rebuilt the desired entry {key} from container {}", c.name);
                 table.lazy.remove(key);
-                table.sidecars.insert(key.clone(), d);
+                table.sidecars.insert(key.to_owned(), d);
                 rebuilt.insert(s);
             }
             Err(e) => {
@@ -909,10 +905,9 @@ pub fn plan_restarts(
         if busy.contains(key) {
             continue;
         }
-        let c = actual.iter().find(|c| {
-            c.name == d.container
-                && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-        });
+        let c = actual
+            .iter()
+            .find(|c| c.name == d.container && SidecarLabels::of(c).is_kind(kind));
         if !is_dead(c) && !unhealthy.contains(&d.container) {
             continue;
         }

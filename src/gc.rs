@@ -22,7 +22,7 @@ use crate::config::HostConfig;
 use crate::desired::DesiredTable;
 use crate::kind::Kind;
 use crate::netns::Namespaces;
-use crate::runtime::{ContainerInfo, Runtime, RuntimeError, State, labels};
+use crate::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels, State, labels};
 use crate::state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +58,15 @@ pub fn decide(
     namespaces: &dyn Namespaces,
 ) -> Vec<Removal> {
     let mut out = Vec::new();
-    for c in actual.iter().filter(|c| {
-        c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            && scope.iter().all(|(k, v)| c.labels.get(k) == Some(v))
-    }) {
-        let key = c.labels.get(labels::KEY);
-        if let (Some(ns), Some(ino)) =
-            (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
-        {
+    for c in actual
+        .iter()
+        .filter(|c| SidecarLabels::of(c).is_profiles(kind, scope))
+    {
+        let l = SidecarLabels::of(c);
+        let key = l.key();
+        if let (Some(ns), Some(ino)) = (l.netns(), l.netns_ino()) {
             let now = namespaces.inode(ns);
-            if now.map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+            if now.map(|i| i.to_string()).as_deref() != Some(ino) {
                 let reason = match now {
                     None => format!("namespace {ns} is gone"),
                     Some(i) => format!("namespace {ns} was recreated (inode {ino}, now {i})"),
@@ -79,7 +78,7 @@ pub fn decide(
                             .get(*k)
                             .is_some_and(|d| d.container == c.name)
                     })
-                    .cloned();
+                    .map(str::to_owned);
                 out.push(Removal {
                     kind,
                     container: c.name.clone(),
@@ -116,11 +115,11 @@ pub fn decide(
 /// label and every label of its kind's profile `labels` (a kind not
 /// configured here: not ours).
 pub fn in_scope(cfg: &HostConfig, c: &ContainerInfo) -> bool {
-    c.labels.get(labels::INSTANCE) == Some(&cfg.instance)
-        && c.labels
-            .get(labels::KIND)
+    let l = SidecarLabels::of(c);
+    l.instance() == Some(cfg.instance.as_str())
+        && l.kind()
             .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
-            .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+            .is_some_and(|p| l.has_all(&p.labels))
 }
 
 /// What one gc did (or, dry, would do).

@@ -7,7 +7,7 @@
 //! namespace with a dnsmasq per segment) is an error that lists them.
 
 use crate::config::HostConfig;
-use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, call_args, labels};
+use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, SidecarLabels, call_args};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogsError {
@@ -30,10 +30,12 @@ pub fn resolve(arg: &str, containers: &[ContainerInfo]) -> Result<String, LogsEr
     if containers.iter().any(|c| c.name == arg) {
         return Ok(arg.to_owned());
     }
-    for label in [labels::TAG, labels::NETNS] {
+    let by_tag = |c: &ContainerInfo| SidecarLabels::of(c).tag() == Some(arg);
+    let by_netns = |c: &ContainerInfo| SidecarLabels::of(c).netns() == Some(arg);
+    for matches in [&by_tag as &dyn Fn(&ContainerInfo) -> bool, &by_netns] {
         let mut hits: Vec<String> = containers
             .iter()
-            .filter(|c| c.labels.get(label).map(String::as_str) == Some(arg))
+            .filter(|c| matches(c))
             .map(|c| c.name.clone())
             .collect();
         hits.sort();
@@ -77,7 +79,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{FakeRuntime, State};
+    use crate::runtime::{FakeRuntime, State, labels};
 
     fn cs() -> Vec<ContainerInfo> {
         vec![

@@ -20,7 +20,7 @@ use crate::config::Profile;
 use crate::kind::Kind;
 use crate::netns::Namespaces;
 use crate::record::{Action, NetnsRef, Record, Signal};
-use crate::runtime::{Call, ContainerInfo, RunSpec, State, labels};
+use crate::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
 
 /// One podman-level step of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,7 +357,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|c| {
                 crate::runtime::is_managed(c, &profile.instance)
-                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+                    && SidecarLabels::of(c).is_kind(kind)
             })
             .collect();
         let mut by_pid = HashMap::new();
@@ -433,11 +433,11 @@ impl<'a> Planner<'a> {
                 let target = self
                     .by_pid
                     .get(&pid)
-                    .and_then(|c| c.labels.get(labels::KEY).map(|k| (k, *c)));
+                    .and_then(|c| SidecarLabels::of(c).key().map(|k| (k, *c)));
                 match target {
                     Some((key, c)) => self
                         .folds
-                        .entry(key.clone())
+                        .entry(key.to_owned())
                         .or_default()
                         .signals
                         .push(SignalRequest {
@@ -598,8 +598,8 @@ impl<'a> Planner<'a> {
                 Some(c)
                     if !gone
                         && c.state == State::Running
-                        && c.labels.get(labels::ARGV_HASH) == Some(&want_hash)
-                        && c.labels.get(labels::NETNS_INO).map(String::as_str)
+                        && SidecarLabels::of(c).argv_hash() == Some(want_hash.as_str())
+                        && SidecarLabels::of(c).netns_ino()
                             == rec.netns.as_ref().map(|n| n.ino.to_string()).as_deref() =>
                 {
                     out.unchanged += 1;
@@ -671,14 +671,13 @@ impl<'a> Planner<'a> {
                 if busy.contains(&c.name) {
                     continue;
                 }
-                let (Some(ns), Some(ino)) =
-                    (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
-                else {
+                let l = SidecarLabels::of(c);
+                let (Some(ns), Some(ino)) = (l.netns(), l.netns_ino()) else {
                     continue;
                 };
-                if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+                if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino) {
                     out.jobs.push(Job {
-                        key: c.labels.get(labels::KEY).cloned().unwrap_or_default(),
+                        key: l.key().unwrap_or_default().to_owned(),
                         container: c.name.clone(),
                         what: JobKind::Orphan,
                         steps: vec![Step::Remove {

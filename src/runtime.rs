@@ -28,6 +28,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
+use crate::kind::Kind;
 use crate::record::Signal;
 
 /// Label keys put on every sidecar.
@@ -46,6 +47,81 @@ pub mod labels {
     pub const ARGV_HASH: &str = "io.sidespawn.argv-hash";
     pub const REQUEST_ID: &str = "io.sidespawn.request-id";
     pub const GENERATION: &str = "io.sidespawn.generation";
+}
+
+/// The typed view of a sidecar's labels: every label sidespawn puts on a
+/// sidecar, read in one place instead of by key across the modules. A
+/// missing or malformed label reads as `None` (or `false`): a container
+/// whose labels say nothing is nobody's sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarLabels<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> SidecarLabels<'a> {
+    /// The labels of a listed or inspected container.
+    pub fn of(c: &'a ContainerInfo) -> SidecarLabels<'a> {
+        SidecarLabels(&c.labels)
+    }
+
+    /// The labels a sidecar is about to be started with.
+    pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
+        SidecarLabels(&spec.labels)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Carries our managed-by label.
+    pub fn is_managed(&self) -> bool {
+        self.get(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
+    }
+    pub fn instance(&self) -> Option<&'a str> {
+        self.get(labels::INSTANCE)
+    }
+    pub fn kind(&self) -> Option<&'a str> {
+        self.get(labels::KIND)
+    }
+    pub fn is_kind(&self, kind: Kind) -> bool {
+        self.kind() == Some(kind.as_str())
+    }
+    pub fn key(&self) -> Option<&'a str> {
+        self.get(labels::KEY)
+    }
+    pub fn netns(&self) -> Option<&'a str> {
+        self.get(labels::NETNS)
+    }
+    /// The namespace's inode when the sidecar started, as written (compared
+    /// as text with the inode now).
+    pub fn netns_ino(&self) -> Option<&'a str> {
+        self.get(labels::NETNS_INO)
+    }
+    pub fn tag(&self) -> Option<&'a str> {
+        self.get(labels::TAG)
+    }
+    pub fn argv_hash(&self) -> Option<&'a str> {
+        self.get(labels::ARGV_HASH)
+    }
+    pub fn request_id(&self) -> Option<&'a str> {
+        self.get(labels::REQUEST_ID)
+    }
+    pub fn generation(&self) -> Option<u64> {
+        self.get(labels::GENERATION)?.parse().ok()
+    }
+    /// The generation label as written (`"?"` when there is none), for
+    /// messages.
+    pub fn generation_text(&self) -> &'a str {
+        self.get(labels::GENERATION).unwrap_or("?")
+    }
+    /// Carries every label of `wanted` with its value (a profile's labels).
+    pub fn has_all(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.0.get(k) == Some(v))
+    }
+    /// A sidecar of `kind` under a profile with `profile_labels`: this
+    /// configuration's sidecar of that kind, as gc, limits, recovery and
+    /// the generation counter count them.
+    pub fn is_profiles(&self, kind: Kind, profile_labels: &BTreeMap<String, String>) -> bool {
+        self.is_kind(kind) && self.has_all(profile_labels)
+    }
 }
 
 /// Container state as podman reports it (lowercase in `podman ps` JSON).
@@ -1118,8 +1194,8 @@ fn keep_managed(all: Vec<ContainerInfo>, instance: &str) -> Vec<ContainerInfo> {
 
 /// Whether `c` is a sidecar of configuration `instance`.
 pub fn is_managed(c: &ContainerInfo, instance: &str) -> bool {
-    c.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
-        && c.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance)
+    let l = SidecarLabels::of(c);
+    l.is_managed() && l.instance() == Some(instance)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1305,9 +1381,8 @@ impl Runtime for FakeRuntime {
         let mut names: Vec<String> = lock(&self.containers)
             .iter()
             .filter(|c| {
-                c.labels.get(labels::MANAGED_BY).map(String::as_str)
-                    == Some(labels::MANAGED_BY_VALUE)
-                    && c.labels.get(labels::INSTANCE).is_none_or(String::is_empty)
+                SidecarLabels::of(c).is_managed()
+                    && SidecarLabels::of(c).instance().is_none_or(str::is_empty)
             })
             .map(|c| c.name.clone())
             .collect();

@@ -33,7 +33,7 @@ use crate::kind::Kind;
 use crate::netns::Namespaces;
 use crate::plan::{Job, JobKind, Plan, Planner, Step};
 use crate::record::{Record, VERSION, now_ms};
-use crate::runtime::{ContainerInfo, RunSpec, Runtime, RuntimeError, State, labels};
+use crate::runtime::{ContainerInfo, RunSpec, Runtime, RuntimeError, SidecarLabels, State, labels};
 use crate::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
 
 /// What to do.
@@ -753,14 +753,9 @@ fn next_generation(
     // status: another configuration's counter is not ours to follow.
     let seen = actual
         .iter()
-        .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
-        .filter(|c| {
-            profile
-                .labels
-                .iter()
-                .all(|(k, v)| c.labels.get(k) == Some(v))
-        })
-        .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
+        .map(SidecarLabels::of)
+        .filter(|l| l.is_profiles(kind, &profile.labels))
+        .filter_map(|l| l.generation())
         .max();
     Ok(seen.map_or(1, |g| g.saturating_add(1)))
 }
@@ -950,7 +945,7 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
             message: format!(
                 "the container name {name} is already in use by container {}, which is not this configuration's sidecar for {} (its labels differ); remove or rename it (`podman rm -f {name}`) and ask again",
                 short_id(&c.id),
-                spec.labels.get(labels::KEY).map_or("?", String::as_str),
+                SidecarLabels::of_spec(spec).key().unwrap_or("?"),
             ),
         });
     }
@@ -964,7 +959,7 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
         return Ok(Done::Adopted(format!(
             "{name} already runs with these arguments (container {}, generation {}, started by an interrupted sync)",
             short_id(&c.id),
-            c.labels.get(labels::GENERATION).map_or("?", String::as_str)
+            SidecarLabels::of(&c).generation_text()
         )));
     }
     warn!(container = %name, id = %short_id(&c.id), state = ?c.state, "replacing a container of this sidecar that an interrupted sync left behind");

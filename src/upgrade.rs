@@ -23,7 +23,7 @@ use crate::desired::DesiredTable;
 use crate::kind::Kind;
 use crate::netns::Namespaces;
 use crate::plan::{run_spec, spec_hash};
-use crate::runtime::{Runtime, RuntimeError, labels};
+use crate::runtime::{Runtime, RuntimeError, SidecarLabels, labels};
 use crate::state::{SYNC_LOCK_TIMEOUT, StateDir, StateError};
 
 pub use crate::images::{ImageState, effective_config, image_state_path};
@@ -98,8 +98,8 @@ pub fn replace_all(
         let current = actual
             .iter()
             .find(|c| c.name == d.container)
-            .and_then(|c| c.labels.get(labels::ARGV_HASH));
-        if current == Some(&want) {
+            .and_then(|c| SidecarLabels::of(c).argv_hash());
+        if current == Some(want.as_str()) {
             report.unchanged += 1;
         } else {
             todo.push(key.clone());
