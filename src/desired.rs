@@ -784,7 +784,7 @@ fn rebuild(
     {
         return Err("its name does not follow from its labels".to_owned());
     }
-    let cmd = runtime.command(&c.name).map_err(|e| e.to_string())?;
+    let cmd = runtime.inspect(&c.name).map_err(|e| e.to_string())?.command;
     let rest = profile.command.get(1..).unwrap_or_default();
     let daemon = cmd
         .strip_prefix(rest)

@@ -252,22 +252,18 @@ pub trait Runtime: Send + Sync {
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
     /// Removes the container, stopping it at once if it still runs.
     fn remove(&self, name: &str) -> Result<(), RuntimeError>;
-    /// One container by name, in any state, with its labels
-    /// ([`RuntimeError::NoSuchContainer`] when there is none). Only the
-    /// fields `ps` also gives are filled (`started_at` is 0).
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError>;
+    /// One container by name, in any state (`podman container inspect`,
+    /// [`RuntimeError::NoSuchContainer`] when there is none): what `ps`
+    /// gives of it (`started_at` is 0) and the arguments it runs after its
+    /// image. The one inspection: taking over a container name and
+    /// rebuilding a lost desired entry both use it.
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError>;
+    /// [`Runtime::inspect`] without the command.
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.inspect(name).map(|i| i.container)
+    }
     /// The argv a call would run, for `--dry-run`.
     fn describe(&self, call: &Call) -> String;
-    /// The arguments a container runs after its image (`podman container
-    /// inspect`'s `Config.Cmd`): the profile's command arguments, then the
-    /// daemon argv. Only to rebuild a lost desired-table entry from the
-    /// container itself. Runtimes without it say so.
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
-        Err(RuntimeError::Spawn {
-            program: format!("inspect {name}"),
-            message: "this runtime cannot inspect containers".to_owned(),
-        })
-    }
     /// Streams a container's logs to this process's stdout and stderr
     /// (`podman logs [--follow] -- NAME`), without a time limit: `--follow`
     /// lasts until the operator stops it. Returns podman's exit status,
@@ -305,9 +301,19 @@ pub fn perform(runtime: &dyn Runtime, call: &Call) -> Result<(), RuntimeError> {
         Call::Kill(name, signal) => runtime.kill(name, *signal),
         Call::Stop(name, timeout) => runtime.stop(name, *timeout),
         Call::Remove(name) => runtime.remove(name),
-        Call::Inspect(name) => runtime.inspect_container(name).map(drop),
+        Call::Inspect(name) => runtime.inspect(name).map(drop),
         Call::Logs { name, follow } => runtime.logs(name, *follow).map(drop),
     }
+}
+
+/// One container as `podman container inspect` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The fields `ps` also gives (`started_at` is 0).
+    pub container: ContainerInfo,
+    /// The arguments it runs after its image (`Config.Cmd`): the profile's
+    /// command arguments, then the daemon argv.
+    pub command: Vec<String>,
 }
 
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
@@ -729,7 +735,7 @@ impl Runtime for Podman {
         .map(drop)
     }
 
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError> {
         let args = call_args(&Call::Inspect(name.to_owned()));
         let out = self.call(&args, self.timeout, |stderr| {
             is_no_such_container(stderr)
@@ -759,20 +765,6 @@ impl Runtime for Podman {
                 program: self.program.display().to_string(),
                 message: e.to_string(),
             })
-    }
-
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
-        let args: Vec<String> = ["container", "inspect", "--format=json", "--", name]
-            .map(str::to_owned)
-            .to_vec();
-        let out = self.call(&args, self.timeout, |stderr| {
-            is_no_such_container(stderr)
-                .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
-        })?;
-        parse_inspect_cmd(&out).map_err(|message| RuntimeError::Parse {
-            args: quote_args(&args),
-            message,
-        })
     }
 
     fn exec_check(
@@ -899,29 +891,6 @@ fn summarise_stderr(stderr: &str) -> String {
         cut += 1;
     }
     format!("[...] {}", &s[cut..])
-}
-
-/// `Config.Cmd` of the one container `podman container inspect --format=json`
-/// printed (`null` when it has none).
-fn parse_inspect_cmd(out: &[u8]) -> Result<Vec<String>, String> {
-    #[derive(Deserialize)]
-    struct Inspected {
-        #[serde(rename = "Config")]
-        config: InspectedConfig,
-    }
-    #[derive(Deserialize)]
-    struct InspectedConfig {
-        #[serde(rename = "Cmd", default)]
-        cmd: Option<Vec<String>>,
-    }
-    let all: Vec<Inspected> = serde_json::from_slice(out).map_err(|e| e.to_string())?;
-    match <[Inspected; 1]>::try_from(all) {
-        Ok([one]) => Ok(one.config.cmd.unwrap_or_default()),
-        Err(all) => Err(format!(
-            "expected one container, podman printed {}",
-            all.len()
-        )),
-    }
 }
 
 fn is_no_such_container(stderr: &str) -> bool {
@@ -1113,7 +1082,7 @@ fn parse_ps(out: &[u8]) -> Result<Vec<ContainerInfo>, String> {
 }
 
 /// One entry of `podman container inspect --format json` (podman 4.x),
-/// only what [`Runtime::inspect_container`] returns.
+/// only what [`Runtime::inspect`] returns.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct InspectEntry {
@@ -1144,11 +1113,13 @@ struct InspectState {
 struct InspectConfig {
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
 }
 
 /// Parses `podman container inspect --format json` output of one name: an
 /// array of one entry, or empty when there is no such container.
-fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
+fn parse_inspect(out: &[u8]) -> Result<Option<Inspected>, String> {
     let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
     if text.trim().is_empty() {
         return Ok(None);
@@ -1159,15 +1130,18 @@ fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
         .unwrap_or_default()
         .into_iter()
         .next()
-        .map(|e| ContainerInfo {
-            id: e.id,
-            name: e.name,
-            state: State::parse(&e.state.status),
-            pid: u32::try_from(e.state.pid).unwrap_or(0),
-            image: e.image_name,
-            labels: e.config.labels.unwrap_or_default(),
-            started_at: 0,
-            exit_code: e.state.exit_code,
+        .map(|e| Inspected {
+            container: ContainerInfo {
+                id: e.id,
+                name: e.name,
+                state: State::parse(&e.state.status),
+                pid: u32::try_from(e.state.pid).unwrap_or(0),
+                image: e.image_name,
+                labels: e.config.labels.unwrap_or_default(),
+                started_at: 0,
+                exit_code: e.state.exit_code,
+            },
+            command: e.config.cmd.unwrap_or_default(),
         }))
 }
 
@@ -1461,13 +1435,16 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError> {
         lock(&self.calls).push(Call::Inspect(name.to_owned()));
-        lock(&self.containers)
+        let container = lock(&self.containers)
             .iter()
             .find(|c| c.name == name)
             .cloned()
-            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        // A seeded container was never run here: podman would report no command.
+        let command = lock(&self.commands).get(name).cloned().unwrap_or_default();
+        Ok(Inspected { container, command })
     }
 
     fn exec_check(
@@ -1492,14 +1469,6 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
-        if !lock(&self.containers).iter().any(|c| c.name == name) {
-            return Err(RuntimeError::NoSuchContainer(name.to_owned()));
-        }
-        // A seeded container was never run here: podman would report no command.
-        Ok(lock(&self.commands).get(name).cloned().unwrap_or_default())
-    }
-
     fn describe(&self, call: &Call) -> String {
         describe_argv(Path::new("podman"), &call_args(call))
     }
@@ -1520,11 +1489,9 @@ mod tests {
     #[test]
     fn inspect_gives_the_arguments_after_the_image() {
         assert_eq!(
-            parse_inspect_cmd(INSPECT.as_bytes()).unwrap(),
+            parse_inspect(INSPECT.as_bytes()).unwrap().unwrap().command,
             ["-k", "", "--a=b c"]
         );
-        let e = parse_inspect_cmd(b"[]").unwrap_err();
-        assert!(e.contains("printed 0"), "{e}");
     }
 
     /// A scratch directory removed on drop, for fake podman scripts.
@@ -1620,7 +1587,10 @@ mod tests {
 
     #[test]
     fn inspect_fixture_gives_state_pid_and_labels() {
-        let c = parse_inspect(INSPECT_RUNNING.as_bytes()).unwrap().unwrap();
+        let c = parse_inspect(INSPECT_RUNNING.as_bytes())
+            .unwrap()
+            .unwrap()
+            .container;
         assert_eq!(c.name, "ssfx-inuse");
         assert_eq!(c.id.len(), 64);
         assert_eq!(c.state, State::Running);
