@@ -7,6 +7,7 @@
 //! and reconciles sidecar containers with them.
 
 pub mod ack;
+pub mod atomic;
 pub mod claim;
 pub mod config;
 pub mod defaults;

@@ -3,8 +3,7 @@
 //! kind's sync. Written atomically (temporary file, fsync, rename) so a sync
 //! killed at any point leaves either the old or the new value.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -79,35 +78,23 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
         .mode(0o700)
         .create(dir)
         .map_err(io("cannot create", dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        if durable {
-            f.sync_all().map_err(io("cannot sync", &tmp))?;
-        }
-        std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))
-    })();
-    if written.is_err() {
-        // On a full filesystem every sync would otherwise leave one behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    if durable && let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    let io_of = |e: crate::atomic::WriteError| StateError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    };
+    let fd = crate::atomic::open_dir(dir).map_err(io_of)?;
+    // One of this pid's is a leftover of a killed writer that had our pid:
+    // the writer creates its temporary file afresh (never an existing one).
+    let _ = nix::unistd::unlinkat(&fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    crate::atomic::write_at(&fd, dir, &name, &tmp, bytes, 0o600, durable).map_err(io_of)?;
+    if durable {
+        let _ = crate::atomic::sync_dir(fd, dir);
     }
     Ok(())
 }

@@ -22,9 +22,9 @@
 //! rename, fsync of the directory) and skipped when the contents are already
 //! there, so `sidespawn units install` can be rerun at will.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -495,36 +495,19 @@ fn write_one(path: &Path, contents: &[u8]) -> Result<Change, UnitsError> {
     // A hidden name without the unit's suffix: no manager or tmpfiles run
     // ever picks up a half-written temporary file.
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
+    let tmp = format!(
         ".{}.tmp-{}-{}",
         name.to_string_lossy(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io_err("cannot create", &tmp))?;
-        // The umask may have taken bits away from the mode asked for.
-        f.set_permissions(Permissions::from_mode(FILE_MODE))
-            .map_err(io_err("cannot chmod", &tmp))?;
-        f.write_all(contents)
-            .map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename is durable only once the directory is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot fsync directory", dir))?;
+    );
+    crate::atomic::write_file(path, &tmp, contents, FILE_MODE, true).map_err(|e| {
+        UnitsError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    })?;
     Ok(change)
 }
 
@@ -598,6 +581,7 @@ pub fn run_commands(cmds: &[Vec<String>], systemctl: &Path) -> Result<(), UnitsE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
     use crate::kind::Kind;
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
