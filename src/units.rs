@@ -89,6 +89,16 @@ pub enum UnitsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {source}")]
+    Bin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find this binary's path (pass --bin): {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("--enable works only with --root / (the running system)")]
+    EnableNeedsRunningSystem,
     #[error("cannot run `{command}`: {source}")]
     Spawn {
         command: String,
@@ -511,6 +521,52 @@ fn write_one(path: &Path, contents: &[u8]) -> Result<Change, UnitsError> {
     Ok(change)
 }
 
+/// `sidespawn units generate|install`: writes the units for `cfg`, running
+/// `bin` (default: the running binary), under `root` (only rewriting files
+/// that changed, printing each change); then, with `enable` (only for the
+/// running system, root `/`), runs the commands that make them take effect,
+/// or, for `/`, prints them.
+pub fn install(
+    cfg: &HostConfig,
+    root: &Path,
+    bin: Option<&Path>,
+    enable: bool,
+) -> Result<(), UnitsError> {
+    if !cfg.path.exists() {
+        eprintln!(
+            "sidespawn: warning: {} does not exist; the units will run `sync --config {}`, so create it before enabling them",
+            cfg.path.display(),
+            cfg.path.display()
+        );
+    }
+    let running_system = root == Path::new("/");
+    if enable && !running_system {
+        return Err(UnitsError::EnableNeedsRunningSystem);
+    }
+    let bin = match bin {
+        Some(b) => std::path::absolute(b).map_err(|source| UnitsError::Bin {
+            path: b.to_owned(),
+            source,
+        })?,
+        None => std::env::current_exe().map_err(UnitsError::CurrentExe)?,
+    };
+    let files = generate(cfg, &bin)?;
+    for (path, change) in write(&files, root)? {
+        println!("{change:?}: {}", path.display());
+    }
+    let mut cmds = vec![tmpfiles_command()];
+    cmds.extend(enable_commands(cfg));
+    if enable {
+        run_commands(&cmds, Path::new("systemctl"))?;
+    } else if running_system {
+        println!("to activate them, run:");
+        for c in &cmds {
+            println!("  {}", display_command(c));
+        }
+    }
+    Ok(())
+}
+
 /// The commands that make the installed units take effect: reload the
 /// manager, then enable and start the path unit of every enabled kind and
 /// the backstop timer. argv vectors; `argv[0]` is `systemctl`.
@@ -581,9 +637,9 @@ pub fn run_commands(cmds: &[Vec<String>], systemctl: &Path) -> Result<(), UnitsE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::Permissions;
     use crate::kind::Kind;
     use std::ffi::OsStr;
+    use std::fs::Permissions;
     use std::os::unix::ffi::OsStrExt;
 
     fn values() -> Values<'static> {

@@ -199,53 +199,15 @@ enum UnitsCommand {
     },
 }
 
-fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), String> {
-    use sidespawn::units;
-    let bin_of = |bin: Option<PathBuf>| -> Result<PathBuf, String> {
-        match bin {
-            Some(b) => std::path::absolute(&b).map_err(|e| format!("{}: {e}", b.display())),
-            None => std::env::current_exe()
-                .map_err(|e| format!("cannot find this binary's path (pass --bin): {e}")),
+fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::units::UnitsError> {
+    match cmd {
+        UnitsCommand::Generate { out, bin } => {
+            sidespawn::units::install(cfg, &out, bin.as_deref(), false)
         }
-    };
-    if !cfg.path.exists() {
-        eprintln!(
-            "sidespawn: warning: {} does not exist; the units will run `sync --config {}`, so create it before enabling them",
-            cfg.path.display(),
-            cfg.path.display()
-        );
-    }
-    let (files, root, enable) = match cmd {
-        UnitsCommand::Generate { out, bin } => (
-            units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
-            out,
-            false,
-        ),
         UnitsCommand::Install { root, enable, bin } => {
-            if enable && root != std::path::Path::new("/") {
-                return Err("--enable works only with --root / (the running system)".into());
-            }
-            (
-                units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
-                root,
-                enable,
-            )
-        }
-    };
-    for (path, change) in units::write(&files, &root).map_err(|e| e.to_string())? {
-        println!("{change:?}: {}", path.display());
-    }
-    let mut cmds = vec![units::tmpfiles_command()];
-    cmds.extend(units::enable_commands(cfg));
-    if enable {
-        units::run_commands(&cmds, std::path::Path::new("systemctl")).map_err(|e| e.to_string())?;
-    } else if root == std::path::Path::new("/") {
-        println!("to activate them, run:");
-        for c in &cmds {
-            println!("  {}", units::display_command(c));
+            sidespawn::units::install(cfg, &root, bin.as_deref(), enable)
         }
     }
-    Ok(())
 }
 
 fn upgrade(
