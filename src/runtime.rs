@@ -5,14 +5,20 @@
 //! removed from the environment (so podman moves conmon out of the calling
 //! service's cgroup and sidecars outlive the oneshot sync), stderr captured
 //! into the error and the argv logged at debug level. [`FakeRuntime`] records
-//! calls for unit tests.
+//! calls for unit tests. A call is also a value ([`Call`]): [`call_args`]
+//! turns it into podman's argv for both execution and `describe`, and
+//! [`perform`] dispatches it, so a dry run prints what runs.
+//! [`SidecarLabels`] is the one typed view of the labels sidespawn puts on
+//! a sidecar.
 //!
 //! Invariants: nothing from a request ever lands before the image in
 //! `podman run` (values are attached with `=`, the image follows `--`);
-//! every podman process runs in its own process group, which a timeout
-//! kills before the process is reaped, so no call outlives its limit and no
-//! unrelated process can be hit; `describe` prints exactly the argv that
-//! would run.
+//! every podman process is made by one builder that removes the scrubbed
+//! variables; every podman call but `logs` runs in its own process group,
+//! which a timeout kills before the process is reaped, so no call outlives
+//! its limit and no unrelated process can be hit (`logs` streams for as
+//! long as the operator wants and stays in the terminal's group, so that
+//! Ctrl-C reaches it); `describe` prints exactly the argv that would run.
 
 use std::collections::BTreeMap;
 use std::io::Read;

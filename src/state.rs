@@ -1,7 +1,8 @@
 //! Host-private state under the state directory (root-only, never shared
 //! with a container): the generation counter and the last result of each
-//! kind's sync. Written atomically (temporary file, fsync, rename) so a sync
-//! killed at any point leaves either the old or the new value.
+//! kind's sync, and the per-kind sync locks. Written atomically through
+//! [`crate::atomic`] (temporary file, fsync, rename) so a sync killed at any
+//! point leaves either the old or the new value.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -2,16 +2,17 @@
 //! repeat until nothing is pending.
 //!
 //! A pass reads top to bottom, per kind: **claim** (under the queue lock,
-//! into the host-private journal; [`claim_kind`]) → one `podman ps` for all
-//! kinds → **fold** the journal into per-sidecar decisions and **plan** the
-//! complete set of jobs, restarts of dead sidecars and limits included
-//! ([`plan_kind`]) → **execute** the jobs with bounded parallelism, each
-//! **acknowledged** as soon as it ends ([`execute`]) → **persist** the
-//! outcomes in the desired table and clear the journal ([`persist`]). Every
-//! step maps a planned [`Step`] to an engine call through [`Step::call`],
-//! and so does the dry run, so the two cannot diverge. A kind that fails
-//! takes the one [`Syncer::kind_failed`] path with a [`KindError`] that
-//! names what failed; the other kinds go on.
+//! into the host-private journal; `claim_kind`) → one `podman ps` for all
+//! kinds → **fold** the journal into per-sidecar decisions (`fold`) and
+//! **plan** the complete set of jobs, restarts of dead sidecars and limits
+//! included (`Syncer::plan_kind`) → record the intents (stops leave the
+//! desired table before they run; `record_intents`) → **execute** the
+//! jobs with bounded parallelism, each **acknowledged** as soon as it ends
+//! (`execute`) → **persist** the outcomes in the desired table and clear
+//! the journal (`persist`). Every step maps a planned [`Step`] to an
+//! engine call through [`Step::call`], and so does the dry run, so the two
+//! cannot diverge. A kind that fails takes the one `Syncer::kind_failed`
+//! path with a [`KindError`] that names what failed; the other kinds go on.
 //!
 //! Invariants: the journal is cleared only after every request in it was
 //! acknowledged, and planning compares with what podman reports, so a sync
