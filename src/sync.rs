@@ -90,19 +90,10 @@ impl Eq for Summary {}
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}, restarts {}",
-            self.claimed,
-            self.started,
-            self.replaced,
-            self.unchanged,
-            self.signalled,
-            self.removed,
-            self.failed,
-            self.rejected,
-            self.restarts
-        )?;
+        write!(f, "sync:")?;
+        for (i, (name, n)) in Summary::COUNTS.iter().zip(self.counts()).enumerate() {
+            write!(f, "{} {name} {n}", if i == 0 { "" } else { "," })?;
+        }
         if !self.errors.is_empty() {
             write!(f, "; could not sync {} kind(s)", self.errors.len())?;
         }
@@ -111,6 +102,20 @@ impl std::fmt::Display for Summary {
 }
 
 impl Summary {
+    /// The counts' names, in the order of [`Summary::counts`] and of the
+    /// summary line.
+    const COUNTS: [&str; 9] = [
+        "claimed",
+        "started",
+        "replaced",
+        "unchanged",
+        "signalled",
+        "removed",
+        "failed",
+        "rejected",
+        "restarts",
+    ];
+
     /// Only what a kind's claim did, before anything was planned.
     fn claimed(claimed: usize, rejected: usize) -> Summary {
         Summary {
@@ -121,29 +126,44 @@ impl Summary {
     }
 
     fn counts(&self) -> [usize; 9] {
+        let Summary {
+            claimed,
+            started,
+            replaced,
+            unchanged,
+            signalled,
+            removed,
+            failed,
+            rejected,
+            restarts,
+            errors: _,
+            dry_run: _,
+        } = *self;
         [
-            self.claimed,
-            self.started,
-            self.replaced,
-            self.unchanged,
-            self.signalled,
-            self.removed,
-            self.failed,
-            self.rejected,
-            self.restarts,
+            claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
         ]
     }
 
     fn add(&mut self, o: &Summary) {
-        self.claimed += o.claimed;
-        self.started += o.started;
-        self.replaced += o.replaced;
-        self.unchanged += o.unchanged;
-        self.signalled += o.signalled;
-        self.removed += o.removed;
-        self.failed += o.failed;
-        self.rejected += o.rejected;
-        self.restarts += o.restarts;
+        let Summary {
+            claimed,
+            started,
+            replaced,
+            unchanged,
+            signalled,
+            removed,
+            failed,
+            rejected,
+            restarts,
+            errors: _,
+            dry_run: _,
+        } = self;
+        let mine = [
+            claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
+        ];
+        for (n, more) in mine.into_iter().zip(o.counts()) {
+            *n += more;
+        }
     }
 }
 
@@ -1149,4 +1169,42 @@ pub fn containers(
     runtime: &dyn Runtime,
 ) -> Result<Vec<ContainerInfo>, RuntimeError> {
     runtime.list(&cfg.instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_names_every_count_in_order_and_adds_up() {
+        let mut s = Summary {
+            claimed: 9,
+            rejected: 2,
+            ..Summary::default()
+        };
+        s.add(&Summary {
+            claimed: 1,
+            started: 2,
+            replaced: 3,
+            unchanged: 4,
+            signalled: 5,
+            removed: 6,
+            failed: 7,
+            rejected: 8,
+            restarts: 9,
+            ..Summary::default()
+        });
+        assert_eq!(
+            s.to_string(),
+            "sync: claimed 10, started 2, replaced 3, unchanged 4, signalled 5, removed 6, failed 7, rejected 10, restarts 9"
+        );
+        s.errors.push((
+            Kind::Dnsmasq,
+            KindError::Generation(StateError::Corrupt {
+                path: "/x".into(),
+                message: "bad".into(),
+            }),
+        ));
+        assert!(s.to_string().ends_with("; could not sync 1 kind(s)"), "{s}");
+    }
 }
