@@ -174,23 +174,36 @@ pub enum KindError {
     /// The kind has no usable profile (its message names the file and fix).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The queue, journal or reject log could not be opened, claimed or read.
-    #[error("{0}")]
+    /// The queue, journal or reject log could not be opened, claimed or
+    /// read (its message names the path and what is wrong with it).
+    #[error("cannot claim its requests: {0}")]
     Claim(#[from] ClaimError),
     /// The generation counter under the state directory could not be read
     /// or stored.
-    #[error("{0}")]
+    #[error("cannot read or store its generation counter: {0}{fix}", fix = state_fix(.0))]
     Generation(#[source] StateError),
     /// The desired table could not be read, or its stops recorded before
     /// they run.
-    #[error("{0}")]
+    #[error("cannot read or update its desired sidecars: {0}{fix}", fix = state_fix(.0))]
     Desired(#[source] StateError),
     /// The jobs ran and were acknowledged, but the desired table could not
     /// be written: the journal is kept, and the next sync replays it.
     #[error(
-        "cannot record the desired sidecars after running the jobs (the journal is kept; the next sync replays it): {0}"
+        "cannot record the desired sidecars after running the jobs (the journal is kept; the next sync replays it): {0}{fix}",
+        fix = state_fix(.0)
     )]
     Record(#[source] StateError),
+}
+
+/// The fix for a state error whose own message names none: a failed read
+/// or write says only what the system call said.
+fn state_fix(e: &StateError) -> &'static str {
+    match e {
+        StateError::Io { .. } => {
+            "; the state directory must be root's and writable, with free space and inodes (`sidespawn status` checks it), then sync again"
+        }
+        _ => "",
+    }
 }
 
 impl KindError {
