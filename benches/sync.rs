@@ -80,7 +80,7 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use sidespawn::config::HostConfig;
 use sidespawn::kind::Kind;
-use sidespawn::plan::FakeNamespaces;
+use sidespawn::netns::FakeNamespaces;
 use sidespawn::queue::QueueDir;
 use sidespawn::runtime::{Call, FakeRuntime, Podman, Runtime};
 use sidespawn::sync::{self, Summary, SyncOptions};

@@ -567,29 +567,8 @@ impl SharedDir {
         let (acks, dir) = self.open_acks()?;
         let name = format!("{}.json", ack.id);
         let tmp = format!(".tmp-{}-{}", ack.id, crate::record::new_id(0));
-        let tmp_path = dir.join(&tmp);
-        let fd = openat(
-            &acks,
-            tmp.as_str(),
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(|e| io_err("cannot create", &tmp_path, e))?;
-        let written = fchmod(&fd, Mode::from_bits_truncate(0o644))
-            .map_err(|e| io_err("cannot chmod", &tmp_path, e))
-            .and_then(|()| {
-                File::from(fd)
-                    .write_all(&json)
-                    .map_err(|e| io_err("cannot write", &tmp_path, e))
-            })
-            .and_then(|()| {
-                renameat(&acks, tmp.as_str(), &acks, name.as_str())
-                    .map_err(|e| io_err("cannot rename into place", &dir.join(&name), e))
-            });
-        if written.is_err() {
-            let _ = unlinkat(&acks, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
-        written
+        crate::atomic::write_at(&acks, &dir, &name, &tmp, &json, 0o644, false)
+            .map_err(|e| io_err(e.op, &e.path, e.source))
     }
 
     /// Removes acknowledgements (and anything else that is not a directory:

@@ -568,13 +568,16 @@ impl HostConfig {
             path: path.to_owned(),
             queue_root: f
                 .queue_root
-                .unwrap_or_else(|| crate::wrapper_config::DEFAULT_QUEUE_ROOT.into()),
+                .unwrap_or_else(|| crate::defaults::QUEUE_ROOT.into()),
             state_dir,
             netns_dir: f
                 .netns_dir
-                .unwrap_or_else(|| crate::wrapper_config::DEFAULT_NETNS_DIR.into()),
+                .unwrap_or_else(|| crate::defaults::NETNS_DIR.into()),
             podman: f.podman.unwrap_or_else(|| "podman".into()),
-            lock_timeout: Duration::from_millis(f.lock_timeout_ms.unwrap_or(10_000)),
+            lock_timeout: Duration::from_millis(
+                f.lock_timeout_ms
+                    .unwrap_or(crate::defaults::LOCK_TIMEOUT_MS),
+            ),
             podman_timeout: Duration::from_millis(f.podman_timeout_ms.unwrap_or(60_000)),
             parallelism,
             max_queue_bytes: f.max_queue_bytes.unwrap_or(64 * 1024 * 1024),

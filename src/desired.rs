@@ -26,10 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Profile;
 use crate::kind::Kind;
+use crate::netns::Namespaces;
 use crate::netns::NetnsError;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Step, fnv1a, run_spec};
+use crate::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
 use crate::record::Record;
-use crate::runtime::{ContainerInfo, State, labels};
+use crate::runtime::{ContainerInfo, SidecarLabels, State, labels};
 use crate::state::{StateDir, StateError, read_json, write_atomic};
 
 /// Format version of an entry file.
@@ -686,10 +687,10 @@ pub fn argv_needed(table: &DesiredTable, kind: Kind, seen: &Observed) -> Vec<Str
         .iter()
         .filter(|(k, _)| table.lazy.contains(*k) && !seen.busy.contains(*k))
         .filter(|(_, d)| {
-            let c = seen.actual.iter().find(|c| {
-                c.name == d.container
-                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            });
+            let c = seen
+                .actual
+                .iter()
+                .find(|c| c.name == d.container && SidecarLabels::of(c).is_kind(kind));
             is_dead(c) || seen.unhealthy.contains(&d.container)
         })
         .map(|(k, _)| k.clone())
@@ -716,12 +717,8 @@ pub fn recover(
     let mut rebuilt: HashSet<String> = HashSet::new();
     let mut problems = Vec::new();
     for c in actual {
-        let ours = c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            && profile
-                .labels
-                .iter()
-                .all(|(k, v)| c.labels.get(k) == Some(v));
-        let Some(key) = c.labels.get(labels::KEY).filter(|_| ours) else {
+        let l = SidecarLabels::of(c);
+        let Some(key) = l.key().filter(|_| l.is_profiles(kind, &profile.labels)) else {
             continue;
         };
         let s = stem(key);
@@ -732,7 +729,7 @@ pub fn recover(
             Ok(d) => {
                 tracing::warn!(kind = %kind, "rebuilt the desired entry {key} from container {}", c.name);
                 table.lazy.remove(key);
-                table.sidecars.insert(key.clone(), d);
+                table.sidecars.insert(key.to_owned(), d);
                 rebuilt.insert(s);
             }
             Err(e) => {
@@ -787,7 +784,7 @@ fn rebuild(
     {
         return Err("its name does not follow from its labels".to_owned());
     }
-    let cmd = runtime.command(&c.name).map_err(|e| e.to_string())?;
+    let cmd = runtime.inspect(&c.name).map_err(|e| e.to_string())?.command;
     let rest = profile.command.get(1..).unwrap_or_default();
     let daemon = cmd
         .strip_prefix(rest)
@@ -908,10 +905,9 @@ pub fn plan_restarts(
         if busy.contains(key) {
             continue;
         }
-        let c = actual.iter().find(|c| {
-            c.name == d.container
-                && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-        });
+        let c = actual
+            .iter()
+            .find(|c| c.name == d.container && SidecarLabels::of(c).is_kind(kind));
         if !is_dead(c) && !unhealthy.contains(&d.container) {
             continue;
         }
@@ -1152,6 +1148,23 @@ pub fn clamp_future(table: &mut DesiredTable, now_ms: u64) -> bool {
     changed
 }
 
+/// Brings the table up to date after the plan ran: first the restart
+/// decisions (forgotten and blocked sidecars), then each job's outcome. The
+/// one call the sync makes once its jobs have finished.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_outcomes(
+    table: &mut DesiredTable,
+    kind: Kind,
+    plan: &Plan,
+    restarts: &RestartPlan,
+    outcomes: &[JobOutcome],
+    actual: &[ContainerInfo],
+    now_ms: u64,
+) {
+    apply_restart_decisions(table, kind, restarts);
+    apply(table, plan, outcomes, actual, now_ms);
+}
+
 /// Remembers why sidecars are not restarted, and forgets those whose
 /// namespace is gone.
 pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &RestartPlan) {
@@ -1169,7 +1182,8 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 mod tests {
     use super::*;
     use crate::config::RestartPolicy;
-    use crate::plan::{FakeNamespaces, key_of};
+    use crate::netns::FakeNamespaces;
+    use crate::plan::key_of;
     use crate::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
     use std::time::Duration;
 

@@ -4,9 +4,12 @@
 //! `ack_max_age_s`. A desired sidecar that died is left alone: it is the
 //! restart policy's to start again, and `status` shows it.
 //!
-//! Deciding is pure ([`decide`]); [`run`] lists, decides, removes and keeps
-//! the desired table consistent. The caller holds the kinds' sync locks
-//! (`sync --full` already does; the `gc` command takes them).
+//! Deciding is pure ([`decide`]); [`collect`] lists, decides, removes and
+//! keeps the desired table consistent, with the kinds' sync locks held by
+//! its caller: the backstop's `sync --full` calls it under the locks it
+//! already holds. [`run`], the `gc` command, is the layer above: it takes
+//! the locks, collects and prints. So the sync depends on the collection,
+//! never on the command.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,8 +21,8 @@ use crate::claim::{Limits, SharedDir};
 use crate::config::HostConfig;
 use crate::desired::DesiredTable;
 use crate::kind::Kind;
-use crate::plan::Namespaces;
-use crate::runtime::{ContainerInfo, Runtime, RuntimeError, State, labels};
+use crate::netns::Namespaces;
+use crate::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels, State, labels};
 use crate::state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ pub enum GcError {
     List(#[source] RuntimeError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("{0} container(s) could not be removed")]
+    NotRemoved(usize),
 }
 
 /// One container to remove, and why.
@@ -53,16 +58,15 @@ pub fn decide(
     namespaces: &dyn Namespaces,
 ) -> Vec<Removal> {
     let mut out = Vec::new();
-    for c in actual.iter().filter(|c| {
-        c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
-            && scope.iter().all(|(k, v)| c.labels.get(k) == Some(v))
-    }) {
-        let key = c.labels.get(labels::KEY);
-        if let (Some(ns), Some(ino)) =
-            (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
-        {
+    for c in actual
+        .iter()
+        .filter(|c| SidecarLabels::of(c).is_profiles(kind, scope))
+    {
+        let l = SidecarLabels::of(c);
+        let key = l.key();
+        if let (Some(ns), Some(ino)) = (l.netns(), l.netns_ino()) {
             let now = namespaces.inode(ns);
-            if now.map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+            if now.map(|i| i.to_string()).as_deref() != Some(ino) {
                 let reason = match now {
                     None => format!("namespace {ns} is gone"),
                     Some(i) => format!("namespace {ns} was recreated (inode {ino}, now {i})"),
@@ -74,7 +78,7 @@ pub fn decide(
                             .get(*k)
                             .is_some_and(|d| d.container == c.name)
                     })
-                    .cloned();
+                    .map(str::to_owned);
                 out.push(Removal {
                     kind,
                     container: c.name.clone(),
@@ -111,11 +115,11 @@ pub fn decide(
 /// label and every label of its kind's profile `labels` (a kind not
 /// configured here: not ours).
 pub fn in_scope(cfg: &HostConfig, c: &ContainerInfo) -> bool {
-    c.labels.get(labels::INSTANCE) == Some(&cfg.instance)
-        && c.labels
-            .get(labels::KIND)
+    let l = SidecarLabels::of(c);
+    l.instance() == Some(cfg.instance.as_str())
+        && l.kind()
             .and_then(|k| cfg.kinds.values().find(|p| p.kind.as_str() == k))
-            .is_some_and(|p| p.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+            .is_some_and(|p| l.has_all(&p.labels))
 }
 
 /// What one gc did (or, dry, would do).
@@ -146,11 +150,43 @@ fn count_old_acks(queue_root: &Path, kind: Kind, max_age: Duration) -> usize {
         .count()
 }
 
-/// Collects garbage for `kinds`. The caller holds their sync locks unless
+/// `sidespawn gc`: collects garbage for `kinds` (empty: every enabled
+/// kind) under their sync locks (none for a dry run, which changes
+/// nothing), prints what it removed, and fails when a removal failed.
+pub fn run(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    namespaces: &dyn Namespaces,
+    kinds: &[Kind],
+    dry_run: bool,
+) -> Result<GcReport, GcError> {
+    let kinds = if kinds.is_empty() {
+        cfg.enabled_kinds()
+    } else {
+        kinds.to_vec()
+    };
+    // The same locks as a sync of these kinds: gc edits their desired
+    // tables and must not remove a container a sync is about to reuse.
+    let _locks = if dry_run {
+        Vec::new()
+    } else {
+        StateDir::new(&cfg.state_dir).sync_locks(&kinds, crate::state::SYNC_LOCK_TIMEOUT)?
+    };
+    let report = collect(cfg, runtime, namespaces, &kinds, dry_run, None)?;
+    print(&report, dry_run, cfg.ack_max_age);
+    if report.failed.is_empty() {
+        Ok(report)
+    } else {
+        Err(GcError::NotRemoved(report.failed.len()))
+    }
+}
+
+/// Collects garbage for `kinds`: the step both `gc` ([`run`]) and the
+/// backstop's `sync --full` call. The caller holds their sync locks unless
 /// `dry_run`. `listed` is a container list the caller took under those
 /// locks with nothing started or removed since; without one, podman is
 /// asked.
-pub fn run(
+pub fn collect(
     cfg: &HostConfig,
     runtime: &dyn Runtime,
     namespaces: &dyn Namespaces,
@@ -253,7 +289,7 @@ pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::FakeNamespaces;
+    use crate::netns::FakeNamespaces;
     use crate::runtime::FakeRuntime;
 
     fn c(name: &str, state: State, ns: &str, ino: &str) -> ContainerInfo {
@@ -349,16 +385,16 @@ mod tests {
             ours(c("keep", State::Running, "qdhcp-a", "7")),
             theirs,
         ]);
-        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], true, None).unwrap();
+        let rep = collect(&cfg, &fake, &ns, &[Kind::Dnsmasq], true, None).unwrap();
         assert_eq!(rep.removed.len(), 1);
         assert_eq!(fake.containers().len(), 3);
-        let rep = run(&cfg, &fake, &ns, &[Kind::Dnsmasq], false, None).unwrap();
+        let rep = collect(&cfg, &fake, &ns, &[Kind::Dnsmasq], false, None).unwrap();
         assert_eq!(rep.removed.len(), 1);
         assert_eq!(rep.removed[0].container, "stray");
         let left: Vec<String> = fake.containers().into_iter().map(|c| c.name).collect();
         assert_eq!(left, ["keep", "their-stray"]);
         // Even handed a list with it in, gc leaves the other instance's container.
-        let rep = run(
+        let rep = collect(
             &cfg,
             &fake,
             &ns,

@@ -5,8 +5,6 @@
 //! pass would slow exactly the bursts that must stay fast.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::Profile;
 use crate::runtime::Runtime;
@@ -22,20 +20,12 @@ pub fn failures(
     let Some(cmd) = &profile.health_cmd else {
         return BTreeMap::new();
     };
-    let next = AtomicUsize::new(0);
-    let out = Mutex::new(BTreeMap::new());
-    std::thread::scope(|s| {
-        for _ in 0..parallelism.clamp(1, names.len().max(1)) {
-            s.spawn(|| {
-                while let Some(name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if let Err(e) = runtime.exec_check(name, cmd, profile.health_timeout) {
-                        out.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name.clone(), format!("health check failed: {e}"));
-                    }
-                }
-            });
-        }
+    let checks = crate::parallel::map(names, parallelism, |_, name| {
+        runtime.exec_check(name, cmd, profile.health_timeout)
     });
-    out.into_inner().unwrap_or_else(|p| p.into_inner())
+    names
+        .iter()
+        .zip(checks)
+        .filter_map(|(name, r)| Some((name.clone(), format!("health check failed: {}", r.err()?))))
+        .collect()
 }

@@ -7,21 +7,26 @@
 //! and reconciles sidecar containers with them.
 
 pub mod ack;
+pub mod atomic;
 pub mod claim;
 pub mod config;
+pub mod defaults;
 pub mod desired;
 pub mod gc;
 pub mod health;
+pub mod images;
 pub mod kind;
 pub mod limit;
 pub mod lock;
 pub mod logs;
 pub mod netns;
+pub mod parallel;
 pub mod plan;
 pub mod queue;
 pub mod record;
 pub mod runtime;
 pub mod sdnotify;
+pub mod shell;
 pub mod state;
 pub mod status;
 pub mod sync;

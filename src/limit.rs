@@ -17,7 +17,7 @@ use crate::ack::Outcome;
 use crate::config::{HostConfig, Profile};
 use crate::desired::DesiredTable;
 use crate::plan::{Answer, JobKind, Plan};
-use crate::runtime::{ContainerInfo, State, labels};
+use crate::runtime::{ContainerInfo, SidecarLabels, State};
 
 /// The sidecars of `profile`'s kind this configuration has: the desired
 /// ones and the running containers carrying its labels, by key.
@@ -32,14 +32,9 @@ pub fn sidecar_keys(
         actual
             .iter()
             .filter(|c| c.state == State::Running)
-            .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind))
-            .filter(|c| {
-                profile
-                    .labels
-                    .iter()
-                    .all(|(k, v)| c.labels.get(k) == Some(v))
-            })
-            .filter_map(|c| c.labels.get(labels::KEY).cloned()),
+            .map(SidecarLabels::of)
+            .filter(|l| l.kind() == Some(kind) && l.has_all(&profile.labels))
+            .filter_map(|l| l.key().map(str::to_owned)),
     );
     keys
 }
@@ -108,6 +103,7 @@ mod tests {
     use super::*;
     use crate::kind::Kind;
     use crate::plan::Job;
+    use crate::runtime::labels;
     use std::path::PathBuf;
 
     fn job(key: &str, what: JobKind) -> Job {

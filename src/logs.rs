@@ -6,7 +6,8 @@
 //! Only our containers are candidates; an argument matching several (a
 //! namespace with a dnsmasq per segment) is an error that lists them.
 
-use crate::runtime::{ContainerInfo, labels};
+use crate::config::HostConfig;
+use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, SidecarLabels, call_args};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogsError {
@@ -17,6 +18,10 @@ pub enum LogsError {
         arg: String,
         candidates: Vec<String>,
     },
+    #[error("cannot list containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error(transparent)]
+    Podman(RuntimeError),
 }
 
 /// The container name `arg` stands for: an exact container name wins, else
@@ -25,10 +30,12 @@ pub fn resolve(arg: &str, containers: &[ContainerInfo]) -> Result<String, LogsEr
     if containers.iter().any(|c| c.name == arg) {
         return Ok(arg.to_owned());
     }
-    for label in [labels::TAG, labels::NETNS] {
+    let by_tag = |c: &ContainerInfo| SidecarLabels::of(c).tag() == Some(arg);
+    let by_netns = |c: &ContainerInfo| SidecarLabels::of(c).netns() == Some(arg);
+    for matches in [&by_tag as &dyn Fn(&ContainerInfo) -> bool, &by_netns] {
         let mut hits: Vec<String> = containers
             .iter()
-            .filter(|c| c.labels.get(label).map(String::as_str) == Some(arg))
+            .filter(|c| matches(c))
             .map(|c| c.name.clone())
             .collect();
         hits.sort();
@@ -49,20 +56,30 @@ pub fn resolve(arg: &str, containers: &[ContainerInfo]) -> Result<String, LogsEr
 
 /// The argv after the podman program for `podman logs`.
 pub fn podman_args(name: &str, follow: bool) -> Vec<String> {
-    let mut a = vec!["logs".to_owned()];
-    if follow {
-        a.push("--follow".to_owned());
-    }
-    // `--` so a name can never be read as an option.
-    a.push("--".to_owned());
-    a.push(name.to_owned());
-    a
+    call_args(&Call::Logs {
+        name: name.to_owned(),
+        follow,
+    })
+}
+
+/// `sidespawn logs`: finds the sidecar `target` stands for among this
+/// configuration's and streams its logs through the runtime. Returns
+/// podman's exit status, which is the command's.
+pub fn run(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    target: &str,
+    follow: bool,
+) -> Result<std::process::ExitStatus, LogsError> {
+    let containers = runtime.list(&cfg.instance).map_err(LogsError::List)?;
+    let name = resolve(target, &containers)?;
+    runtime.logs(&name, follow).map_err(LogsError::Podman)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{FakeRuntime, State};
+    use crate::runtime::{FakeRuntime, State, labels};
 
     fn cs() -> Vec<ContainerInfo> {
         vec![

@@ -13,83 +13,14 @@
 //! has run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ack::Outcome;
 use crate::config::Profile;
 use crate::kind::Kind;
-use crate::netns::NetnsError;
+use crate::netns::Namespaces;
 use crate::record::{Action, NetnsRef, Record, Signal};
-use crate::runtime::{ContainerInfo, RunSpec, State, labels};
-
-/// The namespaces as the planner and executor see them.
-pub trait Namespaces: Sync {
-    /// The directory that holds named namespaces (for podman's `--network`).
-    fn dir(&self) -> PathBuf;
-    /// Checks a recorded namespace still exists with its inode.
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError>;
-    /// The inode of a namespace name now, if it is one.
-    fn inode(&self, name: &str) -> Option<u64>;
-}
-
-/// The real namespaces under a netns directory.
-pub struct HostNamespaces(pub PathBuf);
-
-/// Namespaces from a table of name → inode, for unit tests and benchmarks
-/// (the counterpart of `runtime::FakeRuntime`): `verify` answers as the
-/// real check would, missing or replaced, from the table.
-#[derive(Debug, Default)]
-pub struct FakeNamespaces(std::sync::Mutex<HashMap<String, u64>>);
-
-impl FakeNamespaces {
-    pub fn new(entries: impl IntoIterator<Item = (String, u64)>) -> FakeNamespaces {
-        FakeNamespaces(std::sync::Mutex::new(entries.into_iter().collect()))
-    }
-
-    /// Forgets every namespace, as if all were deleted.
-    pub fn clear(&self) {
-        self.table().clear();
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Namespaces for FakeNamespaces {
-    fn dir(&self) -> PathBuf {
-        "/run/netns".into()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        match self.table().get(&ns.name) {
-            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-            Some(&found) => Err(NetnsError::InodeMismatch {
-                name: ns.name.clone(),
-                expected: ns.ino,
-                found,
-            }),
-            None => Err(NetnsError::Missing {
-                name: ns.name.clone(),
-                dir: self.dir(),
-            }),
-        }
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        self.table().get(name).copied()
-    }
-}
-
-impl Namespaces for HostNamespaces {
-    fn dir(&self) -> PathBuf {
-        self.0.clone()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        crate::netns::verify(&self.0, ns)
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        crate::netns::current_inode(&self.0, name)
-    }
-}
+use crate::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
 
 /// One podman-level step of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +37,25 @@ pub enum Step {
         spec: RunSpec,
         netns: Option<NetnsRef>,
     },
+}
+
+impl Step {
+    /// The engine call that carries out this step. Execution and the dry
+    /// run both go through it, so a dry run prints exactly what a real run
+    /// executes: a stop with a signal other than KILL waits the profile's
+    /// `stop_timeout` (the caller passes it in) before podman kills.
+    pub fn call(&self, stop_timeout: Duration) -> Call {
+        match self {
+            Step::Remove { name } => Call::Remove(name.clone()),
+            Step::Signal { name, signal } => Call::Kill(name.clone(), *signal),
+            Step::Stop {
+                name,
+                signal: Signal::Kill,
+            } => Call::Kill(name.clone(), Signal::Kill),
+            Step::Stop { name, .. } => Call::Stop(name.clone(), stop_timeout),
+            Step::Run { spec, .. } => Call::Run(spec.clone()),
+        }
+    }
 }
 
 /// What a job does, for the summary.
@@ -407,7 +357,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|c| {
                 crate::runtime::is_managed(c, &profile.instance)
-                    && c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str())
+                    && SidecarLabels::of(c).is_kind(kind)
             })
             .collect();
         let mut by_pid = HashMap::new();
@@ -483,11 +433,11 @@ impl<'a> Planner<'a> {
                 let target = self
                     .by_pid
                     .get(&pid)
-                    .and_then(|c| c.labels.get(labels::KEY).map(|k| (k, *c)));
+                    .and_then(|c| SidecarLabels::of(c).key().map(|k| (k, *c)));
                 match target {
                     Some((key, c)) => self
                         .folds
-                        .entry(key.clone())
+                        .entry(key.to_owned())
                         .or_default()
                         .signals
                         .push(SignalRequest {
@@ -648,8 +598,8 @@ impl<'a> Planner<'a> {
                 Some(c)
                     if !gone
                         && c.state == State::Running
-                        && c.labels.get(labels::ARGV_HASH) == Some(&want_hash)
-                        && c.labels.get(labels::NETNS_INO).map(String::as_str)
+                        && SidecarLabels::of(c).argv_hash() == Some(want_hash.as_str())
+                        && SidecarLabels::of(c).netns_ino()
                             == rec.netns.as_ref().map(|n| n.ino.to_string()).as_deref() =>
                 {
                     out.unchanged += 1;
@@ -721,14 +671,13 @@ impl<'a> Planner<'a> {
                 if busy.contains(&c.name) {
                     continue;
                 }
-                let (Some(ns), Some(ino)) =
-                    (c.labels.get(labels::NETNS), c.labels.get(labels::NETNS_INO))
-                else {
+                let l = SidecarLabels::of(c);
+                let (Some(ns), Some(ino)) = (l.netns(), l.netns_ino()) else {
                     continue;
                 };
-                if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino.as_str()) {
+                if namespaces.inode(ns).map(|i| i.to_string()).as_deref() != Some(ino) {
                     out.jobs.push(Job {
-                        key: c.labels.get(labels::KEY).cloned().unwrap_or_default(),
+                        key: l.key().unwrap_or_default().to_owned(),
                         container: c.name.clone(),
                         what: JobKind::Orphan,
                         steps: vec![Step::Remove {
@@ -747,6 +696,7 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::FakeNamespaces;
     use crate::record::{VERSION, now_ms};
     use std::path::Path;
 

@@ -5,16 +5,21 @@
 //! removed from the environment (so podman moves conmon out of the calling
 //! service's cgroup and sidecars outlive the oneshot sync), stderr captured
 //! into the error and the argv logged at debug level. [`FakeRuntime`] records
-//! calls for unit tests.
+//! calls for unit tests. A call is also a value ([`Call`]): [`call_args`]
+//! turns it into podman's argv for both execution and `describe`, and
+//! [`perform`] dispatches it, so a dry run prints what runs.
+//! [`SidecarLabels`] is the one typed view of the labels sidespawn puts on
+//! a sidecar.
 //!
 //! Invariants: nothing from a request ever lands before the image in
 //! `podman run` (values are attached with `=`, the image follows `--`);
-//! every podman process runs in its own process group, which a timeout
-//! kills before the process is reaped, so no call outlives its limit and no
-//! unrelated process can be hit; `describe` prints exactly the argv that
-//! would run.
+//! every podman process is made by one builder that removes the scrubbed
+//! variables; every podman call but `logs` runs in its own process group,
+//! which a timeout kills before the process is reaped, so no call outlives
+//! its limit and no unrelated process can be hit (`logs` streams for as
+//! long as the operator wants and stays in the terminal's group, so that
+//! Ctrl-C reaches it); `describe` prints exactly the argv that would run.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -29,6 +34,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
+use crate::kind::Kind;
 use crate::record::Signal;
 
 /// Label keys put on every sidecar.
@@ -47,6 +53,81 @@ pub mod labels {
     pub const ARGV_HASH: &str = "io.sidespawn.argv-hash";
     pub const REQUEST_ID: &str = "io.sidespawn.request-id";
     pub const GENERATION: &str = "io.sidespawn.generation";
+}
+
+/// The typed view of a sidecar's labels: every label sidespawn puts on a
+/// sidecar, read in one place instead of by key across the modules. A
+/// missing or malformed label reads as `None` (or `false`): a container
+/// whose labels say nothing is nobody's sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarLabels<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> SidecarLabels<'a> {
+    /// The labels of a listed or inspected container.
+    pub fn of(c: &'a ContainerInfo) -> SidecarLabels<'a> {
+        SidecarLabels(&c.labels)
+    }
+
+    /// The labels a sidecar is about to be started with.
+    pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
+        SidecarLabels(&spec.labels)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Carries our managed-by label.
+    pub fn is_managed(&self) -> bool {
+        self.get(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
+    }
+    pub fn instance(&self) -> Option<&'a str> {
+        self.get(labels::INSTANCE)
+    }
+    pub fn kind(&self) -> Option<&'a str> {
+        self.get(labels::KIND)
+    }
+    pub fn is_kind(&self, kind: Kind) -> bool {
+        self.kind() == Some(kind.as_str())
+    }
+    pub fn key(&self) -> Option<&'a str> {
+        self.get(labels::KEY)
+    }
+    pub fn netns(&self) -> Option<&'a str> {
+        self.get(labels::NETNS)
+    }
+    /// The namespace's inode when the sidecar started, as written (compared
+    /// as text with the inode now).
+    pub fn netns_ino(&self) -> Option<&'a str> {
+        self.get(labels::NETNS_INO)
+    }
+    pub fn tag(&self) -> Option<&'a str> {
+        self.get(labels::TAG)
+    }
+    pub fn argv_hash(&self) -> Option<&'a str> {
+        self.get(labels::ARGV_HASH)
+    }
+    pub fn request_id(&self) -> Option<&'a str> {
+        self.get(labels::REQUEST_ID)
+    }
+    pub fn generation(&self) -> Option<u64> {
+        self.get(labels::GENERATION)?.parse().ok()
+    }
+    /// The generation label as written (`"?"` when there is none), for
+    /// messages.
+    pub fn generation_text(&self) -> &'a str {
+        self.get(labels::GENERATION).unwrap_or("?")
+    }
+    /// Carries every label of `wanted` with its value (a profile's labels).
+    pub fn has_all(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.0.get(k) == Some(v))
+    }
+    /// A sidecar of `kind` under a profile with `profile_labels`: this
+    /// configuration's sidecar of that kind, as gc, limits, recovery and
+    /// the generation counter count them.
+    pub fn is_profiles(&self, kind: Kind, profile_labels: &BTreeMap<String, String>) -> bool {
+        self.is_kind(kind) && self.has_all(profile_labels)
+    }
 }
 
 /// Container state as podman reports it (lowercase in `podman ps` JSON).
@@ -126,7 +207,7 @@ impl RunSpec {
 }
 
 /// A podman call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
         "cannot run {program}: {message} (install podman or set \"podman\" in the host configuration)"
@@ -177,20 +258,27 @@ pub trait Runtime: Send + Sync {
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
     /// Removes the container, stopping it at once if it still runs.
     fn remove(&self, name: &str) -> Result<(), RuntimeError>;
-    /// One container by name, in any state, with its labels
-    /// ([`RuntimeError::NoSuchContainer`] when there is none). Only the
-    /// fields `ps` also gives are filled (`started_at` is 0).
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError>;
+    /// One container by name, in any state (`podman container inspect`,
+    /// [`RuntimeError::NoSuchContainer`] when there is none): what `ps`
+    /// gives of it (`started_at` is 0) and the arguments it runs after its
+    /// image. The one inspection: taking over a container name and
+    /// rebuilding a lost desired entry both use it.
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError>;
+    /// [`Runtime::inspect`] without the command.
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.inspect(name).map(|i| i.container)
+    }
     /// The argv a call would run, for `--dry-run`.
     fn describe(&self, call: &Call) -> String;
-    /// The arguments a container runs after its image (`podman container
-    /// inspect`'s `Config.Cmd`): the profile's command arguments, then the
-    /// daemon argv. Only to rebuild a lost desired-table entry from the
-    /// container itself. Runtimes without it say so.
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+    /// Streams a container's logs to this process's stdout and stderr
+    /// (`podman logs [--follow] -- NAME`), without a time limit: `--follow`
+    /// lasts until the operator stops it. Returns podman's exit status,
+    /// which is the `logs` command's. Runtimes without it say so.
+    fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
+        let _ = follow;
         Err(RuntimeError::Spawn {
-            program: format!("inspect {name}"),
-            message: "this runtime cannot inspect containers".to_owned(),
+            program: format!("logs of {name}"),
+            message: "this runtime cannot show logs".to_owned(),
         })
     }
     /// Runs a host-configured health command inside a running container
@@ -210,6 +298,30 @@ pub trait Runtime: Send + Sync {
     }
 }
 
+/// Carries out one call on `runtime`: the single dispatch from a [`Call`]
+/// value to the engine, so whatever is described is what runs.
+pub fn perform(runtime: &dyn Runtime, call: &Call) -> Result<(), RuntimeError> {
+    match call {
+        Call::List(instance) => runtime.list(instance).map(drop),
+        Call::Run(spec) => runtime.run(spec).map(drop),
+        Call::Kill(name, signal) => runtime.kill(name, *signal),
+        Call::Stop(name, timeout) => runtime.stop(name, *timeout),
+        Call::Remove(name) => runtime.remove(name),
+        Call::Inspect(name) => runtime.inspect(name).map(drop),
+        Call::Logs { name, follow } => runtime.logs(name, *follow).map(drop),
+    }
+}
+
+/// One container as `podman container inspect` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The fields `ps` also gives (`started_at` is 0).
+    pub container: ContainerInfo,
+    /// The arguments it runs after its image (`Config.Cmd`): the profile's
+    /// command arguments, then the daemon argv.
+    pub command: Vec<String>,
+}
+
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -220,6 +332,12 @@ pub enum Call {
     Stop(String, Duration),
     Remove(String),
     Inspect(String),
+    /// Stream a container's logs to this process's stdout (`--follow`: until
+    /// the container stops or the operator interrupts).
+    Logs {
+        name: String,
+        follow: bool,
+    },
 }
 
 /// Environment variables podman must never inherit from sidespawn.
@@ -345,18 +463,12 @@ impl Podman {
         self.timeout
     }
 
-    /// Runs `podman ARGS` and waits at most `timeout`. This is the only
-    /// place sidespawn starts podman. Errors only for what prevents a
-    /// result (spawn failure, timeout); a non-zero exit is returned as a
-    /// [`Finished`] for the caller to classify.
-    fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
-        let started = Instant::now();
-        let shown_args = || error_args(args);
+    /// `podman ARGS` as every podman this process starts is made: argv
+    /// only, stdin closed, the extra environment, and never the scrubbed
+    /// variables ([`SCRUBBED_ENV`]).
+    fn command_for(&self, args: &[String]) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -364,6 +476,18 @@ impl Podman {
         for k in SCRUBBED_ENV {
             cmd.env_remove(k);
         }
+        cmd
+    }
+
+    /// Runs `podman ARGS` and waits at most `timeout`. This is the only
+    /// place sidespawn starts podman. Errors only for what prevents a
+    /// result (spawn failure, timeout); a non-zero exit is returned as a
+    /// [`Finished`] for the caller to classify.
+    fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
+        let started = Instant::now();
+        let shown_args = || error_args(args);
+        let mut cmd = self.command_for(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so a timeout can kill podman together with
         // any helper it started (runc, a hook) that would otherwise keep
         // running or keep our pipes open. conmon calls setsid() and so is
@@ -617,7 +741,7 @@ impl Runtime for Podman {
         .map(drop)
     }
 
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError> {
         let args = call_args(&Call::Inspect(name.to_owned()));
         let out = self.call(&args, self.timeout, |stderr| {
             is_no_such_container(stderr)
@@ -635,18 +759,18 @@ impl Runtime for Podman {
         describe_argv(&self.program, &call_args(call))
     }
 
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
-        let args: Vec<String> = ["container", "inspect", "--format=json", "--", name]
-            .map(str::to_owned)
-            .to_vec();
-        let out = self.call(&args, self.timeout, |stderr| {
-            is_no_such_container(stderr)
-                .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
-        })?;
-        parse_inspect_cmd(&out).map_err(|message| RuntimeError::Parse {
-            args: quote_args(&args),
-            message,
-        })
+    fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
+        let args = call_args(&Call::Logs {
+            name: name.to_owned(),
+            follow,
+        });
+        // Output goes straight to ours, as it comes: `--follow` streams.
+        self.command_for(&args)
+            .status()
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.program.display().to_string(),
+                message: e.to_string(),
+            })
     }
 
     fn exec_check(
@@ -775,29 +899,6 @@ fn summarise_stderr(stderr: &str) -> String {
     format!("[...] {}", &s[cut..])
 }
 
-/// `Config.Cmd` of the one container `podman container inspect --format=json`
-/// printed (`null` when it has none).
-fn parse_inspect_cmd(out: &[u8]) -> Result<Vec<String>, String> {
-    #[derive(Deserialize)]
-    struct Inspected {
-        #[serde(rename = "Config")]
-        config: InspectedConfig,
-    }
-    #[derive(Deserialize)]
-    struct InspectedConfig {
-        #[serde(rename = "Cmd", default)]
-        cmd: Option<Vec<String>>,
-    }
-    let all: Vec<Inspected> = serde_json::from_slice(out).map_err(|e| e.to_string())?;
-    match <[Inspected; 1]>::try_from(all) {
-        Ok([one]) => Ok(one.config.cmd.unwrap_or_default()),
-        Err(all) => Err(format!(
-            "expected one container, podman printed {}",
-            all.len()
-        )),
-    }
-}
-
 fn is_no_such_container(stderr: &str) -> bool {
     stderr.to_ascii_lowercase().contains("no such container")
 }
@@ -869,28 +970,19 @@ pub fn call_args(call: &Call) -> Vec<String> {
             a.push(name.clone());
             a
         }
+        Call::Logs { name, follow } => {
+            let mut a = v(&["logs"]);
+            if *follow {
+                a.push("--follow".to_owned());
+            }
+            a.push("--".to_owned());
+            a.push(name.clone());
+            a
+        }
     }
 }
 
-/// Quotes one word for a POSIX shell: bare when it is made only of
-/// characters no shell treats specially, else in single quotes with each
-/// embedded `'` written as `'\''`.
-pub fn shell_quote(word: &str) -> Cow<'_, str> {
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b);
-    // A leading `=` is expanded by zsh (`=cmd`), so it is quoted too.
-    if !word.is_empty() && !word.starts_with('=') && word.bytes().all(safe) {
-        Cow::Borrowed(word)
-    } else {
-        Cow::Owned(format!("'{}'", word.replace('\'', r"'\''")))
-    }
-}
-
-fn quote_args(args: &[String]) -> String {
-    args.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use crate::shell::{quote_words as quote_args, shell_quote};
 
 /// The command line as errors show it: quoted, and cut after
 /// [`ARGS_SHOWN`] bytes. A request's argv can be as long as the queue allows
@@ -996,7 +1088,7 @@ fn parse_ps(out: &[u8]) -> Result<Vec<ContainerInfo>, String> {
 }
 
 /// One entry of `podman container inspect --format json` (podman 4.x),
-/// only what [`Runtime::inspect_container`] returns.
+/// only what [`Runtime::inspect`] returns.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct InspectEntry {
@@ -1027,11 +1119,13 @@ struct InspectState {
 struct InspectConfig {
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
 }
 
 /// Parses `podman container inspect --format json` output of one name: an
 /// array of one entry, or empty when there is no such container.
-fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
+fn parse_inspect(out: &[u8]) -> Result<Option<Inspected>, String> {
     let text = std::str::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))?;
     if text.trim().is_empty() {
         return Ok(None);
@@ -1042,15 +1136,18 @@ fn parse_inspect(out: &[u8]) -> Result<Option<ContainerInfo>, String> {
         .unwrap_or_default()
         .into_iter()
         .next()
-        .map(|e| ContainerInfo {
-            id: e.id,
-            name: e.name,
-            state: State::parse(&e.state.status),
-            pid: u32::try_from(e.state.pid).unwrap_or(0),
-            image: e.image_name,
-            labels: e.config.labels.unwrap_or_default(),
-            started_at: 0,
-            exit_code: e.state.exit_code,
+        .map(|e| Inspected {
+            container: ContainerInfo {
+                id: e.id,
+                name: e.name,
+                state: State::parse(&e.state.status),
+                pid: u32::try_from(e.state.pid).unwrap_or(0),
+                image: e.image_name,
+                labels: e.config.labels.unwrap_or_default(),
+                started_at: 0,
+                exit_code: e.state.exit_code,
+            },
+            command: e.config.cmd.unwrap_or_default(),
         }))
 }
 
@@ -1077,8 +1174,8 @@ fn keep_managed(all: Vec<ContainerInfo>, instance: &str) -> Vec<ContainerInfo> {
 
 /// Whether `c` is a sidecar of configuration `instance`.
 pub fn is_managed(c: &ContainerInfo, instance: &str) -> bool {
-    c.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
-        && c.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance)
+    let l = SidecarLabels::of(c);
+    l.is_managed() && l.instance() == Some(instance)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1264,9 +1361,8 @@ impl Runtime for FakeRuntime {
         let mut names: Vec<String> = lock(&self.containers)
             .iter()
             .filter(|c| {
-                c.labels.get(labels::MANAGED_BY).map(String::as_str)
-                    == Some(labels::MANAGED_BY_VALUE)
-                    && c.labels.get(labels::INSTANCE).is_none_or(String::is_empty)
+                SidecarLabels::of(c).is_managed()
+                    && SidecarLabels::of(c).instance().is_none_or(str::is_empty)
             })
             .map(|c| c.name.clone())
             .collect();
@@ -1345,13 +1441,16 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError> {
         lock(&self.calls).push(Call::Inspect(name.to_owned()));
-        lock(&self.containers)
+        let container = lock(&self.containers)
             .iter()
             .find(|c| c.name == name)
             .cloned()
-            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))
+            .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        // A seeded container was never run here: podman would report no command.
+        let command = lock(&self.commands).get(name).cloned().unwrap_or_default();
+        Ok(Inspected { container, command })
     }
 
     fn exec_check(
@@ -1376,14 +1475,6 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn command(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
-        if !lock(&self.containers).iter().any(|c| c.name == name) {
-            return Err(RuntimeError::NoSuchContainer(name.to_owned()));
-        }
-        // A seeded container was never run here: podman would report no command.
-        Ok(lock(&self.commands).get(name).cloned().unwrap_or_default())
-    }
-
     fn describe(&self, call: &Call) -> String {
         describe_argv(Path::new("podman"), &call_args(call))
     }
@@ -1404,11 +1495,9 @@ mod tests {
     #[test]
     fn inspect_gives_the_arguments_after_the_image() {
         assert_eq!(
-            parse_inspect_cmd(INSPECT.as_bytes()).unwrap(),
+            parse_inspect(INSPECT.as_bytes()).unwrap().unwrap().command,
             ["-k", "", "--a=b c"]
         );
-        let e = parse_inspect_cmd(b"[]").unwrap_err();
-        assert!(e.contains("printed 0"), "{e}");
     }
 
     /// A scratch directory removed on drop, for fake podman scripts.
@@ -1504,7 +1593,10 @@ mod tests {
 
     #[test]
     fn inspect_fixture_gives_state_pid_and_labels() {
-        let c = parse_inspect(INSPECT_RUNNING.as_bytes()).unwrap().unwrap();
+        let c = parse_inspect(INSPECT_RUNNING.as_bytes())
+            .unwrap()
+            .unwrap()
+            .container;
         assert_eq!(c.name, "ssfx-inuse");
         assert_eq!(c.id.len(), 64);
         assert_eq!(c.state, State::Running);
@@ -1793,58 +1885,6 @@ mod tests {
         assert!(a[..end].contains(&"--label=io.sidespawn.tag=--privileged".to_owned()));
         assert!(!a[..end].iter().any(|w| w == "--privileged" || w == "-v"));
         assert_eq!(a[end + 1], "--privileged", "the image, after --");
-    }
-
-    #[test]
-    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
-        assert_eq!(
-            shell_quote("label=a.b/c:d-e_f,g+h@i%j"),
-            "label=a.b/c:d-e_f,g+h@i%j"
-        );
-        assert!(matches!(shell_quote("plain"), Cow::Borrowed(_)));
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("$HOME"), "'$HOME'");
-        assert_eq!(shell_quote("=cmd"), "'=cmd'");
-        assert_eq!(shell_quote("~root"), "'~root'");
-    }
-
-    #[test]
-    fn quoted_words_survive_a_real_shell() {
-        let words = strings(&[
-            "",
-            "a b",
-            "it's",
-            "'",
-            "''",
-            "$HOME",
-            "`id`",
-            "$(id)",
-            "back\\slash",
-            "new\nline",
-            "*",
-            "a;b|c&d>e",
-            "\"dq\"",
-            "~root",
-            "=x",
-            "--privileged",
-            "ünïcode",
-        ]);
-        let script = format!("printf '%s\\0' {}", quote_args(&words));
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{script}");
-        let mut got: Vec<String> = out
-            .stdout
-            .split(|b| *b == 0)
-            .map(|w| String::from_utf8(w.to_vec()).unwrap())
-            .collect();
-        assert_eq!(got.pop().as_deref(), Some(""), "trailing NUL");
-        assert_eq!(got, words);
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! Host-private state under the state directory (root-only, never shared
 //! with a container): the generation counter and the last result of each
-//! kind's sync. Written atomically (temporary file, fsync, rename) so a sync
-//! killed at any point leaves either the old or the new value.
+//! kind's sync, and the per-kind sync locks. Written atomically through
+//! [`crate::atomic`] (temporary file, fsync, rename) so a sync killed at any
+//! point leaves either the old or the new value.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::kind::Kind;
+
+/// Longest wait for another sync (or `gc`, `upgrade`) of the same kind to
+/// finish.
+pub const SYNC_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -21,8 +25,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Lock(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error(
         "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
     )]
@@ -75,35 +79,23 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
         .mode(0o700)
         .create(dir)
         .map_err(io("cannot create", dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-        if durable {
-            f.sync_all().map_err(io("cannot sync", &tmp))?;
-        }
-        std::fs::rename(&tmp, path).map_err(io("cannot rename into", path))
-    })();
-    if written.is_err() {
-        // On a full filesystem every sync would otherwise leave one behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    if durable && let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    let io_of = |e: crate::atomic::WriteError| StateError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    };
+    let fd = crate::atomic::open_dir(dir).map_err(io_of)?;
+    // One of this pid's is a leftover of a killed writer that had our pid:
+    // the writer creates its temporary file afresh (never an existing one).
+    let _ = nix::unistd::unlinkat(&fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    crate::atomic::write_at(&fd, dir, &name, &tmp, bytes, 0o600, durable).map_err(io_of)?;
+    if durable {
+        let _ = crate::atomic::sync_dir(fd, dir);
     }
     Ok(())
 }
@@ -235,7 +227,22 @@ impl StateDir {
                 path.display()
             )
         })
-        .map_err(|e| StateError::Lock(e.to_string()))
+        .map_err(StateError::Lock)
+    }
+
+    /// Takes the sync locks of `kinds` ([`StateDir::sync_lock`]), each once and
+    /// in kind order, so two holders of several kinds cannot deadlock. The
+    /// sync, `gc` and `upgrade` all take them this way: whoever edits a
+    /// kind's desired table or containers excludes the others.
+    pub fn sync_locks(
+        &self,
+        kinds: &[Kind],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<crate::lock::LockGuard>, StateError> {
+        let mut sorted = kinds.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        sorted.iter().map(|&k| self.sync_lock(k, timeout)).collect()
     }
 
     /// Fails with advice when the state directory exists as something else than a directory

@@ -8,7 +8,7 @@ use crate::config::HostConfig;
 use crate::desired::DesiredTable;
 use crate::kind::Kind;
 use crate::record::now_ms;
-use crate::runtime::{ContainerInfo, Runtime, State, labels};
+use crate::runtime::{ContainerInfo, Runtime, SidecarLabels, State, labels};
 use crate::state::{KindStatus, StateDir};
 
 #[derive(Debug, thiserror::Error)]
@@ -235,19 +235,16 @@ pub fn report(
                     .is_some_and(|k| only.iter().any(|o| o.as_str() == k))
         })
         .map(|c| SidecarReport {
-            kind: c.labels.get(labels::KIND).cloned(),
-            netns: c.labels.get(labels::NETNS).cloned(),
-            tag: c.labels.get(labels::TAG).cloned(),
+            kind: SidecarLabels::of(&c).kind().map(str::to_owned),
+            netns: SidecarLabels::of(&c).netns().map(str::to_owned),
+            tag: SidecarLabels::of(&c).tag().map(str::to_owned),
             state: state_name(&c.state),
             pid: c.pid,
             uptime_s: (c.state == State::Running && c.started_at > 0)
                 .then(|| now_s.saturating_sub(c.started_at).max(0) as u64),
-            generation: c
-                .labels
-                .get(labels::GENERATION)
-                .and_then(|g| g.parse().ok()),
+            generation: SidecarLabels::of(&c).generation(),
+            request_id: SidecarLabels::of(&c).request_id().map(str::to_owned),
             image: c.image,
-            request_id: c.labels.get(labels::REQUEST_ID).cloned(),
             name: c.name,
             desired: false,
             restarts: 0,

@@ -1,17 +1,27 @@
 //! The sync: claim queued requests, reconcile sidecars, acknowledge, and
 //! repeat until nothing is pending.
 //!
-//! Order of a pass, per kind: claim (under the queue lock, into the
-//! host-private journal) → one `podman ps` for all kinds → plan → run the
-//! jobs with bounded parallelism → write acknowledgements → clear the journal.
-//! The journal is cleared only after every request in it was acknowledged,
-//! and planning compares with what podman reports, so a sync killed at any
-//! point and run again converges with nothing lost and no duplicate
-//! container. The queue lock is never held across a podman call.
+//! A pass reads top to bottom, per kind: **claim** (under the queue lock,
+//! into the host-private journal; `claim_kind`) → one `podman ps` for all
+//! kinds → **fold** the journal into per-sidecar decisions (`fold`) and
+//! **plan** the complete set of jobs, restarts of dead sidecars and limits
+//! included (`Syncer::plan_kind`) → record the intents (stops leave the
+//! desired table before they run; `record_intents`) → **execute** the
+//! jobs with bounded parallelism, each **acknowledged** as soon as it ends
+//! (`execute`) → **persist** the outcomes in the desired table and clear
+//! the journal (`persist`). Every step maps a planned [`Step`] to an
+//! engine call through [`Step::call`], and so does the dry run, so the two
+//! cannot diverge. A kind that fails takes the one `Syncer::kind_failed`
+//! path with a [`KindError`] that names what failed; the other kinds go on.
+//!
+//! Invariants: the journal is cleared only after every request in it was
+//! acknowledged, and planning compares with what podman reports, so a sync
+//! killed at any point and run again converges with nothing lost and no
+//! duplicate container. The queue lock is never held across a podman call.
+//! The backstop's garbage collection is the lower-level [`crate::gc::collect`]
+//! (the sync already holds the locks); `gc::run` is the command above it.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -21,10 +31,11 @@ use crate::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::config::{ConfigError, HostConfig, Profile};
 use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
 use crate::kind::Kind;
-use crate::plan::{Job, JobKind, Namespaces, Plan, Planner, Step};
+use crate::netns::Namespaces;
+use crate::plan::{Job, JobKind, Plan, Planner, Step};
 use crate::record::{Record, VERSION, now_ms};
-use crate::runtime::{Call, ContainerInfo, RunSpec, Runtime, RuntimeError, State, labels};
-use crate::state::{KindStatus, StateDir, StateError};
+use crate::runtime::{ContainerInfo, RunSpec, Runtime, RuntimeError, SidecarLabels, State, labels};
+use crate::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
 
 /// What to do.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +53,7 @@ pub struct SyncOptions {
 }
 
 /// Totals of one sync, printed as its last line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Summary {
     pub claimed: usize,
     pub started: usize,
@@ -54,29 +65,152 @@ pub struct Summary {
     pub rejected: usize,
     /// Desired sidecars whose process died, started again.
     pub restarts: usize,
-    /// Kinds whose sync could not run, with the reason.
-    pub errors: Vec<(Kind, String)>,
+    /// Kinds whose sync could not run, with why.
+    pub errors: Vec<(Kind, KindError)>,
+    /// A dry run's report, one line each, in order: comments (`# ...`) and
+    /// the exact command lines a real run would execute.
+    pub dry_run: Vec<String>,
 }
+
+/// Summaries are equal when their counts, dry-run lines and failed kinds
+/// (with their messages) are: errors are compared by what they say.
+impl PartialEq for Summary {
+    fn eq(&self, o: &Summary) -> bool {
+        let errors = |s: &Summary| {
+            s.errors
+                .iter()
+                .map(|(k, e)| (*k, e.to_string()))
+                .collect::<Vec<_>>()
+        };
+        self.counts() == o.counts() && self.dry_run == o.dry_run && errors(self) == errors(o)
+    }
+}
+
+impl Eq for Summary {}
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sync: claimed {}, started {}, replaced {}, unchanged {}, signalled {}, removed {}, failed {}, rejected {}, restarts {}",
-            self.claimed,
-            self.started,
-            self.replaced,
-            self.unchanged,
-            self.signalled,
-            self.removed,
-            self.failed,
-            self.rejected,
-            self.restarts
-        )?;
+        write!(f, "sync:")?;
+        for (i, (name, n)) in Summary::COUNTS.iter().zip(self.counts()).enumerate() {
+            write!(f, "{} {name} {n}", if i == 0 { "" } else { "," })?;
+        }
         if !self.errors.is_empty() {
             write!(f, "; could not sync {} kind(s)", self.errors.len())?;
         }
         Ok(())
+    }
+}
+
+impl Summary {
+    /// The counts' names, in the order of [`Summary::counts`] and of the
+    /// summary line.
+    const COUNTS: [&str; 9] = [
+        "claimed",
+        "started",
+        "replaced",
+        "unchanged",
+        "signalled",
+        "removed",
+        "failed",
+        "rejected",
+        "restarts",
+    ];
+
+    /// Only what a kind's claim did, before anything was planned.
+    fn claimed(claimed: usize, rejected: usize) -> Summary {
+        Summary {
+            claimed,
+            rejected,
+            ..Summary::default()
+        }
+    }
+
+    fn counts(&self) -> [usize; 9] {
+        let Summary {
+            claimed,
+            started,
+            replaced,
+            unchanged,
+            signalled,
+            removed,
+            failed,
+            rejected,
+            restarts,
+            errors: _,
+            dry_run: _,
+        } = *self;
+        [
+            claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
+        ]
+    }
+
+    fn add(&mut self, o: &Summary) {
+        let Summary {
+            claimed,
+            started,
+            replaced,
+            unchanged,
+            signalled,
+            removed,
+            failed,
+            rejected,
+            restarts,
+            errors: _,
+            dry_run: _,
+        } = self;
+        let mine = [
+            claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
+        ];
+        for (n, more) in mine.into_iter().zip(o.counts()) {
+            *n += more;
+        }
+    }
+}
+
+/// Why one kind could not be synced. The kind's status records it, the
+/// summary carries it to `main`, and the other kinds go on.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// The kind has no usable profile (its message names the file and fix).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The queue, journal or reject log could not be opened, claimed or
+    /// read (its message names the path and what is wrong with it).
+    #[error("cannot claim its requests: {0}")]
+    Claim(#[from] ClaimError),
+    /// The generation counter under the state directory could not be read
+    /// or stored.
+    #[error("cannot read or store its generation counter: {0}{fix}", fix = state_fix(.0))]
+    Generation(#[source] StateError),
+    /// The desired table could not be read, or its stops recorded before
+    /// they run.
+    #[error("cannot read or update its desired sidecars: {0}{fix}", fix = state_fix(.0))]
+    Desired(#[source] StateError),
+    /// The jobs ran and were acknowledged, but the desired table could not
+    /// be written: the journal is kept, and the next sync replays it.
+    #[error(
+        "cannot record the desired sidecars after running the jobs (the journal is kept; the next sync replays it): {0}{fix}",
+        fix = state_fix(.0)
+    )]
+    Record(#[source] StateError),
+}
+
+/// The fix for a state error whose own message names none: a failed read
+/// or write says only what the system call said.
+fn state_fix(e: &StateError) -> &'static str {
+    match e {
+        StateError::Io { .. } => {
+            "; the state directory must be root's and writable, with free space and inodes (`sidespawn status` checks it), then sync again"
+        }
+        _ => "",
+    }
+}
+
+impl KindError {
+    /// Whether the rest of this run leaves the kind out. Only a failure
+    /// to record what already ran lets later passes try the kind again.
+    fn leaves_kind_out(&self) -> bool {
+        !matches!(self, KindError::Record(_))
     }
 }
 
@@ -102,9 +236,6 @@ fn fault_point(point: &str) {
     }
 }
 
-/// Longest wait for another sync of the same kind to finish.
-const SYNC_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Back-off after `failures` failed runs in a row: 1 s doubling to 60 s.
 pub fn backoff_delay(failures: u32) -> Duration {
     if failures == 0 {
@@ -113,6 +244,7 @@ pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << (failures - 1).min(6)).min(Duration::from_secs(60))
 }
 
+/// One kind's claimed work for a pass.
 struct KindCtx<'a> {
     kind: Kind,
     profile: &'a Profile,
@@ -127,6 +259,17 @@ struct KindCtx<'a> {
     claimed: usize,
     /// Lines the claim refused (already in the reject log).
     claim_rejected: usize,
+}
+
+/// A kind's complete plan for a pass: the jobs (requests, restarts of dead
+/// sidecars, within the limits), the restart decisions, and the desired
+/// table they apply to.
+struct KindPlan {
+    plan: Plan,
+    restarts: RestartPlan,
+    desired: DesiredTable,
+    generation: u64,
+    now: u64,
 }
 
 /// Runs the sync as configured. Returns the summary; per-request failures are
@@ -147,380 +290,484 @@ pub fn run(
     }
     // Rolled-back kinds start the image they were rolled back to. This is the
     // first read of the host state, and it checks the state directory first.
-    let effective = crate::upgrade::effective_config(cfg)?;
+    let effective = crate::images::effective_config(cfg)?;
     let cfg = &effective;
+    let state = StateDir::new(&cfg.state_dir);
     if !opts.dry_run {
-        StateDir::new(&cfg.state_dir).claim_owner(&cfg.queue_root, true)?;
+        state.claim_owner(&cfg.queue_root, true)?;
     }
     // A named kind without a usable profile is a configuration error.
     for &k in &kinds {
         cfg.profile(k)?;
     }
-    let state = StateDir::new(&cfg.state_dir);
+    // One sync per kind at a time: the backstop's full sync and a path
+    // unit's sync of one kind may start together, and two syncs replaying
+    // the same journal would race for the same container names.
+    let _sync_locks = if opts.dry_run {
+        Vec::new()
+    } else {
+        state.sync_locks(&kinds, SYNC_LOCK_TIMEOUT)?
+    };
+    if !opts.dry_run {
+        state.clean_stale_tmp();
+        if opts.backoff {
+            wait_for_backoff(&state, &kinds);
+        }
+    }
+    let mut s = Syncer {
+        cfg,
+        state,
+        runtime,
+        namespaces,
+        opts,
+        summary: Summary::default(),
+        failed_kinds: Vec::new(),
+        lost_entries: Vec::new(),
+        unchanged_list: None,
+    };
+    for pass in 1..=cfg.max_passes {
+        let mut ctxs = s.claim_all(&kinds);
+        fault_point("after-claim");
+        let actual = s.list_containers(&ctxs, pass)?;
+        for ctx in &mut ctxs {
+            s.sync_kind(ctx, &actual, pass);
+        }
+        if opts.dry_run || !s.still_pending(&ctxs, pass) {
+            break;
+        }
+    }
+    if opts.full && !opts.dry_run {
+        s.collect_garbage(&kinds);
+    }
+    Ok(s.summary)
+}
+
+/// Waits out the back-off of the kind that failed most often in a row. From
+/// the failure mark, which a full state directory cannot stop (the JSON
+/// status may be stale then). A last sync "after now" (the clock went back)
+/// counts as now: the wait is the delay at most.
+fn wait_for_backoff(state: &StateDir, kinds: &[Kind]) {
+    let worst = kinds
+        .iter()
+        .filter_map(|&k| Some((k, state.failures(k)?)))
+        .map(|(k, (n, at))| (backoff_delay(n), k, n, at))
+        .max_by_key(|(d, ..)| *d);
+    let Some((delay, kind, failures, at)) = worst else {
+        return;
+    };
+    let since = Duration::from_millis(now_ms().saturating_sub(at));
+    if let Some(wait) = delay.checked_sub(since).filter(|w| !w.is_zero()) {
+        let why = state
+            .status(kind)
+            .ok()
+            .flatten()
+            .filter(|st| st.last_sync_ms == at)
+            .and_then(|st| st.error)
+            .unwrap_or_else(|| {
+                "its status could not be written; see `sidespawn status`".to_owned()
+            });
+        warn!(
+            "previous sync failed {failures} time(s) in a row ({kind}: {why}); retrying in {wait:?}"
+        );
+        std::thread::sleep(wait);
+    }
+}
+
+/// One run of the sync: what it works with and what it found so far.
+struct Syncer<'a> {
+    cfg: &'a HostConfig,
+    state: StateDir,
+    runtime: &'a dyn Runtime,
+    namespaces: &'a dyn Namespaces,
+    opts: &'a SyncOptions,
+    summary: Summary,
+    /// Kinds left out of later passes.
+    failed_kinds: Vec<Kind>,
+    /// Desired entries whose files were unreadable and could not be rebuilt.
+    lost_entries: Vec<(Kind, Vec<String>)>,
+    /// The last container list while nothing has been started or removed
+    /// since it was taken.
+    unchanged_list: Option<Vec<ContainerInfo>>,
+}
+
+impl<'a> Syncer<'a> {
+    /// Stage 1, claim: every kind still in the run claims its queue.
+    fn claim_all(&mut self, kinds: &[Kind]) -> Vec<KindCtx<'a>> {
+        let mut ctxs = Vec::new();
+        for &kind in kinds {
+            if self.failed_kinds.contains(&kind) {
+                continue;
+            }
+            match claim_kind(self.cfg, kind, self.opts.dry_run, &mut self.summary.dry_run) {
+                Ok(ctx) => ctxs.push(ctx),
+                Err(e) => self.kind_failed(kind, e, &Summary::default()),
+            }
+        }
+        ctxs
+    }
+
+    /// One `podman ps` for every kind, when any has work (or the backstop's
+    /// first pass). A failed listing stops the whole run.
+    fn list_containers(
+        &mut self,
+        ctxs: &[KindCtx],
+        pass: u32,
+    ) -> Result<Vec<ContainerInfo>, SyncError> {
+        let busy = ctxs.iter().any(|c| c.has_requests);
+        if !(busy || (self.opts.full && pass == 1)) {
+            return Ok(Vec::new());
+        }
+        match self.runtime.list(&self.cfg.instance) {
+            Ok(a) => {
+                self.unchanged_list = Some(a.clone());
+                Ok(a)
+            }
+            Err(e) => {
+                for c in ctxs {
+                    let counts = Summary::claimed(c.claimed, c.claim_rejected);
+                    record_status(&self.state, c.kind, Err(&e.to_string()), &counts);
+                }
+                Err(SyncError::List(e))
+            }
+        }
+    }
+
+    /// Stages 2 to 5 for one kind: plan, execute, acknowledge, persist.
+    /// Records the kind's status either way.
+    fn sync_kind(&mut self, ctx: &mut KindCtx, actual: &[ContainerInfo], pass: u32) {
+        let full_pass = self.opts.full && pass == 1;
+        let mut sum = Summary::claimed(ctx.claimed, ctx.claim_rejected);
+        if !(ctx.has_requests || full_pass) {
+            record_status(&self.state, ctx.kind, Ok(()), &sum);
+            self.summary.add(&sum);
+            return;
+        }
+        let kp = match self.plan_kind(ctx, actual, full_pass) {
+            Ok(kp) => kp,
+            Err(e) => return self.kind_failed(ctx.kind, e, &sum),
+        };
+        if self.opts.dry_run {
+            self.summary.dry_run.extend(dry_run_lines(
+                ctx.kind,
+                &kp.plan,
+                ctx.profile,
+                self.runtime,
+            ));
+            return;
+        }
+        match self.run_plan(ctx, kp, actual, &mut sum) {
+            Ok(()) => self.kind_done(ctx, &sum),
+            Err(e) => self.kind_failed(ctx.kind, e, &sum),
+        }
+    }
+
+    /// Stage 2, fold and plan: the journal folded into jobs, the desired
+    /// table read (and what it lost rebuilt), dead sidecars' restarts added
+    /// and the limits applied. Changes nothing.
+    fn plan_kind(
+        &mut self,
+        ctx: &mut KindCtx,
+        actual: &[ContainerInfo],
+        full_pass: bool,
+    ) -> Result<KindPlan, KindError> {
+        let (kind, profile) = (ctx.kind, ctx.profile);
+        let mut generation =
+            next_generation(&self.state, profile, actual).map_err(KindError::Generation)?;
+        let collect_orphans = self.opts.full || ctx.has_requests;
+        let mut plan = fold(
+            ctx,
+            actual,
+            self.namespaces,
+            &mut generation,
+            collect_orphans,
+        )?;
+        // Containers were listed for this pass: the moment to notice desired
+        // sidecars whose process died. Without their argv, read below only
+        // for those that may be started again.
+        let change = !self.opts.dry_run;
+        let (mut desired, unreadable) =
+            DesiredTable::open(&self.state, kind, change).map_err(KindError::Desired)?;
+        self.recover(kind, profile, &mut desired, &unreadable, actual);
+        let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
+        let unhealthy = if full_pass && !self.opts.dry_run {
+            check_health(self.cfg, profile, self.runtime, &desired, actual)
+        } else {
+            HashSet::new()
+        };
+        let seen = Observed {
+            actual,
+            busy: &busy,
+            unhealthy: &unhealthy,
+        };
+        let need = desired::argv_needed(&desired, kind, &seen);
+        let unreadable = desired
+            .load_argv(&self.state, kind, &need, change)
+            .map_err(KindError::Desired)?;
+        self.recover(kind, profile, &mut desired, &unreadable, actual);
+        let now = now_ms();
+        // Stored by the end of this sync, so the clamp sticks.
+        desired::clamp_future(&mut desired, now);
+        let restarts = desired::plan_restarts(
+            profile,
+            &desired,
+            &seen,
+            self.namespaces,
+            &mut generation,
+            now,
+        );
+        log_restart_decisions(kind, &restarts);
+        plan.jobs.extend(restarts.jobs.iter().cloned());
+        crate::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
+        Ok(KindPlan {
+            plan,
+            restarts,
+            desired,
+            generation,
+            now,
+        })
+    }
+
+    /// Rebuilds unreadable desired entries from their containers, keeping
+    /// those that could not be for the kind's status.
+    fn recover(
+        &mut self,
+        kind: Kind,
+        profile: &Profile,
+        desired: &mut DesiredTable,
+        unreadable: &[desired::Corrupt],
+        actual: &[ContainerInfo],
+    ) {
+        if unreadable.is_empty() {
+            return;
+        }
+        let lost = desired::recover(desired, unreadable, profile, actual, self.runtime);
+        if !lost.is_empty() {
+            self.lost_entries.push((kind, lost));
+        }
+    }
+
+    /// Stages 3 to 5: record the intents, execute and acknowledge, persist.
+    fn run_plan(
+        &mut self,
+        ctx: &KindCtx,
+        mut kp: KindPlan,
+        actual: &[ContainerInfo],
+        sum: &mut Summary,
+    ) -> Result<(), KindError> {
+        record_intents(&self.state, ctx.kind, &mut kp)?;
+        fault_point("after-plan");
+        if !kp.plan.jobs.is_empty() {
+            self.unchanged_list = None;
+        }
+        let outcomes = execute(self.cfg, ctx, &kp.plan, self.runtime, self.namespaces, sum);
+        persist(self.cfg, &self.state, ctx, kp, &outcomes, actual)
+    }
+
+    /// The kind synced: records its status (naming desired entries this
+    /// run lost, once) and counts it.
+    fn kind_done(&mut self, ctx: &KindCtx, sum: &Summary) {
+        let lost = self
+            .lost_entries
+            .iter()
+            .position(|(k, _)| *k == ctx.kind)
+            .map(|i| self.lost_entries.swap_remove(i));
+        match lost {
+            // Said once, in the status of the pass that found them.
+            Some((_, lost)) => {
+                let msg = format!(
+                    "desired sidecars lost with unreadable state files (moved aside to {}): {}; the agent's next start request for each restores it",
+                    desired::corrupt_dir(&self.state).display(),
+                    lost.join("; ")
+                );
+                error!(kind = %ctx.kind, "{msg}");
+                record_status(&self.state, ctx.kind, Err(&msg), sum);
+            }
+            None => record_status(&self.state, ctx.kind, Ok(()), sum),
+        }
+        self.summary.add(sum);
+    }
+
+    /// Gives up on `kind` for this run: logs why, records it in the kind's
+    /// status (so `status` and the back-off see it), counts what it did, and
+    /// (unless only the record of its outcomes failed) leaves it out of
+    /// later passes.
+    fn kind_failed(&mut self, kind: Kind, e: KindError, counts: &Summary) {
+        let msg = e.to_string();
+        error!(kind = %kind, "cannot sync {kind}: {msg}");
+        record_status(&self.state, kind, Err(&msg), counts);
+        self.summary.add(counts);
+        if e.leaves_kind_out() {
+            self.failed_kinds.push(kind);
+        }
+        self.summary.errors.push((kind, e));
+    }
+
+    /// Whether another pass is due: a kind still in the run has new
+    /// requests queued.
+    fn still_pending(&self, ctxs: &[KindCtx], pass: u32) -> bool {
+        let pending: Vec<Kind> = ctxs
+            .iter()
+            .filter(|c| !self.failed_kinds.contains(&c.kind) && c.shared.is_pending())
+            .map(|c| c.kind)
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        debug!("pass {pass} done; still pending: {pending:?}");
+        if pass == self.cfg.max_passes {
+            warn!(
+                "stopping after {pass} passes with requests still pending for {pending:?}; the next trigger continues"
+            );
+        }
+        true
+    }
+
+    /// The backstop's run also collects garbage: leftovers no agent wants.
+    /// The sync already holds the kinds' locks, so it calls the collection
+    /// itself rather than the `gc` command.
+    fn collect_garbage(&mut self, kinds: &[Kind]) {
+        let live: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| !self.failed_kinds.contains(k))
+            .collect();
+        // A list taken by this run and still true saves the collection
+        // its own `podman ps`: a steady-state backstop makes one call.
+        let list = self.unchanged_list.take();
+        match crate::gc::collect(self.cfg, self.runtime, self.namespaces, &live, false, list) {
+            Ok(r) => self.summary.removed += r.removed.len(),
+            Err(e) => warn!("garbage collection skipped: {e}"),
+        }
+    }
+}
+
+/// Claims (or, in a dry run, only reads) one kind's queue; a dry run's
+/// would-be rejects go to `report`. The journal is only looked at here;
+/// [`fold`] streams it.
+fn claim_kind<'a>(
+    cfg: &'a HostConfig,
+    kind: Kind,
+    dry_run: bool,
+    report: &mut Vec<String>,
+) -> Result<KindCtx<'a>, KindError> {
+    let profile = cfg.profile(kind)?;
     let limits = Limits {
         max_queue_bytes: cfg.max_queue_bytes,
         lock_timeout: cfg.lock_timeout,
         ..Limits::default()
     };
-    let mut summary = Summary::default();
-    let mut failed_kinds: Vec<Kind> = Vec::new();
-    // Desired entries whose files were unreadable and could not be rebuilt.
-    let mut lost_entries: Vec<(Kind, Vec<String>)> = Vec::new();
-
-    // One sync per kind at a time: the backstop's full sync and a path
-    // unit's sync of one kind may start together, and two syncs replaying
-    // the same journal would race for the same container names. Taken in
-    // kind order, so two syncs of several kinds cannot deadlock.
-    let mut sorted = kinds.clone();
-    sorted.sort();
-    sorted.dedup();
-    let _sync_locks = if opts.dry_run {
-        Vec::new()
-    } else {
-        sorted
-            .iter()
-            .map(|&k| state.sync_lock(k, SYNC_LOCK_TIMEOUT))
-            .collect::<Result<Vec<_>, _>>()?
+    let shared = SharedDir::open(&cfg.queue_root, kind, !dry_run, limits)?;
+    let journal = Journal::open(&cfg.state_dir, kind)?;
+    let rejects = RejectLog::open(&cfg.state_dir, kind)?;
+    let mut ctx = KindCtx {
+        kind,
+        profile,
+        has_requests: journal.has_records()?,
+        shared,
+        journal,
+        rejects,
+        peeked: Vec::new(),
+        claimed: 0,
+        claim_rejected: 0,
     };
-
-    if !opts.dry_run {
-        state.clean_stale_tmp();
+    if dry_run {
+        let (queued, bad) = ctx.shared.peek()?;
+        for r in &bad {
+            report.push(format!(
+                "# would reject line {} of the {kind} queue: {}",
+                r.line, r.reason
+            ));
+        }
+        ctx.has_requests |= !queued.is_empty();
+        ctx.peeked = queued;
+        return Ok(ctx);
     }
-    if opts.backoff && !opts.dry_run {
-        // From the failure mark, which a full state directory cannot stop
-        // (the JSON status may be stale then). A last sync "after now" (the
-        // clock went back) counts as now: the wait is the delay at most.
-        let worst = kinds
-            .iter()
-            .filter_map(|&k| Some((k, state.failures(k)?)))
-            .map(|(k, (n, at))| (backoff_delay(n), k, n, at))
-            .max_by_key(|(d, ..)| *d);
-        if let Some((delay, kind, failures, at)) = worst {
-            let since = Duration::from_millis(now_ms().saturating_sub(at));
-            if let Some(wait) = delay.checked_sub(since).filter(|w| !w.is_zero()) {
-                let why = state
-                    .status(kind)
-                    .ok()
-                    .flatten()
-                    .filter(|st| st.last_sync_ms == at)
-                    .and_then(|st| st.error)
-                    .unwrap_or_else(|| {
-                        "its status could not be written; see `sidespawn status`".to_owned()
-                    });
-                warn!(
-                    "previous sync failed {failures} time(s) in a row ({kind}: {why}); retrying in {wait:?}"
-                );
-                std::thread::sleep(wait);
-            }
+    let claim = ctx.shared.claim(&ctx.journal, &ctx.rejects)?;
+    debug!(kind = %kind, "claimed {} request(s), lock held {:?}", claim.claimed, claim.lock_held);
+    ctx.claimed = claim.claimed;
+    ctx.claim_rejected = claim.rejected.len();
+    // The claim already logged them and kept them in the reject log.
+    for r in &claim.rejected {
+        if let Some(id) = &r.id {
+            write_ack(&ctx.shared, id, Outcome::Rejected, &r.reason, None);
         }
     }
-
-    // The last container list while nothing has been started or removed
-    // since it was taken.
-    let mut unchanged_list: Option<Vec<ContainerInfo>> = None;
-    for pass in 1..=cfg.max_passes {
-        let mut ctxs: Vec<KindCtx> = Vec::new();
-        for &kind in &kinds {
-            if failed_kinds.contains(&kind) {
-                continue;
-            }
-            match prepare_kind(cfg, kind, &limits, opts) {
-                Ok(ctx) => ctxs.push(ctx),
-                Err(msg) => kind_failed(
-                    &state,
-                    kind,
-                    msg,
-                    &Summary::default(),
-                    &mut summary,
-                    &mut failed_kinds,
-                ),
-            }
-        }
-        fault_point("after-claim");
-
-        let busy = ctxs.iter().any(|c| c.has_requests);
-        let actual: Vec<ContainerInfo> = if busy || (opts.full && pass == 1) {
-            match runtime.list(&cfg.instance) {
-                Ok(a) => {
-                    unchanged_list = Some(a.clone());
-                    a
-                }
-                Err(e) => {
-                    for c in &ctxs {
-                        let claimed = Summary {
-                            claimed: c.claimed,
-                            rejected: c.claim_rejected,
-                            ..Summary::default()
-                        };
-                        record_status(&state, c.kind, Err(&e.to_string()), &claimed);
-                    }
-                    return Err(SyncError::List(e));
-                }
-            }
-        } else {
-            Vec::new()
-        };
-
-        for ctx in &mut ctxs {
-            let mut kind_sum = Summary {
-                claimed: ctx.claimed,
-                rejected: ctx.claim_rejected,
-                ..Summary::default()
-            };
-            if !(ctx.has_requests || (opts.full && pass == 1)) {
-                record_status(&state, ctx.kind, Ok(()), &kind_sum);
-                summary.add(&kind_sum);
-                continue;
-            }
-            // A broken state file stops this kind only, and shows in its status.
-            let mut generation = match next_generation(&state, ctx.profile, &actual) {
-                Ok(g) => g,
-                Err(e) => {
-                    let msg = e.to_string();
-                    kind_failed(
-                        &state,
-                        ctx.kind,
-                        msg,
-                        &kind_sum,
-                        &mut summary,
-                        &mut failed_kinds,
-                    );
-                    continue;
-                }
-            };
-            let collect_orphans = opts.full || ctx.has_requests;
-            let mut plan =
-                match plan_kind(ctx, &actual, namespaces, &mut generation, collect_orphans) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let msg = e.to_string();
-                        kind_failed(
-                            &state,
-                            ctx.kind,
-                            msg,
-                            &kind_sum,
-                            &mut summary,
-                            &mut failed_kinds,
-                        );
-                        continue;
-                    }
-                };
-            // Containers were listed for this pass: the moment to notice
-            // desired sidecars whose process died. Without their argv, read
-            // below only for those that may be started again.
-            let change = !opts.dry_run;
-            let mut desired = match DesiredTable::open(&state, ctx.kind, change) {
-                Ok((mut t, unreadable)) => {
-                    let lost = desired::recover(&mut t, &unreadable, ctx.profile, &actual, runtime);
-                    if !lost.is_empty() {
-                        lost_entries.push((ctx.kind, lost));
-                    }
-                    t
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    kind_failed(
-                        &state,
-                        ctx.kind,
-                        msg,
-                        &kind_sum,
-                        &mut summary,
-                        &mut failed_kinds,
-                    );
-                    continue;
-                }
-            };
-            let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
-            let unhealthy = if opts.full && pass == 1 && !opts.dry_run {
-                check_health(cfg, ctx.profile, runtime, &desired, &actual)
-            } else {
-                HashSet::new()
-            };
-            let seen = Observed {
-                actual: &actual,
-                busy: &busy,
-                unhealthy: &unhealthy,
-            };
-            let need = desired::argv_needed(&desired, ctx.kind, &seen);
-            match desired.load_argv(&state, ctx.kind, &need, change) {
-                Ok(unreadable) if unreadable.is_empty() => {}
-                Ok(unreadable) => {
-                    let lost =
-                        desired::recover(&mut desired, &unreadable, ctx.profile, &actual, runtime);
-                    if !lost.is_empty() {
-                        lost_entries.push((ctx.kind, lost));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    kind_failed(
-                        &state,
-                        ctx.kind,
-                        msg,
-                        &kind_sum,
-                        &mut summary,
-                        &mut failed_kinds,
-                    );
-                    continue;
-                }
-            }
-            let now = now_ms();
-            // Stored by the end of this sync, so the clamp sticks.
-            desired::clamp_future(&mut desired, now);
-            let restarts = desired::plan_restarts(
-                ctx.profile,
-                &desired,
-                &seen,
-                namespaces,
-                &mut generation,
-                now,
-            );
-            log_restart_decisions(ctx.kind, &restarts);
-            plan.jobs.extend(restarts.jobs.iter().cloned());
-            crate::limit::apply(cfg, ctx.profile, &mut plan, &desired, &actual);
-            if opts.dry_run {
-                print_dry_run(ctx.kind, &plan, runtime);
-                continue;
-            }
-            if let Err(e) = state.store_generation(ctx.kind, generation) {
-                let msg = e.to_string();
-                kind_failed(
-                    &state,
-                    ctx.kind,
-                    msg,
-                    &kind_sum,
-                    &mut summary,
-                    &mut failed_kinds,
-                );
-                continue;
-            }
-            // Stops leave the table before they run: a sync killed after a
-            // stop but before the table is written would otherwise restart
-            // a sidecar the agent stopped (the replayed stop request finds
-            // no container, so it cannot name the sidecar any more).
-            if desired::apply_intents(&mut desired, &plan)
-                && let Err(e) = desired.store(&state, ctx.kind)
-            {
-                let msg = e.to_string();
-                kind_failed(
-                    &state,
-                    ctx.kind,
-                    msg,
-                    &kind_sum,
-                    &mut summary,
-                    &mut failed_kinds,
-                );
-                continue;
-            }
-            fault_point("after-plan");
-            if !plan.jobs.is_empty() {
-                unchanged_list = None;
-            }
-            let outcomes = execute_kind(cfg, ctx, &plan, runtime, namespaces, &mut kind_sum);
-            desired::apply_restart_decisions(&mut desired, ctx.kind, &restarts);
-            desired::apply(&mut desired, &plan, &outcomes, &actual, now);
-            // Written before the journal is cleared: a rerun replays the
-            // requests and rebuilds what this write would have said.
-            if let Err(e) = desired.store(&state, ctx.kind) {
-                let msg = e.to_string();
-                error!(kind = %ctx.kind, "cannot record the desired sidecars: {msg}");
-                record_status(&state, ctx.kind, Err(&msg), &kind_sum);
-                summary.add(&kind_sum);
-                summary.errors.push((ctx.kind, msg));
-                continue;
-            }
-            fault_point("after-acks");
-            if let Err(e) = ctx.journal.clear() {
-                // The requests were acknowledged; a rerun replays them as
-                // no-ops. Say so, but the sync itself ran.
-                error!(kind = %ctx.kind, "cannot clear the journal: {e}");
-            }
-            if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
-                warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
-            }
-            match lost_entries
-                .iter()
-                .position(|(k, _)| *k == ctx.kind)
-                .map(|i| lost_entries.swap_remove(i))
-            {
-                // Said once, in the status of the pass that found them.
-                Some((_, lost)) => {
-                    let msg = format!(
-                        "desired sidecars lost with unreadable state files (moved aside to {}): {}; the agent's next start request for each restores it",
-                        desired::corrupt_dir(&state).display(),
-                        lost.join("; ")
-                    );
-                    error!(kind = %ctx.kind, "{msg}");
-                    record_status(&state, ctx.kind, Err(&msg), &kind_sum);
-                }
-                None => record_status(&state, ctx.kind, Ok(()), &kind_sum),
-            }
-            summary.add(&kind_sum);
-        }
-        if opts.dry_run {
-            break;
-        }
-        let pending: Vec<Kind> = ctxs
-            .iter()
-            .filter(|c| !failed_kinds.contains(&c.kind) && c.shared.is_pending())
-            .map(|c| c.kind)
-            .collect();
-        if pending.is_empty() {
-            break;
-        }
-        debug!("pass {pass} done; still pending: {pending:?}");
-        if pass == cfg.max_passes {
-            warn!(
-                "stopping after {pass} passes with requests still pending for {pending:?}; the next trigger continues"
-            );
-        }
-    }
-    // The backstop's run also collects garbage: leftovers no agent wants.
-    if opts.full && !opts.dry_run {
-        let live: Vec<Kind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| !failed_kinds.contains(k))
-            .collect();
-        // A list taken by this run and still true saves the collection
-        // its own `podman ps`: a steady-state backstop makes one call.
-        match crate::gc::run(cfg, runtime, namespaces, &live, false, unchanged_list) {
-            Ok(r) => summary.removed += r.removed.len(),
-            Err(e) => warn!("garbage collection skipped: {e}"),
-        }
-    }
-    Ok(summary)
+    ctx.has_requests |= claim.claimed > 0;
+    Ok(ctx)
 }
 
-impl Summary {
-    fn add(&mut self, o: &Summary) {
-        self.claimed += o.claimed;
-        self.started += o.started;
-        self.replaced += o.replaced;
-        self.unchanged += o.unchanged;
-        self.signalled += o.signalled;
-        self.removed += o.removed;
-        self.failed += o.failed;
-        self.rejected += o.rejected;
-        self.restarts += o.restarts;
+/// Folds a kind's batch into a plan, streaming the journal (then a dry
+/// run's queued requests) through the planner, so no request is held once
+/// folded.
+fn fold(
+    ctx: &mut KindCtx,
+    actual: &[ContainerInfo],
+    namespaces: &dyn Namespaces,
+    next_generation: &mut u64,
+    collect_orphans: bool,
+) -> Result<Plan, ClaimError> {
+    let mut planner = Planner::new(ctx.profile, actual);
+    ctx.journal.for_each_record(|r| planner.push(r))?;
+    for r in std::mem::take(&mut ctx.peeked) {
+        planner.push(r);
     }
+    Ok(planner.finish(namespaces, next_generation, collect_orphans))
 }
 
-/// Gives up on `kind` for this run: logs why, records it in the kind's status (so `status`
-/// and the back-off see it), counts what its claim did, and leaves it out of later passes.
-fn kind_failed(
+/// Stage 3, before anything runs: stores the generation counter and takes
+/// the sidecars the plan stops out of the desired table. Stops leave the
+/// table before they run: a sync killed after a stop but before the table
+/// is written would otherwise restart a sidecar the agent stopped (the
+/// replayed stop request finds no container, so it cannot name the sidecar
+/// any more).
+fn record_intents(state: &StateDir, kind: Kind, kp: &mut KindPlan) -> Result<(), KindError> {
+    state
+        .store_generation(kind, kp.generation)
+        .map_err(KindError::Generation)?;
+    if desired::apply_intents(&mut kp.desired, &kp.plan) {
+        kp.desired.store(state, kind).map_err(KindError::Desired)?;
+    }
+    Ok(())
+}
+
+/// Stage 5, persist: applies the outcomes to the desired table and writes
+/// it, then clears the journal. Written before the journal is cleared: a
+/// rerun replays the requests and rebuilds what this write would have said.
+fn persist(
+    cfg: &HostConfig,
     state: &StateDir,
-    kind: Kind,
-    msg: String,
-    counts: &Summary,
-    summary: &mut Summary,
-    failed_kinds: &mut Vec<Kind>,
-) {
-    error!(kind = %kind, "cannot sync {kind}: {msg}");
-    record_status(state, kind, Err(&msg), counts);
-    summary.add(counts);
-    summary.errors.push((kind, msg));
-    failed_kinds.push(kind);
+    ctx: &KindCtx,
+    kp: KindPlan,
+    outcomes: &[JobOutcome],
+    actual: &[ContainerInfo],
+) -> Result<(), KindError> {
+    let KindPlan {
+        plan,
+        restarts,
+        mut desired,
+        now,
+        ..
+    } = kp;
+    desired::apply_outcomes(
+        &mut desired,
+        ctx.kind,
+        &plan,
+        &restarts,
+        outcomes,
+        actual,
+        now,
+    );
+    desired.store(state, ctx.kind).map_err(KindError::Record)?;
+    fault_point("after-acks");
+    if let Err(e) = ctx.journal.clear() {
+        // The requests were acknowledged; a rerun replays them as
+        // no-ops. Say so, but the sync itself ran.
+        error!(kind = %ctx.kind, "cannot clear the journal: {e}");
+    }
+    if let Err(e) = ctx.shared.prune_acks(cfg.ack_max_age) {
+        warn!(kind = %ctx.kind, "cannot prune old acknowledgements: {e}");
+    }
+    Ok(())
 }
 
 /// The generation to hand out next for `kind`: the stored counter; without one (the first
@@ -540,14 +787,9 @@ fn next_generation(
     // status: another configuration's counter is not ours to follow.
     let seen = actual
         .iter()
-        .filter(|c| c.labels.get(labels::KIND).map(String::as_str) == Some(kind.as_str()))
-        .filter(|c| {
-            profile
-                .labels
-                .iter()
-                .all(|(k, v)| c.labels.get(k) == Some(v))
-        })
-        .filter_map(|c| c.labels.get(labels::GENERATION)?.parse::<u64>().ok())
+        .map(SidecarLabels::of)
+        .filter(|l| l.is_profiles(kind, &profile.labels))
+        .filter_map(|l| l.generation())
         .max();
     Ok(seen.map_or(1, |g| g.saturating_add(1)))
 }
@@ -582,78 +824,6 @@ fn record_status(state: &StateDir, kind: Kind, result: Result<(), &str>, s: &Sum
     }
 }
 
-/// Claims (or, in a dry run, only reads) one kind's queue. The journal is
-/// only looked at here; [`plan_kind`] streams it.
-fn prepare_kind<'a>(
-    cfg: &'a HostConfig,
-    kind: Kind,
-    limits: &Limits,
-    opts: &SyncOptions,
-) -> Result<KindCtx<'a>, String> {
-    let profile = cfg.profile(kind).map_err(|e| e.to_string())?;
-    let shared = SharedDir::open(&cfg.queue_root, kind, !opts.dry_run, limits.clone())
-        .map_err(|e| e.to_string())?;
-    let journal = Journal::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
-    let rejects = RejectLog::open(&cfg.state_dir, kind).map_err(|e| e.to_string())?;
-    let mut claimed = 0;
-    let mut claim_rejected = 0;
-    let mut peeked = Vec::new();
-    let mut has_requests = journal.has_records().map_err(|e| e.to_string())?;
-    if opts.dry_run {
-        let (queued, bad) = shared.peek().map_err(|e| e.to_string())?;
-        for r in &bad {
-            println!(
-                "# would reject line {} of the {kind} queue: {}",
-                r.line, r.reason
-            );
-        }
-        has_requests |= !queued.is_empty();
-        peeked = queued;
-    } else {
-        let report = shared
-            .claim(&journal, &rejects)
-            .map_err(|e| e.to_string())?;
-        debug!(kind = %kind, "claimed {} request(s), lock held {:?}", report.claimed, report.lock_held);
-        claimed = report.claimed;
-        claim_rejected = report.rejected.len();
-        // The claim already logged them and kept them in the reject log.
-        for r in &report.rejected {
-            if let Some(id) = &r.id {
-                write_ack(&shared, id, Outcome::Rejected, &r.reason, None);
-            }
-        }
-        has_requests |= report.claimed > 0;
-    }
-    Ok(KindCtx {
-        kind,
-        profile,
-        shared,
-        journal,
-        rejects,
-        has_requests,
-        peeked,
-        claimed,
-        claim_rejected,
-    })
-}
-
-/// Plans a kind's batch, streaming the journal (then a dry run's queued
-/// requests) through the planner, so no request is held once folded.
-fn plan_kind(
-    ctx: &mut KindCtx,
-    actual: &[ContainerInfo],
-    namespaces: &dyn Namespaces,
-    next_generation: &mut u64,
-    collect_orphans: bool,
-) -> Result<Plan, ClaimError> {
-    let mut planner = Planner::new(ctx.profile, actual);
-    ctx.journal.for_each_record(|r| planner.push(r))?;
-    for r in std::mem::take(&mut ctx.peeked) {
-        planner.push(r);
-    }
-    Ok(planner.finish(namespaces, next_generation, collect_orphans))
-}
-
 fn write_ack(
     shared: &SharedDir,
     id: &str,
@@ -674,38 +844,28 @@ fn write_ack(
     }
 }
 
-fn print_dry_run(kind: Kind, plan: &Plan, runtime: &dyn Runtime) {
+/// What a dry run reports for a kind's plan: the answers it would give, and
+/// for each job the exact command lines a real run executes ([`Step::call`]
+/// with the profile's stop timeout, as [`run_job`] uses).
+fn dry_run_lines(kind: Kind, plan: &Plan, profile: &Profile, runtime: &dyn Runtime) -> Vec<String> {
+    let mut out = Vec::new();
     if plan.jobs.is_empty() {
-        println!("# {kind}: nothing to do");
+        out.push(format!("# {kind}: nothing to do"));
     }
     for a in &plan.answers {
-        println!(
+        out.push(format!(
             "# {kind}: request {} -> {:?}: {}",
             a.id, a.result, a.message
-        );
+        ));
     }
     for job in &plan.jobs {
-        println!("# {kind}: {:?} {}", job.what, job.container);
+        out.push(format!("# {kind}: {:?} {}", job.what, job.container));
         for step in &job.steps {
-            println!("{}", runtime.describe(&step_call(step)));
+            out.push(runtime.describe(&step.call(profile.stop_timeout)));
         }
     }
+    out
 }
-
-fn step_call(step: &Step) -> Call {
-    match step {
-        Step::Remove { name } => Call::Remove(name.clone()),
-        Step::Signal { name, signal } => Call::Kill(name.clone(), *signal),
-        Step::Stop { name, signal } => match signal {
-            crate::record::Signal::Kill => Call::Kill(name.clone(), *signal),
-            _ => Call::Stop(name.clone(), Duration::from_secs(10)),
-        },
-        Step::Run { spec, .. } => Call::Run(spec.clone()),
-    }
-}
-
-/// A finished job: its index in the plan, outcome and duration.
-type JobResult = (usize, Result<Done, JobFailure>, Duration);
 
 /// How a job that succeeded ended.
 enum Done {
@@ -723,6 +883,8 @@ struct JobFailure {
     message: String,
 }
 
+/// Runs a job's steps in order, each through [`Step::call`] (the mapping
+/// the dry run prints), stopping at the first failure.
 fn run_job(
     job: &Job,
     profile: &Profile,
@@ -735,50 +897,44 @@ fn run_job(
     };
     let mut done = Done::AsPlanned;
     for step in &job.steps {
-        match step {
-            Step::Remove { name } => runtime.remove(name).map_err(failed)?,
-            Step::Signal { name, signal } => match runtime.kill(name, *signal) {
-                Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)) => {
-                    return Err(JobFailure {
-                        outcome: Outcome::Failed,
-                        message: format!("No such process: sidecar {name} is not running"),
-                    });
-                }
-                r => r.map_err(failed)?,
-            },
-            Step::Stop { name, signal } => {
-                let r = match signal {
-                    crate::record::Signal::Kill => runtime.kill(name, *signal),
-                    _ => runtime.stop(name, profile.stop_timeout),
-                };
-                match r {
-                    // Already gone or stopped is what a stop wants.
-                    Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)) => {}
-                    r => r.map_err(failed)?,
-                }
+        if let Step::Run {
+            netns: Some(ns), ..
+        } = step
+            && let Err(e) = namespaces.verify(ns)
+        {
+            return Err(JobFailure {
+                outcome: Outcome::Rejected,
+                message: e.to_string(),
+            });
+        }
+        match (
+            step,
+            crate::runtime::perform(runtime, &step.call(profile.stop_timeout)),
+        ) {
+            (_, Ok(())) => {}
+            (
+                Step::Signal { name, .. },
+                Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)),
+            ) => {
+                return Err(JobFailure {
+                    outcome: Outcome::Failed,
+                    message: format!("No such process: sidecar {name} is not running"),
+                });
             }
-            Step::Run { spec, netns } => {
-                if let Some(ns) = netns
-                    && let Err(e) = namespaces.verify(ns)
-                {
-                    return Err(JobFailure {
-                        outcome: Outcome::Rejected,
-                        message: e.to_string(),
-                    });
-                }
-                match runtime.run(spec) {
-                    Ok(_) => {}
-                    Err(RuntimeError::NameInUse(_)) => done = take_over_name(spec, runtime)?,
-                    Err(e) => return Err(failed(e)),
-                }
+            // Already gone or stopped is what a stop wants.
+            (
+                Step::Stop { .. },
+                Err(RuntimeError::NoSuchContainer(_) | RuntimeError::NotRunning(_)),
+            ) => {}
+            (Step::Run { spec, .. }, Err(RuntimeError::NameInUse(_))) => {
+                done = take_over_name(spec, runtime)?;
             }
+            (_, Err(e)) => return Err(failed(e)),
         }
     }
     Ok(done)
 }
 
-/// Labels that differ between two starts of the same sidecar with the same
-/// arguments.
 const PER_START_LABELS: [&str; 2] = [labels::REQUEST_ID, labels::GENERATION];
 
 /// `podman run` of `spec` found its name taken. The list this sync planned
@@ -823,7 +979,7 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
             message: format!(
                 "the container name {name} is already in use by container {}, which is not this configuration's sidecar for {} (its labels differ); remove or rename it (`podman rm -f {name}`) and ask again",
                 short_id(&c.id),
-                spec.labels.get(labels::KEY).map_or("?", String::as_str),
+                SidecarLabels::of_spec(spec).key().unwrap_or("?"),
             ),
         });
     }
@@ -837,7 +993,7 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
         return Ok(Done::Adopted(format!(
             "{name} already runs with these arguments (container {}, generation {}, started by an interrupted sync)",
             short_id(&c.id),
-            c.labels.get(labels::GENERATION).map_or("?", String::as_str)
+            SidecarLabels::of(&c).generation_text()
         )));
     }
     warn!(container = %name, id = %short_id(&c.id), state = ?c.state, "replacing a container of this sidecar that an interrupted sync left behind");
@@ -891,8 +1047,11 @@ fn log_restart_decisions(kind: Kind, rp: &RestartPlan) {
     }
 }
 
-/// Runs the plan's jobs; returns how each ended, by index.
-fn execute_kind(
+/// Stage 4, execute and acknowledge: answers the requests the plan decided
+/// at once, then runs the jobs with bounded parallelism, answering each
+/// job's requests as soon as it ends (a kill script is waiting). Counts
+/// into `sum`, logs rejects; returns how each job ended, by index.
+fn execute(
     cfg: &HostConfig,
     ctx: &KindCtx,
     plan: &Plan,
@@ -900,18 +1059,46 @@ fn execute_kind(
     namespaces: &dyn Namespaces,
     sum: &mut Summary,
 ) -> Vec<JobOutcome> {
+    let mut rejects = acknowledge_answers(ctx, plan, sum);
+    let results = crate::parallel::map(&plan.jobs, cfg.parallelism, |i, job| {
+        let t = Instant::now();
+        // Bounded once here: the message goes into the acks, the reject log
+        // and the desired table's last_error.
+        let r = run_job(job, ctx.profile, runtime, namespaces).map_err(|f| JobFailure {
+            message: bounded(&f.message, MAX_MESSAGE_BYTES).into_owned(),
+            ..f
+        });
+        let elapsed = t.elapsed();
+        answer_job(&ctx.shared, job, &r);
+        if i == 0 {
+            fault_point("mid-run");
+        }
+        (r, elapsed)
+    });
+    let outcomes = plan
+        .jobs
+        .iter()
+        .zip(results)
+        .map(|(job, (r, elapsed))| count_job(ctx.kind, job, r, elapsed, sum, &mut rejects))
+        .collect();
+    if !rejects.is_empty()
+        && let Err(e) = ctx.rejects.append(&rejects)
+    {
+        error!(kind = %ctx.kind, "cannot write the reject log: {e}");
+    }
+    outcomes
+}
+
+/// Writes the acknowledgements the plan decided without a job; returns the
+/// rejects among them, for the reject log.
+fn acknowledge_answers(ctx: &KindCtx, plan: &Plan, sum: &mut Summary) -> Vec<Reject> {
     let kind = ctx.kind;
-    let mut plan_rejects = Vec::new();
+    let mut rejects = Vec::new();
     for a in &plan.answers {
         match a.result {
             Outcome::Rejected => {
                 warn!(kind = %kind, id = %a.id, "rejected: {}", a.message);
-                plan_rejects.push(Reject {
-                    line: 0,
-                    id: Some(a.id.clone()),
-                    reason: a.message.clone(),
-                    excerpt: String::new(),
-                });
+                rejects.push(reject_of(&a.id, &a.message));
                 sum.rejected += 1;
             }
             Outcome::Failed => {
@@ -929,81 +1116,51 @@ fn execute_kind(
         );
     }
     sum.unchanged += plan.unchanged;
+    rejects
+}
 
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
-    let workers = cfg.parallelism.min(plan.jobs.len()).max(1);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = plan.jobs.get(i) else { break };
-                    let t = Instant::now();
-                    // Bounded once here: the message goes into the acks,
-                    // the reject log and the desired table's last_error.
-                    let r =
-                        run_job(job, ctx.profile, runtime, namespaces).map_err(|f| JobFailure {
-                            message: bounded(&f.message, MAX_MESSAGE_BYTES).into_owned(),
-                            ..f
-                        });
-                    let elapsed = t.elapsed();
-                    // Answer as soon as a job ends: a kill script is waiting.
-                    answer_job(&ctx.shared, job, &r);
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((i, r, elapsed));
-                    if i == 0 {
-                        fault_point("mid-run");
-                    }
-                }
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut outcomes = vec![JobOutcome::Ok; plan.jobs.len()];
-    for (i, r, elapsed) in results {
-        let job = &plan.jobs[i];
-        match r {
-            Ok(_) => {
-                info!(kind = %kind, container = %job.container, "{:?} done in {elapsed:?}", job.what);
-                match job.what {
-                    JobKind::Start => sum.started += 1,
-                    JobKind::Replace => sum.replaced += 1,
-                    JobKind::Signal => sum.signalled += 1,
-                    JobKind::Stop | JobKind::Orphan => sum.removed += 1,
-                    JobKind::Restart => sum.restarts += 1,
-                }
-            }
-            Err(f) => {
-                outcomes[i] = if f.outcome == Outcome::Rejected {
-                    JobOutcome::Rejected(f.message.clone())
-                } else {
-                    JobOutcome::Failed(f.message.clone())
-                };
-                if f.outcome == Outcome::Rejected {
-                    warn!(kind = %kind, container = %job.container, "rejected: {}", f.message);
-                    sum.rejected += job.answers.len().max(1);
-                    plan_rejects.extend(job.answers.iter().map(|(id, _)| Reject {
-                        line: 0,
-                        id: Some(id.clone()),
-                        reason: f.message.clone(),
-                        excerpt: String::new(),
-                    }));
-                } else {
-                    error!(kind = %kind, container = %job.container, "{:?} failed: {}", job.what, f.message);
-                    sum.failed += job.answers.len().max(1);
-                }
-            }
-        }
+fn reject_of(id: &str, reason: &str) -> Reject {
+    Reject {
+        line: 0,
+        id: Some(id.to_owned()),
+        reason: reason.to_owned(),
+        excerpt: String::new(),
     }
-    if !plan_rejects.is_empty()
-        && let Err(e) = ctx.rejects.append(&plan_rejects)
-    {
-        error!(kind = %kind, "cannot write the reject log: {e}");
+}
+
+/// Counts and logs how one job ended; its outcome for the desired table.
+fn count_job(
+    kind: Kind,
+    job: &Job,
+    r: Result<Done, JobFailure>,
+    elapsed: Duration,
+    sum: &mut Summary,
+    rejects: &mut Vec<Reject>,
+) -> JobOutcome {
+    let f = match r {
+        Ok(_) => {
+            info!(kind = %kind, container = %job.container, "{:?} done in {elapsed:?}", job.what);
+            match job.what {
+                JobKind::Start => sum.started += 1,
+                JobKind::Replace => sum.replaced += 1,
+                JobKind::Signal => sum.signalled += 1,
+                JobKind::Stop | JobKind::Orphan => sum.removed += 1,
+                JobKind::Restart => sum.restarts += 1,
+            }
+            return JobOutcome::Ok;
+        }
+        Err(f) => f,
+    };
+    if f.outcome == Outcome::Rejected {
+        warn!(kind = %kind, container = %job.container, "rejected: {}", f.message);
+        sum.rejected += job.answers.len().max(1);
+        rejects.extend(job.answers.iter().map(|(id, _)| reject_of(id, &f.message)));
+        JobOutcome::Rejected(f.message)
+    } else {
+        error!(kind = %kind, container = %job.container, "{:?} failed: {}", job.what, f.message);
+        sum.failed += job.answers.len().max(1);
+        JobOutcome::Failed(f.message)
     }
-    outcomes
 }
 
 fn answer_job(shared: &SharedDir, job: &Job, r: &Result<Done, JobFailure>) {
@@ -1025,4 +1182,42 @@ pub fn containers(
     runtime: &dyn Runtime,
 ) -> Result<Vec<ContainerInfo>, RuntimeError> {
     runtime.list(&cfg.instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line_names_every_count_in_order_and_adds_up() {
+        let mut s = Summary {
+            claimed: 9,
+            rejected: 2,
+            ..Summary::default()
+        };
+        s.add(&Summary {
+            claimed: 1,
+            started: 2,
+            replaced: 3,
+            unchanged: 4,
+            signalled: 5,
+            removed: 6,
+            failed: 7,
+            rejected: 8,
+            restarts: 9,
+            ..Summary::default()
+        });
+        assert_eq!(
+            s.to_string(),
+            "sync: claimed 10, started 2, replaced 3, unchanged 4, signalled 5, removed 6, failed 7, rejected 10, restarts 9"
+        );
+        s.errors.push((
+            Kind::Dnsmasq,
+            KindError::Generation(StateError::Corrupt {
+                path: "/x".into(),
+                message: "bad".into(),
+            }),
+        ));
+        assert!(s.to_string().ends_with("; could not sync 1 kind(s)"), "{s}");
+    }
 }

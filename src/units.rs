@@ -22,9 +22,9 @@
 //! rename, fsync of the directory) and skipped when the contents are already
 //! there, so `sidespawn units install` can be rerun at will.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +89,16 @@ pub enum UnitsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {source}")]
+    Bin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find this binary's path (pass --bin): {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("--enable works only with --root / (the running system)")]
+    EnableNeedsRunningSystem,
     #[error("cannot run `{command}`: {source}")]
     Spawn {
         command: String,
@@ -495,37 +505,66 @@ fn write_one(path: &Path, contents: &[u8]) -> Result<Change, UnitsError> {
     // A hidden name without the unit's suffix: no manager or tmpfiles run
     // ever picks up a half-written temporary file.
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
+    let tmp = format!(
         ".{}.tmp-{}-{}",
         name.to_string_lossy(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io_err("cannot create", &tmp))?;
-        // The umask may have taken bits away from the mode asked for.
-        f.set_permissions(Permissions::from_mode(FILE_MODE))
-            .map_err(io_err("cannot chmod", &tmp))?;
-        f.write_all(contents)
-            .map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename is durable only once the directory is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot fsync directory", dir))?;
+    );
+    crate::atomic::write_file(path, &tmp, contents, FILE_MODE, true).map_err(|e| {
+        UnitsError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    })?;
     Ok(change)
+}
+
+/// `sidespawn units generate|install`: writes the units for `cfg`, running
+/// `bin` (default: the running binary), under `root` (only rewriting files
+/// that changed, printing each change); then, with `enable` (only for the
+/// running system, root `/`), runs the commands that make them take effect,
+/// or, for `/`, prints them.
+pub fn install(
+    cfg: &HostConfig,
+    root: &Path,
+    bin: Option<&Path>,
+    enable: bool,
+) -> Result<(), UnitsError> {
+    if !cfg.path.exists() {
+        eprintln!(
+            "sidespawn: warning: {} does not exist; the units will run `sync --config {}`, so create it before enabling them",
+            cfg.path.display(),
+            cfg.path.display()
+        );
+    }
+    let running_system = root == Path::new("/");
+    if enable && !running_system {
+        return Err(UnitsError::EnableNeedsRunningSystem);
+    }
+    let bin = match bin {
+        Some(b) => std::path::absolute(b).map_err(|source| UnitsError::Bin {
+            path: b.to_owned(),
+            source,
+        })?,
+        None => std::env::current_exe().map_err(UnitsError::CurrentExe)?,
+    };
+    let files = generate(cfg, &bin)?;
+    for (path, change) in write(&files, root)? {
+        println!("{change:?}: {}", path.display());
+    }
+    let mut cmds = vec![tmpfiles_command()];
+    cmds.extend(enable_commands(cfg));
+    if enable {
+        run_commands(&cmds, Path::new("systemctl"))?;
+    } else if running_system {
+        println!("to activate them, run:");
+        for c in &cmds {
+            println!("  {}", display_command(c));
+        }
+    }
+    Ok(())
 }
 
 /// The commands that make the installed units take effect: reload the
@@ -558,19 +597,7 @@ pub fn tmpfiles_command() -> Vec<String> {
 
 /// `argv` as a shell would need it typed, for printing (`--dry-run`, logs).
 pub fn display_command(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::shell::quote_words(argv)
 }
 
 /// Runs `cmds` in order, stopping at the first failure. argv vectors, no
@@ -612,6 +639,7 @@ mod tests {
     use super::*;
     use crate::kind::Kind;
     use std::ffi::OsStr;
+    use std::fs::Permissions;
     use std::os::unix::ffi::OsStrExt;
 
     fn values() -> Values<'static> {

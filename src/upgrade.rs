@@ -14,75 +14,19 @@
 //! the new configuration.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use crate::config::{HostConfig, Profile};
 use crate::desired::DesiredTable;
 use crate::kind::Kind;
-use crate::plan::{Namespaces, run_spec, spec_hash};
-use crate::runtime::{Runtime, RuntimeError, labels};
-use crate::state::{StateDir, StateError, read_json, write_atomic};
+use crate::netns::Namespaces;
+use crate::plan::{run_spec, spec_hash};
+use crate::runtime::{Runtime, RuntimeError, SidecarLabels, labels};
+use crate::state::{SYNC_LOCK_TIMEOUT, StateDir, StateError};
 
-/// The host's record of a kind's images.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageState {
-    /// The image the sidecars ran before the last upgrade or rollback.
-    pub previous: Option<String>,
-    /// Set by `rollback`: the image to use instead of the configured one...
-    pub override_image: Option<String>,
-    /// ...as long as the configuration still names this image.
-    pub override_while_configured: Option<String>,
-}
-
-pub fn image_state_path(state: &StateDir, kind: Kind) -> PathBuf {
-    state.path().join("images").join(format!("{kind}.json"))
-}
-
-impl ImageState {
-    pub fn load(state: &StateDir, kind: Kind) -> Result<ImageState, StateError> {
-        Ok(read_json(&image_state_path(state, kind))?.unwrap_or_default())
-    }
-
-    pub fn store(&self, state: &StateDir, kind: Kind) -> Result<(), StateError> {
-        let p = image_state_path(state, kind);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| StateError::Corrupt {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&p, &text)
-    }
-
-    /// The image sidecars of a kind configured with `configured` run.
-    pub fn effective(&self, configured: Option<&str>) -> Option<String> {
-        match (&self.override_image, &self.override_while_configured) {
-            (Some(o), Some(c)) if Some(c.as_str()) == configured => Some(o.clone()),
-            _ => configured.map(str::to_owned),
-        }
-    }
-}
-
-/// The configuration with every kind's rollback override applied: what
-/// syncs, restarts and upgrades start. An unreadable image state is an
-/// error, so nothing starts with an image the operator rolled back from.
-pub fn effective_config(cfg: &HostConfig) -> Result<HostConfig, StateError> {
-    let state = StateDir::new(&cfg.state_dir);
-    // A state directory that is not one gets its own advice, not a bare
-    // "Not a directory" from the first file read below it.
-    state.check_dir()?;
-    // Not another configuration's state (recorded by the first sync that writes).
-    state.claim_owner(&cfg.queue_root, false)?;
-    let mut out = cfg.clone();
-    for (kind, p) in out.kinds.iter_mut() {
-        let st = ImageState::load(&state, *kind)?;
-        p.image = st.effective(p.image.as_deref());
-    }
-    Ok(out)
-}
+pub use crate::images::{ImageState, effective_config, image_state_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -154,8 +98,8 @@ pub fn replace_all(
         let current = actual
             .iter()
             .find(|c| c.name == d.container)
-            .and_then(|c| c.labels.get(labels::ARGV_HASH));
-        if current == Some(&want) {
+            .and_then(|c| SidecarLabels::of(c).argv_hash());
+        if current == Some(want.as_str()) {
             report.unchanged += 1;
         } else {
             todo.push(key.clone());
@@ -174,42 +118,33 @@ pub fn replace_all(
             .collect();
         // Handed out before the batch runs: a crash must not reuse them.
         state.store_generation(kind, generation)?;
-        let results: Mutex<Vec<(String, Result<Replaced, String>)>> = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for (key, spec) in &jobs {
-                let results = &results;
-                let record = &table.sidecars[key].record;
-                s.spawn(move || {
-                    let t = Instant::now();
-                    let r = (|| {
-                        if let Some(ns) = &record.netns {
-                            namespaces.verify(ns).map_err(|e| e.to_string())?;
-                        }
-                        match runtime.remove(&spec.name) {
-                            Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {}
-                            Err(e) => return Err(e.to_string()),
-                        }
-                        runtime.run(spec).map_err(|e| e.to_string())?;
-                        Ok(())
-                    })();
-                    let generation = spec
-                        .labels
-                        .get(labels::GENERATION)
-                        .and_then(|g| g.parse().ok())
-                        .unwrap_or(0);
-                    let out = r.map(|()| Replaced {
-                        container: spec.name.clone(),
-                        generation,
-                        gap: t.elapsed(),
-                    });
-                    results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((key.clone(), out));
-                });
-            }
+        // The whole batch at once: its size is the parallelism.
+        let results = crate::parallel::map(&jobs, jobs.len(), |_, (key, spec)| {
+            let record = &table.sidecars[key].record;
+            let t = Instant::now();
+            let r = (|| {
+                if let Some(ns) = &record.netns {
+                    namespaces.verify(ns).map_err(|e| e.to_string())?;
+                }
+                match runtime.remove(&spec.name) {
+                    Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                runtime.run(spec).map_err(|e| e.to_string())?;
+                Ok(())
+            })();
+            let generation = spec
+                .labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            let out = r.map(|()| Replaced {
+                container: spec.name.clone(),
+                generation,
+                gap: t.elapsed(),
+            });
+            (key.clone(), out)
         });
-        let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut failures = Vec::new();
         for (key, r) in results {
             match r {
@@ -254,6 +189,8 @@ pub fn upgrade(
     namespaces: &dyn Namespaces,
     max_parallel: usize,
 ) -> Result<UpgradeReport, UpgradeError> {
+    // Excludes a sync of this kind replaying requests meanwhile.
+    let _lock = StateDir::new(&cfg.state_dir).sync_lock(kind, SYNC_LOCK_TIMEOUT)?;
     let eff = effective_config(cfg)?;
     let profile = eff.profile(kind)?.clone();
     remember_previous(cfg, kind, profile.image.as_deref().unwrap_or_default())?;
@@ -269,6 +206,8 @@ pub fn rollback(
     namespaces: &dyn Namespaces,
     max_parallel: usize,
 ) -> Result<UpgradeReport, UpgradeError> {
+    // Excludes a sync of this kind replaying requests meanwhile.
+    let _lock = StateDir::new(&cfg.state_dir).sync_lock(kind, SYNC_LOCK_TIMEOUT)?;
     let state = StateDir::new(&cfg.state_dir);
     let configured = cfg.profile(kind)?.image.clone();
     let mut st = ImageState::load(&state, kind)?;

@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -63,8 +63,9 @@ use tracing::{debug, error, info, warn};
 use crate::claim::{Limits, SharedDir};
 use crate::config::{ConfigError, HostConfig};
 use crate::kind::Kind;
-use crate::plan::HostNamespaces;
+use crate::netns::HostNamespaces;
 use crate::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
+use crate::record::now_ms;
 use crate::runtime::{Podman, Runtime};
 use crate::sdnotify::{Notifier, State};
 use crate::sync::{self, Summary, SyncOptions};
@@ -692,12 +693,6 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// One kind's part of the status line.
 fn describe(r: &Report) -> String {
     match &r.result {
@@ -1089,7 +1084,7 @@ fn run_job(
         Ok(s) => Err(s
             .errors
             .iter()
-            .map(|(_, e)| e.as_str())
+            .map(|(_, e)| e.to_string())
             .collect::<Vec<_>>()
             .join("; ")),
         Err(e) => Err(e.to_string()),

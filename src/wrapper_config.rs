@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::defaults;
 use crate::kind::Kind;
 
 pub const DEFAULT_PATH: &str = "/etc/sidespawn/wrapper.json";
 pub const ENV_VAR: &str = "SIDESPAWN_WRAPPER_CONFIG";
-pub const DEFAULT_QUEUE_ROOT: &str = "/var/lib/neutron/sidespawn";
-pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,9 +50,9 @@ pub struct KindConfig {
 impl Default for WrapperConfig {
     fn default() -> Self {
         WrapperConfig {
-            queue_root: DEFAULT_QUEUE_ROOT.into(),
-            netns_dir: DEFAULT_NETNS_DIR.into(),
-            lock_timeout_ms: 10_000,
+            queue_root: defaults::QUEUE_ROOT.into(),
+            netns_dir: defaults::NETNS_DIR.into(),
+            lock_timeout_ms: defaults::LOCK_TIMEOUT_MS,
             kinds: BTreeMap::new(),
         }
     }

@@ -9,7 +9,7 @@ use common::TempDir;
 use sidespawn::config::HostConfig;
 use sidespawn::desired::DesiredTable;
 use sidespawn::kind::Kind;
-use sidespawn::plan::FakeNamespaces;
+use sidespawn::netns::FakeNamespaces;
 use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 use sidespawn::runtime::{Call, FakeRuntime, Runtime, State, labels};
 use sidespawn::state::StateDir;
@@ -348,6 +348,55 @@ fn dry_run_shows_the_restart_and_changes_nothing() {
     sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
     assert_eq!(s.desired(), before);
+}
+
+/// A dry run prints exactly the engine calls the real run then makes: both
+/// map each planned step through one function, with the profile's stop
+/// timeout (here not podman's default of 10 s).
+#[test]
+fn dry_run_prints_exactly_the_calls_the_run_then_makes() {
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.cfg.kinds.get_mut(&Kind::Dnsmasq).unwrap().stop_timeout = std::time::Duration::from_secs(3);
+    // One job at a time, so the calls come in the plan's order.
+    s.cfg.parallelism = 1;
+    s.start(&["a"]);
+    s.sync(false);
+    // A stop (TERM: `podman stop` with the grace time) and a new start.
+    s.stop(s.container().unwrap().pid);
+    let mut other = s.start_record_template();
+    other.argv = vec!["b".to_owned()];
+    other.tag = Some(format!("dnsmasq-other-{}", s.uuid));
+    s.queue(&other);
+
+    let dry = sidespawn::sync::run(
+        &s.cfg,
+        &s.fake,
+        &s.ns,
+        &SyncOptions {
+            dry_run: true,
+            ..SyncOptions::default()
+        },
+    )
+    .unwrap();
+    let printed: Vec<&String> = dry.dry_run.iter().filter(|l| !l.starts_with('#')).collect();
+    assert!(
+        printed.iter().any(|l| l.contains(" stop --time=3 ")),
+        "{printed:#?}"
+    );
+
+    s.fake.clear_calls();
+    let sum = s.sync(false);
+    assert_eq!((sum.removed, sum.started), (1, 1), "{sum}");
+    let ran: Vec<String> = s
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| !matches!(c, Call::List(_)))
+        .map(|c| s.fake.describe(c))
+        .collect();
+    assert_eq!(printed, ran.iter().collect::<Vec<_>>());
 }
 
 #[test]
@@ -838,7 +887,7 @@ fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
     };
     let first = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     assert_eq!(first.errors.len(), 1, "{first}");
-    let why = &first.errors[0].1;
+    let why = first.errors[0].1.to_string();
     assert!(why.contains("No space left on device"), "{why}");
 
     let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();

@@ -22,7 +22,7 @@ use sidespawn::runtime::{ContainerInfo, FakeRuntime, State};
 use sidespawn::sync::{self, Summary, SyncOptions};
 
 use crate::{CHILD_FLAG, HostSetup, NO_PODMAN, UNUSED_IMAGE, s};
-use sidespawn::plan::FakeNamespaces;
+use sidespawn::netns::FakeNamespaces;
 
 /// A Neutron DHCP agent's dnsmasq argv (`{u}`: the network's UUID), so
 /// records and labels have their real size (about 1 KiB per queue line).
@@ -251,6 +251,7 @@ fn check_summary(s: &Summary, fx: &Fixture) -> Result<(), String> {
         rejected: 0,
         restarts: 0,
         errors: Vec::new(),
+        dry_run: Vec::new(),
     };
     if *s != want {
         return Err(format!("sync gave {s:?}, want {want:?}"));

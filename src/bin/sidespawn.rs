@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sidespawn::config::{DEFAULT_PATH, HostConfig};
 use sidespawn::kind::Kind;
-use sidespawn::plan::HostNamespaces;
+use sidespawn::netns::HostNamespaces;
 use sidespawn::runtime::Podman;
 
 /// Spawn Neutron side processes (dnsmasq, haproxy, keepalived, radvd) as
@@ -199,92 +199,14 @@ enum UnitsCommand {
     },
 }
 
-fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), String> {
-    use sidespawn::units;
-    let bin_of = |bin: Option<PathBuf>| -> Result<PathBuf, String> {
-        match bin {
-            Some(b) => std::path::absolute(&b).map_err(|e| format!("{}: {e}", b.display())),
-            None => std::env::current_exe()
-                .map_err(|e| format!("cannot find this binary's path (pass --bin): {e}")),
+fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::units::UnitsError> {
+    match cmd {
+        UnitsCommand::Generate { out, bin } => {
+            sidespawn::units::install(cfg, &out, bin.as_deref(), false)
         }
-    };
-    if !cfg.path.exists() {
-        eprintln!(
-            "sidespawn: warning: {} does not exist; the units will run `sync --config {}`, so create it before enabling them",
-            cfg.path.display(),
-            cfg.path.display()
-        );
-    }
-    let (files, root, enable) = match cmd {
-        UnitsCommand::Generate { out, bin } => (
-            units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
-            out,
-            false,
-        ),
         UnitsCommand::Install { root, enable, bin } => {
-            if enable && root != std::path::Path::new("/") {
-                return Err("--enable works only with --root / (the running system)".into());
-            }
-            (
-                units::generate(cfg, &bin_of(bin)?).map_err(|e| e.to_string())?,
-                root,
-                enable,
-            )
+            sidespawn::units::install(cfg, &root, bin.as_deref(), enable)
         }
-    };
-    for (path, change) in units::write(&files, &root).map_err(|e| e.to_string())? {
-        println!("{change:?}: {}", path.display());
-    }
-    let mut cmds = vec![units::tmpfiles_command()];
-    cmds.extend(units::enable_commands(cfg));
-    if enable {
-        units::run_commands(&cmds, std::path::Path::new("systemctl")).map_err(|e| e.to_string())?;
-    } else if root == std::path::Path::new("/") {
-        println!("to activate them, run:");
-        for c in &cmds {
-            println!("  {}", units::display_command(c));
-        }
-    }
-    Ok(())
-}
-
-fn gc(
-    cfg: &HostConfig,
-    runtime: &Podman,
-    ns: &HostNamespaces,
-    only: Vec<Kind>,
-    dry_run: bool,
-) -> Result<(), String> {
-    let kinds = if only.is_empty() {
-        cfg.enabled_kinds()
-    } else {
-        only
-    };
-    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
-    // The same lock as a sync of these kinds: gc edits their desired tables
-    // and must not remove a container a sync is about to reuse.
-    let mut sorted = kinds.clone();
-    sorted.sort();
-    sorted.dedup();
-    let _locks = if dry_run {
-        Vec::new()
-    } else {
-        sorted
-            .iter()
-            .map(|&k| state.sync_lock(k, std::time::Duration::from_secs(600)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?
-    };
-    let report =
-        sidespawn::gc::run(cfg, runtime, ns, &kinds, dry_run, None).map_err(|e| e.to_string())?;
-    sidespawn::gc::print(&report, dry_run, cfg.ack_max_age);
-    if report.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} container(s) could not be removed",
-            report.failed.len()
-        ))
     }
 }
 
@@ -295,19 +217,13 @@ fn upgrade(
     kind: Kind,
     max_parallel: Option<usize>,
     rollback: bool,
-) -> Result<(), String> {
-    let state = sidespawn::state::StateDir::new(&cfg.state_dir);
-    // Excludes a sync of this kind replaying requests meanwhile.
-    let _lock = state
-        .sync_lock(kind, std::time::Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
+) -> Result<(), sidespawn::upgrade::UpgradeError> {
     let n = max_parallel.unwrap_or(cfg.parallelism);
     let r = if rollback {
         sidespawn::upgrade::rollback(cfg, kind, runtime, ns, n)
     } else {
         sidespawn::upgrade::upgrade(cfg, kind, runtime, ns, n)
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     for s in &r.replaced {
         println!(
             "replaced {} (generation {}), down at most {} ms",
@@ -325,26 +241,57 @@ fn upgrade(
     Ok(())
 }
 
-fn logs(cfg: &HostConfig, runtime: &Podman, target: &str, follow: bool) -> String {
-    use sidespawn::runtime::Runtime;
-    use std::os::unix::process::CommandExt;
-    let containers = match runtime.list(&cfg.instance) {
-        Ok(c) => c,
-        Err(e) => return format!("cannot list containers: {e}"),
+/// The exit code of a command's result, printing its error once: 0 ok,
+/// 1 failure (usage errors, 2, are clap's).
+fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidespawn: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit code of a sync: 1 when it could not run or any kind failed,
+/// each failed kind named on stderr.
+fn sync_exit_code(
+    result: Result<sidespawn::sync::Summary, sidespawn::sync::SyncError>,
+) -> ExitCode {
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => return exit_code(Err(e)),
     };
-    let name = match sidespawn::logs::resolve(target, &containers) {
-        Ok(n) => n,
-        Err(e) => return e.to_string(),
-    };
-    // Replaces this process: podman's output and exit status are the
-    // command's. argv only, no shell; podman gets the environment the
-    // sync gives it.
-    let err = std::process::Command::new(&cfg.podman)
-        .args(sidespawn::logs::podman_args(&name, follow))
-        .env_remove("INVOCATION_ID")
-        .env_remove("NOTIFY_SOCKET")
-        .exec();
-    format!("cannot run {}: {err}", cfg.podman.display())
+    for line in &summary.dry_run {
+        println!("{line}");
+    }
+    println!("{summary}");
+    for (k, e) in &summary.errors {
+        eprintln!("sidespawn: cannot sync {k}: {e}");
+    }
+    if summary.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `logs` hands over podman's exit status: its code, or 128 + the signal
+/// that ended it, as a shell reports it.
+fn logs_exit_code(
+    result: Result<std::process::ExitStatus, sidespawn::logs::LogsError>,
+) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match result {
+        Ok(st) => {
+            let code = st
+                .code()
+                .or_else(|| st.signal().map(|s| 128 + s))
+                .unwrap_or(1);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(e) => exit_code(Err(e)),
+    }
 }
 
 /// Logs, at debug level and when dropped at the end of `main`, what this
@@ -404,10 +351,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let cfg = match load_config(&cli.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sidespawn: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return exit_code(Err(e)),
     };
     let runtime = Podman::new(cfg.podman.clone(), cfg.podman_timeout);
     let namespaces = HostNamespaces(cfg.netns_dir.clone());
@@ -425,53 +369,29 @@ fn main() -> ExitCode {
                 full,
                 backoff,
             };
-            match sidespawn::sync::run(&cfg, &runtime, &namespaces, &opts) {
-                Ok(summary) => {
-                    println!("{summary}");
-                    if summary.errors.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        for (k, e) in &summary.errors {
-                            eprintln!("sidespawn: cannot sync {k}: {e}");
-                        }
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("sidespawn: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            sync_exit_code(sidespawn::sync::run(&cfg, &runtime, &namespaces, &opts))
         }
-        Command::Gc { kind, dry_run } => match gc(&cfg, &runtime, &namespaces, kind, dry_run) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sidespawn: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Upgrade { kind, max_parallel } => {
-            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, false) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sidespawn: {e}");
-                    ExitCode::from(1)
-                }
-            }
+        Command::Gc { kind, dry_run } => {
+            exit_code(sidespawn::gc::run(&cfg, &runtime, &namespaces, &kind, dry_run).map(drop))
         }
-        Command::Rollback { kind, max_parallel } => {
-            match upgrade(&cfg, &runtime, &namespaces, kind, max_parallel, true) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sidespawn: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::Upgrade { kind, max_parallel } => exit_code(upgrade(
+            &cfg,
+            &runtime,
+            &namespaces,
+            kind,
+            max_parallel,
+            false,
+        )),
+        Command::Rollback { kind, max_parallel } => exit_code(upgrade(
+            &cfg,
+            &runtime,
+            &namespaces,
+            kind,
+            max_parallel,
+            true,
+        )),
         Command::Logs { target, follow } => {
-            let e = logs(&cfg, &runtime, &target, follow);
-            eprintln!("sidespawn: {e}");
-            ExitCode::from(1)
+            logs_exit_code(sidespawn::logs::run(&cfg, &runtime, &target, follow))
         }
         Command::Watch { kind, interval } => {
             let opts = sidespawn::watch::WatchOptions {
@@ -479,29 +399,14 @@ fn main() -> ExitCode {
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
             };
-            match sidespawn::watch::run(cfg, &opts) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sidespawn: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            exit_code(sidespawn::watch::run(cfg, &opts))
         }
-        Command::Units(cmd) => match units(&cfg, cmd) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sidespawn: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Units(cmd) => exit_code(units(&cfg, cmd)),
         Command::Status { kind, json } => {
             match sidespawn::status::run(&cfg, &runtime, &kind, json) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("sidespawn: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => exit_code(Err(e)),
             }
         }
     }
