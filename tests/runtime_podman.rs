@@ -9,7 +9,7 @@
 //!
 //! `CONTAINERS_CONF` is only set for podman when the caller has not set it:
 //! to `tests/scripts/containers.conf` if present, else to a temporary copy of
-//! the runc/ulimits settings the test machines need (see ENVIRONMENT.md).
+//! the runc/ulimits settings the test machines need (see docs/TESTING.md).
 //! It is passed to podman's environment only, never set on this process.
 
 use std::path::{Path, PathBuf};
