@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
+use common::TempDir;
 use sidespawn::ack::{Ack, Outcome};
 use sidespawn::claim::{ClaimError, Journal, Limits, RejectLog, SharedDir};
 use sidespawn::kind::Kind;
@@ -23,31 +24,16 @@ use sidespawn::record::{Action, Record, VERSION, new_id, now_ms};
 
 const KIND: Kind = Kind::Dnsmasq;
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("SIDESPAWN_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("claim_hostile needs root, and SIDESPAWN_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED (needs root): hostile claim tests"
-    );
-    false
-}
-
 /// A queue root and a state directory under /tmp, removed on drop.
 struct Fixture {
-    top: PathBuf,
+    top: TempDir,
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let top = std::env::temp_dir().join(format!("sidespawn-claim-{}", new_id(0)));
-        fs::create_dir_all(&top).unwrap();
-        Fixture { top }
+        Fixture {
+            top: TempDir::new("sidespawn-claim"),
+        }
     }
     fn root(&self) -> PathBuf {
         self.top.join("queues")
@@ -92,14 +78,8 @@ impl Fixture {
     /// `text` with this fixture's temporary directory replaced by `<tmp>`.
     fn redact(&self, text: &str) -> String {
         common::Redact::new()
-            .add(self.top.display(), "<tmp>")
+            .add(self.top.path().display(), "<tmp>")
             .apply(text)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.top);
     }
 }
 
@@ -129,7 +109,7 @@ fn assert_mentions(err: &ClaimError, path: &Path) {
 
 #[test]
 fn symlinked_queue_is_refused_and_its_target_untouched() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -157,7 +137,7 @@ fn symlinked_queue_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let f = Fixture::new();
@@ -189,7 +169,7 @@ fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
 
 #[test]
 fn symlinked_lock_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -218,7 +198,7 @@ fn symlinked_lock_is_refused() {
 
 #[test]
 fn symlinked_acks_dir_is_not_written_through() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -252,7 +232,7 @@ fn symlinked_acks_dir_is_not_written_through() {
 
 #[test]
 fn symlinked_kind_dir_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -282,7 +262,7 @@ fn symlinked_kind_dir_is_refused() {
 
 #[test]
 fn kind_dir_that_is_a_file_or_foreign_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -314,7 +294,7 @@ fn kind_dir_that_is_a_file_or_foreign_is_refused() {
 
 #[test]
 fn created_dirs_belong_to_the_owner_uid() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -341,7 +321,7 @@ fn created_dirs_belong_to_the_owner_uid() {
 
 #[test]
 fn fifo_queue_is_refused_without_blocking() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -378,7 +358,7 @@ fn fifo_queue_is_refused_without_blocking() {
 
 #[test]
 fn device_queue_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     use nix::sys::stat::{Mode, SFlag, makedev, mknod};
@@ -413,7 +393,7 @@ fn device_queue_is_refused() {
 
 #[test]
 fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -440,7 +420,7 @@ fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
 
 #[test]
 fn queue_of_another_owner_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -478,7 +458,7 @@ fn queue_of_another_owner_is_refused() {
 
 #[test]
 fn a_huge_line_is_rejected_and_the_next_one_claimed() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -511,7 +491,7 @@ fn a_huge_line_is_rejected_and_the_next_one_claimed() {
 
 #[test]
 fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -595,7 +575,7 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
 
 #[test]
 fn a_trailing_partial_line_is_rejected_as_incomplete() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -623,7 +603,7 @@ fn a_trailing_partial_line_is_rejected_as_incomplete() {
 
 #[test]
 fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -663,7 +643,7 @@ fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
 
 #[test]
 fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -716,7 +696,7 @@ fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
 
 #[test]
 fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -755,7 +735,7 @@ fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
 
 #[test]
 fn concurrent_appends_and_claims_lose_and_tear_nothing() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     const WRITERS: usize = 8;
@@ -813,7 +793,7 @@ fn concurrent_appends_and_claims_lose_and_tear_nothing() {
 
 #[test]
 fn acks_are_written_atomically_and_pruned_without_following_links() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -914,7 +894,7 @@ fn acks_are_written_atomically_and_pruned_without_following_links() {
 
 #[test]
 fn an_unsafe_state_dir_is_refused() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -960,7 +940,7 @@ fn an_unsafe_state_dir_is_refused() {
 
 #[test]
 fn a_damaged_journal_line_is_skipped() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -982,7 +962,7 @@ fn a_damaged_journal_line_is_skipped() {
 
 #[test]
 fn the_reject_log_rotates_and_still_counts_both_files() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     use sidespawn::claim::{REJECT_LOG_ROTATE_BYTES, Reject};
@@ -1111,7 +1091,7 @@ fn race_queue_against(fx: &Fixture, decoy: &Path, target: &Path) -> (usize, usiz
 
 #[test]
 fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -1150,7 +1130,7 @@ fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
 
 #[test]
 fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -1183,7 +1163,7 @@ fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() 
 
 #[test]
 fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();
@@ -1228,7 +1208,7 @@ fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
 
 #[test]
 fn acks_dir_exchanged_with_a_symlink_during_ack_writes_writes_nothing_outside() {
-    if !is_root() {
+    if !common::privileged_root("hostile claim tests") {
         return;
     }
     let fx = Fixture::new();

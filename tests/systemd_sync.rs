@@ -47,7 +47,7 @@ impl Setup {
         let manager = match UserManager::start() {
             Ok(m) => m,
             Err(needs) => {
-                systemd::skip(test, &needs);
+                common::skip(test, &needs);
                 return None;
             }
         };

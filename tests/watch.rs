@@ -762,7 +762,7 @@ fn watch_service_under_a_real_systemd_manager() {
     let manager = match systemd::UserManager::start() {
         Ok(m) => m,
         Err(needs) => {
-            systemd::skip(test, &needs);
+            common::skip(test, &needs);
             return;
         }
     };

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,20 +55,44 @@ pub fn repo_root() -> &'static Path {
 /// `SIDESPAWN_REQUIRE_PRIVILEGED=1`, else prints `SKIPPED (needs root + podman): WHAT` to stderr
 /// and returns false.
 pub fn privileged(what: &str) -> bool {
+    gate(what, PRIVILEGES, &missing_privileges())
+}
+
+/// [`privileged`] for tests that need root but neither podman nor `ip`.
+pub fn privileged_root(what: &str) -> bool {
+    let missing: Vec<String> = missing_privileges()
+        .into_iter()
+        .filter(|m| m.starts_with("root"))
+        .collect();
+    gate(what, "root", &missing)
+}
+
+/// Reports that `what` cannot run here for want of `needs`, found out by the caller (a user
+/// manager that did not start, a tool missing): the same skip or failure as [`privileged`].
+pub fn skip(what: &str, needs: &str) {
+    gate(what, needs, &[needs.to_owned()]);
+}
+
+/// The one privileged gate: true when nothing is `missing`; otherwise a failure under
+/// `SIDESPAWN_REQUIRE_PRIVILEGED=1`, else a `SKIPPED (needs NEEDS): WHAT` line and false.
+pub fn gate(what: &str, needs: &str, missing: &[String]) -> bool {
     let require = std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1");
-    match privilege_verdict(what, &missing_privileges(), require) {
+    match verdict(what, needs, missing, require) {
         Verdict::Run => true,
         Verdict::Fail(message) => panic!("{message}"),
         Verdict::Skip(message) => {
-            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and
-            // a skip must be seen.
-            let _ = writeln!(std::io::stderr(), "{message}");
+            // Straight to the stderr handle, in one write: libtest captures `eprintln!` of
+            // passing tests, and a skip must be seen without its own output splitting the line.
+            let _ = std::io::stderr().write_all(format!("{message}\n").as_bytes());
             false
         }
     }
 }
 
-/// What [`privileged`] does.
+/// What [`privileged`] checks, as its skip line names it.
+const PRIVILEGES: &str = "root + podman";
+
+/// What [`gate`] does.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Run,
@@ -78,6 +102,12 @@ pub enum Verdict {
 
 /// The decision behind [`privileged`], separate so that it can be tested without root.
 pub fn privilege_verdict(what: &str, missing: &[String], require: bool) -> Verdict {
+    verdict(what, PRIVILEGES, missing, require)
+}
+
+/// The decision behind [`gate`]: `needs` is what the test needs in general, `missing` what of
+/// it this machine lacks (not repeated when it says no more than `needs`).
+pub fn verdict(what: &str, needs: &str, missing: &[String], require: bool) -> Verdict {
     if missing.is_empty() {
         return Verdict::Run;
     }
@@ -87,9 +117,11 @@ pub fn privilege_verdict(what: &str, missing: &[String], require: bool) -> Verdi
             "{what}: cannot run, missing {missing}; {REQUIRE_PRIVILEGED_ENV}=1 forbids skipping \
              (run tests/run.sh as root)"
         ))
+    } else if missing == needs {
+        Verdict::Skip(format!("SKIPPED (needs {needs}): {what}"))
     } else {
         Verdict::Skip(format!(
-            "SKIPPED (needs root + podman): {what} (missing {missing})"
+            "SKIPPED (needs {needs}): {what} (missing {missing})"
         ))
     }
 }
@@ -552,8 +584,17 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
-        let path = Path::new("/tmp").join(unique(prefix));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir::with_suffix(prefix, "")
+    }
+
+    /// `/tmp/PREFIX-…SUFFIX` (mode 0755): `suffix` lets a test put awkward characters (spaces,
+    /// `%`) into the path itself.
+    pub fn with_suffix(prefix: &str, suffix: &str) -> TempDir {
+        let path = Path::new("/tmp").join(format!("{}{suffix}", unique(prefix)));
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         TempDir { path }
     }
 

@@ -155,7 +155,7 @@ pub fn default_trigger(setup: &TriggerSetup) -> Box<dyn Trigger> {
             Ok(t) => Box::new(t),
             Err(needs) => {
                 // Under SIDESPAWN_REQUIRE_PRIVILEGED=1 this panics: CI must use systemd.
-                crate::systemd::skip(
+                common::skip(
                     "e2e with the real path units (falling back to emulated ones)",
                     &needs,
                 );
