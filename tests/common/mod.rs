@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod fake_host;
+pub mod podman_host;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -463,6 +464,11 @@ impl Netns {
         Path::new(NETNS_DIR).join(&self.name)
     }
 
+    /// True while `/run/netns/NAME` is there (not after [`Netns::delete`]).
+    pub fn exists(&self) -> bool {
+        fs::symlink_metadata(self.path()).is_ok()
+    }
+
     /// The namespace's inode, as `stat /run/netns/NAME` gives it.
     pub fn inode(&self) -> u64 {
         self.metadata().ino()
@@ -482,6 +488,22 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
         cmd
+    }
+
+    /// Runs `ip -n NAME ARGS...`, panicking if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
+    /// `ip netns delete NAME` (what Neutron does when a network or router goes away). A
+    /// process still in the namespace keeps it alive, but the name is gone.
+    pub fn delete(&self) {
+        run(Command::new("ip").args(["netns", "delete", &self.name]));
+    }
+
+    /// `ip netns add NAME` again after [`Netns::delete`]: a new namespace under the old name.
+    pub fn recreate(&self) {
+        run(Command::new("ip").args(["netns", "add", &self.name]));
     }
 
     /// A veth pair with one end in this namespace and the other in `peer`, both down and
@@ -512,7 +534,8 @@ impl Drop for Netns {
                 quiet(Command::new("ip").args(["link", "del", &veth]));
             }
         }
-        if !quiet(Command::new("ip").args(["netns", "delete", &self.name])) {
+        // A test may have deleted it already (as Neutron does).
+        if self.exists() && !quiet(Command::new("ip").args(["netns", "delete", &self.name])) {
             eprintln!("warning: could not delete network namespace {}", self.name);
         }
     }
@@ -520,7 +543,7 @@ impl Drop for Netns {
 
 /// Runs a cleanup command, ignoring its output; true when it succeeded. Never panics: it runs
 /// from `Drop`, possibly while a failed test unwinds.
-fn quiet(cmd: &mut Command) -> bool {
+pub fn quiet(cmd: &mut Command) -> bool {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
