@@ -30,6 +30,11 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture when this test can run as root (see `common::privileged_root`).
+    fn privileged() -> Option<Fixture> {
+        common::privileged_root("hostile claim tests").then(Fixture::new)
+    }
+
     fn new() -> Fixture {
         Fixture {
             top: TempDir::new("sidespawn-claim"),
@@ -109,10 +114,9 @@ fn assert_mentions(err: &ClaimError, path: &Path) {
 
 #[test]
 fn symlinked_queue_is_refused_and_its_target_untouched() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let target = fx.host_file(b"host data\n");
     symlink(&target, fx.queue().queue()).unwrap();
@@ -137,10 +141,9 @@ fn symlinked_queue_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(f) = Fixture::privileged() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     // The container swaps a component of the queue root (which lies in a
     // tree it can write) for a link to a host directory.
     let elsewhere = f.top.join("host-dir");
@@ -169,10 +172,9 @@ fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
 
 #[test]
 fn symlinked_lock_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let target = fx.host_file(b"host data\n");
     symlink(&target, fx.queue().lock_path()).unwrap();
@@ -198,10 +200,9 @@ fn symlinked_lock_is_refused() {
 
 #[test]
 fn symlinked_acks_dir_is_not_written_through() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir(&elsewhere).unwrap();
@@ -232,10 +233,9 @@ fn symlinked_acks_dir_is_not_written_through() {
 
 #[test]
 fn symlinked_kind_dir_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir_all(&elsewhere).unwrap();
     fs::create_dir_all(fx.root()).unwrap();
@@ -262,10 +262,9 @@ fn symlinked_kind_dir_is_refused() {
 
 #[test]
 fn kind_dir_that_is_a_file_or_foreign_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fs::create_dir_all(fx.root()).unwrap();
     fs::write(fx.kind_dir(), b"").unwrap();
     let err = SharedDir::open(&fx.root(), KIND, true, Limits::default()).unwrap_err();
@@ -294,10 +293,9 @@ fn kind_dir_that_is_a_file_or_foreign_is_refused() {
 
 #[test]
 fn created_dirs_belong_to_the_owner_uid() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let limits = Limits {
         owner_uid: 4242,
         ..Limits::default()
@@ -321,10 +319,9 @@ fn created_dirs_belong_to_the_owner_uid() {
 
 #[test]
 fn fifo_queue_is_refused_without_blocking() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     nix::unistd::mkfifo(
         &fx.queue().queue(),
@@ -358,11 +355,10 @@ fn fifo_queue_is_refused_without_blocking() {
 
 #[test]
 fn device_queue_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
-        return;
-    }
     use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let dir = fx.shared();
     // /dev/null's numbers: harmless even if it were opened.
     mknod(
@@ -393,10 +389,9 @@ fn device_queue_is_refused() {
 
 #[test]
 fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let line = rec(KIND, "a").to_line();
     let other = fx.host_file(line.as_bytes());
@@ -420,10 +415,9 @@ fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
 
 #[test]
 fn queue_of_another_owner_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let line = rec(KIND, "a").to_line();
     fx.write_queue(line.as_bytes());
@@ -458,10 +452,9 @@ fn queue_of_another_owner_is_refused() {
 
 #[test]
 fn a_huge_line_is_rejected_and_the_next_one_claimed() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good = rec(KIND, "after the big one");
     let mut text = vec![b'x'; 10 * 1024 * 1024];
@@ -491,10 +484,9 @@ fn a_huge_line_is_rejected_and_the_next_one_claimed() {
 
 #[test]
 fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good: Vec<Record> = (0..3).map(|i| rec(KIND, &format!("good {i}"))).collect();
     let v2 = rec(KIND, "v2");
@@ -575,10 +567,9 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
 
 #[test]
 fn a_trailing_partial_line_is_rejected_as_incomplete() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good = rec(KIND, "a");
     let torn = rec(KIND, "b").to_line();
@@ -603,10 +594,9 @@ fn a_trailing_partial_line_is_rejected_as_incomplete() {
 
 #[test]
 fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let records: Vec<Record> = (0..5).map(|i| rec(KIND, &format!("r{i}"))).collect();
     let lines: Vec<String> = records.iter().map(Record::to_line).collect();
     let text = lines.concat();
@@ -643,10 +633,9 @@ fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
 
 #[test]
 fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     assert!(!dir.is_pending());
     let q = fx.queue();
@@ -696,10 +685,9 @@ fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
 
 #[test]
 fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let q = fx.queue();
     q.append(&rec(KIND, "a"), Duration::from_secs(5), || {})
@@ -735,12 +723,11 @@ fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
 
 #[test]
 fn concurrent_appends_and_claims_lose_and_tear_nothing() {
-    if !common::privileged_root("hostile claim tests") {
-        return;
-    }
     const WRITERS: usize = 8;
     const EACH: usize = 500;
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let dir = fx.shared();
     let journal = fx.journal();
     let rejects = fx.rejects();
@@ -793,10 +780,9 @@ fn concurrent_appends_and_claims_lose_and_tear_nothing() {
 
 #[test]
 fn acks_are_written_atomically_and_pruned_without_following_links() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let q = fx.queue();
     let ack = Ack {
@@ -894,10 +880,9 @@ fn acks_are_written_atomically_and_pruned_without_following_links() {
 
 #[test]
 fn an_unsafe_state_dir_is_refused() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let state = fx.state();
     fs::create_dir(&state).unwrap();
     fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
@@ -940,10 +925,9 @@ fn an_unsafe_state_dir_is_refused() {
 
 #[test]
 fn a_damaged_journal_line_is_skipped() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let journal = fx.journal();
     let a = rec(KIND, "a");
     let b = rec(KIND, "b");
@@ -962,11 +946,10 @@ fn a_damaged_journal_line_is_skipped() {
 
 #[test]
 fn the_reject_log_rotates_and_still_counts_both_files() {
-    if !common::privileged_root("hostile claim tests") {
-        return;
-    }
     use sidespawn::claim::{REJECT_LOG_ROTATE_BYTES, Reject};
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let log = fx.rejects();
     let old = format!(
         "{}\n",
@@ -1091,10 +1074,9 @@ fn race_queue_against(fx: &Fixture, decoy: &Path, target: &Path) -> (usize, usiz
 
 #[test]
 fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let lure = rec(KIND, "lure");
     let target = fx.host_file(lure.to_line().as_bytes());
     let decoy = fx.kind_dir().join(".decoy");
@@ -1130,10 +1112,9 @@ fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
 
 #[test]
 fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let lure = rec(KIND, "lure");
     let target = fx.host_file(lure.to_line().as_bytes());
     let decoy = fx.kind_dir().join(".decoy");
@@ -1163,10 +1144,9 @@ fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() 
 
 #[test]
 fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let (journal, rejects) = (fx.journal(), fx.rejects());
     // A root open(O_CREAT) through this link would create a file where the agent chose.
@@ -1208,10 +1188,9 @@ fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
 
 #[test]
 fn acks_dir_exchanged_with_a_symlink_during_ack_writes_writes_nothing_outside() {
-    if !common::privileged_root("hostile claim tests") {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir(&elsewhere).unwrap();
