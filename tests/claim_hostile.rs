@@ -1072,8 +1072,18 @@ fn race_queue_against(fx: &Fixture, decoy: &Path, target: &Path) -> (usize, usiz
     (ok, claimed, refused, swaps)
 }
 
-#[test]
-fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
+/// The queue file exchanged, over and over during claims, with `decoy` — made by `link` to a
+/// host file holding a lure request — and checked: the race happened (claims and refusals), the
+/// honest file's records were claimed, `lure_claimed` finds no trace of the lure, and the host
+/// file was never touched ([`race_queue_against`] checks it after every claim). `refused` names
+/// the decoy in the reliability row.
+fn queue_exchange_race(
+    link: fn(&Path, &Path) -> std::io::Result<()>,
+    lure_claimed: fn(&Fixture, &str) -> bool,
+    case: &str,
+    expected: &str,
+    refused: &str,
+) {
     let Some(fx) = Fixture::privileged() else {
         return;
     };
@@ -1081,64 +1091,59 @@ fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
     let target = fx.host_file(lure.to_line().as_bytes());
     let decoy = fx.kind_dir().join(".decoy");
     fs::create_dir_all(fx.kind_dir()).unwrap();
-    symlink(&target, &decoy).unwrap();
+    link(&target, &decoy).unwrap();
 
-    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
+    let (ok, claimed, refusals, swaps) = race_queue_against(&fx, &decoy, &target);
     assert!(
-        ok > 0 && refused > 0,
-        "no race: {ok} claims, {refused} refusals"
+        ok > 0 && refusals > 0,
+        "no race: {ok} claims, {refusals} refusals"
     );
     assert!(claimed > 0, "nothing claimed from the honest file");
-    let ids: Vec<String> = fx
-        .journal()
-        .read_records()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
     assert!(
-        !ids.contains(&lure.id),
+        !lure_claimed(&fx, &lure.id),
         "the host file's request was claimed"
     );
     common::reliability(
-        "queue file exchanged atomically with a symlink to a host file, over and over, during claims",
-        "every claim either takes the honest file or refuses the link; the host file is never read or written",
+        case,
+        expected,
         &format!(
-            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the link; host file bytes and mtime unchanged",
-            ok + refused
+            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refusals} refused {refused}; host file bytes and mtime unchanged",
+            ok + refusals
         ),
     );
 }
 
 #[test]
-fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
-    let Some(fx) = Fixture::privileged() else {
-        return;
-    };
-    let lure = rec(KIND, "lure");
-    let target = fx.host_file(lure.to_line().as_bytes());
-    let decoy = fx.kind_dir().join(".decoy");
-    fs::create_dir_all(fx.kind_dir()).unwrap();
-    fs::hard_link(&target, &decoy).unwrap();
+fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
+    queue_exchange_race(
+        |target, decoy| symlink(target, decoy),
+        |fx, id| {
+            let ids: Vec<String> = fx
+                .journal()
+                .read_records()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.iter().any(|i| i == id)
+        },
+        "queue file exchanged atomically with a symlink to a host file, over and over, during claims",
+        "every claim either takes the honest file or refuses the link; the host file is never read or written",
+        "the link",
+    );
+}
 
-    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
-    assert!(
-        ok > 0 && refused > 0,
-        "no race: {ok} claims, {refused} refusals"
-    );
-    assert!(claimed > 0, "nothing claimed from the honest file");
-    let journal = fs::read_to_string(fx.journal().path()).unwrap();
-    assert!(
-        !journal.contains(&lure.id),
-        "the host file's request was claimed"
-    );
-    common::reliability(
+#[test]
+fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
+    queue_exchange_race(
+        |target, decoy| fs::hard_link(target, decoy),
+        |fx, id| {
+            let journal = fs::read_to_string(fx.journal().path()).unwrap();
+            journal.contains(id)
+        },
         "queue file exchanged atomically with a hard link to a host file, over and over, during claims",
         "the linked inode (2 links) is always refused: never journaled, never truncated",
-        &format!(
-            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the hard link; host file bytes and mtime unchanged",
-            ok + refused
-        ),
+        "the hard link",
     );
 }
 
