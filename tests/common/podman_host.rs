@@ -27,6 +27,7 @@ pub struct PodmanHost {
 /// How to make a [`PodmanHost`]; [`PodmanHost::builder`] starts one.
 pub struct HostBuilder {
     prefix: String,
+    run_label: Option<String>,
     profile: Value,
     config: Value,
     wrapper: Value,
@@ -60,6 +61,13 @@ impl HostBuilder {
         self
     }
 
+    /// Marks the sidecars with `label` instead of a fresh one: for hosts that share one run
+    /// (each removes all of the run's containers when dropped).
+    pub fn run_label(mut self, label: &str) -> HostBuilder {
+        self.run_label = Some(label.to_owned());
+        self
+    }
+
     /// Makes `queue/dnsmasq` now (a host's tmpfiles snippet makes it in production).
     pub fn kind_dir(mut self) -> HostBuilder {
         self.kind_dir = true;
@@ -80,7 +88,7 @@ impl HostBuilder {
         let images = ensure_images();
         let host = PodmanHost {
             dir: TempDir::new(&self.prefix),
-            run_label: unique("run"),
+            run_label: self.run_label.unwrap_or_else(|| unique("run")),
         };
         std::fs::create_dir_all(host.data()).unwrap();
         if self.kind_dir {
@@ -106,6 +114,7 @@ impl PodmanHost {
     pub fn builder(prefix: &str) -> HostBuilder {
         HostBuilder {
             prefix: prefix.to_owned(),
+            run_label: None,
             profile: json!({}),
             config: json!({}),
             wrapper: json!({}),
