@@ -436,6 +436,20 @@ hostile_line_tests! {
         line: |v| with(v, "pid", json!(1)),
     }
 
+    // The id names the acknowledgement file: were it used, the ack would land two levels up.
+    request_id_with_path_traversal_is_rejected_and_acknowledged_nowhere {
+        case: "request id with path traversal (`../../acked-outside`)",
+        base: Start,
+        reason: "must be 1-64 characters",
+        acked: false,
+        line: |v| with(v, "id", json!("../../acked-outside")),
+        then: |host: &FakeHost| {
+            for dir in [host.queue_root(), host.kind_dir(DNSMASQ)] {
+                assert_not_created(&dir.join("acked-outside.json"));
+            }
+        },
+    }
+
     negative_pid_is_rejected {
         case: "signal request with pid -1 (every process)",
         base: Signal,
@@ -474,19 +488,6 @@ hostile_line_tests! {
         reason: "unknown variant `USR1`",
         acked: true,
         line: |v| with(v, "signal", json!("USR1")),
-    }
-    // The id names the acknowledgement file: were it used, the ack would land two levels up.
-    request_id_with_path_traversal_is_rejected_and_acknowledged_nowhere {
-        case: "request id with path traversal (`../../acked-outside`)",
-        base: Start,
-        reason: "must be 1-64 characters",
-        acked: false,
-        line: |v| with(v, "id", json!("../../acked-outside")),
-        then: |host: &FakeHost| {
-            for dir in [host.queue_root(), host.kind_dir(DNSMASQ)] {
-                assert_not_created(&dir.join("acked-outside.json"));
-            }
-        },
     }
 }
 

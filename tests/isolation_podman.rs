@@ -31,13 +31,7 @@ const RUN_LABEL: &str = "test.sidespawn.run";
 /// label, a dnsmasq kind and a radvd kind whose profile runs dnsmasq too.
 struct Config(PodmanHost);
 
-impl std::ops::Deref for Config {
-    type Target = PodmanHost;
-
-    fn deref(&self) -> &PodmanHost {
-        &self.0
-    }
-}
+common::podman_host::deref_to_host!(Config, 0);
 
 impl Config {
     fn new(name: &'static str, run_label: &str, image: &str) -> Config {
@@ -88,10 +82,6 @@ impl Config {
         self.data().join(format!("{tag}.pid"))
     }
 
-    fn link(&self, program: &str) -> PathBuf {
-        self.wrapper_link(program)
-    }
-
     /// The agent's `dnsmasq` call in `ns` under `PROCESS_TAG=tag`.
     fn queue_start(&self, ns: &Netns, tag: &str) {
         self.queue_start_of("dnsmasq", ns, tag);
@@ -100,31 +90,18 @@ impl Config {
     /// The agent's call of `kind` (its profile runs dnsmasq) in `ns` under `PROCESS_TAG=tag`.
     fn queue_start_of(&self, kind: &str, ns: &Netns, tag: &str) {
         let pid_file = self.pid_file(tag);
-        let mut cmd = ns.exec(self.link(kind));
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
+        let mut cmd = self.dnsmasq_call(ns, kind, tag, &pid_file);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
     }
 
     /// The agent's kill script `dnsmasq-kill SIG PID` in `ns`; waits for the host's answer.
-    fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Child {
-        let mut cmd = ns.exec(self.link("dnsmasq-kill"));
-        cmd.args([sig, &pid.to_string()])
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-            .env_remove("PROCESS_TAG")
-            .stdin(Stdio::null())
+    fn kill_script_child(&self, ns: &Netns, sig: &str, pid: u32) -> Child {
+        self.kill_script(ns, sig, pid)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs a sidespawn command that must exit 0; returns its stdout.
@@ -278,7 +255,7 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
     }
 
     // 1. A's agent kills B's pid: A's sync finds no such sidecar of its own.
-    let child = a.kill_script(&nss[0], "9", b_pid);
+    let child = a.kill_script_child(&nss[0], "9", b_pid);
     common::wait_until(
         Duration::from_secs(30),
         "A's kill request is queued",

@@ -15,13 +15,7 @@ use common::podman_host::PodmanHost;
 /// The common host (`common::podman_host`) with a dnsmasq profile that can serve DHCP.
 struct Host(PodmanHost);
 
-impl std::ops::Deref for Host {
-    type Target = PodmanHost;
-
-    fn deref(&self) -> &PodmanHost {
-        &self.0
-    }
-}
+common::podman_host::deref_to_host!(Host, 0);
 
 impl Host {
     /// `kind_extra` is merged into the dnsmasq profile.
@@ -46,10 +40,8 @@ impl Host {
 
     /// The wrapper, called the way Neutron's DHCP agent calls dnsmasq.
     fn queue_start(&self, ns: &Netns, tag: &str, args: &[String]) {
-        let mut cmd = ns.exec(self.wrapper_link("dnsmasq"));
-        cmd.args(args)
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-            .env("PROCESS_TAG", tag);
+        let mut cmd = self.agent_call(ns, "dnsmasq", tag);
+        cmd.args(args);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
     }

@@ -16,13 +16,7 @@ use common::podman_host::PodmanHost;
 /// wrapper that waits for its sidecar as long as podman may take.
 struct Host(PodmanHost);
 
-impl std::ops::Deref for Host {
-    type Target = PodmanHost;
-
-    fn deref(&self) -> &PodmanHost {
-        &self.0
-    }
-}
+common::podman_host::deref_to_host!(Host, 0);
 
 impl Host {
     fn new() -> Host {
@@ -44,27 +38,11 @@ impl Host {
     }
 
     /// The wrapper, called the way Neutron calls dnsmasq.
-    fn wrapper(&self, ns: &Netns, tag: &str, argv0: &Path, args: &[&str]) -> Command {
-        let mut cmd = ns.exec(argv0);
-        cmd.args(args)
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-            .env("PROCESS_TAG", tag)
-            .stdin(Stdio::null());
-        cmd
-    }
-
     fn queue_start(&self, ns: &Netns, tag: &str, args: &[&str]) {
-        let link = self.wrapper_link("dnsmasq");
-        let mut cmd = self.wrapper(ns, tag, &link, args);
+        let mut cmd = self.agent_call(ns, "dnsmasq", tag);
+        cmd.args(args);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
-    }
-
-    fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Command {
-        let link = self.wrapper_link("dnsmasq-kill");
-        let mut cmd = self.wrapper(ns, "", &link, &[sig, &pid.to_string()]);
-        cmd.env_remove("PROCESS_TAG");
-        cmd
     }
 
     fn sync_cmd(&self) -> Command {
@@ -370,9 +348,7 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
     let tag = format!("dnsmasq-{uuid}");
     // 800 arguments of 100 bytes: the command line alone is over the ack's 64 KiB.
     let args: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
-    let link = host.join("dnsmasq");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-    let mut cmd = host.wrapper(&ns, &tag, &link, &[]);
+    let mut cmd = host.agent_call(&ns, "dnsmasq", &tag);
     cmd.args(&args);
     let wrapper =
         std::thread::spawn(move || common::output_within(&mut cmd, Duration::from_secs(90)));

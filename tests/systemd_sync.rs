@@ -15,7 +15,7 @@ mod systemd;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,7 @@ struct Setup {
     host: PodmanHost,
 }
 
-impl std::ops::Deref for Setup {
-    type Target = PodmanHost;
-
-    fn deref(&self) -> &PodmanHost {
-        &self.host
-    }
-}
+common::podman_host::deref_to_host!(Setup, host);
 
 impl Setup {
     fn start(test: &str) -> Option<Setup> {
@@ -88,18 +82,7 @@ impl Setup {
 
     /// A Neutron-shaped dnsmasq call through the real wrapper.
     fn request(&self, ns: &Netns, tag: &str, pid_file: &Path) -> Command {
-        let mut cmd = ns.exec(self.wrapper_link("dnsmasq"));
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
-        cmd
+        self.dnsmasq_call(ns, "dnsmasq", tag, pid_file)
     }
 
     /// Running sidecars of this test, sorted.

@@ -60,13 +60,7 @@ struct Setup {
     ns: Netns,
 }
 
-impl std::ops::Deref for Setup {
-    type Target = PodmanHost;
-
-    fn deref(&self) -> &PodmanHost {
-        &self.host
-    }
-}
+common::podman_host::deref_to_host!(Setup, host);
 
 impl Setup {
     fn start(test: &str) -> Option<Setup> {
@@ -123,20 +117,8 @@ impl Setup {
 
     /// A Neutron-shaped call through the real wrapper, as `kind`.
     fn request(&self, kind: &str, tag: &str) -> Command {
-        let link = self.wrapper_link(kind);
         let pid_file = self.join(format!("data/{tag}.pid"));
-        let mut cmd = self.ns.exec(&link);
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
-        cmd
+        self.dnsmasq_call(&self.ns, kind, tag, &pid_file)
     }
 
     /// Queues one request and asserts the wrapper said so.

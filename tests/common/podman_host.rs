@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use super::{TempDir, assert_exit, containers_conf, ensure_images, output, podman, unique};
+use super::{Netns, TempDir, assert_exit, containers_conf, ensure_images, output, podman, unique};
 
 /// The label whose value is this host's run label.
 pub const RUN_LABEL: &str = "test.sidespawn.run";
@@ -188,6 +188,39 @@ impl PodmanHost {
         }
     }
 
+    /// The wrapper as `program` (see [`PodmanHost::wrapper_link`]) called in `ns` the way a
+    /// Neutron agent calls it: this host's wrapper configuration, `PROCESS_TAG=tag`, no stdin.
+    /// The arguments are the caller's to add.
+    pub fn agent_call(&self, ns: &Netns, program: &str, tag: &str) -> Command {
+        let mut cmd = ns.exec(self.wrapper_link(program));
+        cmd.env("SIDESPAWN_WRAPPER_CONFIG", self.wrapper_config())
+            .env("PROCESS_TAG", tag)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The agent's kill script `dnsmasq-kill SIG PID` in `ns` (which carries no
+    /// `PROCESS_TAG`).
+    pub fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Command {
+        let mut cmd = self.agent_call(ns, "dnsmasq-kill", "");
+        cmd.env_remove("PROCESS_TAG").args([sig, &pid.to_string()]);
+        cmd
+    }
+
+    /// [`PodmanHost::agent_call`] of `kind` with a Neutron-shaped dnsmasq command line writing
+    /// its pid to `pid_file`.
+    pub fn dnsmasq_call(&self, ns: &Netns, kind: &str, tag: &str, pid_file: &Path) -> Command {
+        let mut cmd = self.agent_call(ns, kind, tag);
+        cmd.args([
+            "--no-hosts",
+            "",
+            "--port=0",
+            "--conf-file=/dev/null",
+            &format!("--pid-file={}", pid_file.display()),
+        ]);
+        cmd
+    }
+
     /// `sidespawn --config CONFIG ARGS...`, with the test machines' podman settings.
     pub fn sidespawn(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
@@ -284,3 +317,21 @@ fn merge(into: &mut Value, extra: Value) {
         into.extend(extra);
     }
 }
+
+/// `deref_to_host!(Fixture, field)`: a test file's fixture that adds its own helpers to the
+/// [`PodmanHost`] in `field` offers the host's as its own. (Test crates that use no such
+/// fixture leave it unused.)
+#[allow(unused_macros)]
+macro_rules! deref_to_host {
+    ($fixture:ty, $field:tt) => {
+        impl std::ops::Deref for $fixture {
+            type Target = $crate::common::podman_host::PodmanHost;
+
+            fn deref(&self) -> &Self::Target {
+                &self.$field
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use deref_to_host;
