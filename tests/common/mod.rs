@@ -8,7 +8,13 @@
 //! Tests that need root, podman and `ip` start with
 //! `if !common::privileged("what it checks") { return; }`: they say loudly that they were
 //! skipped, and `tests/run.sh` sets `SIDESPAWN_REQUIRE_PRIVILEGED=1` so that there a test that
-//! cannot run fails instead.
+//! cannot run fails instead. [`gate`] is that one decision for every test: [`privileged_root`]
+//! for tests that need only root, [`skip`] for a need the test found missing itself (a user
+//! manager, a tool).
+//!
+//! The host of the tests that run the real `sidespawn` against real podman (queue root, state
+//! directory, configurations, run label) is [`podman_host::PodmanHost`]; the fake podman's host
+//! is [`fake_host::FakeHost`].
 //!
 //! The only waiting allowed is awaiting a condition: [`wait_until`], and the deadlines that
 //! [`output`] puts on every command it runs.
