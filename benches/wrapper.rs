@@ -23,6 +23,8 @@
 //! `cargo test --all-targets` also runs this file; without `--bench` it does
 //! nothing.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "support/host.rs"]
 mod host;
@@ -137,7 +139,7 @@ fn bench() -> Result<(), Error> {
     }
 
     let wrapper = static_wrapper()?;
-    let tmp = TempDir::new("sidespawn-bench")?;
+    let tmp = TempDir::new("sidespawn-bench");
     // Private: the programs measured and their records are the bench's own.
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))?;
     let noop = build_noop(tmp.path())?;

@@ -634,6 +634,14 @@ impl TempDir {
     pub fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
         self.path.join(relative)
     }
+
+    /// Gives up ownership: the directory stays, and its path is returned for someone else to
+    /// remove.
+    pub fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
+    }
 }
 
 impl Drop for TempDir {
