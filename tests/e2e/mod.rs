@@ -77,6 +77,17 @@ pub fn note(message: &str) {
     say(&format!("e2e: {message}"));
 }
 
+/// The start of every scenario: the privileged gate, a [`Timer`] that prints the scenario's
+/// duration (teardown included: it drops after the deployment), and a fresh [`Deployment`].
+/// `None` when the scenario cannot run here (the gate has said so).
+pub fn scenario(name: &'static str, what: &str) -> Option<(Timer, Deployment)> {
+    if !common::privileged(what) {
+        return None;
+    }
+    let timer = Timer::start(name);
+    Some((timer, Deployment::new()))
+}
+
 /// Prints how long a scenario took when it drops (also when it fails).
 pub struct Timer {
     name: &'static str,
