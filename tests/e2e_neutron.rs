@@ -46,10 +46,9 @@ fn wait_ack(d: &Deployment, id: &str) -> Value {
 /// sees alive and that hands a VM its lease; `status --json` lists it.
 #[test]
 fn dnsmasq_started_by_the_agent_serves_dhcp() {
-    let Some((_timer, d)) = e2e::scenario(
-        "dnsmasq_started_by_the_agent_serves_dhcp",
-        "e2e: the agent's dnsmasq call becomes a sidecar serving DHCP",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: the agent's dnsmasq call becomes a sidecar serving DHCP")
+    else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -109,10 +108,9 @@ fn dnsmasq_started_by_the_agent_serves_dhcp() {
 /// relays a VM's request to the backend; `haproxy-kill HUP` reloads it, 15 removes it.
 #[test]
 fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
-    let Some((_timer, d)) = e2e::scenario(
-        "haproxy_metadata_proxy_started_by_the_agent_serves_http",
-        "e2e: the agent's haproxy call becomes a metadata proxy sidecar",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: the agent's haproxy call becomes a metadata proxy sidecar")
+    else {
         return;
     };
     let proxy = MetadataProxy::new(&d);
@@ -178,10 +176,8 @@ fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
 /// resync (kill 9, respawn) gives a new dnsmasq.
 #[test]
 fn sidecars_survive_agent_restart_and_recreation() {
-    let Some((_timer, d)) = e2e::scenario(
-        "sidecars_survive_agent_restart_and_recreation",
-        "e2e: sidecars outlive a restarted or recreated agent",
-    ) else {
+    let Some((_timer, d)) = e2e::scenario("e2e: sidecars outlive a restarted or recreated agent")
+    else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -278,10 +274,8 @@ fn sidecars_survive_agent_restart_and_recreation() {
 /// 15` returns only once the container is gone.
 #[test]
 fn kill_script_hup_reloads_and_term_removes() {
-    let Some((_timer, d)) = e2e::scenario(
-        "kill_script_hup_reloads_and_term_removes",
-        "e2e: dnsmasq-kill HUP reloads, 15 stops and removes",
-    ) else {
+    let Some((_timer, d)) = e2e::scenario("e2e: dnsmasq-kill HUP reloads, 15 stops and removes")
+    else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -352,10 +346,9 @@ fn kill_script_hup_reloads_and_term_removes() {
 /// file and asks again with the same argv; the host replaces the dead container.
 #[test]
 fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
-    let Some((_timer, d)) = e2e::scenario(
-        "dead_dnsmasq_is_respawned_when_the_agent_asks_again",
-        "e2e: a dead sidecar is replaced on the agent's next request",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: a dead sidecar is replaced on the agent's next request")
+    else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -396,10 +389,9 @@ fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
 /// the valid request runs.
 #[test]
 fn requests_for_gone_or_replaced_namespaces_are_rejected() {
-    let Some((_timer, d)) = e2e::scenario(
-        "requests_for_gone_or_replaced_namespaces_are_rejected",
-        "e2e: requests for vanished or recreated namespaces are rejected",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: requests for vanished or recreated namespaces are rejected")
+    else {
         return;
     };
     let gone = DhcpNetwork::new(&d);
@@ -491,10 +483,9 @@ fn requests_for_gone_or_replaced_namespaces_are_rejected() {
 /// timer's run) removes the orphan.
 #[test]
 fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
-    let Some((_timer, d)) = e2e::scenario(
-        "full_sync_removes_sidecar_whose_namespace_was_deleted",
-        "e2e: sync --full removes a sidecar whose namespace was deleted",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: sync --full removes a sidecar whose namespace was deleted")
+    else {
         return;
     };
     // Every sync with work removes the orphans it sees, whoever's they are. The syncs of this
@@ -551,10 +542,9 @@ fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
 #[test]
 fn burst_of_dnsmasq_requests_all_alive_within_budget() {
     const BURST: usize = 24;
-    let Some((_timer, d)) = e2e::scenario(
-        "burst_of_dnsmasq_requests_all_alive_within_budget",
-        "e2e: a burst of dnsmasq requests all become alive in time",
-    ) else {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: a burst of dnsmasq requests all become alive in time")
+    else {
         return;
     };
     let nets: Vec<DhcpNetwork> = (0..BURST).map(|_| DhcpNetwork::new(&d)).collect();

@@ -77,27 +77,28 @@ pub fn note(message: &str) {
     say(&format!("e2e: {message}"));
 }
 
-/// The start of every scenario: the privileged gate, a [`Timer`] that prints the scenario's
-/// duration (teardown included: it drops after the deployment), and a fresh [`Deployment`].
-/// `None` when the scenario cannot run here (the gate has said so).
-pub fn scenario(name: &'static str, what: &str) -> Option<(Timer, Deployment)> {
+/// The start of every scenario, `what` it shows: the privileged gate, a [`Timer`] that prints
+/// the scenario's duration (teardown included: it drops after the deployment), and a fresh
+/// [`Deployment`]. `None` when the scenario cannot run here (the gate has said so).
+pub fn scenario(what: &str) -> Option<(Timer, Deployment)> {
     if !common::privileged(what) {
         return None;
     }
-    let timer = Timer::start(name);
+    let timer = Timer::start();
     Some((timer, Deployment::new()))
 }
 
 /// Prints how long a scenario took when it drops (also when it fails).
 pub struct Timer {
-    name: &'static str,
+    name: String,
     start: Instant,
 }
 
 impl Timer {
-    pub fn start(name: &'static str) -> Timer {
+    /// A timer named after the running test (libtest names each test's thread after it).
+    pub fn start() -> Timer {
         Timer {
-            name,
+            name: std::thread::current().name().unwrap_or("?").to_owned(),
             start: Instant::now(),
         }
     }
