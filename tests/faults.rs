@@ -29,6 +29,11 @@ fn privileged(what: &str) -> bool {
     common::privileged(&format!("faults: {what}"))
 }
 
+/// [`privileged`] and a fresh fake host.
+fn privileged_host(what: &str) -> Option<FakeHost> {
+    FakeHost::privileged(&format!("faults: {what}"))
+}
+
 #[test]
 fn podman_missing_fails_clearly_and_the_request_runs_on_the_next_good_sync() {
     if !privileged("podman missing") {
@@ -119,10 +124,9 @@ fn podman_hanging_is_killed_at_its_timeout_and_the_request_acknowledged_failed()
 
 #[test]
 fn podman_failing_for_one_request_leaves_the_others_running() {
-    if !privileged("podman failing for one container") {
+    let Some(host) = privileged_host("podman failing for one container") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, _) = dhcp_netns();
     let tags: Vec<String> = (0..3)
         .map(|_| format!("dnsmasq-{}", common::uuid()))
@@ -178,10 +182,9 @@ fn podman_failing_for_one_request_leaves_the_others_running() {
 
 #[test]
 fn podman_ps_failing_keeps_the_request_for_the_next_sync() {
-    if !privileged("podman ps failing") {
+    let Some(host) = privileged_host("podman ps failing") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     host.fail_ps();
     let (ns, tag) = dhcp_netns();
     let rec = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
@@ -361,10 +364,9 @@ fn tmpfs_redact(root: &Path) -> common::Redact {
 
 #[test]
 fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
-    if !privileged("corrupt generation state") {
+    let Some(host) = privileged_host("corrupt generation state") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     // What podman reports: a sidecar of ours from before, at generation 41.
     host.set_ps(&json!([{
         "Id": "f".repeat(64),
@@ -442,10 +444,9 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
 
 #[test]
 fn damaged_journal_lines_are_skipped_and_the_rest_runs() {
-    if !privileged("damaged journal") {
+    let Some(host) = privileged_host("damaged journal") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let rec = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
     let journal = host.journal_path(DNSMASQ);
@@ -491,10 +492,9 @@ fn damaged_journal_lines_are_skipped_and_the_rest_runs() {
 
 #[test]
 fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
-    if !privileged("state dir deleted / replaced") {
+    let Some(host) = privileged_host("state dir deleted / replaced") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
     host.write_queue(DNSMASQ, first.to_line().as_bytes());
@@ -551,10 +551,9 @@ fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
 
 #[test]
 fn namespace_deleted_between_claim_and_start_is_rejected() {
-    if !privileged("namespace deleted after planning") {
+    let Some(host) = privileged_host("namespace deleted after planning") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let (doomed, doomed_tag) = dhcp_netns();
     let keep = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);

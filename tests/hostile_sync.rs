@@ -111,6 +111,11 @@ fn privileged(what: &str) -> bool {
     common::privileged(&format!("hostile sync: {what}"))
 }
 
+/// [`privileged`] and a fresh fake host.
+fn privileged_host(what: &str) -> Option<FakeHost> {
+    FakeHost::privileged(&format!("hostile sync: {what}"))
+}
+
 /// Placeholders for a host plus the usual per-test values.
 fn redactor(host: &FakeHost, ns: &Netns, records: &[&Record]) -> Redact {
     let mut r = host.redact().add(ns.name(), "qdhcp-<uuid>");
@@ -493,10 +498,9 @@ hostile_line_tests! {
 
 #[test]
 fn a_second_configuration_on_the_same_state_dir_is_refused() {
-    if !privileged("two configurations sharing one state_dir") {
+    let Some(mut host) = privileged_host("two configurations sharing one state_dir") else {
         return;
-    }
-    let mut host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
     host.write_queue(DNSMASQ, first.to_line().as_bytes());
@@ -899,10 +903,9 @@ fn hard_linked_queue_is_refused() {
 
 #[test]
 fn queue_swapped_between_file_and_symlink_during_syncs_never_touches_the_host_file() {
-    if !privileged("queue swapped while syncing") {
+    let Some(host) = privileged_host("queue swapped while syncing") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let lure = start_record(DNSMASQ, &ns, &tag, &["--lure"]);
     let target = HostFile::new(host.dir().join("host-file"), lure.to_line().as_bytes());
@@ -1034,10 +1037,9 @@ const RSS_BOUND_KIB: u64 = 200 * 1024;
 
 #[test]
 fn sparse_multi_gigabyte_queue_is_cut_at_the_cap_quickly_with_bounded_memory() {
-    if !privileged("8 GiB sparse queue") {
+    let Some(host) = privileged_host("8 GiB sparse queue") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let good = start_record(DNSMASQ, &ns, &tag, &["--first-line"]);
     host.write_queue(DNSMASQ, good.to_line().as_bytes());
@@ -1083,10 +1085,9 @@ fn sparse_multi_gigabyte_queue_is_cut_at_the_cap_quickly_with_bounded_memory() {
 
 #[test]
 fn ten_megabyte_line_is_rejected_and_the_next_served() {
-    if !privileged("10 MB line") {
+    let Some(host) = privileged_host("10 MB line") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let good = start_record(DNSMASQ, &ns, &tag, &["--after-the-big-one"]);
     let mut huge = start_record(DNSMASQ, &ns, &format!("{tag}-big"), &[]);
@@ -1115,10 +1116,9 @@ fn ten_megabyte_line_is_rejected_and_the_next_served() {
 
 #[test]
 fn hundred_thousand_identical_requests_make_one_podman_run() {
-    if !privileged("100,000 identical requests") {
+    let Some(host) = privileged_host("100,000 identical requests") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     const N: usize = 100_000;
     let records: Vec<Record> = (0..N)
@@ -1266,10 +1266,9 @@ fn one_kind_flooding_does_not_starve_another() {
 
 #[test]
 fn podman_options_in_argv_reach_only_the_daemon() {
-    if !privileged("podman options in argv") {
+    let Some(host) = privileged_host("podman options in argv") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let hostile: [&str; 11] = [
         "--privileged",
