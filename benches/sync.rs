@@ -61,6 +61,8 @@
 
 #[path = "support/backlog.rs"]
 mod backlog;
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support/fleet.rs"]
 mod fleet;
 #[path = "support/host.rs"]
@@ -369,7 +371,7 @@ fn part1(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
         return Ok(None);
     }
 
-    let dir = TempDir::new("sidespawn-syncbench-empty")?;
+    let dir = TempDir::new("sidespawn-syncbench-empty");
     // Every podman call the binary makes goes through this shim, which
     // logs it: the target is zero calls, and the log proves it.
     let (shim, calls_log) = podman_shim(dir.path())?;
@@ -552,7 +554,7 @@ fn run_child(phase: &str, n: usize) -> Result<ChildRun, String> {
     let mut cmd = Command::new(exe);
     cmd.arg(CHILD_FLAG).arg(phase).arg(n.to_string());
     if matches!(phase, "sync" | "floor") {
-        let dir = TempDir::new("sidespawn-syncbench-backlog")?.keep();
+        let dir = TempDir::new("sidespawn-syncbench-backlog").keep();
         host::adopt_dir(dir.clone());
         cmd.arg(dir);
     }
@@ -918,7 +920,7 @@ fn part3(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
             } else {
                 let p = xargs_p[c - 1];
                 eprintln!("sync bench: part 3, repeat {}: xargs -P {p}", rep + 1);
-                let dir = TempDir::new("sidespawn-syncbench-xargs")?;
+                let dir = TempDir::new("sidespawn-syncbench-xargs");
                 xargs_t[c - 1].push(xargs(&specs, p, dir.path())?);
                 check_running(&label, sidecars, "xargs -P")?;
             }

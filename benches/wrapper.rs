@@ -23,6 +23,11 @@
 //! `cargo test --all-targets` also runs this file; without `--bench` it does
 //! nothing.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "support/host.rs"]
+mod host;
 #[allow(dead_code)]
 #[path = "support/report.rs"]
 mod report;
@@ -36,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use host::TempDir;
 use nix::libc;
 use sidespawn::kind::Kind;
 use sidespawn::record::{Action, Record};
@@ -133,7 +139,9 @@ fn bench() -> Result<(), Error> {
     }
 
     let wrapper = static_wrapper()?;
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("sidespawn-bench");
+    // Private: the programs measured and their records are the bench's own.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))?;
     let noop = build_noop(tmp.path())?;
 
     let ns_name = format!("sidespawn-bench-{}", std::process::id());
@@ -686,33 +694,6 @@ impl Drop for Netns {
                 self.name, self.name
             );
         }
-    }
-}
-
-/// A private temporary directory, removed when dropped. (The crate has no
-/// dev-dependencies; this is all the bench needs of one.)
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self, Error> {
-        let path = std::env::temp_dir().join(format!(
-            "sidespawn-bench-{}-{}",
-            std::process::id(),
-            sidespawn::record::new_id(0)
-        ));
-        fs::create_dir(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
-        Ok(TempDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

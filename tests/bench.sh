@@ -211,8 +211,10 @@ doc_path=docs/PERFORMANCE.md
         echo "<details><summary><code>cargo bench --bench $bench</code></summary>"
         echo
         echo '```text'
-        # The progress lines on stderr add nothing to the record.
-        grep -v -e '^sync bench: part' -e '^watch bench: [0-9]' -e '^ *\(Compiling\|Finished\|Running\)' "$out/$bench.txt"
+        # The progress lines on stderr add nothing to the record; paths are shown relative to
+        # the repository, so that the document names no directory of the machine it ran on.
+        grep -v -e '^sync bench: part' -e '^watch bench: [0-9]' -e '^ *\(Compiling\|Finished\|Running\)' "$out/$bench.txt" |
+            sed "s|$root/||g"
         echo '```'
         echo
         echo "</details>"

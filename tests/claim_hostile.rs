@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
+use common::TempDir;
 use sidespawn::ack::{Ack, Outcome};
 use sidespawn::claim::{ClaimError, Journal, Limits, RejectLog, SharedDir};
 use sidespawn::kind::Kind;
@@ -23,31 +24,21 @@ use sidespawn::record::{Action, Record, VERSION, new_id, now_ms};
 
 const KIND: Kind = Kind::Dnsmasq;
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("SIDESPAWN_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("claim_hostile needs root, and SIDESPAWN_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED (needs root): hostile claim tests"
-    );
-    false
-}
-
 /// A queue root and a state directory under /tmp, removed on drop.
 struct Fixture {
-    top: PathBuf,
+    top: TempDir,
 }
 
 impl Fixture {
+    /// A fixture when this test can run as root (see `common::privileged_root`).
+    fn privileged() -> Option<Fixture> {
+        common::privileged_root("hostile claim tests").then(Fixture::new)
+    }
+
     fn new() -> Fixture {
-        let top = std::env::temp_dir().join(format!("sidespawn-claim-{}", new_id(0)));
-        fs::create_dir_all(&top).unwrap();
-        Fixture { top }
+        Fixture {
+            top: TempDir::new("sidespawn-claim"),
+        }
     }
     fn root(&self) -> PathBuf {
         self.top.join("queues")
@@ -92,14 +83,8 @@ impl Fixture {
     /// `text` with this fixture's temporary directory replaced by `<tmp>`.
     fn redact(&self, text: &str) -> String {
         common::Redact::new()
-            .add(self.top.display(), "<tmp>")
+            .add(self.top.path().display(), "<tmp>")
             .apply(text)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.top);
     }
 }
 
@@ -129,10 +114,9 @@ fn assert_mentions(err: &ClaimError, path: &Path) {
 
 #[test]
 fn symlinked_queue_is_refused_and_its_target_untouched() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let target = fx.host_file(b"host data\n");
     symlink(&target, fx.queue().queue()).unwrap();
@@ -157,10 +141,9 @@ fn symlinked_queue_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
-    if !is_root() {
+    let Some(f) = Fixture::privileged() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     // The container swaps a component of the queue root (which lies in a
     // tree it can write) for a link to a host directory.
     let elsewhere = f.top.join("host-dir");
@@ -189,10 +172,9 @@ fn a_symlink_anywhere_on_the_way_to_the_queue_root_is_refused() {
 
 #[test]
 fn symlinked_lock_is_refused() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let target = fx.host_file(b"host data\n");
     symlink(&target, fx.queue().lock_path()).unwrap();
@@ -218,10 +200,9 @@ fn symlinked_lock_is_refused() {
 
 #[test]
 fn symlinked_acks_dir_is_not_written_through() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir(&elsewhere).unwrap();
@@ -252,10 +233,9 @@ fn symlinked_acks_dir_is_not_written_through() {
 
 #[test]
 fn symlinked_kind_dir_is_refused() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir_all(&elsewhere).unwrap();
     fs::create_dir_all(fx.root()).unwrap();
@@ -282,10 +262,9 @@ fn symlinked_kind_dir_is_refused() {
 
 #[test]
 fn kind_dir_that_is_a_file_or_foreign_is_refused() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     fs::create_dir_all(fx.root()).unwrap();
     fs::write(fx.kind_dir(), b"").unwrap();
     let err = SharedDir::open(&fx.root(), KIND, true, Limits::default()).unwrap_err();
@@ -314,10 +293,9 @@ fn kind_dir_that_is_a_file_or_foreign_is_refused() {
 
 #[test]
 fn created_dirs_belong_to_the_owner_uid() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let limits = Limits {
         owner_uid: 4242,
         ..Limits::default()
@@ -341,10 +319,9 @@ fn created_dirs_belong_to_the_owner_uid() {
 
 #[test]
 fn fifo_queue_is_refused_without_blocking() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     nix::unistd::mkfifo(
         &fx.queue().queue(),
@@ -378,11 +355,10 @@ fn fifo_queue_is_refused_without_blocking() {
 
 #[test]
 fn device_queue_is_refused() {
-    if !is_root() {
-        return;
-    }
     use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let dir = fx.shared();
     // /dev/null's numbers: harmless even if it were opened.
     mknod(
@@ -413,10 +389,9 @@ fn device_queue_is_refused() {
 
 #[test]
 fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let line = rec(KIND, "a").to_line();
     let other = fx.host_file(line.as_bytes());
@@ -440,10 +415,9 @@ fn hard_linked_queue_is_refused_and_the_other_name_untouched() {
 
 #[test]
 fn queue_of_another_owner_is_refused() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let line = rec(KIND, "a").to_line();
     fx.write_queue(line.as_bytes());
@@ -478,10 +452,9 @@ fn queue_of_another_owner_is_refused() {
 
 #[test]
 fn a_huge_line_is_rejected_and_the_next_one_claimed() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good = rec(KIND, "after the big one");
     let mut text = vec![b'x'; 10 * 1024 * 1024];
@@ -511,10 +484,9 @@ fn a_huge_line_is_rejected_and_the_next_one_claimed() {
 
 #[test]
 fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good: Vec<Record> = (0..3).map(|i| rec(KIND, &format!("good {i}"))).collect();
     let v2 = rec(KIND, "v2");
@@ -595,10 +567,9 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
 
 #[test]
 fn a_trailing_partial_line_is_rejected_as_incomplete() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let good = rec(KIND, "a");
     let torn = rec(KIND, "b").to_line();
@@ -623,10 +594,9 @@ fn a_trailing_partial_line_is_rejected_as_incomplete() {
 
 #[test]
 fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let records: Vec<Record> = (0..5).map(|i| rec(KIND, &format!("r{i}"))).collect();
     let lines: Vec<String> = records.iter().map(Record::to_line).collect();
     let text = lines.concat();
@@ -663,10 +633,9 @@ fn a_queue_over_the_byte_cap_keeps_whole_lines_within_it() {
 
 #[test]
 fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     assert!(!dir.is_pending());
     let q = fx.queue();
@@ -716,10 +685,9 @@ fn a_claim_empties_the_queue_clears_pending_and_journals_exact_lines() {
 
 #[test]
 fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let q = fx.queue();
     q.append(&rec(KIND, "a"), Duration::from_secs(5), || {})
@@ -755,12 +723,11 @@ fn a_claim_waits_for_the_lock_or_times_out_naming_it() {
 
 #[test]
 fn concurrent_appends_and_claims_lose_and_tear_nothing() {
-    if !is_root() {
-        return;
-    }
     const WRITERS: usize = 8;
     const EACH: usize = 500;
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let dir = fx.shared();
     let journal = fx.journal();
     let rejects = fx.rejects();
@@ -813,10 +780,9 @@ fn concurrent_appends_and_claims_lose_and_tear_nothing() {
 
 #[test]
 fn acks_are_written_atomically_and_pruned_without_following_links() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let q = fx.queue();
     let ack = Ack {
@@ -914,10 +880,9 @@ fn acks_are_written_atomically_and_pruned_without_following_links() {
 
 #[test]
 fn an_unsafe_state_dir_is_refused() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let state = fx.state();
     fs::create_dir(&state).unwrap();
     fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
@@ -960,10 +925,9 @@ fn an_unsafe_state_dir_is_refused() {
 
 #[test]
 fn a_damaged_journal_line_is_skipped() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let journal = fx.journal();
     let a = rec(KIND, "a");
     let b = rec(KIND, "b");
@@ -982,11 +946,10 @@ fn a_damaged_journal_line_is_skipped() {
 
 #[test]
 fn the_reject_log_rotates_and_still_counts_both_files() {
-    if !is_root() {
-        return;
-    }
     use sidespawn::claim::{REJECT_LOG_ROTATE_BYTES, Reject};
-    let fx = Fixture::new();
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
     let log = fx.rejects();
     let old = format!(
         "{}\n",
@@ -1109,84 +1072,86 @@ fn race_queue_against(fx: &Fixture, decoy: &Path, target: &Path) -> (usize, usiz
     (ok, claimed, refused, swaps)
 }
 
-#[test]
-fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
-    if !is_root() {
+/// The queue file exchanged, over and over during claims, with `decoy` — made by `link` to a
+/// host file holding a lure request — and checked: the race happened (claims and refusals), the
+/// honest file's records were claimed, `lure_claimed` finds no trace of the lure, and the host
+/// file was never touched ([`race_queue_against`] checks it after every claim). `refused` names
+/// the decoy in the reliability row.
+fn queue_exchange_race(
+    link: fn(&Path, &Path) -> std::io::Result<()>,
+    lure_claimed: fn(&Fixture, &str) -> bool,
+    case: &str,
+    expected: &str,
+    refused: &str,
+) {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let lure = rec(KIND, "lure");
     let target = fx.host_file(lure.to_line().as_bytes());
     let decoy = fx.kind_dir().join(".decoy");
     fs::create_dir_all(fx.kind_dir()).unwrap();
-    symlink(&target, &decoy).unwrap();
+    link(&target, &decoy).unwrap();
 
-    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
+    let (ok, claimed, refusals, swaps) = race_queue_against(&fx, &decoy, &target);
     assert!(
-        ok > 0 && refused > 0,
-        "no race: {ok} claims, {refused} refusals"
+        ok > 0 && refusals > 0,
+        "no race: {ok} claims, {refusals} refusals"
     );
     assert!(claimed > 0, "nothing claimed from the honest file");
-    let ids: Vec<String> = fx
-        .journal()
-        .read_records()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
     assert!(
-        !ids.contains(&lure.id),
+        !lure_claimed(&fx, &lure.id),
         "the host file's request was claimed"
     );
     common::reliability(
+        case,
+        expected,
+        &format!(
+            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refusals} refused {refused}; host file bytes and mtime unchanged",
+            ok + refusals
+        ),
+    );
+}
+
+#[test]
+fn queue_exchanged_with_a_symlink_during_claims_never_touches_the_host_file() {
+    queue_exchange_race(
+        |target, decoy| symlink(target, decoy),
+        |fx, id| {
+            let ids: Vec<String> = fx
+                .journal()
+                .read_records()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.iter().any(|i| i == id)
+        },
         "queue file exchanged atomically with a symlink to a host file, over and over, during claims",
         "every claim either takes the honest file or refuses the link; the host file is never read or written",
-        &format!(
-            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the link; host file bytes and mtime unchanged",
-            ok + refused
-        ),
+        "the link",
     );
 }
 
 #[test]
 fn queue_exchanged_with_a_hard_link_during_claims_never_touches_the_host_file() {
-    if !is_root() {
-        return;
-    }
-    let fx = Fixture::new();
-    let lure = rec(KIND, "lure");
-    let target = fx.host_file(lure.to_line().as_bytes());
-    let decoy = fx.kind_dir().join(".decoy");
-    fs::create_dir_all(fx.kind_dir()).unwrap();
-    fs::hard_link(&target, &decoy).unwrap();
-
-    let (ok, claimed, refused, swaps) = race_queue_against(&fx, &decoy, &target);
-    assert!(
-        ok > 0 && refused > 0,
-        "no race: {ok} claims, {refused} refusals"
-    );
-    assert!(claimed > 0, "nothing claimed from the honest file");
-    let journal = fs::read_to_string(fx.journal().path()).unwrap();
-    assert!(
-        !journal.contains(&lure.id),
-        "the host file's request was claimed"
-    );
-    common::reliability(
+    queue_exchange_race(
+        |target, decoy| fs::hard_link(target, decoy),
+        |fx, id| {
+            let journal = fs::read_to_string(fx.journal().path()).unwrap();
+            journal.contains(id)
+        },
         "queue file exchanged atomically with a hard link to a host file, over and over, during claims",
         "the linked inode (2 links) is always refused: never journaled, never truncated",
-        &format!(
-            "{swaps} exchanges during {} claims: {ok} claimed {claimed} honest records, {refused} refused the hard link; host file bytes and mtime unchanged",
-            ok + refused
-        ),
+        "the hard link",
     );
 }
 
 #[test]
 fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let (journal, rejects) = (fx.journal(), fx.rejects());
     // A root open(O_CREAT) through this link would create a file where the agent chose.
@@ -1228,10 +1193,9 @@ fn lock_exchanged_with_a_dangling_symlink_during_claims_creates_nothing() {
 
 #[test]
 fn acks_dir_exchanged_with_a_symlink_during_ack_writes_writes_nothing_outside() {
-    if !is_root() {
+    let Some(fx) = Fixture::privileged() else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let dir = fx.shared();
     let elsewhere = fx.top.join("host-dir");
     fs::create_dir(&elsewhere).unwrap();

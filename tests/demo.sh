@@ -112,7 +112,7 @@ printf '[Service]\nEnvironment=CONTAINERS_CONF=%s\n' "$CONTAINERS_CONF" \
 # Services' output goes to the manager's log (there is no journal here).
 printf '[Manager]\nDefaultStandardOutput=inherit\nDefaultStandardError=inherit\n' > "$MGR/config/systemd/user.conf"
 # No systemd as PID 1 on these machines: a user manager in a private mount namespace
-# (see ../shared/ENVIRONMENT.md) runs the very same unit files.
+# (see docs/TESTING.md) runs the very same unit files.
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME="$MGR/home" \
     XDG_RUNTIME_DIR="$MGR/runtime" XDG_CONFIG_HOME="$MGR/config" \
     unshare --mount --propagation slave sh -c \

@@ -10,7 +10,7 @@ mod systemd;
 
 use std::time::Duration;
 
-use e2e::{Deployment, DhcpNetwork, MetadataProxy, Timer};
+use e2e::{Deployment, DhcpNetwork, MetadataProxy};
 use serde_json::Value;
 
 /// How long a host answer (an acknowledgement, a sidecar appearing) may take.
@@ -46,11 +46,11 @@ fn wait_ack(d: &Deployment, id: &str) -> Value {
 /// sees alive and that hands a VM its lease; `status --json` lists it.
 #[test]
 fn dnsmasq_started_by_the_agent_serves_dhcp() {
-    if !common::privileged("e2e: the agent's dnsmasq call becomes a sidecar serving DHCP") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: the agent's dnsmasq call becomes a sidecar serving DHCP")
+    else {
         return;
-    }
-    let _timer = Timer::start("dnsmasq_started_by_the_agent_serves_dhcp");
-    let d = Deployment::new();
+    };
     let net = DhcpNetwork::new(&d);
     let client = net.client(&d);
     net.write_hosts(&[&client]);
@@ -108,11 +108,11 @@ fn dnsmasq_started_by_the_agent_serves_dhcp() {
 /// relays a VM's request to the backend; `haproxy-kill HUP` reloads it, 15 removes it.
 #[test]
 fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
-    if !common::privileged("e2e: the agent's haproxy call becomes a metadata proxy sidecar") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: the agent's haproxy call becomes a metadata proxy sidecar")
+    else {
         return;
-    }
-    let _timer = Timer::start("haproxy_metadata_proxy_started_by_the_agent_serves_http");
-    let d = Deployment::new();
+    };
     let proxy = MetadataProxy::new(&d);
 
     proxy.request(&d);
@@ -176,11 +176,10 @@ fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
 /// resync (kill 9, respawn) gives a new dnsmasq.
 #[test]
 fn sidecars_survive_agent_restart_and_recreation() {
-    if !common::privileged("e2e: sidecars outlive a restarted or recreated agent") {
+    let Some((_timer, d)) = e2e::scenario("e2e: sidecars outlive a restarted or recreated agent")
+    else {
         return;
-    }
-    let _timer = Timer::start("sidecars_survive_agent_restart_and_recreation");
-    let d = Deployment::new();
+    };
     let net = DhcpNetwork::new(&d);
     let client = net.client(&d);
     net.write_hosts(&[&client]);
@@ -275,11 +274,10 @@ fn sidecars_survive_agent_restart_and_recreation() {
 /// 15` returns only once the container is gone.
 #[test]
 fn kill_script_hup_reloads_and_term_removes() {
-    if !common::privileged("e2e: dnsmasq-kill HUP reloads, 15 stops and removes") {
+    let Some((_timer, d)) = e2e::scenario("e2e: dnsmasq-kill HUP reloads, 15 stops and removes")
+    else {
         return;
-    }
-    let _timer = Timer::start("kill_script_hup_reloads_and_term_removes");
-    let d = Deployment::new();
+    };
     let net = DhcpNetwork::new(&d);
     let first = net.client(&d);
     let second = net.client(&d);
@@ -348,11 +346,11 @@ fn kill_script_hup_reloads_and_term_removes() {
 /// file and asks again with the same argv; the host replaces the dead container.
 #[test]
 fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
-    if !common::privileged("e2e: a dead sidecar is replaced on the agent's next request") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: a dead sidecar is replaced on the agent's next request")
+    else {
         return;
-    }
-    let _timer = Timer::start("dead_dnsmasq_is_respawned_when_the_agent_asks_again");
-    let d = Deployment::new();
+    };
     let net = DhcpNetwork::new(&d);
     let client = net.client(&d);
     net.write_hosts(&[&client]);
@@ -391,11 +389,11 @@ fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
 /// the valid request runs.
 #[test]
 fn requests_for_gone_or_replaced_namespaces_are_rejected() {
-    if !common::privileged("e2e: requests for vanished or recreated namespaces are rejected") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: requests for vanished or recreated namespaces are rejected")
+    else {
         return;
-    }
-    let _timer = Timer::start("requests_for_gone_or_replaced_namespaces_are_rejected");
-    let d = Deployment::new();
+    };
     let gone = DhcpNetwork::new(&d);
     let replaced = DhcpNetwork::new(&d);
     let valid = DhcpNetwork::new(&d);
@@ -485,11 +483,11 @@ fn requests_for_gone_or_replaced_namespaces_are_rejected() {
 /// timer's run) removes the orphan.
 #[test]
 fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
-    if !common::privileged("e2e: sync --full removes a sidecar whose namespace was deleted") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: sync --full removes a sidecar whose namespace was deleted")
+    else {
         return;
-    }
-    let _timer = Timer::start("full_sync_removes_sidecar_whose_namespace_was_deleted");
-    let d = Deployment::new();
+    };
     // Every sync with work removes the orphans it sees, whoever's they are. The syncs of this
     // test process are held off while the namespace is gone; a sync from another process on
     // the same host (another test run) may still get there first, and then the scenario is
@@ -544,11 +542,11 @@ fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
 #[test]
 fn burst_of_dnsmasq_requests_all_alive_within_budget() {
     const BURST: usize = 24;
-    if !common::privileged("e2e: a burst of dnsmasq requests all become alive in time") {
+    let Some((_timer, d)) =
+        e2e::scenario("e2e: a burst of dnsmasq requests all become alive in time")
+    else {
         return;
-    }
-    let _timer = Timer::start("burst_of_dnsmasq_requests_all_alive_within_budget");
-    let d = Deployment::new();
+    };
     let nets: Vec<DhcpNetwork> = (0..BURST).map(|_| DhcpNetwork::new(&d)).collect();
     // Like the agent's threads: each spawns its dnsmasq, then waits (at most Neutron's 60 s,
     // or the test fails) for it to become alive.

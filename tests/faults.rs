@@ -12,7 +12,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ const HAPROXY: Kind = Kind::Haproxy;
 
 fn privileged(what: &str) -> bool {
     common::privileged(&format!("faults: {what}"))
+}
+
+/// [`privileged`] and a fresh fake host.
+fn privileged_host(what: &str) -> Option<FakeHost> {
+    FakeHost::privileged(&format!("faults: {what}"))
 }
 
 #[test]
@@ -119,10 +124,9 @@ fn podman_hanging_is_killed_at_its_timeout_and_the_request_acknowledged_failed()
 
 #[test]
 fn podman_failing_for_one_request_leaves_the_others_running() {
-    if !privileged("podman failing for one container") {
+    let Some(host) = privileged_host("podman failing for one container") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, _) = dhcp_netns();
     let tags: Vec<String> = (0..3)
         .map(|_| format!("dnsmasq-{}", common::uuid()))
@@ -178,10 +182,9 @@ fn podman_failing_for_one_request_leaves_the_others_running() {
 
 #[test]
 fn podman_ps_failing_keeps_the_request_for_the_next_sync() {
-    if !privileged("podman ps failing") {
+    let Some(host) = privileged_host("podman ps failing") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     host.fail_ps();
     let (ns, tag) = dhcp_netns();
     let rec = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
@@ -219,15 +222,51 @@ fn expect_exit(cmd: &mut Command, code: i32) -> std::process::Output {
     out
 }
 
-/// The wrapper, called in `ns` the explicit way, with a configuration naming `queue_root`.
-fn wrapper(dir: &TempDir, queue_root: &Path, ns: &Netns, arg: &str) -> Command {
-    let config = dir.join("wrapper.json");
-    fs::write(&config, json!({ "queue_root": queue_root }).to_string()).expect("config");
-    let mut cmd = ns.exec(env!("CARGO_BIN_EXE_sidespawn-wrapper"));
-    cmd.args(["--kind", "dnsmasq", "--", arg])
-        .env(common::WRAPPER_CONFIG_ENV, config)
-        .env_remove("PROCESS_TAG");
-    cmd
+/// A queue root on a tmpfs of `size`, a namespace to call the wrapper from, and one request
+/// (`first`) already queued: `before` holds the queue's bytes then.
+struct TmpfsQueue {
+    tmpfs: TmpfsMount,
+    dir: TempDir,
+    ns: Netns,
+    queue: PathBuf,
+    before: Vec<u8>,
+}
+
+impl TmpfsQueue {
+    fn new(size: &str) -> TmpfsQueue {
+        let tmpfs = TmpfsMount::new(size);
+        let dir = TempDir::new("sidespawn-faults");
+        fs::create_dir(tmpfs.path().join("dnsmasq")).expect("mkdir");
+        let (ns, _) = dhcp_netns();
+        let queue = common::queue_file(tmpfs.path(), "dnsmasq");
+        let mut q = TmpfsQueue {
+            tmpfs,
+            dir,
+            ns,
+            queue,
+            before: Vec::new(),
+        };
+        expect_exit(&mut q.wrapper("first"), 0);
+        q.before = fs::read(&q.queue).expect("queue");
+        q
+    }
+
+    /// The tmpfs, the queue root.
+    fn root(&self) -> &Path {
+        self.tmpfs.path()
+    }
+
+    /// The wrapper, called in the namespace the explicit way, with a configuration naming
+    /// the queue root.
+    fn wrapper(&self, arg: &str) -> Command {
+        let config = self.dir.join("wrapper.json");
+        fs::write(&config, json!({ "queue_root": self.root() }).to_string()).expect("config");
+        let mut cmd = self.ns.exec(env!("CARGO_BIN_EXE_sidespawn-wrapper"));
+        cmd.args(["--kind", "dnsmasq", "--", arg])
+            .env(common::WRAPPER_CONFIG_ENV, config)
+            .env_remove("PROCESS_TAG");
+        cmd
+    }
 }
 
 #[test]
@@ -235,15 +274,8 @@ fn wrapper_on_a_full_file_system_exits_1_and_leaves_the_queue_unchanged() {
     if !privileged("wrapper: ENOSPC") {
         return;
     }
-    let tmpfs = TmpfsMount::new("64k");
-    let dir = TempDir::new("sidespawn-faults");
-    let root = tmpfs.path();
-    fs::create_dir(root.join("dnsmasq")).expect("mkdir");
-    let (ns, _) = dhcp_netns();
-    let queue = common::queue_file(root, "dnsmasq");
-    let mut first = wrapper(&dir, root, &ns, "first");
-    expect_exit(&mut first, 0);
-    let before = fs::read(&queue).expect("queue");
+    let q = TmpfsQueue::new("64k");
+    let (tmpfs, root, queue, before) = (&q.tmpfs, q.root(), &q.queue, &q.before);
 
     // Completely full: not a block left.
     let filler = root.join("filler");
@@ -255,7 +287,7 @@ fn wrapper_on_a_full_file_system_exits_1_and_leaves_the_queue_unchanged() {
     assert!(tmpfs.available() < 4096, "{} bytes left", tmpfs.available());
     // Bigger than the free room left in the queue file's last page.
     let big = "x".repeat(8000);
-    let out = expect_exit(&mut wrapper(&dir, root, &ns, &big), 1);
+    let out = expect_exit(&mut q.wrapper(&big), 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Linux either refuses the write (ENOSPC) or writes what fits (a short write).
     assert!(
@@ -263,10 +295,10 @@ fn wrapper_on_a_full_file_system_exits_1_and_leaves_the_queue_unchanged() {
             && stderr.contains(&queue.display().to_string()),
         "{stderr}"
     );
-    assert_eq!(fs::read(&queue).expect("queue"), before, "queue changed");
+    assert_eq!(&fs::read(queue).expect("queue"), before, "queue changed");
 
     fs::remove_file(&filler).expect("free space");
-    let mut later = wrapper(&dir, root, &ns, "third");
+    let mut later = q.wrapper("third");
     expect_exit(&mut later, 0);
     let records = common::queue_records(root, "dnsmasq");
     let argv: Vec<&Value> = records.iter().map(|r| &r["argv"][0]).collect();
@@ -287,15 +319,8 @@ fn wrapper_on_a_read_only_file_system_exits_1_and_leaves_the_queue_unchanged() {
         return;
     }
     use nix::mount::{MsFlags, mount};
-    let tmpfs = TmpfsMount::new("1m");
-    let dir = TempDir::new("sidespawn-faults");
-    let root = tmpfs.path();
-    fs::create_dir(root.join("dnsmasq")).expect("mkdir");
-    let (ns, _) = dhcp_netns();
-    let queue = common::queue_file(root, "dnsmasq");
-    let mut first = wrapper(&dir, root, &ns, "first");
-    expect_exit(&mut first, 0);
-    let before = fs::read(&queue).expect("queue");
+    let q = TmpfsQueue::new("1m");
+    let (root, queue, before) = (q.root(), &q.queue, &q.before);
 
     let remount = |flags: MsFlags| {
         mount(
@@ -308,7 +333,7 @@ fn wrapper_on_a_read_only_file_system_exits_1_and_leaves_the_queue_unchanged() {
         .expect("remount")
     };
     remount(MsFlags::MS_RDONLY);
-    let mut ro = wrapper(&dir, root, &ns, "second");
+    let mut ro = q.wrapper("second");
     let out = common::output(&mut ro);
     remount(MsFlags::empty());
     common::assert_exit(&ro, &out, 1);
@@ -317,9 +342,9 @@ fn wrapper_on_a_read_only_file_system_exits_1_and_leaves_the_queue_unchanged() {
         stderr.contains("Read-only file system") && stderr.contains(&root.display().to_string()),
         "{stderr}"
     );
-    assert_eq!(fs::read(&queue).expect("queue"), before, "queue changed");
+    assert_eq!(&fs::read(queue).expect("queue"), before, "queue changed");
 
-    let mut later = wrapper(&dir, root, &ns, "third");
+    let mut later = q.wrapper("third");
     expect_exit(&mut later, 0);
     assert_eq!(common::queue_records(root, "dnsmasq").len(), 2);
     common::reliability(
@@ -339,10 +364,9 @@ fn tmpfs_redact(root: &Path) -> common::Redact {
 
 #[test]
 fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
-    if !privileged("corrupt generation state") {
+    let Some(host) = privileged_host("corrupt generation state") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     // What podman reports: a sidecar of ours from before, at generation 41.
     host.set_ps(&json!([{
         "Id": "f".repeat(64),
@@ -420,10 +444,9 @@ fn corrupt_generation_file_fails_clearly_and_the_advice_recovers() {
 
 #[test]
 fn damaged_journal_lines_are_skipped_and_the_rest_runs() {
-    if !privileged("damaged journal") {
+    let Some(host) = privileged_host("damaged journal") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let rec = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
     let journal = host.journal_path(DNSMASQ);
@@ -469,10 +492,9 @@ fn damaged_journal_lines_are_skipped_and_the_rest_runs() {
 
 #[test]
 fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
-    if !privileged("state dir deleted / replaced") {
+    let Some(host) = privileged_host("state dir deleted / replaced") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let first = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);
     host.write_queue(DNSMASQ, first.to_line().as_bytes());
@@ -529,10 +551,9 @@ fn state_dir_deleted_is_recreated_and_replaced_by_a_file_is_refused_clearly() {
 
 #[test]
 fn namespace_deleted_between_claim_and_start_is_rejected() {
-    if !privileged("namespace deleted after planning") {
+    let Some(host) = privileged_host("namespace deleted after planning") else {
         return;
-    }
-    let host = FakeHost::new();
+    };
     let (ns, tag) = dhcp_netns();
     let (doomed, doomed_tag) = dhcp_netns();
     let keep = start_record(DNSMASQ, &ns, &tag, &["--port=0"]);

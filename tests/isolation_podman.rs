@@ -17,69 +17,53 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir};
+use common::Netns;
+use common::podman_host::PodmanHost;
 
 /// Every container of this test carries this label with the test's unique value, in both
 /// configurations (the same profile `labels`), for cleanup and nothing else.
 const RUN_LABEL: &str = "test.sidespawn.run";
 
-/// One host configuration: queue root, state dir, data dir, host and wrapper configuration.
-struct Config {
-    dir: TempDir,
-}
+/// One host configuration: the common host (`common::podman_host`) with the test's shared run
+/// label, a dnsmasq kind and a radvd kind whose profile runs dnsmasq too.
+struct Config(PodmanHost);
+
+common::podman_host::deref_to_host!(Config, 0);
 
 impl Config {
     fn new(name: &'static str, run_label: &str, image: &str) -> Config {
-        let dir = TempDir::new(&format!("sidespawn-iso-{name}"));
-        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
-        std::fs::create_dir_all(dir.join("queue/radvd")).unwrap();
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        std::fs::write(dir.join("run-label"), run_label).unwrap();
-        let c = Config { dir };
+        let host = PodmanHost::builder(&format!("sidespawn-iso-{name}"))
+            .run_label(run_label)
+            .kind_dir()
+            .wrapper(serde_json::json!({"kinds": {"dnsmasq": {"wait_timeout_ms": 120000}}}))
+            .build();
+        std::fs::create_dir_all(host.queue_root().join("radvd")).unwrap();
+        let c = Config(host);
         c.write_config(image);
-        std::fs::write(
-            c.dir.join("wrapper.json"),
-            serde_json::json!({
-                "queue_root": c.dir.join("queue"),
-                "kinds": {"dnsmasq": {"wait_timeout_ms": 120000}}
-            })
-            .to_string(),
-        )
-        .unwrap();
         c
     }
 
     fn write_config(&self, image: &str) {
-        let data = self.data();
-        let run_label = std::fs::read_to_string(self.dir.join("run-label")).unwrap_or_default();
-        let profile = serde_json::json!({
-            "image": image,
-            "volumes": [format!("{}:{}", data.display(), data.display())],
-            "labels": {RUN_LABEL: run_label},
-            "stop_timeout_s": 5
-        });
+        let mut profile = self.profile(image);
+        profile["stop_timeout_s"] = serde_json::json!(5);
         let mut radvd = profile.clone();
         radvd["command"] = serde_json::json!(["dnsmasq"]);
         radvd["foreground_args"] = serde_json::json!(["-k"]);
         radvd["strip_args"] = serde_json::json!([]);
-        let config = serde_json::json!({
-            "queue_root": self.dir.join("queue"),
-            "state_dir": self.state(),
-            "podman_timeout_ms": 120000,
-            "kinds": {"dnsmasq": profile, "radvd": radvd}
-        });
-        std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
+        self.0.write_config(
+            serde_json::json!({
+                "podman_timeout_ms": 120000,
+                "kinds": {"dnsmasq": profile, "radvd": radvd}
+            }),
+            |_| {},
+        );
     }
 
     fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.state_dir()
     }
 
     fn instance(&self) -> String {
@@ -98,14 +82,6 @@ impl Config {
         self.data().join(format!("{tag}.pid"))
     }
 
-    fn link(&self, program: &str) -> PathBuf {
-        let link = self.dir.join(program);
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-        }
-        link
-    }
-
     /// The agent's `dnsmasq` call in `ns` under `PROCESS_TAG=tag`.
     fn queue_start(&self, ns: &Netns, tag: &str) {
         self.queue_start_of("dnsmasq", ns, tag);
@@ -114,49 +90,23 @@ impl Config {
     /// The agent's call of `kind` (its profile runs dnsmasq) in `ns` under `PROCESS_TAG=tag`.
     fn queue_start_of(&self, kind: &str, ns: &Netns, tag: &str) {
         let pid_file = self.pid_file(tag);
-        let mut cmd = ns.exec(self.link(kind));
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
+        let mut cmd = self.dnsmasq_call(ns, kind, tag, &pid_file);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
     }
 
     /// The agent's kill script `dnsmasq-kill SIG PID` in `ns`; waits for the host's answer.
-    fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Child {
-        let mut cmd = ns.exec(self.link("dnsmasq-kill"));
-        cmd.args([sig, &pid.to_string()])
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-            .env_remove("PROCESS_TAG")
-            .stdin(Stdio::null())
+    fn kill_script_child(&self, ns: &Netns, sig: &str, pid: u32) -> Child {
+        self.kill_script(ns, sig, pid)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
-    }
-
-    fn sidespawn(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
-        cmd.arg("--config")
-            .arg(self.dir.join("config.json"))
-            .args(args)
-            .env("CONTAINERS_CONF", common::containers_conf())
-            .stdin(Stdio::null());
-        cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs a sidespawn command that must exit 0; returns its stdout.
     fn must(&self, args: &[&str]) -> String {
-        let mut cmd = self.sidespawn(args);
-        let out = common::output(&mut cmd);
-        common::assert_exit(&cmd, &out, 0);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.ok(args)
     }
 
     fn sync(&self, extra: &[&str]) -> String {
@@ -305,11 +255,11 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
     }
 
     // 1. A's agent kills B's pid: A's sync finds no such sidecar of its own.
-    let child = a.kill_script(&nss[0], "9", b_pid);
+    let child = a.kill_script_child(&nss[0], "9", b_pid);
     common::wait_until(
         Duration::from_secs(30),
         "A's kill request is queued",
-        || !common::queue_records(&a.dir.join("queue"), "dnsmasq").is_empty(),
+        || !common::queue_records(&a.queue_root(), "dnsmasq").is_empty(),
     );
     let s = a.sync(&[]);
     let out: Output = child.wait_with_output().unwrap();

@@ -9,87 +9,41 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir};
+use common::Netns;
+use common::podman_host::PodmanHost;
 
-/// One isolated host setup: queue root, state dir, host and wrapper
-/// configuration. (The same shape as `sync_podman.rs`'s, minus the shim.)
-struct Host {
-    dir: TempDir,
-    run_label: String,
-}
+/// The common host (`common::podman_host`) with a dnsmasq profile that can serve DHCP.
+struct Host(PodmanHost);
+
+common::podman_host::deref_to_host!(Host, 0);
 
 impl Host {
+    /// `kind_extra` is merged into the dnsmasq profile.
     fn new(kind_extra: serde_json::Value) -> Host {
-        let images = common::ensure_images();
-        let dir = TempDir::new("sidespawn-lifecycle");
-        let run_label = common::unique("run");
-        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let data = dir.join("data");
-        let mut dnsmasq = serde_json::json!({
-            "image": images.dnsmasq,
-            "volumes": [format!("{}:{}", data.display(), data.display())],
-            "labels": {"test.sidespawn.run": run_label},
-            // What Debian's dnsmasq needs to serve DHCP and drop privileges.
-            "cap_add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE"],
-            "stop_timeout_s": 5
-        });
-        if let (Some(d), Some(extra)) = (dnsmasq.as_object_mut(), kind_extra.as_object()) {
-            d.extend(extra.clone());
-        }
-        let config = serde_json::json!({
-            "queue_root": dir.join("queue"),
-            "state_dir": dir.join("state"),
-            "podman_timeout_ms": 120000,
-            "kinds": {"dnsmasq": dnsmasq}
-        });
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        std::fs::write(
-            dir.join("wrapper.json"),
-            serde_json::json!({"queue_root": dir.join("queue")}).to_string(),
+        Host(
+            PodmanHost::builder("sidespawn-lifecycle")
+                .kind_dir()
+                .config(serde_json::json!({"podman_timeout_ms": 120000}))
+                .profile(serde_json::json!({
+                    // What Debian's dnsmasq needs to serve DHCP and drop privileges.
+                    "cap_add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE"],
+                    "stop_timeout_s": 5
+                }))
+                .profile(kind_extra)
+                .build(),
         )
-        .unwrap();
-        Host { dir, run_label }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
     }
 
     fn config(&self) -> PathBuf {
-        self.dir.join("config.json")
+        self.config_path()
     }
 
     /// The wrapper, called the way Neutron's DHCP agent calls dnsmasq.
     fn queue_start(&self, ns: &Netns, tag: &str, args: &[String]) {
-        let link = self.dir.join("dnsmasq");
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-        }
-        let mut cmd = ns.exec(&link);
-        cmd.args(args)
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-            .env("PROCESS_TAG", tag);
+        let mut cmd = self.agent_call(ns, "dnsmasq", tag);
+        cmd.args(args);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
-    }
-
-    fn sidespawn(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
-        cmd.arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env("CONTAINERS_CONF", common::containers_conf())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs `sidespawn ARGS`, expects exit 0, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let mut cmd = self.sidespawn(args);
-        let out = common::output(&mut cmd);
-        common::assert_exit(&cmd, &out, 0);
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn inspect(&self, name: &str) -> serde_json::Value {
@@ -104,14 +58,14 @@ impl Host {
 
     /// Every container of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run_containers(&self.run_label, true)
+        self.0.containers(true)
     }
 
     /// The desired table as it is on disk (`state/desired/dnsmasq/`: an
     /// entry file per sidecar, its argv in the file the entry names), as
     /// `{"sidecars": {key: entry with record.argv}}`.
     fn desired(&self) -> serde_json::Value {
-        let dir = self.dir.join("state/desired/dnsmasq");
+        let dir = self.join("state/desired/dnsmasq");
         let read = |p: &std::path::Path| -> serde_json::Value {
             let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             serde_json::from_slice(&b).unwrap()
@@ -129,14 +83,6 @@ impl Host {
             sidecars.insert(entry["key"].as_str().unwrap().to_owned(), entry);
         }
         serde_json::json!({ "sidecars": sidecars })
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for name in self.containers() {
-            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", &name]));
-        }
     }
 }
 
@@ -203,7 +149,7 @@ impl Network {
             pid_file,
             lease_file,
             args,
-            state: host.dir.join("state"),
+            state: host.join("state"),
         }
     }
 
@@ -410,7 +356,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(st["healthy"], true);
     assert_eq!(
         st["instance"],
-        sidespawn::config::instance_id(&host.dir.join("state")).as_str()
+        sidespawn::config::instance_id(&host.join("state")).as_str()
     );
     assert!(st["unlabelled"].is_array(), "{st}");
     assert_eq!(st["state_error"], serde_json::Value::Null);
@@ -540,8 +486,8 @@ fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
     // A leftover of ours that nothing wants (a created, never started
     // container), beside the desired sidecar, dead with restarts off.
     let images = common::ensure_images();
-    let stray = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &common::unique("stray"));
-    let instance = sidespawn::config::instance_id(&host.dir.join("state"));
+    let stray = common::sidecar_name(&host.join("state"), "dnsmasq", &common::unique("stray"));
+    let instance = sidespawn::config::instance_id(&host.join("state"));
     let _guard = common::Container::new(&stray);
     common::run(common::podman().args([
         "create",
@@ -550,7 +496,7 @@ fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
         "--label=io.sidespawn.managed-by=sidespawn",
         &format!("--label=io.sidespawn.instance={instance}"),
         "--label=io.sidespawn.kind=dnsmasq",
-        &format!("--label=test.sidespawn.run={}", host.run_label),
+        &format!("--label=test.sidespawn.run={}", host.run_label()),
         &images.dnsmasq,
         "true",
     ]));
@@ -707,7 +653,7 @@ fn upgrade_and_rollback_replace_sidecars_one_batch_at_a_time() {
         }
     }
     let images_state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.dir.join("state/images/dnsmasq.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(host.join("state/images/dnsmasq.json")).unwrap())
             .unwrap();
     assert_eq!(images_state["previous"], a.as_str());
 
@@ -777,7 +723,7 @@ fn a_corrupt_desired_entry_is_rebuilt_from_the_podman_container() {
     assert!(summary.contains("started 1"), "{summary}");
     let pid = net.wait_alive(None);
     let before = host.inspect(&net.container());
-    let dir = host.dir.join("state/desired/dnsmasq");
+    let dir = host.join("state/desired/dnsmasq");
     let entries: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -809,7 +755,7 @@ fn a_corrupt_desired_entry_is_rebuilt_from_the_podman_container() {
         entry["record"]["id"],
         before["Config"]["Labels"]["io.sidespawn.request-id"]
     );
-    let aside = std::fs::read_dir(host.dir.join("state/desired/corrupt"))
+    let aside = std::fs::read_dir(host.join("state/desired/corrupt"))
         .unwrap()
         .count();
     assert_eq!(aside, 2, "the entry and its argv file");

@@ -9,13 +9,16 @@
 //!
 //! `CONTAINERS_CONF` is only set for podman when the caller has not set it:
 //! to `tests/scripts/containers.conf` if present, else to a temporary copy of
-//! the runc/ulimits settings the test machines need (see ENVIRONMENT.md).
+//! the runc/ulimits settings the test machines need (see docs/TESTING.md).
 //! It is passed to podman's environment only, never set on this process.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::TempDir;
 use sidespawn::record::Signal;
 use sidespawn::runtime::{ContainerInfo, Podman, RunSpec, Runtime, RuntimeError, State, labels};
 
@@ -25,29 +28,11 @@ default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]
 runtime = \"runc\"
 ";
 
-/// Prints why the test cannot run and returns; panics instead when the
-/// caller requires the privileged tests to run.
-fn skip(why: &str) {
-    if std::env::var("SIDESPAWN_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("SIDESPAWN_REQUIRE_PRIVILEGED=1 but {why}");
-    }
-    eprintln!("SKIPPED (needs root + podman): {why}");
-}
-
 fn unique() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{}-{nanos:09}", std::process::id())
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// How to call the real podman outside the code under test (image build,
@@ -121,31 +106,29 @@ impl Drop for ContainerGuard {
 
 /// Checks the prerequisites; `None` after reporting a skip.
 fn host(tmp: &Path) -> Option<Host> {
+    let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
-        skip("not running as root");
-        return None;
+        missing.push("root (not running as root)".to_owned());
     }
     match Command::new("podman").arg("--version").output() {
         Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            skip(&format!("`podman --version` failed: {}", o.status));
-            return None;
-        }
-        Err(e) => {
-            skip(&format!("podman not found: {e}"));
-            return None;
-        }
+        Ok(o) => missing.push(format!("podman (`podman --version` failed: {})", o.status)),
+        Err(e) => missing.push(format!("podman (not found: {e})")),
     }
     match std::fs::read("/bin/busybox") {
         Ok(b) if !has_elf_interpreter(&b) => {}
-        Ok(_) => {
-            skip("/bin/busybox is dynamically linked; install busybox-static");
-            return None;
-        }
-        Err(e) => {
-            skip(&format!("no /bin/busybox ({e}); install busybox-static"));
-            return None;
-        }
+        Ok(_) => missing.push(
+            "busybox-static (/bin/busybox is dynamically linked; install busybox-static)"
+                .to_owned(),
+        ),
+        Err(e) => missing.push(format!("busybox-static (no /bin/busybox: {e})")),
+    }
+    if !common::gate(
+        "the podman runtime against real podman",
+        "root + podman + busybox-static",
+        &missing,
+    ) {
+        return None;
     }
     let conf = if std::env::var_os("CONTAINERS_CONF").is_some() {
         None
@@ -259,9 +242,8 @@ const SCRIPT: &str = "echo \"args:$*\"; trap 'echo got-hup' HUP; trap 'exit 0' T
 #[test]
 fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
     let id = unique();
-    let tmp = TempDir(std::env::temp_dir().join(format!("sidespawn-rt-podman-{id}")));
-    std::fs::create_dir_all(&tmp.0).unwrap();
-    let Some(host) = host(&tmp.0) else {
+    let tmp = TempDir::new("sidespawn-rt-podman");
+    let Some(host) = host(tmp.path()) else {
         return;
     };
 
@@ -270,7 +252,7 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
         host: host.clone(),
         tag: tag.clone(),
     };
-    import_busybox(&host, &tmp.0, &tag);
+    import_busybox(&host, tmp.path(), &tag);
 
     let name = format!("sidespawn-rt-test-{id}");
     let _container = ContainerGuard {
@@ -404,9 +386,8 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
 #[test]
 fn real_podman_listing_size_is_independent_of_argv_size() {
     let id = unique();
-    let tmp = TempDir(std::env::temp_dir().join(format!("sidespawn-rt-argv-{id}")));
-    std::fs::create_dir_all(&tmp.0).unwrap();
-    let Some(host) = host(&tmp.0) else {
+    let tmp = TempDir::new("sidespawn-rt-argv");
+    let Some(host) = host(tmp.path()) else {
         return;
     };
     let tag = format!("localhost/sidespawn-rt-argv:{id}");
@@ -414,7 +395,7 @@ fn real_podman_listing_size_is_independent_of_argv_size() {
         host: host.clone(),
         tag: tag.clone(),
     };
-    import_busybox(&host, &tmp.0, &tag);
+    import_busybox(&host, tmp.path(), &tag);
     let rt = host.runtime();
     // Instances and names of equal length, so only the argv differs.
     let small_i = format!("rtsmall{}", std::process::id());

@@ -5,18 +5,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Netns, TempDir};
+use common::Netns;
+use common::podman_host::PodmanHost;
 
-/// One isolated host setup: queue root, state dir, host and wrapper
-/// configuration, and a podman shim that logs every call.
-struct Host {
-    dir: TempDir,
-    run_label: String,
-}
+/// The common host (`common::podman_host`) with the podman shim that logs every call, and a
+/// wrapper that waits for its sidecar as long as podman may take.
+struct Host(PodmanHost);
+
+common::podman_host::deref_to_host!(Host, 0);
 
 impl Host {
     fn new() -> Host {
@@ -24,115 +24,33 @@ impl Host {
     }
 
     /// A host whose configuration `adjust` changes before it is written.
-    fn with_config(adjust: impl FnOnce(&mut serde_json::Value)) -> Host {
-        let images = common::ensure_images();
-        let dir = TempDir::new("sidespawn-sync");
-        let run_label = common::unique("run");
-        std::fs::create_dir_all(dir.join("queue/dnsmasq")).unwrap();
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let shim = dir.join("podman-shim");
-        std::fs::write(
-            &shim,
-            format!(
-                // A `pre-run` script, when present, runs once before the next `podman run`,
-                // with its arguments: what an interrupted sync's podman did meanwhile.
-                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\nif [ \"$1\" = run ] && [ -e {pre} ]; then mv {pre} {pre}.done; sh {pre}.done \"$@\"; fi\nexec podman \"$@\"\n",
-                calls = dir.join("podman-calls").display(),
-                pre = dir.join("pre-run").display(),
-            ),
+    fn with_config(adjust: impl FnOnce(&mut serde_json::Value) + 'static) -> Host {
+        Host(
+            PodmanHost::builder("sidespawn-sync")
+                .kind_dir()
+                .logging_shim()
+                .config(serde_json::json!({"podman_timeout_ms": 120000}))
+                .profile(serde_json::json!({"stop_timeout_s": 5}))
+                .wrapper(serde_json::json!({"kinds": {"dnsmasq": {"wait_timeout_ms": 120000}}}))
+                .adjust(adjust)
+                .build(),
         )
-        .unwrap();
-        run_chmod(&shim);
-        let data = dir.join("data");
-        let mut config = serde_json::json!({
-            "queue_root": dir.join("queue"),
-            "state_dir": dir.join("state"),
-            "podman": shim,
-            "podman_timeout_ms": 120000,
-            "kinds": {
-                "dnsmasq": {
-                    "image": images.dnsmasq,
-                    "volumes": [format!("{}:{}", data.display(), data.display())],
-                    "labels": {"test.sidespawn.run": run_label},
-                    "stop_timeout_s": 5
-                }
-            }
-        });
-        adjust(&mut config);
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        std::fs::write(
-            dir.join("wrapper.json"),
-            serde_json::json!({"queue_root": dir.join("queue"), "kinds": {"dnsmasq": {"wait_timeout_ms": 120000}}}).to_string(),
-        )
-        .unwrap();
-        Host { dir, run_label }
-    }
-
-    fn queue_root(&self) -> PathBuf {
-        self.dir.join("queue")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
     }
 
     /// The wrapper, called the way Neutron calls dnsmasq.
-    fn wrapper(&self, ns: &Netns, tag: &str, argv0: &Path, args: &[&str]) -> Command {
-        let mut cmd = ns.exec(argv0);
-        cmd.args(args)
-            .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-            .env("PROCESS_TAG", tag)
-            .stdin(Stdio::null());
-        cmd
-    }
-
     fn queue_start(&self, ns: &Netns, tag: &str, args: &[&str]) {
-        let link = self.dir.join("dnsmasq");
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-        }
-        let mut cmd = self.wrapper(ns, tag, &link, args);
+        let mut cmd = self.agent_call(ns, "dnsmasq", tag);
+        cmd.args(args);
         let out = common::output(&mut cmd);
         common::assert_exit(&cmd, &out, 0);
-    }
-
-    fn kill_script(&self, ns: &Netns, sig: &str, pid: u32) -> Command {
-        let link = self.dir.join("dnsmasq-kill");
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-        }
-        let mut cmd = self.wrapper(ns, "", &link, &[sig, &pid.to_string()]);
-        cmd.env_remove("PROCESS_TAG");
-        cmd
     }
 
     fn sync_cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
-        cmd.arg("--config")
-            .arg(self.dir.join("config.json"))
-            .args(["sync", "-v"])
-            .env("CONTAINERS_CONF", common::containers_conf())
-            .stdin(Stdio::null());
-        cmd
+        self.sidespawn(&["sync", "-v"])
     }
 
     fn sync(&self) -> String {
-        let mut cmd = self.sync_cmd();
-        let out = common::output(&mut cmd);
-        common::assert_exit(&cmd, &out, 0);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn podman_calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("podman-calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-
-    fn clear_calls(&self) {
-        let _ = std::fs::remove_file(self.dir.join("podman-calls"));
+        self.ok(&["sync", "-v"])
     }
 
     fn inspect(&self, name: &str) -> serde_json::Value {
@@ -143,7 +61,7 @@ impl Host {
 
     /// Every container of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run_containers(&self.run_label, true)
+        self.0.containers(true)
     }
 
     fn ack(&self, id: &str) -> Option<serde_json::Value> {
@@ -154,19 +72,6 @@ impl Host {
         std::fs::read(p)
             .ok()
             .map(|b| serde_json::from_slice(&b).unwrap())
-    }
-}
-
-fn run_chmod(p: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for name in self.containers() {
-            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", &name]));
-        }
     }
 }
 
@@ -214,7 +119,7 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     host.queue_start(&ns, &tag, &args);
     let summary = host.sync();
     assert!(summary.contains("started 1"), "{summary}");
-    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
+    let name = common::sidecar_name(&host.join("state"), "dnsmasq", &tag);
     let c = host.inspect(&name);
     assert_eq!(c["State"]["Status"], "running");
     assert_eq!(c["HostConfig"]["PidMode"], "host");
@@ -282,7 +187,7 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
     host.queue_start(&ns, &tag, &args);
     host.sync();
     let pid = read_pid(&pid_file);
-    let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
+    let name = common::sidecar_name(&host.join("state"), "dnsmasq", &tag);
 
     // HUP: the kill script waits for the host; run the sync meanwhile.
     let mut hup = host.kill_script(&ns, "HUP", pid);
@@ -365,11 +270,7 @@ fn sync_killed_at_every_step_converges() {
             let args = dnsmasq_args(&pid_file, "/dev/null");
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             host.queue_start(&ns, &tag, &args);
-            names.push(common::sidecar_name(
-                &host.dir.join("state"),
-                "dnsmasq",
-                &tag,
-            ));
+            names.push(common::sidecar_name(&host.join("state"), "dnsmasq", &tag));
             guards.push(ns);
         }
         let ids: Vec<String> = common::queue_records(&host.queue_root(), "dnsmasq")
@@ -436,7 +337,7 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
         c["kinds"]["dnsmasq"]["max_argv_bytes"] = serde_json::json!(1 << 20);
     });
     std::fs::write(
-        host.dir.join("wrapper.json"),
+        host.join("wrapper.json"),
         serde_json::json!({"queue_root": host.queue_root(),
             "kinds": {"dnsmasq": {"start_wait": true, "wait_timeout_ms": 60000}}})
         .to_string(),
@@ -447,9 +348,7 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
     let tag = format!("dnsmasq-{uuid}");
     // 800 arguments of 100 bytes: the command line alone is over the ack's 64 KiB.
     let args: Vec<String> = (0..800).map(|i| format!("--dhcp-host={i:0>88}")).collect();
-    let link = host.dir.join("dnsmasq");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link).unwrap();
-    let mut cmd = host.wrapper(&ns, &tag, &link, &[]);
+    let mut cmd = host.agent_call(&ns, "dnsmasq", &tag);
     cmd.args(&args);
     let wrapper =
         std::thread::spawn(move || common::output_within(&mut cmd, Duration::from_secs(90)));
@@ -480,7 +379,7 @@ fn failed_start_with_80_kib_of_argv_reaches_the_waiting_wrapper() {
 fn status_json(host: &Host) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
     cmd.arg("--config")
-        .arg(host.dir.join("config.json"))
+        .arg(host.join("config.json"))
         .args(["status", "--json"])
         .env("CONTAINERS_CONF", common::containers_conf());
     let out = common::output(&mut cmd);
@@ -496,8 +395,8 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
     let host = Host::new();
     let uuid = common::uuid();
     let ns = Netns::new(&format!("qdhcp-{uuid}"));
-    let pre_run = host.dir.join("pre-run");
-    let pre_id = host.dir.join("pre-run.id");
+    let pre_run = host.join("pre-run");
+    let pre_id = host.join("pre-run.id");
     let cases = [
         // The killed sync's own `podman run`, exactly: adopted.
         ("same", "podman \"$@\" > PRE_ID\n"),
@@ -509,7 +408,7 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
     ];
     for (case, script) in cases {
         let tag = format!("dnsmasq-{uuid}-{case}");
-        let name = common::sidecar_name(&host.dir.join("state"), "dnsmasq", &tag);
+        let name = common::sidecar_name(&host.join("state"), "dnsmasq", &tag);
         let pid_file = host.data().join(format!("{uuid}-{case}.pid"));
         let args = dnsmasq_args(&pid_file, "/dev/null");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -625,7 +524,7 @@ fn start_past_max_sidecars_is_rejected_and_status_says_so() {
     assert_eq!(
         host.containers(),
         [common::sidecar_name(
-            &host.dir.join("state"),
+            &host.join("state"),
             "dnsmasq",
             &format!("dnsmasq-{uuid}-0")
         )]
@@ -637,7 +536,7 @@ fn start_past_max_sidecars_is_rejected_and_status_says_so() {
         refused["message"],
         format!(
             "limit of 1 sidecars for kind dnsmasq reached; raise kinds.dnsmasq.max_sidecars in {}",
-            host.dir.join("config.json").display()
+            host.join("config.json").display()
         )
     );
 
@@ -650,7 +549,7 @@ fn start_past_max_sidecars_is_rejected_and_status_says_so() {
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
     cmd.arg("--config")
-        .arg(host.dir.join("config.json"))
+        .arg(host.join("config.json"))
         .arg("status")
         .env("CONTAINERS_CONF", common::containers_conf());
     let text = String::from_utf8_lossy(&common::output(&mut cmd).stdout).into_owned();

@@ -14,12 +14,13 @@ mod common;
 mod systemd;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir};
+use common::Netns;
+use common::podman_host::PodmanHost;
 use sidespawn::config::HostConfig;
 use systemd::{Manager, UserManager};
 
@@ -35,9 +36,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 struct Setup {
     // Drop order: the manager first, then podman's containers, then files.
     manager: UserManager,
-    dir: TempDir,
-    run_label: String,
+    host: PodmanHost,
 }
+
+common::podman_host::deref_to_host!(Setup, host);
 
 impl Setup {
     fn start(test: &str) -> Option<Setup> {
@@ -47,34 +49,15 @@ impl Setup {
         let manager = match UserManager::start() {
             Ok(m) => m,
             Err(needs) => {
-                systemd::skip(test, &needs);
+                common::skip(test, &needs);
                 return None;
             }
         };
-        let images = common::ensure_images();
-        let dir = TempDir::new("sidespawn-sd");
-        let run_label = common::unique("sd");
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let data = dir.join("data");
-        let config_path = dir.join("config.json");
-        let config = serde_json::json!({
-            "queue_root": dir.join("queue"),
-            "state_dir": dir.join("state"),
-            "kinds": {
-                "dnsmasq": {
-                    "image": images.dnsmasq,
-                    "volumes": [format!("{}:{}", data.display(), data.display())],
-                    "labels": {"test.sidespawn.run": run_label},
-                    "stop_timeout_s": 2
-                }
-            }
-        });
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        std::fs::write(
-            dir.join("wrapper.json"),
-            serde_json::json!({"queue_root": dir.join("queue")}).to_string(),
-        )
-        .unwrap();
+        // No queue directories yet: the units' tmpfiles snippet makes them, as on a host.
+        let host = PodmanHost::builder("sidespawn-sd")
+            .profile(serde_json::json!({"stop_timeout_s": 2}))
+            .build();
+        let config_path = host.config_path();
         let cfg = HostConfig::load(&config_path, true).unwrap();
         let files =
             sidespawn::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn"))).unwrap();
@@ -83,7 +66,7 @@ impl Setup {
             .iter()
             .find(|f| f.rel_path.to_string_lossy().contains("tmpfiles.d"))
             .expect("a tmpfiles.d snippet");
-        let snippet_path = dir.join("sidespawn.conf");
+        let snippet_path = host.join("sidespawn.conf");
         std::fs::write(&snippet_path, &snippet.contents).unwrap();
         systemd::tmpfiles_create(&snippet_path, None);
         manager.install(&files);
@@ -94,47 +77,17 @@ impl Setup {
         manager.drop_in("sidespawn@.service", "test-podman", &env);
         manager.drop_in("sidespawn-backstop.service", "test-podman", &env);
         manager.systemctl_ok(&["enable", "--now", PATH_UNIT]);
-        Some(Setup {
-            manager,
-            dir,
-            run_label,
-        })
-    }
-
-    fn queue_root(&self) -> PathBuf {
-        self.dir.join("queue")
+        Some(Setup { manager, host })
     }
 
     /// A Neutron-shaped dnsmasq call through the real wrapper.
     fn request(&self, ns: &Netns, tag: &str, pid_file: &Path) -> Command {
-        let mut cmd = ns.exec(self.wrapper_link());
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
-        cmd
-    }
-
-    fn wrapper_link(&self) -> PathBuf {
-        let link = self.dir.join("dnsmasq");
-        // The burst's callers get here together: one of them makes it.
-        match std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &link) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                panic!("symlink {}: {e}", link.display())
-            }
-            _ => link,
-        }
+        self.dnsmasq_call(ns, "dnsmasq", tag, pid_file)
     }
 
     /// Running sidecars of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run_containers(&self.run_label, false)
+        self.host.containers(false)
     }
 
     fn running(&self, name: &str) -> bool {
@@ -142,20 +95,11 @@ impl Setup {
     }
 
     fn acks(&self) -> Vec<serde_json::Value> {
-        let dir = self.queue_root().join("dnsmasq/acks");
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.host.acks("dnsmasq")
     }
 
     fn kind_status(&self) -> serde_json::Value {
-        let p = self.dir.join("state/status/dnsmasq.json");
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        self.host.kind_status("dnsmasq")
     }
 
     fn assert_units_healthy(&self) {
@@ -180,16 +124,8 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // The host's own drop then removes the containers.
         let _ = self.manager.systemctl(&["stop", PATH_UNIT, SERVICE]);
-        let ids = common::output(common::podman().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=test.sidespawn.run={}", self.run_label),
-        ]));
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", id]));
-        }
     }
 }
 
@@ -206,8 +142,8 @@ fn wrapper_call_becomes_a_sidecar_that_outlives_the_oneshot() {
     let uuid = common::uuid();
     let ns = Netns::new(&format!("qdhcp-{uuid}"));
     let tag = format!("dnsmasq-{uuid}");
-    let name = common::sidecar_name(&s.dir.join("state"), "dnsmasq", &tag);
-    let pid_file = s.dir.join(format!("data/{uuid}.pid"));
+    let name = common::sidecar_name(&s.join("state"), "dnsmasq", &tag);
+    let pid_file = s.join(format!("data/{uuid}.pid"));
 
     let t0 = Instant::now();
     let mut call = s.request(&ns, &tag, &pid_file);
@@ -280,7 +216,7 @@ fn burst_of_2000_calls_from_20_callers_is_claimed_exactly_once() {
             scope.spawn(move || {
                 for i in 0..CALLS {
                     let tag = &tags[(c * CALLS + i) % SIDECARS];
-                    let pid_file = s.dir.join(format!("data/{tag}.pid"));
+                    let pid_file = s.join(format!("data/{tag}.pid"));
                     let out = s.request(ns, tag, &pid_file).output().unwrap();
                     assert!(
                         out.status.success(),
@@ -315,7 +251,7 @@ fn burst_of_2000_calls_from_20_callers_is_claimed_exactly_once() {
     assert_eq!(status["total_rejected"], 0);
     let mut want: Vec<String> = tags
         .iter()
-        .map(|t| common::sidecar_name(&s.dir.join("state"), "dnsmasq", t))
+        .map(|t| common::sidecar_name(&s.join("state"), "dnsmasq", t))
         .collect();
     want.sort();
     assert_eq!(s.containers(), want, "one running sidecar per tag");
@@ -341,7 +277,7 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
     s.manager.systemctl_ok(&["stop", PATH_UNIT]);
     let tag1 = format!("dnsmasq-{}", common::uuid());
     let out = s
-        .request(&ns, &tag1, &s.dir.join("data/1.pid"))
+        .request(&ns, &tag1, &s.join("data/1.pid"))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -352,18 +288,14 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
     );
     s.manager.systemctl_ok(&["start", PATH_UNIT]);
     common::wait_until(TIMEOUT, "the path unit's start picks it up", || {
-        s.running(&common::sidecar_name(
-            &s.dir.join("state"),
-            "dnsmasq",
-            &tag1,
-        ))
+        s.running(&common::sidecar_name(&s.join("state"), "dnsmasq", &tag1))
     });
     s.wait_idle();
 
     s.manager.systemctl_ok(&["stop", PATH_UNIT]);
     let tag2 = format!("dnsmasq-{}", common::uuid());
     let out = s
-        .request(&ns, &tag2, &s.dir.join("data/2.pid"))
+        .request(&ns, &tag2, &s.join("data/2.pid"))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -377,11 +309,7 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
     s.manager
         .systemctl_ok(&["start", "sidespawn-backstop.service"]);
     common::wait_until(TIMEOUT, "the backstop picks it up", || {
-        s.running(&common::sidecar_name(
-            &s.dir.join("state"),
-            "dnsmasq",
-            &tag2,
-        ))
+        s.running(&common::sidecar_name(&s.join("state"), "dnsmasq", &tag2))
     });
     assert_eq!(
         s.manager.show("sidespawn-backstop.service", "Result"),

@@ -14,6 +14,7 @@
 //! Needs root, unshare and nsenter; skips loudly otherwise, or fails when
 //! SIDESPAWN_REQUIRE_PRIVILEGED=1. Timings are printed (`--nocapture`).
 
+mod common;
 mod systemd;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use sidespawn::kind::Kind;
 use sidespawn::queue::QueueDir;
 use sidespawn::record::{Action, Record, VERSION, new_id, now_ms};
 use sidespawn::units;
-use systemd::{Manager, UserManager, skip, wait_until};
+use systemd::{Manager, UserManager, wait_until};
 
 const PATH_UNIT: &str = "sidespawn@dnsmasq.path";
 const SERVICE: &str = "sidespawn@dnsmasq.service";
@@ -88,7 +89,7 @@ impl Setup {
         let mgr = match UserManager::start() {
             Ok(m) => m,
             Err(needs) => {
-                skip(test, &needs);
+                common::skip(test, &needs);
                 return None;
             }
         };

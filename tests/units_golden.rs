@@ -4,6 +4,7 @@
 //! `SIDESPAWN_BLESS=1 cargo test --test units_golden` rewrites the golden
 //! files from the current templates; review the diff before committing it.
 
+mod common;
 mod systemd;
 
 use std::collections::BTreeSet;
@@ -12,9 +13,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{TempDir, skip};
 use sidespawn::config::HostConfig;
 use sidespawn::units::{self, UnitFile, UnitsError};
-use systemd::{TempDir, skip, which};
+use systemd::which;
 
 /// Where the configuration claims to live in the goldens (it is part of
 /// every ExecStart= and of the "generated" line).
@@ -178,7 +180,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         return skip(TEST, "systemd-analyze");
     }
     for (fixture, suffix) in [("golden.json", ""), ("escaping.json", " 100% %i $x")] {
-        let tmp = TempDir::new("verify", suffix);
+        let tmp = TempDir::with_suffix("sidespawn-verify", suffix);
         let mut cfg = config(fixture, CONFIG_PATH);
         let config_path = tmp.path().join("config.json");
         let unit_dir = write_for_verify(
@@ -218,7 +220,7 @@ fn verify_notices_a_missing_binary() {
     if which("systemd-analyze").is_none() {
         return skip(TEST, "systemd-analyze");
     }
-    let tmp = TempDir::new("verify-neg", "");
+    let tmp = TempDir::new("sidespawn-verify-neg");
     let cfg = config("golden.json", CONFIG_PATH);
     let bin = tmp.path().join("missing/sidespawn");
     let files = units::generate(&cfg, &bin).unwrap();
@@ -246,11 +248,11 @@ fn tmpfiles_snippet_creates_the_directories_with_their_modes() {
     if which("systemd-tmpfiles").is_none() {
         return skip(TEST, "systemd-tmpfiles");
     }
-    if !systemd::is_root() {
+    if !common::privileged_root(TEST) {
         // The snippet asks for root:root ownership.
-        return skip(TEST, "root");
+        return;
     }
-    let tmp = TempDir::new("tmpfiles", "");
+    let tmp = TempDir::new("sidespawn-tmpfiles");
     let cfg = config("escaping.json", ODD_CONFIG_PATH);
     let files = units::generate(&cfg, Path::new(ODD_BIN)).unwrap();
     units::write(&files, tmp.path()).unwrap();

@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir};
+use common::Netns;
+use common::podman_host::PodmanHost;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -54,41 +55,39 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A queue root, state directory, configuration and namespace for one test,
 /// and the sidecars made under its label (removed on drop).
 struct Setup {
-    dir: TempDir,
-    run_label: String,
+    // Drop order: the sidecars and files first, then the namespace they ran in.
+    host: PodmanHost,
     ns: Netns,
 }
+
+common::podman_host::deref_to_host!(Setup, host);
 
 impl Setup {
     fn start(test: &str) -> Option<Setup> {
         if !common::privileged(test) {
             return None;
         }
-        let images = common::ensure_images();
-        let dir = TempDir::new("sidespawn-watch");
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let ns = Netns::new(&format!("qdhcp-{}", common::uuid()));
-        let s = Setup {
-            dir,
-            run_label: common::unique("watch"),
-            ns,
-        };
-        s.write_config(&[], &images.dnsmasq);
+        let host = PodmanHost::builder("sidespawn-watch")
+            .profile(Setup::profile_extra())
+            .config(serde_json::json!({"podman": "podman"}))
+            .build();
         // The wrapper is multi-call by argv[0]: one link per kind called.
         for kind in ["dnsmasq", "haproxy"] {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), s.dir.join(kind))
-                .unwrap();
+            host.wrapper_link(kind);
         }
-        std::fs::write(
-            s.dir.join("wrapper.json"),
-            serde_json::json!({"queue_root": s.queue_root()}).to_string(),
-        )
-        .unwrap();
-        Some(s)
+        let ns = Netns::new(&format!("qdhcp-{}", common::uuid()));
+        Some(Setup { host, ns })
     }
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("config.json")
+    /// What a kind's profile here adds to the host's: dnsmasq in the foreground, whatever
+    /// the kind.
+    fn profile_extra() -> serde_json::Value {
+        serde_json::json!({
+            "command": ["dnsmasq"],
+            "foreground_args": ["-k"],
+            "strip_args": [],
+            "stop_timeout_s": 2
+        })
     }
 
     /// The configuration: dnsmasq, plus `extra` kinds served by the same
@@ -99,50 +98,27 @@ impl Setup {
     }
 
     fn write_config_with(&self, extra: &[&str], image: &str, podman: &str) {
-        let data = self.dir.join("data");
-        let profile = serde_json::json!({
-            "image": image,
-            "command": ["dnsmasq"],
-            "foreground_args": ["-k"],
-            "strip_args": [],
-            "volumes": [format!("{}:{}", data.display(), data.display())],
-            "labels": {"test.sidespawn.run": self.run_label},
-            "stop_timeout_s": 2
-        });
+        let mut profile = self.host.profile(image);
+        if let (Some(p), serde_json::Value::Object(more)) =
+            (profile.as_object_mut(), Setup::profile_extra())
+        {
+            p.extend(more);
+        }
         let mut kinds = serde_json::Map::new();
         kinds.insert("dnsmasq".into(), profile.clone());
         for k in extra {
             kinds.insert((*k).into(), profile.clone());
         }
-        let config = serde_json::json!({
-            "queue_root": self.queue_root(),
-            "state_dir": self.dir.join("state"),
-            "podman": podman,
-            "kinds": kinds,
-        });
-        std::fs::write(self.config_path(), config.to_string()).unwrap();
-    }
-
-    fn queue_root(&self) -> PathBuf {
-        self.dir.join("queue")
+        self.host.write_config(
+            serde_json::json!({ "podman": podman, "kinds": kinds }),
+            |_| {},
+        );
     }
 
     /// A Neutron-shaped call through the real wrapper, as `kind`.
     fn request(&self, kind: &str, tag: &str) -> Command {
-        let link = self.dir.join(kind);
-        let pid_file = self.dir.join(format!("data/{tag}.pid"));
-        let mut cmd = self.ns.exec(&link);
-        cmd.args([
-            "--no-hosts",
-            "",
-            "--port=0",
-            "--conf-file=/dev/null",
-            &format!("--pid-file={}", pid_file.display()),
-        ])
-        .env("SIDESPAWN_WRAPPER_CONFIG", self.dir.join("wrapper.json"))
-        .env("PROCESS_TAG", tag)
-        .stdin(Stdio::null());
-        cmd
+        let pid_file = self.join(format!("data/{tag}.pid"));
+        self.dnsmasq_call(&self.ns, kind, tag, &pid_file)
     }
 
     /// Queues one request and asserts the wrapper said so.
@@ -177,7 +153,7 @@ impl Setup {
 
     /// Running sidecars of this test, sorted.
     fn containers(&self) -> Vec<String> {
-        common::run_containers(&self.run_label, false)
+        self.host.containers(false)
     }
 
     fn running(&self, name: &str) -> bool {
@@ -185,20 +161,7 @@ impl Setup {
     }
 
     fn sidecar(&self, kind: &str, tag: &str) -> String {
-        common::sidecar_name(&self.dir.join("state"), kind, tag)
-    }
-
-    fn acks(&self, kind: &str) -> Vec<serde_json::Value> {
-        let dir = self.queue_root().join(kind).join("acks");
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                    // An acknowledgement is renamed into place: never partial.
-                    .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        common::sidecar_name(&self.join("state"), kind, tag)
     }
 
     fn ack_count(&self) -> usize {
@@ -208,12 +171,11 @@ impl Setup {
     }
 
     fn kind_status(&self) -> serde_json::Value {
-        let p = self.dir.join("state/status/dnsmasq.json");
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        self.host.kind_status("dnsmasq")
     }
 
     fn journal_len(&self) -> u64 {
-        std::fs::metadata(self.dir.join("state/journal/dnsmasq.jsonl")).map_or(0, |m| m.len())
+        std::fs::metadata(self.join("state/journal/dnsmasq.jsonl")).map_or(0, |m| m.len())
     }
 
     /// Every acknowledgement ok, `n` of them, one running sidecar per tag,
@@ -238,20 +200,6 @@ impl Setup {
     }
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let ids = common::output(common::podman().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=test.sidespawn.run={}", self.run_label),
-        ]));
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = common::output(common::podman().args(["rm", "-f", "-t", "0", id]));
-        }
-    }
-}
-
 /// A `sidespawn watch` process with its own notification socket; killed
 /// (SIGKILL) on drop unless it already exited.
 struct Daemon {
@@ -270,7 +218,7 @@ impl Daemon {
     }
 
     fn spawn(s: &Setup, env: &[(&str, &str)]) -> Daemon {
-        let sock_path = s.dir.join(format!("notify-{}.sock", common::unique("n")));
+        let sock_path = s.join(format!("notify-{}.sock", common::unique("n")));
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -288,7 +236,7 @@ impl Daemon {
                 }
             });
         }
-        let log = s.dir.join(format!("{}.log", common::unique("daemon")));
+        let log = s.join(format!("{}.log", common::unique("daemon")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
         cmd.arg("--config")
             .arg(s.config_path())
@@ -762,7 +710,7 @@ fn watch_service_under_a_real_systemd_manager() {
     let manager = match systemd::UserManager::start() {
         Ok(m) => m,
         Err(needs) => {
-            systemd::skip(test, &needs);
+            common::skip(test, &needs);
             return;
         }
     };

@@ -67,7 +67,7 @@ pub fn part4(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, St
     let guard = LabelGuard::new(format!("{RUN_LABEL_KEY}={run_value}"));
     eprintln!("sync bench: part 4, creating {n} network namespaces");
     let nss = NetnsSet::create(qdhcp_names(n)?)?;
-    let dir = TempDir::new("sidespawn-syncbench-steady")?;
+    let dir = TempDir::new("sidespawn-syncbench-steady");
     let (shim, log) = podman_shim(dir.path())?;
     let h = SyncHost::new(&image, &run_value, 8, &shim)?;
     h.queue_all(&nss)?;

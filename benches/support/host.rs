@@ -149,46 +149,10 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A fresh directory under /tmp (the same disk as /var/lib, where the real
-/// queues and state live, so fsyncs cost what they cost there), removed with
-/// its contents on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Result<TempDir, String> {
-        let path = Path::new("/tmp").join(unique(prefix));
-        fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
-        self.path.join(p)
-    }
-
-    /// Gives up ownership: the directory stays, and its path is returned
-    /// for someone else to remove.
-    pub fn keep(self) -> PathBuf {
-        let path = self.path.clone();
-        std::mem::forget(self);
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("warning: could not remove {}: {e}", self.path.display());
-        }
-    }
-}
+/// A fresh directory under /tmp (the same disk as /var/lib, where the real queues and state
+/// live, so fsyncs cost what they cost there), removed with its contents on drop: the tests'
+/// own.
+pub use crate::common::TempDir;
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {

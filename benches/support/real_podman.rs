@@ -125,7 +125,7 @@ impl SyncHost {
         parallelism: usize,
         podman: &Path,
     ) -> Result<SyncHost, String> {
-        let dir = TempDir::new("sidespawn-syncbench-podman")?;
+        let dir = TempDir::new("sidespawn-syncbench-podman");
         let (cfg_path, cfg) = HostSetup {
             dir: dir.path(),
             image,

@@ -13,6 +13,8 @@
 #![cfg_attr(not(test), no_main)]
 
 #[cfg(not(test))]
+// SAFETY: `no_main` leaves no other C `main` in the link, so exporting this one is the only
+// definition of the symbol, and its signature is the one the C runtime calls.
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     sidespawn::wrapper::run(std::env::args_os().collect())

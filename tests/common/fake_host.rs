@@ -109,6 +109,12 @@ pub struct FakeHost {
 
 impl FakeHost {
     /// dnsmasq and haproxy configured, everything else default.
+    /// A fake host when this test can run here (`common::privileged(what)`); `None` after the
+    /// gate has reported the skip.
+    pub fn privileged(what: &str) -> Option<FakeHost> {
+        super::privileged(what).then(FakeHost::new)
+    }
+
     pub fn new() -> FakeHost {
         FakeHost::with_config(|_| {})
     }

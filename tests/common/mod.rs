@@ -8,7 +8,13 @@
 //! Tests that need root, podman and `ip` start with
 //! `if !common::privileged("what it checks") { return; }`: they say loudly that they were
 //! skipped, and `tests/run.sh` sets `SIDESPAWN_REQUIRE_PRIVILEGED=1` so that there a test that
-//! cannot run fails instead.
+//! cannot run fails instead. [`gate`] is that one decision for every test: [`privileged_root`]
+//! for tests that need only root, [`skip`] for a need the test found missing itself (a user
+//! manager, a tool).
+//!
+//! The host of the tests that run the real `sidespawn` against real podman (queue root, state
+//! directory, configurations, run label) is [`podman_host::PodmanHost`]; the fake podman's host
+//! is [`fake_host::FakeHost`].
 //!
 //! The only waiting allowed is awaiting a condition: [`wait_until`], and the deadlines that
 //! [`output`] puts on every command it runs.
@@ -17,12 +23,13 @@
 #![allow(dead_code)]
 
 pub mod fake_host;
+pub mod podman_host;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,20 +62,44 @@ pub fn repo_root() -> &'static Path {
 /// `SIDESPAWN_REQUIRE_PRIVILEGED=1`, else prints `SKIPPED (needs root + podman): WHAT` to stderr
 /// and returns false.
 pub fn privileged(what: &str) -> bool {
+    gate(what, PRIVILEGES, &missing_privileges())
+}
+
+/// [`privileged`] for tests that need root but neither podman nor `ip`.
+pub fn privileged_root(what: &str) -> bool {
+    let missing: Vec<String> = missing_privileges()
+        .into_iter()
+        .filter(|m| m.starts_with("root"))
+        .collect();
+    gate(what, "root", &missing)
+}
+
+/// Reports that `what` cannot run here for want of `needs`, found out by the caller (a user
+/// manager that did not start, a tool missing): the same skip or failure as [`privileged`].
+pub fn skip(what: &str, needs: &str) {
+    gate(what, needs, &[needs.to_owned()]);
+}
+
+/// The one privileged gate: true when nothing is `missing`; otherwise a failure under
+/// `SIDESPAWN_REQUIRE_PRIVILEGED=1`, else a `SKIPPED (needs NEEDS): WHAT` line and false.
+pub fn gate(what: &str, needs: &str, missing: &[String]) -> bool {
     let require = std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1");
-    match privilege_verdict(what, &missing_privileges(), require) {
+    match verdict(what, needs, missing, require) {
         Verdict::Run => true,
         Verdict::Fail(message) => panic!("{message}"),
         Verdict::Skip(message) => {
-            // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and
-            // a skip must be seen.
-            let _ = writeln!(std::io::stderr(), "{message}");
+            // Straight to the stderr handle, in one write: libtest captures `eprintln!` of
+            // passing tests, and a skip must be seen without its own output splitting the line.
+            let _ = std::io::stderr().write_all(format!("{message}\n").as_bytes());
             false
         }
     }
 }
 
-/// What [`privileged`] does.
+/// What [`privileged`] checks, as its skip line names it.
+const PRIVILEGES: &str = "root + podman";
+
+/// What [`gate`] does.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Run,
@@ -78,6 +109,12 @@ pub enum Verdict {
 
 /// The decision behind [`privileged`], separate so that it can be tested without root.
 pub fn privilege_verdict(what: &str, missing: &[String], require: bool) -> Verdict {
+    verdict(what, PRIVILEGES, missing, require)
+}
+
+/// The decision behind [`gate`]: `needs` is what the test needs in general, `missing` what of
+/// it this machine lacks (not repeated when it says no more than `needs`).
+pub fn verdict(what: &str, needs: &str, missing: &[String], require: bool) -> Verdict {
     if missing.is_empty() {
         return Verdict::Run;
     }
@@ -87,9 +124,11 @@ pub fn privilege_verdict(what: &str, missing: &[String], require: bool) -> Verdi
             "{what}: cannot run, missing {missing}; {REQUIRE_PRIVILEGED_ENV}=1 forbids skipping \
              (run tests/run.sh as root)"
         ))
+    } else if missing == needs {
+        Verdict::Skip(format!("SKIPPED (needs {needs}): {what}"))
     } else {
         Verdict::Skip(format!(
-            "SKIPPED (needs root + podman): {what} (missing {missing})"
+            "SKIPPED (needs {needs}): {what} (missing {missing})"
         ))
     }
 }
@@ -431,6 +470,11 @@ impl Netns {
         Path::new(NETNS_DIR).join(&self.name)
     }
 
+    /// True while `/run/netns/NAME` is there (not after [`Netns::delete`]).
+    pub fn exists(&self) -> bool {
+        fs::symlink_metadata(self.path()).is_ok()
+    }
+
     /// The namespace's inode, as `stat /run/netns/NAME` gives it.
     pub fn inode(&self) -> u64 {
         self.metadata().ino()
@@ -450,6 +494,22 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
         cmd
+    }
+
+    /// Runs `ip -n NAME ARGS...`, panicking if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
+    /// `ip netns delete NAME` (what Neutron does when a network or router goes away). A
+    /// process still in the namespace keeps it alive, but the name is gone.
+    pub fn delete(&self) {
+        run(Command::new("ip").args(["netns", "delete", &self.name]));
+    }
+
+    /// `ip netns add NAME` again after [`Netns::delete`]: a new namespace under the old name.
+    pub fn recreate(&self) {
+        run(Command::new("ip").args(["netns", "add", &self.name]));
     }
 
     /// A veth pair with one end in this namespace and the other in `peer`, both down and
@@ -480,7 +540,8 @@ impl Drop for Netns {
                 quiet(Command::new("ip").args(["link", "del", &veth]));
             }
         }
-        if !quiet(Command::new("ip").args(["netns", "delete", &self.name])) {
+        // A test may have deleted it already (as Neutron does).
+        if self.exists() && !quiet(Command::new("ip").args(["netns", "delete", &self.name])) {
             eprintln!("warning: could not delete network namespace {}", self.name);
         }
     }
@@ -488,7 +549,7 @@ impl Drop for Netns {
 
 /// Runs a cleanup command, ignoring its output; true when it succeeded. Never panics: it runs
 /// from `Drop`, possibly while a failed test unwinds.
-fn quiet(cmd: &mut Command) -> bool {
+pub fn quiet(cmd: &mut Command) -> bool {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -552,8 +613,17 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
-        let path = Path::new("/tmp").join(unique(prefix));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        TempDir::with_suffix(prefix, "")
+    }
+
+    /// `/tmp/PREFIX-…SUFFIX` (mode 0755): `suffix` lets a test put awkward characters (spaces,
+    /// `%`) into the path itself.
+    pub fn with_suffix(prefix: &str, suffix: &str) -> TempDir {
+        let path = Path::new("/tmp").join(format!("{}{suffix}", unique(prefix)));
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -563,6 +633,14 @@ impl TempDir {
 
     pub fn join(&self, relative: impl AsRef<Path>) -> PathBuf {
         self.path.join(relative)
+    }
+
+    /// Gives up ownership: the directory stays, and its path is returned for someone else to
+    /// remove.
+    pub fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
     }
 }
 

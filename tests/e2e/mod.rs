@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, Container, TempDir};
+use crate::common::{self, Container, Netns, TempDir, quiet};
 
 /// The kinds a deployment configures (and its trigger watches).
 pub const KINDS: [&str; 2] = ["dnsmasq", "haproxy"];
@@ -77,16 +77,28 @@ pub fn note(message: &str) {
     say(&format!("e2e: {message}"));
 }
 
+/// The start of every scenario, `what` it shows: the privileged gate, a [`Timer`] that prints
+/// the scenario's duration (teardown included: it drops after the deployment), and a fresh
+/// [`Deployment`]. `None` when the scenario cannot run here (the gate has said so).
+pub fn scenario(what: &str) -> Option<(Timer, Deployment)> {
+    if !common::privileged(what) {
+        return None;
+    }
+    let timer = Timer::start();
+    Some((timer, Deployment::new()))
+}
+
 /// Prints how long a scenario took when it drops (also when it fails).
 pub struct Timer {
-    name: &'static str,
+    name: String,
     start: Instant,
 }
 
 impl Timer {
-    pub fn start(name: &'static str) -> Timer {
+    /// A timer named after the running test (libtest names each test's thread after it).
+    pub fn start() -> Timer {
         Timer {
-            name,
+            name: std::thread::current().name().unwrap_or("?").to_owned(),
             start: Instant::now(),
         }
     }
@@ -155,7 +167,7 @@ pub fn default_trigger(setup: &TriggerSetup) -> Box<dyn Trigger> {
             Ok(t) => Box::new(t),
             Err(needs) => {
                 // Under SIDESPAWN_REQUIRE_PRIVILEGED=1 this panics: CI must use systemd.
-                crate::systemd::skip(
+                common::skip(
                     "e2e with the real path units (falling back to emulated ones)",
                     &needs,
                 );
@@ -375,107 +387,6 @@ impl Drop for EmulatedPathUnits {
 }
 
 // --- namespaces and background processes --------------------------------------------------------
-
-/// A named network namespace that a scenario may delete and recreate; deleted on drop (if it
-/// still exists) with the veths made for it.
-#[derive(Debug)]
-pub struct NetNs {
-    name: String,
-    veths: Mutex<Vec<String>>,
-}
-
-impl NetNs {
-    pub fn new(name: &str) -> NetNs {
-        common::run(Command::new("ip").args(["netns", "add", name]));
-        let ns = NetNs {
-            name: name.to_owned(),
-            veths: Mutex::new(Vec::new()),
-        };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `/run/netns/NAME`.
-    pub fn path(&self) -> PathBuf {
-        Path::new(common::NETNS_DIR).join(&self.name)
-    }
-
-    pub fn exists(&self) -> bool {
-        fs::symlink_metadata(self.path()).is_ok()
-    }
-
-    /// The namespace's inode, as `stat /run/netns/NAME` gives it.
-    pub fn inode(&self) -> u64 {
-        fs::metadata(self.path())
-            .unwrap_or_else(|e| panic!("stat {}: {e}", self.path().display()))
-            .ino()
-    }
-
-    /// `ip netns exec NAME PROGRAM`; add the program's arguments to it.
-    pub fn exec(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
-    /// Runs `ip -n NAME ARGS...`, panicking if it fails.
-    pub fn ip(&self, args: &[&str]) {
-        common::run(Command::new("ip").args(["-n", &self.name]).args(args));
-    }
-
-    /// A veth pair, one end here and one in `peer`, both down. Returns (ours, theirs).
-    pub fn veth_pair(&self, peer: &NetNs) -> (String, String) {
-        let id: String = common::random_bytes::<4>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let (ours, theirs) = (format!("ve{id}a"), format!("ve{id}b"));
-        lock(&self.veths).push(ours.clone());
-        common::run(Command::new("ip").args([
-            "link", "add", &ours, "netns", &self.name, "type", "veth", "peer", "name", &theirs,
-            "netns", &peer.name,
-        ]));
-        (ours, theirs)
-    }
-
-    /// `ip netns delete NAME` (what Neutron does when a network or router goes away). A
-    /// process still in the namespace keeps it alive, but the name is gone.
-    pub fn delete(&self) {
-        common::run(Command::new("ip").args(["netns", "delete", &self.name]));
-    }
-
-    /// `ip netns add NAME` again after [`NetNs::delete`]: a new namespace under the old name.
-    pub fn recreate(&self) {
-        common::run(Command::new("ip").args(["netns", "add", &self.name]));
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        for veth in lock(&self.veths).drain(..) {
-            if !quiet(Command::new("ip").args(["-n", &self.name, "link", "del", &veth])) {
-                // Gone with its namespace, or moved: try the host's, silently.
-                quiet(Command::new("ip").args(["link", "del", &veth]));
-            }
-        }
-        if self.exists() && !quiet(Command::new("ip").args(["netns", "delete", &self.name])) {
-            eprintln!("warning: could not delete network namespace {}", self.name);
-        }
-    }
-}
-
-/// Runs a cleanup command quietly; true when it succeeded. Never panics (runs from `Drop`).
-fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// A process the test started (an HTTP backend), killed and reaped on drop.
 #[derive(Debug)]
@@ -961,8 +872,10 @@ impl Deployment {
     }
 
     /// A new network namespace owned by the deployment.
-    pub fn netns(&self, name: &str) -> Arc<NetNs> {
-        let ns = Arc::new(NetNs::new(name));
+    pub fn netns(&self, name: &str) -> Arc<Netns> {
+        let ns = Netns::new(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = Arc::new(ns);
         self.keep(Arc::clone(&ns));
         ns
     }
@@ -1102,7 +1015,7 @@ pub fn random_mac() -> String {
 pub struct DhcpNetwork {
     pub uuid: String,
     pub subnet: String,
-    pub ns: Arc<NetNs>,
+    pub ns: Arc<Netns>,
     /// `a.b.c` of the subnet `a.b.c.0/24`.
     pub prefix: String,
     pub dir: PathBuf,
@@ -1114,7 +1027,7 @@ pub struct DhcpNetwork {
 
 /// A client VM on a [`DhcpNetwork`]: its own namespace, a veth with its MAC, a fixed address.
 pub struct DhcpClient {
-    pub ns: Arc<NetNs>,
+    pub ns: Arc<Netns>,
     pub iface: String,
     pub mac: String,
     pub ip: String,
@@ -1298,7 +1211,7 @@ impl DhcpClient {
 /// haproxy configuration the L3 agent writes to `DATA/ns-metadata-proxy/<uuid>.conf`.
 pub struct MetadataProxy {
     pub uuid: String,
-    pub ns: Arc<NetNs>,
+    pub ns: Arc<Netns>,
     pub conf: PathBuf,
     pub pid_file: PathBuf,
     /// What the backend serves at `/`.
@@ -1442,7 +1355,7 @@ listen listener
 }
 
 /// `busybox wget -S -O - URL` inside `ns` (headers on stderr, body on stdout).
-pub fn http_get(ns: &NetNs, url: &str) -> Output {
+pub fn http_get(ns: &Netns, url: &str) -> Output {
     let mut cmd = ns.exec("busybox");
     cmd.args(["wget", "-S", "-O", "-", url]);
     common::output_within(&mut cmd, CLIENT_TIMEOUT)

@@ -44,8 +44,11 @@ if missing:
     sys.exit("no reliability row from: " + ", ".join(missing))
 
 def source_order(suite):
+    # Tests are `#[test] fn NAME(` or, in a table of cases, a row `    NAME {` whose macro
+    # generates the test.
     text = open(f"tests/{suite}.rs").read()
-    return {name: i for i, name in enumerate(re.findall(r"#\[test\]\s*\nfn (\w+)\(", text))}
+    found = re.findall(r"#\[test\]\s*\nfn (\w+)\(|^    (\w+) \{\n        case:", text, re.M)
+    return {fn or row: i for i, (fn, row) in enumerate(found)}
 
 def cell(text):
     return text.replace("|", "\\|").replace("\n", " ")

@@ -27,35 +27,20 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sidespawn::units::{self, UnitFile};
 
-/// Set to 1 where a skipped privileged test must count as a failure (CI).
-pub const REQUIRE_ENV: &str = "SIDESPAWN_REQUIRE_PRIVILEGED";
+use crate::common::TempDir;
+
 /// The manager binary of Debian's systemd package.
 pub const SYSTEMD: &str = "/lib/systemd/systemd";
-
-/// Reports that `test` cannot run here for want of `needs`: loudly on
-/// stderr, and as a panic when [`REQUIRE_ENV`] is 1.
-pub fn skip(test: &str, needs: &str) {
-    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        panic!("{test}: cannot run here (needs {needs}) and {REQUIRE_ENV}=1");
-    }
-    // Straight to the process's stderr: libtest captures eprintln! of
-    // passing tests, and a skip must be seen. One write, so that libtest's
-    // own output does not split the line.
-    let line = format!("SKIPPED (needs {needs}): {test}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
 
 /// The program's path if it is found in `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
@@ -87,43 +72,6 @@ pub fn tmpfiles_create(snippet: &Path, root: Option<&Path>) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A directory unique to this run, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// `/tmp/sidespawn-<tag>-<pid>-<n>-<nanos><suffix>`; `suffix` lets a test
-    /// put awkward characters (spaces, `%`) into the path itself.
-    pub fn new(tag: &str, suffix: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "sidespawn-{tag}-{}-{}-{nanos}{suffix}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            eprintln!("cannot remove {}: {e}", self.0.display());
-        }
-    }
 }
 
 /// Polls `probe` (every 10 ms) until it yields a value or `timeout` passes.
@@ -255,7 +203,7 @@ pub struct UserManager {
 
 impl UserManager {
     /// Starts a manager and waits until it answers. `Err` names what this
-    /// machine lacks (pass it to [`skip`]); anything else going wrong after
+    /// machine lacks (pass it to [`crate::common::skip`]); anything else going wrong after
     /// that panics, since it is a real failure.
     pub fn start() -> Result<UserManager, String> {
         if !is_root() {
@@ -270,7 +218,7 @@ impl UserManager {
             return Err(SYSTEMD.into());
         }
 
-        let dir = TempDir::new("systemd", "");
+        let dir = TempDir::new("sidespawn-systemd");
         let sub = |name: &str, mode: u32| {
             let p = dir.path().join(name);
             fs::DirBuilder::new()
