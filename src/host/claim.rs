@@ -58,11 +58,13 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
 
-use crate::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES};
-use crate::kind::Kind;
-use crate::lock::{LockError, LockGuard, lock_exclusive};
-use crate::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
-use crate::record::{MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms};
+use crate::shared::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES};
+use crate::shared::kind::Kind;
+use crate::shared::lock::{LockError, LockGuard, lock_exclusive};
+use crate::shared::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
+use crate::shared::record::{
+    MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms,
+};
 
 /// Default for [`Limits::max_queue_bytes`].
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
@@ -566,8 +568,8 @@ impl SharedDir {
                 })?;
         let (acks, dir) = self.open_acks()?;
         let name = format!("{}.json", ack.id);
-        let tmp = format!(".tmp-{}-{}", ack.id, crate::record::new_id(0));
-        crate::atomic::write_at(&acks, &dir, &name, &tmp, &json, 0o644, false)
+        let tmp = format!(".tmp-{}-{}", ack.id, crate::shared::record::new_id(0));
+        crate::host::atomic::write_at(&acks, &dir, &name, &tmp, &json, 0o644, false)
             .map_err(|e| io_err(e.op, &e.path, e.source))
     }
 
@@ -848,7 +850,7 @@ impl RejectLog {
                 kind: self.kind,
                 line: r.line,
                 id: r.id.clone(),
-                reason: crate::ack::bounded(&r.reason, MAX_MESSAGE_BYTES).into_owned(),
+                reason: crate::shared::ack::bounded(&r.reason, MAX_MESSAGE_BYTES).into_owned(),
                 excerpt: r.excerpt.clone(),
             };
             serde_json::to_writer(&mut text, &entry)
@@ -1366,8 +1368,10 @@ mod tests {
 
     #[test]
     fn line_reading_stops_when_asked() {
-        let path =
-            std::env::temp_dir().join(format!("sidespawn-lines-{}", crate::record::new_id(0)));
+        let path = std::env::temp_dir().join(format!(
+            "sidespawn-lines-{}",
+            crate::shared::record::new_id(0)
+        ));
         std::fs::write(&path, b"a\nb\nc\n").unwrap();
         let file = File::open(&path).unwrap();
         let mut seen = Vec::new();

@@ -34,8 +34,8 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
-use crate::kind::Kind;
-use crate::record::Signal;
+use crate::shared::kind::Kind;
+use crate::shared::record::Signal;
 
 /// Label keys put on every sidecar.
 pub mod labels {
@@ -982,7 +982,7 @@ pub fn call_args(call: &Call) -> Vec<String> {
     }
 }
 
-pub use crate::shell::{quote_words as quote_args, shell_quote};
+pub use crate::host::shell::{quote_words as quote_args, shell_quote};
 
 /// The command line as errors show it: quoted, and cut after
 /// [`ARGS_SHOWN`] bytes. A request's argv can be as long as the queue allows
@@ -990,7 +990,7 @@ pub use crate::shell::{quote_words as quote_args, shell_quote};
 /// the reject log or the state; the start (options, name, image) is what
 /// identifies the call.
 fn error_args(args: &[String]) -> String {
-    crate::ack::bounded(&quote_args(args), ARGS_SHOWN).into_owned()
+    crate::shared::ack::bounded(&quote_args(args), ARGS_SHOWN).into_owned()
 }
 
 fn describe_argv(program: &Path, args: &[String]) -> String {
@@ -1235,7 +1235,7 @@ impl FakeRuntime {
     }
 
     /// A container carrying our managed-by label, the instance of
-    /// [`crate::config::Profile::defaults`] and `labels` (which may name
+    /// [`crate::host::config::Profile::defaults`] and `labels` (which may name
     /// another instance), for seeding [`FakeRuntime::new`]. Running ones
     /// get a pid.
     pub fn container(name: &str, state: State, labels: &[(&str, &str)]) -> ContainerInfo {
@@ -1248,7 +1248,9 @@ impl FakeRuntime {
             labels::MANAGED_BY_VALUE.to_owned(),
         );
         l.entry(labels::INSTANCE.to_owned()).or_insert_with(|| {
-            crate::config::instance_id(std::path::Path::new(crate::config::DEFAULT_STATE_DIR))
+            crate::host::config::instance_id(std::path::Path::new(
+                crate::host::config::DEFAULT_STATE_DIR,
+            ))
         });
         let running = state == State::Running;
         ContainerInfo {
@@ -1486,11 +1488,26 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    const PS_EMPTY: &str = include_str!("../tests/fixtures/podman/ps-empty.json");
-    const PS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-mixed.json");
-    const PS_FIELDS_MIXED: &str = include_str!("../tests/fixtures/podman/ps-fields-mixed.jsonl");
-    const PS_FIELDS_SCOPED: &str = include_str!("../tests/fixtures/podman/ps-fields-scoped.jsonl");
-    const INSPECT: &str = include_str!("../tests/fixtures/podman/inspect-dnsmasq.json");
+    const PS_EMPTY: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/ps-empty.json"
+    ));
+    const PS_MIXED: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/ps-mixed.json"
+    ));
+    const PS_FIELDS_MIXED: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/ps-fields-mixed.jsonl"
+    ));
+    const PS_FIELDS_SCOPED: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/ps-fields-scoped.jsonl"
+    ));
+    const INSPECT: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/inspect-dnsmasq.json"
+    ));
 
     #[test]
     fn inspect_gives_the_arguments_after_the_image() {
@@ -1508,7 +1525,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!(
                 "sidespawn-rt-{}-{}",
                 std::process::id(),
-                crate::record::new_id(0)
+                crate::shared::record::new_id(0)
             ));
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -1588,8 +1605,14 @@ mod tests {
 
     // ---- podman inspect JSON and run errors, from real podman 4.3 ----
 
-    const INSPECT_RUNNING: &str = include_str!("../tests/fixtures/podman/inspect-running.json");
-    const RUN_NAME_IN_USE: &str = include_str!("../tests/fixtures/podman/run-name-in-use.stderr");
+    const INSPECT_RUNNING: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/inspect-running.json"
+    ));
+    const RUN_NAME_IN_USE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/run-name-in-use.stderr"
+    ));
 
     #[test]
     fn inspect_fixture_gives_state_pid_and_labels() {
@@ -2188,10 +2211,13 @@ mod tests {
     fn invocation_id_of_the_service_never_reaches_podman() {
         let tmp = Scratch::new();
         let dump = tmp.file("env");
+        // libtest names a test by its module path without the crate name.
+        let (_crate, module) = module_path!().split_once("::").unwrap();
+        let child = format!("{module}::child_dumps_podman_env");
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "runtime::tests::child_dumps_podman_env",
+                &child,
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
@@ -2226,7 +2252,8 @@ mod tests {
             &[(labels::KIND, "dnsmasq"), (labels::INSTANCE, "b")],
         );
         let fake = FakeRuntime::new(vec![exited.clone(), foreign, other]);
-        let own = crate::config::Profile::defaults(crate::kind::Kind::Dnsmasq).instance;
+        let own =
+            crate::host::config::Profile::defaults(crate::shared::kind::Kind::Dnsmasq).instance;
 
         let listed = fake.list(&own).unwrap();
         assert_eq!(
@@ -2330,7 +2357,8 @@ mod tests {
         ));
 
         fake.fail_list("Error: database is locked");
-        let own = crate::config::Profile::defaults(crate::kind::Kind::Dnsmasq).instance;
+        let own =
+            crate::host::config::Profile::defaults(crate::shared::kind::Kind::Dnsmasq).instance;
         let err = fake.list(&own).unwrap_err();
         assert!(err.to_string().contains("database is locked"), "{err}");
 

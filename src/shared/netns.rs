@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
+use crate::shared::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
 
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
