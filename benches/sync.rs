@@ -81,10 +81,10 @@ use std::time::{Duration, Instant};
 
 use nix::libc;
 use sidespawn::host::config::HostConfig;
+use sidespawn::host::namespaces::FakeNamespaces;
 use sidespawn::host::runtime::{Call, FakeRuntime, Podman, Runtime};
 use sidespawn::host::sync::{self, Summary, SyncOptions};
 use sidespawn::shared::kind::Kind;
-use sidespawn::shared::netns::FakeNamespaces;
 use sidespawn::shared::queue::QueueDir;
 
 use host::{LabelGuard, NetnsSet, TempDir};

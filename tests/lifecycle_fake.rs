@@ -8,11 +8,11 @@ mod common;
 use common::TempDir;
 use sidespawn::host::config::HostConfig;
 use sidespawn::host::desired::DesiredTable;
+use sidespawn::host::namespaces::FakeNamespaces;
 use sidespawn::host::runtime::{Call, FakeRuntime, Runtime, State, labels};
 use sidespawn::host::state::StateDir;
 use sidespawn::host::sync::{Summary, SyncOptions};
 use sidespawn::shared::kind::Kind;
-use sidespawn::shared::netns::FakeNamespaces;
 use sidespawn::shared::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 
 struct Setup {

@@ -22,7 +22,7 @@ use sidespawn::shared::queue::QueueDir;
 use sidespawn::shared::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 
 use crate::{CHILD_FLAG, HostSetup, NO_PODMAN, UNUSED_IMAGE, s};
-use sidespawn::shared::netns::FakeNamespaces;
+use sidespawn::host::namespaces::FakeNamespaces;
 
 /// A Neutron DHCP agent's dnsmasq argv (`{u}`: the network's UUID), so
 /// records and labels have their real size (about 1 KiB per queue line).

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sidespawn::host::config::{DEFAULT_PATH, HostConfig};
+use sidespawn::host::namespaces::HostNamespaces;
 use sidespawn::host::runtime::Podman;
 use sidespawn::shared::kind::Kind;
-use sidespawn::shared::netns::HostNamespaces;
 
 /// Spawn Neutron side processes (dnsmasq, haproxy, keepalived, radvd) as
 /// podman containers on behalf of agent containers.

@@ -25,11 +25,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::host::config::Profile;
+use crate::host::namespaces::Namespaces;
 use crate::host::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
 use crate::host::runtime::{ContainerInfo, SidecarLabels, State, labels};
 use crate::host::state::{StateDir, StateError, read_json, write_atomic};
 use crate::shared::kind::Kind;
-use crate::shared::netns::Namespaces;
 use crate::shared::netns::NetnsError;
 use crate::shared::record::Record;
 
@@ -1182,8 +1182,8 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 mod tests {
     use super::*;
     use crate::host::config::RestartPolicy;
+    use crate::host::namespaces::FakeNamespaces;
     use crate::host::plan::key_of;
-    use crate::shared::netns::FakeNamespaces;
     use crate::shared::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
     use std::time::Duration;
 

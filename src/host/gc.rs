@@ -20,10 +20,10 @@ use tracing::{info, warn};
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::HostConfig;
 use crate::host::desired::DesiredTable;
+use crate::host::namespaces::Namespaces;
 use crate::host::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels, State, labels};
 use crate::host::state::{StateDir, StateError};
 use crate::shared::kind::Kind;
-use crate::shared::netns::Namespaces;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -291,8 +291,8 @@ pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::namespaces::FakeNamespaces;
     use crate::host::runtime::FakeRuntime;
-    use crate::shared::netns::FakeNamespaces;
 
     fn c(name: &str, state: State, ns: &str, ino: &str) -> ContainerInfo {
         FakeRuntime::container(

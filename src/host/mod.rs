@@ -12,6 +12,7 @@ pub mod health;
 pub mod images;
 pub mod limit;
 pub mod logs;
+pub mod namespaces;
 pub mod parallel;
 pub mod plan;
 pub mod runtime;

@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::host::config::Profile;
+use crate::host::namespaces::Namespaces;
 use crate::host::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
 use crate::shared::ack::Outcome;
 use crate::shared::kind::Kind;
-use crate::shared::netns::Namespaces;
 use crate::shared::record::{Action, NetnsRef, Record, Signal};
 
 /// One podman-level step of a job.
@@ -696,7 +696,7 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::netns::FakeNamespaces;
+    use crate::host::namespaces::FakeNamespaces;
     use crate::shared::record::{VERSION, now_ms};
     use std::path::Path;
 

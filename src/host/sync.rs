@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::host::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
 use crate::host::config::{ConfigError, HostConfig, Profile};
 use crate::host::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
+use crate::host::namespaces::Namespaces;
 use crate::host::plan::{Job, JobKind, Plan, Planner, Step};
 use crate::host::runtime::{
     ContainerInfo, RunSpec, Runtime, RuntimeError, SidecarLabels, State, labels,
@@ -36,7 +37,6 @@ use crate::host::runtime::{
 use crate::host::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
 use crate::shared::ack::{Ack, MAX_MESSAGE_BYTES, Outcome, bounded};
 use crate::shared::kind::Kind;
-use crate::shared::netns::Namespaces;
 use crate::shared::record::{Record, VERSION, now_ms};
 
 /// What to do.

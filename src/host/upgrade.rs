@@ -20,11 +20,11 @@ use tracing::{error, info};
 
 use crate::host::config::{HostConfig, Profile};
 use crate::host::desired::DesiredTable;
+use crate::host::namespaces::Namespaces;
 use crate::host::plan::{run_spec, spec_hash};
 use crate::host::runtime::{Runtime, RuntimeError, SidecarLabels, labels};
 use crate::host::state::{SYNC_LOCK_TIMEOUT, StateDir, StateError};
 use crate::shared::kind::Kind;
-use crate::shared::netns::Namespaces;
 
 pub use crate::host::images::{ImageState, effective_config, image_state_path};
 

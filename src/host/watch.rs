@@ -62,11 +62,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
+use crate::host::namespaces::HostNamespaces;
 use crate::host::runtime::{Podman, Runtime};
 use crate::host::sdnotify::{Notifier, State};
 use crate::host::sync::{self, Summary, SyncOptions};
 use crate::shared::kind::Kind;
-use crate::shared::netns::HostNamespaces;
 use crate::shared::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
 use crate::shared::record::now_ms;
 
