@@ -4,8 +4,9 @@
 //! command with an argv vector (never a shell), a timeout, `INVOCATION_ID`
 //! removed from the environment (so podman moves conmon out of the calling
 //! service's cgroup and sidecars outlive the oneshot sync), stderr captured
-//! into the error and the argv logged at debug level. [`FakeRuntime`] records
-//! calls for unit tests. A call is also a value ([`Call`]): [`call_args`]
+//! into the error and the argv logged at debug level. `FakeRuntime`
+//! (`fake.rs`, only in tests and with the `test-support` feature) records
+//! calls instead. A call is also a value ([`Call`]): [`call_args`]
 //! turns it into podman's argv for both execution and `describe`, and
 //! [`perform`] dispatches it, so a dry run prints what runs.
 //! [`SidecarLabels`] is the one typed view of the labels sidespawn puts on
