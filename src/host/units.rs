@@ -55,7 +55,7 @@ pub struct UnitFile {
     pub contents: String,
 }
 
-/// What [`write`] did to one file.
+/// What [`write()`] did to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Created,

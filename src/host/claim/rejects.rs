@@ -1,6 +1,6 @@
 //! The reject log: lines a claim could not accept, with why, one JSON entry
 //! per line in the root-only state directory, rotated past
-//! [`REJECT_LOG_ROTATE_BYTES`](super::REJECT_LOG_ROTATE_BYTES).
+//! [`super::REJECT_LOG_ROTATE_BYTES`].
 
 use super::*;
 

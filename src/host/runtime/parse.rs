@@ -11,8 +11,9 @@ use super::*;
 /// with only the fields the plan uses. `--format json` would print every
 /// field, among them the whole command line (twice), so the listing grew
 /// with the sidecars' argv and ~70 sidecars with 1 MiB of arguments pushed
-/// it past [`STDOUT_READ_CAP`], failing every sync of every kind. Every
-/// field here has a size the host bounds (labels: ours and the profile's).
+/// it past the runner's stdout cap (`STDOUT_READ_CAP`), failing every sync
+/// of every kind. Every field here has a size the host bounds (labels: ours
+/// and the profile's).
 /// `.ListContainer.State`/`.Names` are the raw fields (`.State` alone is
 /// the human "Up 2 seconds ago"); checked against podman 4.3.1, output
 /// saved in `tests/fixtures/podman/ps-fields-*.jsonl`.
