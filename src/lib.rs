@@ -17,11 +17,11 @@
 //!   [`agent::config`] is its configuration. It never runs podman.
 //! - [`host`]: `sidespawn`, as root on the host. [`host::sync`] runs, per
 //!   kind: claim ([`host::claim`]) → fold ([`host::desired`]) → plan
-//!   ([`host::plan`]) → execute (through the [`host::runtime`] seam, with
-//!   [`host::parallel`]) → acknowledge. Around it: [`host::config`],
-//!   [`host::state`], the lifecycle commands ([`host::gc`],
-//!   [`host::upgrade`], [`host::status`], [`host::logs`], [`host::watch`])
-//!   and the systemd [`host::units`].
+//!   ([`host::plan`]) → execute (through the [`host::runtime`] and
+//!   [`host::namespaces`] seams, with [`host::parallel`]) → acknowledge.
+//!   Around it: [`host::config`], [`host::state`], the lifecycle commands
+//!   ([`host::gc`], [`host::upgrade`], [`host::status`], [`host::logs`],
+//!   [`host::watch`]) and the systemd [`host::units`].
 //!
 //! The binaries in `src/bin/` only parse arguments and call into [`agent`]
 //! or [`host`]. Dependencies point one way: `agent` and `host` use `shared`,

@@ -1,7 +1,18 @@
-//! The host side: `sidespawn`, run as root. It claims queued records,
-//! folds them into the desired sidecars, plans the engine calls and executes
-//! them through the [`runtime`] seam, then acknowledges; plus the lifecycle
-//! commands (gc, upgrade, status, logs, watch) and the systemd units.
+//! The host side: `sidespawn`, run as root.
+//!
+//! One sync, per kind ([`sync`]): claim the queue ([`claim`], with its
+//! [`claim::journal`] and [`claim::rejects`]) → fold the records into the
+//! desired sidecars ([`desired`]) → plan the engine calls ([`plan`], with
+//! [`limit`] and [`images`]) → execute them through the engine seam
+//! ([`runtime`]: the trait and [`runtime::Call`], the podman runner, its
+//! output parsing) and the namespace seam ([`namespaces`]), bounded by
+//! [`parallel`] → acknowledge (written back by [`claim`]). What a sync keeps
+//! between runs is [`state`]; files are replaced through [`atomic`].
+//!
+//! Around it: [`config`] (profiles per kind), the lifecycle commands
+//! ([`gc`], [`upgrade`], [`health`], [`status`], [`logs`], [`watch`] with
+//! [`sdnotify`]), the systemd [`units`], and [`shell`] quoting for what is
+//! printed.
 
 pub mod atomic;
 pub mod claim;
