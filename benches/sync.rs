@@ -80,12 +80,12 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use sidespawn::config::HostConfig;
-use sidespawn::kind::Kind;
-use sidespawn::netns::FakeNamespaces;
-use sidespawn::queue::QueueDir;
-use sidespawn::runtime::{Call, FakeRuntime, Podman, Runtime};
-use sidespawn::sync::{self, Summary, SyncOptions};
+use sidespawn::host::config::HostConfig;
+use sidespawn::host::namespaces::FakeNamespaces;
+use sidespawn::host::runtime::{Call, FakeRuntime, Podman, Runtime};
+use sidespawn::host::sync::{self, Summary, SyncOptions};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
 
 use host::{LabelGuard, NetnsSet, TempDir};
 use real_podman::{

@@ -239,8 +239,8 @@ fn bench() -> Result<(), Error> {
     // Containers of this run go whatever happens (declared after the
     // manager and the daemon, so dropped before them).
     let manager = systemd::UserManager::start().map_err(|e| format!("needs {e}"))?;
-    let cfg = sidespawn::config::HostConfig::load(&pathed.config, true)?;
-    let files = sidespawn::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn")))?;
+    let cfg = sidespawn::host::config::HostConfig::load(&pathed.config, true)?;
+    let files = sidespawn::host::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn")))?;
     manager.install(&files);
     manager.drop_in(
         "sidespawn@.service",
@@ -258,8 +258,9 @@ fn bench() -> Result<(), Error> {
     let mut bare = Vec::new();
     // The sync's own container listing, timed on its own: every sync asks
     // podman what runs before it acts.
-    let list_args =
-        sidespawn::runtime::call_args(&sidespawn::runtime::Call::List(cfg.instance.clone()));
+    let list_args = sidespawn::host::runtime::call_args(&sidespawn::host::runtime::Call::List(
+        cfg.instance.clone(),
+    ));
     let mut floor = Vec::new();
     let mut via_watch = Vec::new();
     let mut via_path = Vec::new();
@@ -339,9 +340,9 @@ fn bench() -> Result<(), Error> {
                     .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
                     .map_err(|e| e.to_string())?;
             }
-            remove(&sidespawn::plan::container_name(
+            remove(&sidespawn::host::plan::container_name(
                 &cfg.instance,
-                sidespawn::kind::Kind::Dnsmasq,
+                sidespawn::shared::kind::Kind::Dnsmasq,
                 Some(&tag),
                 None,
             ));

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use host::TempDir;
 use nix::libc;
-use sidespawn::kind::Kind;
-use sidespawn::record::{Action, Record};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::record::{Action, Record};
 
 /// argv\[1\] that turns this binary into the launcher.
 const LAUNCHER_FLAG: &str = "--sidespawn-launcher";
@@ -184,7 +184,7 @@ fn bench() -> Result<(), Error> {
         Program::new(
             "sidespawn-wrapper",
             &wrapper,
-            Check::Wrapper(wrapper_queue.join(sidespawn::queue::QUEUE_FILE)),
+            Check::Wrapper(wrapper_queue.join(sidespawn::shared::queue::QUEUE_FILE)),
         ),
         Program::new(
             "TripleO shell wrapper (b)",

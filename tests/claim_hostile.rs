@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
 use common::TempDir;
-use sidespawn::ack::{Ack, Outcome};
-use sidespawn::claim::{ClaimError, Journal, Limits, RejectLog, SharedDir};
-use sidespawn::kind::Kind;
-use sidespawn::queue::QueueDir;
-use sidespawn::record::{Action, Record, VERSION, new_id, now_ms};
+use sidespawn::host::claim::{ClaimError, Journal, Limits, RejectLog, SharedDir};
+use sidespawn::shared::ack::{Ack, Outcome};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
+use sidespawn::shared::record::{Action, Record, VERSION, new_id, now_ms};
 
 const KIND: Kind = Kind::Dnsmasq;
 
@@ -71,7 +71,7 @@ impl Fixture {
     fn rejects(&self) -> RejectLog {
         RejectLog::open(&self.state(), KIND).unwrap()
     }
-    fn claim(&self, dir: &SharedDir) -> Result<sidespawn::claim::ClaimReport, ClaimError> {
+    fn claim(&self, dir: &SharedDir) -> Result<sidespawn::host::claim::ClaimReport, ClaimError> {
         dir.claim(&self.journal(), &self.rejects())
     }
     fn write_queue(&self, bytes: &[u8]) {
@@ -545,7 +545,7 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
     let log = fx.rejects();
     assert_eq!(log.count_since(since).unwrap(), 6);
     assert_eq!(log.count_since(now_ms() + 1000).unwrap(), 0);
-    let logged: Vec<sidespawn::claim::RejectEntry> = fs::read_to_string(log.path())
+    let logged: Vec<sidespawn::host::claim::RejectEntry> = fs::read_to_string(log.path())
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -946,7 +946,7 @@ fn a_damaged_journal_line_is_skipped() {
 
 #[test]
 fn the_reject_log_rotates_and_still_counts_both_files() {
-    use sidespawn::claim::{REJECT_LOG_ROTATE_BYTES, Reject};
+    use sidespawn::host::claim::{REJECT_LOG_ROTATE_BYTES, Reject};
     let Some(fx) = Fixture::privileged() else {
         return;
     };

@@ -19,8 +19,8 @@ use std::time::Duration;
 use common::fake_host::{FakeHost, dhcp_netns, exit, start_record};
 use common::{Netns, TempDir, TmpfsMount};
 use serde_json::{Value, json};
-use sidespawn::kind::Kind;
-use sidespawn::queue::QueueDir;
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
 
 const DNSMASQ: Kind = Kind::Dnsmasq;
 const HAPROXY: Kind = Kind::Haproxy;

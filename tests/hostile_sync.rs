@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::fake_host::{FakeHost, after_image, dhcp_netns, exit, signal_record, start_record};
 use common::{Netns, Redact};
 use serde_json::{Value, json};
-use sidespawn::kind::Kind;
-use sidespawn::record::{Record, Signal};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::record::{Record, Signal};
 
 const DNSMASQ: Kind = Kind::Dnsmasq;
 const HAPROXY: Kind = Kind::Haproxy;
@@ -1554,7 +1554,7 @@ fn failed_start_with_80_kib_of_argv_is_still_acknowledged() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     let path = host.kind_dir(DNSMASQ).join(format!("acks/{}.json", rec.id));
     let size = fs::metadata(&path).expect("acknowledged").len();
-    assert!(size <= sidespawn::ack::MAX_ACK_BYTES, "{size}");
+    assert!(size <= sidespawn::shared::ack::MAX_ACK_BYTES, "{size}");
     let ack = host.assert_ack(DNSMASQ, &rec.id, "failed");
     let message = ack["message"].as_str().expect("message");
     assert!(message.contains("injected failure"), "{message}");

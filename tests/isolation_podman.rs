@@ -67,7 +67,7 @@ impl Config {
     }
 
     fn instance(&self) -> String {
-        sidespawn::config::instance_id(&self.state())
+        sidespawn::host::config::instance_id(&self.state())
     }
 
     fn sidecar(&self, tag: &str) -> String {

@@ -6,14 +6,14 @@
 mod common;
 
 use common::TempDir;
-use sidespawn::config::HostConfig;
-use sidespawn::desired::DesiredTable;
-use sidespawn::kind::Kind;
-use sidespawn::netns::FakeNamespaces;
-use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
-use sidespawn::runtime::{Call, FakeRuntime, Runtime, State, labels};
-use sidespawn::state::StateDir;
-use sidespawn::sync::{Summary, SyncOptions};
+use sidespawn::host::config::HostConfig;
+use sidespawn::host::desired::DesiredTable;
+use sidespawn::host::namespaces::FakeNamespaces;
+use sidespawn::host::runtime::{Call, FakeRuntime, Runtime, State, labels};
+use sidespawn::host::state::StateDir;
+use sidespawn::host::sync::{Summary, SyncOptions};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 
 struct Setup {
     dir: TempDir,
@@ -119,7 +119,7 @@ impl Setup {
             full,
             ..SyncOptions::default()
         };
-        let s = sidespawn::sync::run(&self.cfg, &self.fake, &self.ns, &opts).unwrap();
+        let s = sidespawn::host::sync::run(&self.cfg, &self.fake, &self.ns, &opts).unwrap();
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         s
     }
@@ -131,7 +131,7 @@ impl Setup {
         )
     }
 
-    fn container(&self) -> Option<sidespawn::runtime::ContainerInfo> {
+    fn container(&self) -> Option<sidespawn::host::runtime::ContainerInfo> {
         self.fake
             .containers()
             .into_iter()
@@ -345,7 +345,7 @@ fn dry_run_shows_the_restart_and_changes_nothing() {
         dry_run: true,
         ..SyncOptions::default()
     };
-    sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     assert_eq!(s.fake.calls(), [Call::List(s.cfg.instance.clone())]);
     assert_eq!(s.desired(), before);
 }
@@ -370,7 +370,7 @@ fn dry_run_prints_exactly_the_calls_the_run_then_makes() {
     other.tag = Some(format!("dnsmasq-other-{}", s.uuid));
     s.queue(&other);
 
-    let dry = sidespawn::sync::run(
+    let dry = sidespawn::host::sync::run(
         &s.cfg,
         &s.fake,
         &s.ns,
@@ -406,14 +406,14 @@ fn status_compares_desired_with_actual() {
     };
     s.start(&["a"]);
     s.sync(false);
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(rep.healthy);
     assert_eq!((rep.kinds[0].desired, rep.kinds[0].desired_running), (1, 1));
     assert!(rep.sidecars[0].desired);
 
     s.die();
     s.sync(true);
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(!rep.healthy);
     assert_eq!(rep.sidecars[0].state, "exited");
     assert!(
@@ -427,7 +427,7 @@ fn status_compares_desired_with_actual() {
 
     // Removed behind our back: still desired, listed as missing.
     s.fake.remove(&s.name()).unwrap();
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(!rep.healthy);
     assert_eq!(rep.sidecars.len(), 1);
     assert_eq!(rep.sidecars[0].state, "missing");
@@ -456,7 +456,7 @@ fn status_compares_desired_with_actual() {
         )
         .unwrap();
     t.die();
-    let rep = sidespawn::status::report(&t.cfg, &t.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&t.cfg, &t.fake, &[]).unwrap();
     assert!(rep.healthy, "{rep:?}");
     assert!(!rep.sidecars[0].desired);
 }
@@ -469,7 +469,7 @@ fn set_image(s: &mut Setup, image: &str) {
 
 #[test]
 fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
-    use sidespawn::upgrade::{ImageState, rollback, upgrade};
+    use sidespawn::host::upgrade::{ImageState, rollback, upgrade};
     let Some(mut s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -542,12 +542,12 @@ fn unhealthy_sidecar_counts_as_dead() {
     }
     s.start(&["a"]);
     s.sync(false);
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(rep.healthy);
     assert_eq!(rep.sidecars[0].health.as_deref(), Some("healthy"));
 
     s.fake.set_unhealthy(&s.name(), true);
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(!rep.healthy);
     assert!(
         rep.sidecars[0]
@@ -565,7 +565,7 @@ fn unhealthy_sidecar_counts_as_dead() {
     assert!(s.fake.calls().contains(&Call::Remove(s.name())));
     s.fake.set_unhealthy(&s.name(), false);
     assert!(
-        sidespawn::status::report(&s.cfg, &s.fake, &[])
+        sidespawn::host::status::report(&s.cfg, &s.fake, &[])
             .unwrap()
             .healthy
     );
@@ -573,7 +573,7 @@ fn unhealthy_sidecar_counts_as_dead() {
 
 #[test]
 fn failed_start_with_80_kib_of_argv_is_acknowledged_with_its_reason() {
-    use sidespawn::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES, Outcome};
+    use sidespawn::shared::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES, Outcome};
     let Some(mut s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -613,7 +613,7 @@ fn failed_start_with_80_kib_of_argv_is_acknowledged_with_its_reason() {
 }
 
 /// The acknowledgement of request `id`, parsed.
-fn ack_of(s: &Setup, id: &str) -> sidespawn::ack::Ack {
+fn ack_of(s: &Setup, id: &str) -> sidespawn::shared::ack::Ack {
     let path = s.dir.join("queue/dnsmasq/acks").join(format!("{id}.json"));
     serde_json::from_slice(&std::fs::read(&path).expect("acknowledged")).unwrap()
 }
@@ -622,7 +622,7 @@ fn ack_of(s: &Setup, id: &str) -> sidespawn::ack::Ack {
 /// while its `podman run` was in flight leaves, after the next sync took its list.
 fn created_by_an_interrupted_sync(s: &Setup, rec: &Record) -> String {
     let profile = s.cfg.profile(Kind::Dnsmasq).unwrap();
-    let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), rec, 7);
+    let spec = sidespawn::host::plan::run_spec(profile, std::path::Path::new("/run/netns"), rec, 7);
     let id = s.fake.run(&spec).unwrap();
     s.fake.hide_from_list(&spec.name);
     s.fake.clear_calls();
@@ -631,7 +631,7 @@ fn created_by_an_interrupted_sync(s: &Setup, rec: &Record) -> String {
 
 #[test]
 fn start_adopts_the_sidecar_an_interrupted_sync_started() {
-    use sidespawn::ack::Outcome;
+    use sidespawn::shared::ack::Outcome;
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -662,7 +662,7 @@ fn start_adopts_the_sidecar_an_interrupted_sync_started() {
 
 #[test]
 fn start_replaces_what_an_interrupted_sync_started_with_other_arguments() {
-    use sidespawn::ack::Outcome;
+    use sidespawn::shared::ack::Outcome;
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -689,7 +689,7 @@ fn start_replaces_what_an_interrupted_sync_started_with_other_arguments() {
 
 #[test]
 fn start_leaves_a_foreign_container_holding_the_name_alone() {
-    use sidespawn::ack::Outcome;
+    use sidespawn::shared::ack::Outcome;
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -714,7 +714,7 @@ fn start_leaves_a_foreign_container_holding_the_name_alone() {
 
 #[test]
 fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass() {
-    use sidespawn::ack::Outcome;
+    use sidespawn::shared::ack::Outcome;
     let Some(mut s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -750,7 +750,7 @@ fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass(
     assert_eq!(refused.result, Outcome::Rejected);
     assert_eq!(refused.message, limit);
     assert!(!s.fake.containers().iter().any(|c| c.name == name(&s, 2)));
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     let k = &rep.kinds[0];
     assert_eq!((k.sidecars, k.max_sidecars, k.at_limit), (2, 2, true));
 
@@ -782,7 +782,7 @@ fn new_sidecars_past_max_sidecars_are_rejected_but_existing_ones_and_stops_pass(
     let sum = s.sync(false);
     assert_eq!((sum.removed, sum.started, sum.rejected), (1, 1, 0), "{sum}");
     assert_eq!(ack_of(&s, &fourth.id).result, Outcome::Ok);
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert_eq!((rep.kinds[0].sidecars, rep.kinds[0].at_limit), (2, true));
     assert_eq!(s.desired().sidecars.len(), 2);
 }
@@ -814,7 +814,7 @@ fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
 
     // A failed sync recorded a day ahead: the back-off is its delay (1 s
     // after one failure), not the day.
-    let st = sidespawn::state::KindStatus {
+    let st = sidespawn::host::state::KindStatus {
         last_sync_ms: now_ms() + day,
         ok: false,
         error: Some("boom".into()),
@@ -827,7 +827,7 @@ fn a_clock_stepped_back_holds_neither_restarts_nor_the_backoff() {
         backoff: true,
         ..SyncOptions::default()
     };
-    sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     let took = t0.elapsed();
     assert!(
         took < std::time::Duration::from_secs(5),
@@ -885,12 +885,12 @@ fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
         backoff: true,
         ..SyncOptions::default()
     };
-    let first = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let first = sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     assert_eq!(first.errors.len(), 1, "{first}");
     let why = first.errors[0].1.to_string();
     assert!(why.contains("No space left on device"), "{why}");
 
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(!rep.healthy, "{rep:?}");
     let state_error = rep.state_error.as_deref().unwrap_or_default();
     assert!(
@@ -911,14 +911,14 @@ fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
 
     // One failure: the next run waits a second before it tries.
     let t0 = std::time::Instant::now();
-    let second = sidespawn::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+    let second = sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
     let waited = t0.elapsed();
     assert_eq!(second.errors.len(), 1, "{second}");
     assert!(
         waited >= std::time::Duration::from_millis(900),
         "no back-off: the second run took {waited:?}"
     );
-    let last = sidespawn::status::report(&s.cfg, &s.fake, &[])
+    let last = sidespawn::host::status::report(&s.cfg, &s.fake, &[])
         .unwrap()
         .kinds[0]
         .last_sync
@@ -932,7 +932,7 @@ fn a_full_state_directory_is_reported_backs_off_and_leaks_no_temporary_file() {
     std::fs::remove_file(tmpfs.path().join("filler")).unwrap();
     let sum = s.sync(false);
     assert_eq!(sum.claimed, 1, "{sum}");
-    let rep = sidespawn::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
     assert!(rep.healthy, "{rep:?}");
     assert!(rep.kinds[0].last_sync.as_ref().unwrap().ok);
     common::reliability(
@@ -1011,11 +1011,15 @@ fn desired_table_cost_of_one_small_request() {
         let mut t = DesiredTable::default();
         for i in 0..big {
             let r = big_record(i, argv_bytes);
-            let spec =
-                sidespawn::plan::run_spec(&profile, std::path::Path::new("/run/netns"), &r, 1);
+            let spec = sidespawn::host::plan::run_spec(
+                &profile,
+                std::path::Path::new("/run/netns"),
+                &r,
+                1,
+            );
             t.sidecars.insert(
-                sidespawn::plan::key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref()),
-                sidespawn::desired::DesiredSidecar {
+                sidespawn::host::plan::key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref()),
+                sidespawn::host::desired::DesiredSidecar {
                     container: spec.name,
                     record: r,
                     generation: 1,
@@ -1064,7 +1068,8 @@ fn scale_child(dir: &std::path::Path) {
     let mut namespaces = vec![(format!("qdhcp-{uuid}"), 100)];
     for i in 0..scale_sizes().0 {
         let r = big_record(i, 0);
-        let spec = sidespawn::plan::run_spec(profile, std::path::Path::new("/run/netns"), &r, 1);
+        let spec =
+            sidespawn::host::plan::run_spec(profile, std::path::Path::new("/run/netns"), &r, 1);
         fake.run(&spec).unwrap();
         namespaces.push((r.netns.unwrap().name, 1000 + i as u64));
     }
@@ -1087,7 +1092,7 @@ fn scale_child(dir: &std::path::Path) {
     )
     .unwrap();
     let t0 = std::time::Instant::now();
-    let sum = sidespawn::sync::run(&cfg, &fake, &ns, &SyncOptions::default()).unwrap();
+    let sum = sidespawn::host::sync::run(&cfg, &fake, &ns, &SyncOptions::default()).unwrap();
     let took = t0.elapsed();
     assert!(sum.errors.is_empty(), "{:?}", sum.errors);
     assert_eq!(sum.started, 1, "{sum}");
@@ -1157,7 +1162,7 @@ impl TwoKinds {
             full: true,
             ..SyncOptions::default()
         };
-        sidespawn::sync::run(&self.s.cfg, &self.s.fake, &self.s.ns, &opts).unwrap()
+        sidespawn::host::sync::run(&self.s.cfg, &self.s.fake, &self.s.ns, &opts).unwrap()
     }
 
     fn running(&self, name: &str) -> bool {
@@ -1188,7 +1193,7 @@ fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
     assert_eq!(s.sync(false).started, 1);
     let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
     let state = StateDir::new(&s.cfg.state_dir);
-    let entry = sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key);
+    let entry = sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key);
     std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
 
     // dnsmasq's sidecar dies and haproxy gets a request: both are served.
@@ -1239,7 +1244,7 @@ fn a_corrupt_entry_without_a_container_fails_its_kind_alone_and_names_the_file()
     let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
     let state = StateDir::new(&s.cfg.state_dir);
     std::fs::write(
-        sidespawn::desired::entry_path(&state, Kind::Dnsmasq, &key),
+        sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key),
         b"[",
     )
     .unwrap();

@@ -356,7 +356,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(st["healthy"], true);
     assert_eq!(
         st["instance"],
-        sidespawn::config::instance_id(&host.join("state")).as_str()
+        sidespawn::host::config::instance_id(&host.join("state")).as_str()
     );
     assert!(st["unlabelled"].is_array(), "{st}");
     assert_eq!(st["state_error"], serde_json::Value::Null);
@@ -487,7 +487,7 @@ fn gc_removes_only_undesired_leftovers_and_logs_finds_sidecars() {
     // container), beside the desired sidecar, dead with restarts off.
     let images = common::ensure_images();
     let stray = common::sidecar_name(&host.join("state"), "dnsmasq", &common::unique("stray"));
-    let instance = sidespawn::config::instance_id(&host.join("state"));
+    let instance = sidespawn::host::config::instance_id(&host.join("state"));
     let _guard = common::Container::new(&stray);
     common::run(common::podman().args([
         "create",

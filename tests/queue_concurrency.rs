@@ -8,9 +8,9 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sidespawn::kind::Kind;
-use sidespawn::queue::QueueDir;
-use sidespawn::record::Record;
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
+use sidespawn::shared::record::Record;
 
 const WRITERS: usize = 32;
 const PER_WRITER: usize = 200;

@@ -19,8 +19,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::TempDir;
-use sidespawn::record::Signal;
-use sidespawn::runtime::{ContainerInfo, Podman, RunSpec, Runtime, RuntimeError, State, labels};
+use sidespawn::host::runtime::{
+    ContainerInfo, Podman, RunSpec, Runtime, RuntimeError, State, labels,
+};
+use sidespawn::shared::record::Signal;
 
 const TEST_CONTAINERS_CONF: &str = "[containers]
 default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]
@@ -430,8 +432,9 @@ fn real_podman_listing_size_is_independent_of_argv_size() {
         rt.run(&spec).unwrap();
     }
     let listing = |instance: &str| -> Vec<u8> {
-        let args =
-            sidespawn::runtime::call_args(&sidespawn::runtime::Call::List(instance.to_owned()));
+        let args = sidespawn::host::runtime::call_args(&sidespawn::host::runtime::Call::List(
+            instance.to_owned(),
+        ));
         let out = host.podman().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         out.stdout

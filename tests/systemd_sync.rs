@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::Netns;
 use common::podman_host::PodmanHost;
-use sidespawn::config::HostConfig;
+use sidespawn::host::config::HostConfig;
 use systemd::{Manager, UserManager};
 
 const PATH_UNIT: &str = "sidespawn@dnsmasq.path";
@@ -60,7 +60,8 @@ impl Setup {
         let config_path = host.config_path();
         let cfg = HostConfig::load(&config_path, true).unwrap();
         let files =
-            sidespawn::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn"))).unwrap();
+            sidespawn::host::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn")))
+                .unwrap();
         // The tmpfiles.d snippet makes the queue directories, as on a host.
         let snippet = files
             .iter()

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{TempDir, skip};
-use sidespawn::config::HostConfig;
-use sidespawn::units::{self, UnitFile, UnitsError};
+use sidespawn::host::config::HostConfig;
+use sidespawn::host::units::{self, UnitFile, UnitsError};
 use systemd::which;
 
 /// Where the configuration claims to live in the goldens (it is part of

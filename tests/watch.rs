@@ -714,9 +714,9 @@ fn watch_service_under_a_real_systemd_manager() {
             return;
         }
     };
-    let cfg = sidespawn::config::HostConfig::load(&s.config_path(), true).unwrap();
+    let cfg = sidespawn::host::config::HostConfig::load(&s.config_path(), true).unwrap();
     let files =
-        sidespawn::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn"))).unwrap();
+        sidespawn::host::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn"))).unwrap();
     manager.install(&files);
     manager.drop_in(
         SERVICE,

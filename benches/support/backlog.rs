@@ -12,17 +12,17 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use sidespawn::ack::{Ack, Outcome};
-use sidespawn::config::{HostConfig, Profile};
-use sidespawn::kind::Kind;
-use sidespawn::plan::{self, JobKind, Plan, Planner};
-use sidespawn::queue::QueueDir;
-use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
-use sidespawn::runtime::{ContainerInfo, FakeRuntime, State};
-use sidespawn::sync::{self, Summary, SyncOptions};
+use sidespawn::host::config::{HostConfig, Profile};
+use sidespawn::host::plan::{self, JobKind, Plan, Planner};
+use sidespawn::host::runtime::{ContainerInfo, FakeRuntime, State};
+use sidespawn::host::sync::{self, Summary, SyncOptions};
+use sidespawn::shared::ack::{Ack, Outcome};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
+use sidespawn::shared::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 
 use crate::{CHILD_FLAG, HostSetup, NO_PODMAN, UNUSED_IMAGE, s};
-use sidespawn::netns::FakeNamespaces;
+use sidespawn::host::namespaces::FakeNamespaces;
 
 /// A Neutron DHCP agent's dnsmasq argv (`{u}`: the network's UUID), so
 /// records and labels have their real size (about 1 KiB per queue line).

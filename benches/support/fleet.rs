@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sidespawn::kind::Kind;
-use sidespawn::runtime::{Call, call_args};
+use sidespawn::host::runtime::{Call, call_args};
+use sidespawn::shared::kind::Kind;
 
 use crate::host::{self, LabelGuard, NetnsSet, TempDir};
 use crate::real_podman::{SyncHost, check_running, dnsmasq_image};

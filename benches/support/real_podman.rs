@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sidespawn::ack::{Ack, Outcome};
-use sidespawn::config::HostConfig;
-use sidespawn::kind::Kind;
-use sidespawn::queue::QueueDir;
-use sidespawn::record::Record;
-use sidespawn::runtime::RunSpec;
+use sidespawn::host::config::HostConfig;
+use sidespawn::host::runtime::RunSpec;
+use sidespawn::shared::ack::{Ack, Outcome};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::queue::QueueDir;
+use sidespawn::shared::record::Record;
 
 use crate::host::{self, NetnsSet, TempDir};
 use crate::report::{fmt_dur, median, percentile};
@@ -353,7 +353,7 @@ impl SyncHost {
             .queued()?
             .iter()
             .zip(first..)
-            .map(|(r, g)| sidespawn::plan::run_spec(profile, Path::new("/run/netns"), r, g))
+            .map(|(r, g)| sidespawn::host::plan::run_spec(profile, Path::new("/run/netns"), r, g))
             .collect())
     }
 

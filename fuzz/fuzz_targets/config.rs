@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sidespawn::config::{HostConfig, Profile};
-use sidespawn::plan::run_spec;
-use sidespawn::record::{Action, NetnsRef, Record, VERSION};
-use sidespawn::runtime::labels;
+use sidespawn::host::config::{HostConfig, Profile};
+use sidespawn::host::plan::run_spec;
+use sidespawn::shared::record::{Action, NetnsRef, Record, VERSION};
+use sidespawn::host::runtime::labels;
 
 const UUID: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sidespawn::record::{MAX_LINE_BYTES, Record};
+use sidespawn::shared::record::{MAX_LINE_BYTES, Record};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(record) = Record::parse_line(data) else {

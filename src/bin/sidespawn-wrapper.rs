@@ -1,6 +1,6 @@
 //! The in-container wrapper, bind-mounted over `dnsmasq`, `haproxy`,
 //! `keepalived`, `radvd` and their `<kind>-kill` scripts. See
-//! `sidespawn::wrapper`.
+//! `sidespawn::agent::wrapper`.
 //!
 //! It runs on every request Neutron makes, so it skips Rust's usual start-up
 //! (reading /proc/self/maps for the stack guard, the stack-overflow handler,
@@ -17,5 +17,5 @@
 // definition of the symbol, and its signature is the one the C runtime calls.
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
-    sidespawn::wrapper::run(std::env::args_os().collect())
+    sidespawn::agent::wrapper::run(std::env::args_os().collect())
 }

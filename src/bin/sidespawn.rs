@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sidespawn::config::{DEFAULT_PATH, HostConfig};
-use sidespawn::kind::Kind;
-use sidespawn::netns::HostNamespaces;
-use sidespawn::runtime::Podman;
+use sidespawn::host::config::{DEFAULT_PATH, HostConfig};
+use sidespawn::host::namespaces::HostNamespaces;
+use sidespawn::host::runtime::Podman;
+use sidespawn::shared::kind::Kind;
 
 /// Spawn Neutron side processes (dnsmasq, haproxy, keepalived, radvd) as
 /// podman containers on behalf of agent containers.
@@ -199,13 +199,13 @@ enum UnitsCommand {
     },
 }
 
-fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::units::UnitsError> {
+fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::host::units::UnitsError> {
     match cmd {
         UnitsCommand::Generate { out, bin } => {
-            sidespawn::units::install(cfg, &out, bin.as_deref(), false)
+            sidespawn::host::units::install(cfg, &out, bin.as_deref(), false)
         }
         UnitsCommand::Install { root, enable, bin } => {
-            sidespawn::units::install(cfg, &root, bin.as_deref(), enable)
+            sidespawn::host::units::install(cfg, &root, bin.as_deref(), enable)
         }
     }
 }
@@ -217,12 +217,12 @@ fn upgrade(
     kind: Kind,
     max_parallel: Option<usize>,
     rollback: bool,
-) -> Result<(), sidespawn::upgrade::UpgradeError> {
+) -> Result<(), sidespawn::host::upgrade::UpgradeError> {
     let n = max_parallel.unwrap_or(cfg.parallelism);
     let r = if rollback {
-        sidespawn::upgrade::rollback(cfg, kind, runtime, ns, n)
+        sidespawn::host::upgrade::rollback(cfg, kind, runtime, ns, n)
     } else {
-        sidespawn::upgrade::upgrade(cfg, kind, runtime, ns, n)
+        sidespawn::host::upgrade::upgrade(cfg, kind, runtime, ns, n)
     }?;
     for s in &r.replaced {
         println!(
@@ -256,7 +256,7 @@ fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
 /// The exit code of a sync: 1 when it could not run or any kind failed,
 /// each failed kind named on stderr.
 fn sync_exit_code(
-    result: Result<sidespawn::sync::Summary, sidespawn::sync::SyncError>,
+    result: Result<sidespawn::host::sync::Summary, sidespawn::host::sync::SyncError>,
 ) -> ExitCode {
     let summary = match result {
         Ok(s) => s,
@@ -279,7 +279,7 @@ fn sync_exit_code(
 /// `logs` hands over podman's exit status: its code, or 128 + the signal
 /// that ended it, as a shell reports it.
 fn logs_exit_code(
-    result: Result<std::process::ExitStatus, sidespawn::logs::LogsError>,
+    result: Result<std::process::ExitStatus, sidespawn::host::logs::LogsError>,
 ) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match result {
@@ -339,7 +339,7 @@ fn init_logging(verbose: u8) {
     }
 }
 
-fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::config::ConfigError> {
+fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::config::ConfigError> {
     match path {
         Some(p) => HostConfig::load(p, true),
         None => HostConfig::load(std::path::Path::new(DEFAULT_PATH), false),
@@ -363,17 +363,22 @@ fn main() -> ExitCode {
             full,
             backoff,
         } => {
-            let opts = sidespawn::sync::SyncOptions {
+            let opts = sidespawn::host::sync::SyncOptions {
                 kinds: kind,
                 dry_run,
                 full,
                 backoff,
             };
-            sync_exit_code(sidespawn::sync::run(&cfg, &runtime, &namespaces, &opts))
+            sync_exit_code(sidespawn::host::sync::run(
+                &cfg,
+                &runtime,
+                &namespaces,
+                &opts,
+            ))
         }
-        Command::Gc { kind, dry_run } => {
-            exit_code(sidespawn::gc::run(&cfg, &runtime, &namespaces, &kind, dry_run).map(drop))
-        }
+        Command::Gc { kind, dry_run } => exit_code(
+            sidespawn::host::gc::run(&cfg, &runtime, &namespaces, &kind, dry_run).map(drop),
+        ),
         Command::Upgrade { kind, max_parallel } => exit_code(upgrade(
             &cfg,
             &runtime,
@@ -391,19 +396,19 @@ fn main() -> ExitCode {
             true,
         )),
         Command::Logs { target, follow } => {
-            logs_exit_code(sidespawn::logs::run(&cfg, &runtime, &target, follow))
+            logs_exit_code(sidespawn::host::logs::run(&cfg, &runtime, &target, follow))
         }
         Command::Watch { kind, interval } => {
-            let opts = sidespawn::watch::WatchOptions {
+            let opts = sidespawn::host::watch::WatchOptions {
                 kinds: kind,
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
             };
-            exit_code(sidespawn::watch::run(cfg, &opts))
+            exit_code(sidespawn::host::watch::run(cfg, &opts))
         }
         Command::Units(cmd) => exit_code(units(&cfg, cmd)),
         Command::Status { kind, json } => {
-            match sidespawn::status::run(&cfg, &runtime, &kind, json) {
+            match sidespawn::host::status::run(&cfg, &runtime, &kind, json) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),

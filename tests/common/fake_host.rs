@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sidespawn::kind::Kind;
-use sidespawn::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
+use sidespawn::shared::kind::Kind;
+use sidespawn::shared::record::{Action, NetnsRef, Record, Signal, VERSION, new_id, now_ms};
 
 use super::{Netns, Redact, TempDir};
 
@@ -417,13 +417,13 @@ pub fn signal_record(kind: Kind, signal: Signal, pid: u32) -> Record {
 impl FakeHost {
     /// The configuration's identity, as the host derives it from its configuration.
     pub fn instance(&self) -> String {
-        sidespawn::config::HostConfig::load(&self.config_path(), true)
+        sidespawn::host::config::HostConfig::load(&self.config_path(), true)
             .expect("config")
             .instance
     }
 
     /// The name the host gives the sidecar of a tagged request.
     pub fn sidecar_name(&self, kind: Kind, tag: &str) -> String {
-        sidespawn::plan::container_name(&self.instance(), kind, Some(tag), None)
+        sidespawn::host::plan::container_name(&self.instance(), kind, Some(tag), None)
     }
 }

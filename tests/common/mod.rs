@@ -830,9 +830,9 @@ impl Redact {
 /// The name the host whose state directory is `state_dir` (and whose configuration sets no
 /// `instance`) gives the sidecar of a tagged request of `kind`.
 pub fn sidecar_name(state_dir: &Path, kind: &str, tag: &str) -> String {
-    let kind: sidespawn::kind::Kind = kind.parse().expect("a kind");
-    sidespawn::plan::container_name(
-        &sidespawn::config::instance_id(state_dir),
+    let kind: sidespawn::shared::kind::Kind = kind.parse().expect("a kind");
+    sidespawn::host::plan::container_name(
+        &sidespawn::host::config::instance_id(state_dir),
         kind,
         Some(tag),
         None,

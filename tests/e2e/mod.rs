@@ -195,9 +195,9 @@ impl SystemdPathUnits {
     pub fn start(setup: &TriggerSetup) -> Result<SystemdPathUnits, String> {
         use crate::systemd::Manager;
         let manager = crate::systemd::UserManager::start()?;
-        let cfg = sidespawn::config::HostConfig::load(&setup.config, true)
+        let cfg = sidespawn::host::config::HostConfig::load(&setup.config, true)
             .unwrap_or_else(|e| panic!("{e}"));
-        let files = sidespawn::units::generate(&cfg, &setup.sidespawn)
+        let files = sidespawn::host::units::generate(&cfg, &setup.sidespawn)
             .unwrap_or_else(|e| panic!("generating the units: {e}"));
         manager.install(&files);
         let env = format!(

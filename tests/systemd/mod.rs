@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sidespawn::units::{self, UnitFile};
+use sidespawn::host::units::{self, UnitFile};
 
 use crate::common::TempDir;
 

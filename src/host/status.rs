@@ -3,18 +3,18 @@
 
 use serde::Serialize;
 
-use crate::claim::{Limits, SharedDir};
-use crate::config::HostConfig;
-use crate::desired::DesiredTable;
-use crate::kind::Kind;
-use crate::record::now_ms;
-use crate::runtime::{ContainerInfo, Runtime, SidecarLabels, State, labels};
-use crate::state::{KindStatus, StateDir};
+use crate::host::claim::{Limits, SharedDir};
+use crate::host::config::HostConfig;
+use crate::host::desired::DesiredTable;
+use crate::host::runtime::{ContainerInfo, Runtime, SidecarLabels, State, labels};
+use crate::host::state::{KindStatus, StateDir};
+use crate::shared::kind::Kind;
+use crate::shared::record::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("cannot list containers: {0}")]
-    List(#[from] crate::runtime::RuntimeError),
+    List(#[from] crate::host::runtime::RuntimeError),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -191,7 +191,7 @@ pub fn report(
             r.restart.window_s = p.restart.window.as_secs();
         }
         if let Some(st) = &r.last_sync {
-            r.rejects_since_last_sync = crate::claim::RejectLog::open(&cfg.state_dir, kind)
+            r.rejects_since_last_sync = crate::host::claim::RejectLog::open(&cfg.state_dir, kind)
                 .and_then(|log| log.count_since(st.previous_sync_ms.saturating_add(1)))
                 .ok();
         }
@@ -218,7 +218,7 @@ pub fn report(
         if let (Some(p), Ok(table)) = (cfg.kinds.get(&kr.kind), DesiredTable::load(&state, kr.kind))
         {
             kr.max_sidecars = p.max_sidecars;
-            kr.sidecars = crate::limit::sidecar_keys(p, &table, &containers).len();
+            kr.sidecars = crate::host::limit::sidecar_keys(p, &table, &containers).len();
             kr.at_limit = kr.sidecars >= p.max_sidecars;
         }
     }
@@ -227,7 +227,7 @@ pub fn report(
         .into_iter()
         // Only this configuration's sidecars: another configuration
         // sharing this podman has its own desired table and status.
-        .filter(|c| crate::gc::in_scope(cfg, c))
+        .filter(|c| crate::host::gc::in_scope(cfg, c))
         .filter(|c| {
             only.is_empty()
                 || c.labels
@@ -277,7 +277,7 @@ pub fn report(
                     })
                     .map(|d| d.container.clone())
                     .collect();
-                let failed = crate::health::failures(p, runtime, &names, cfg.parallelism);
+                let failed = crate::host::health::failures(p, runtime, &names, cfg.parallelism);
                 for s in sidecars.iter_mut().filter(|s| names.contains(&s.name)) {
                     s.health = Some(
                         failed

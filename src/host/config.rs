@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::kind::Kind;
+use crate::shared::kind::Kind;
 
 pub const DEFAULT_PATH: &str = "/etc/sidespawn/config.json";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sidespawn";
@@ -207,7 +207,7 @@ pub const DEFAULT_MAX_ARGV_BYTES: usize = 64 * 1024;
 
 /// The most `max_argv_bytes` may be: the queue's own line cap, past which
 /// no request is read at all.
-pub const MAX_MAX_ARGV_BYTES: usize = crate::record::MAX_LINE_BYTES;
+pub const MAX_MAX_ARGV_BYTES: usize = crate::shared::record::MAX_LINE_BYTES;
 
 /// Longest `instance`: it is part of every container name (128 bytes at
 /// most, longer names are hashed), so it must leave room for the rest.
@@ -229,7 +229,7 @@ pub fn valid_instance(s: &str) -> bool {
 ///
 /// Why the state directory: it is what a configuration owns alone (two
 /// configurations sharing it would replay each other's journals and share
-/// one desired table, so [`crate::state::StateDir::claim_owner`] refuses
+/// one desired table, so [`crate::host::state::StateDir::claim_owner`] refuses
 /// that), it does not change when the configuration file is edited or
 /// moved, and it needs no operator action. The path is made canonical
 /// through its longest existing ancestor, so the identity is the same
@@ -239,7 +239,7 @@ pub fn valid_instance(s: &str) -> bool {
 /// keep the old one (README, "Host configuration").
 pub fn instance_id(state_dir: &Path) -> String {
     let canonical = canonical_through_ancestors(state_dir);
-    let h = crate::plan::fnv1a(canonical.as_os_str().as_encoded_bytes());
+    let h = crate::host::plan::fnv1a(canonical.as_os_str().as_encoded_bytes());
     format!("{:012x}", h >> 16)
 }
 
@@ -568,15 +568,15 @@ impl HostConfig {
             path: path.to_owned(),
             queue_root: f
                 .queue_root
-                .unwrap_or_else(|| crate::defaults::QUEUE_ROOT.into()),
+                .unwrap_or_else(|| crate::shared::defaults::QUEUE_ROOT.into()),
             state_dir,
             netns_dir: f
                 .netns_dir
-                .unwrap_or_else(|| crate::defaults::NETNS_DIR.into()),
+                .unwrap_or_else(|| crate::shared::defaults::NETNS_DIR.into()),
             podman: f.podman.unwrap_or_else(|| "podman".into()),
             lock_timeout: Duration::from_millis(
                 f.lock_timeout_ms
-                    .unwrap_or(crate::defaults::LOCK_TIMEOUT_MS),
+                    .unwrap_or(crate::shared::defaults::LOCK_TIMEOUT_MS),
             ),
             podman_timeout: Duration::from_millis(f.podman_timeout_ms.unwrap_or(60_000)),
             parallelism,
@@ -738,8 +738,10 @@ mod tests {
 
     #[test]
     fn instance_is_derived_from_the_state_dir_and_stable() {
-        let base =
-            std::env::temp_dir().join(format!("sidespawn-inst-{}", crate::record::new_id(0)));
+        let base = std::env::temp_dir().join(format!(
+            "sidespawn-inst-{}",
+            crate::shared::record::new_id(0)
+        ));
         let dir = base.join("state");
         let before = instance_id(&dir);
         assert_eq!(before.len(), 12);

@@ -24,14 +24,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Profile;
-use crate::kind::Kind;
-use crate::netns::Namespaces;
-use crate::netns::NetnsError;
-use crate::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
-use crate::record::Record;
-use crate::runtime::{ContainerInfo, SidecarLabels, State, labels};
-use crate::state::{StateDir, StateError, read_json, write_atomic};
+use crate::host::config::Profile;
+use crate::host::namespaces::Namespaces;
+use crate::host::plan::{Job, JobKind, Plan, Step, fnv1a, run_spec};
+use crate::host::runtime::{ContainerInfo, SidecarLabels, State, labels};
+use crate::host::state::{StateDir, StateError, read_json, write_atomic};
+use crate::shared::kind::Kind;
+use crate::shared::netns::NetnsError;
+use crate::shared::record::Record;
 
 /// Format version of an entry file.
 pub const VERSION: u32 = 2;
@@ -72,7 +72,7 @@ struct Stored {
     record_id: String,
 }
 
-/// One kind's table: by sidecar key ([`crate::plan::key_of`]).
+/// One kind's table: by sidecar key ([`crate::host::plan::key_of`]).
 ///
 /// On disk, one entry file per sidecar, `<state_dir>/desired/<kind>/<stem>.json`
 /// (everything but the argv), and beside it the argv, written once per
@@ -555,7 +555,7 @@ fn set_aside(state: &StateDir, path: &std::path::Path) -> Result<PathBuf, StateE
         .create(&to_dir)
         .map_err(|e| io_err("cannot create", &to_dir, e))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let to = to_dir.join(format!("{name}.{}", crate::record::now_ms()));
+    let to = to_dir.join(format!("{name}.{}", crate::shared::record::now_ms()));
     match std::fs::rename(path, &to) {
         Ok(()) => {
             tracing::warn!(
@@ -709,7 +709,7 @@ pub fn recover(
     bad: &[Corrupt],
     profile: &Profile,
     actual: &[ContainerInfo],
-    runtime: &dyn crate::runtime::Runtime,
+    runtime: &dyn crate::host::runtime::Runtime,
 ) -> Vec<String> {
     let kind = profile.kind;
     let whole = bad.iter().any(|c| c.stem.is_none());
@@ -760,14 +760,14 @@ pub fn recover(
 fn rebuild(
     c: &ContainerInfo,
     profile: &Profile,
-    runtime: &dyn crate::runtime::Runtime,
+    runtime: &dyn crate::host::runtime::Runtime,
 ) -> Result<DesiredSidecar, String> {
     let l = &c.labels;
     let id = l
         .get(labels::REQUEST_ID)
         .ok_or("it has no request-id label")?;
     let netns = match l.get(labels::NETNS) {
-        Some(name) => Some(crate::record::NetnsRef {
+        Some(name) => Some(crate::shared::record::NetnsRef {
             name: name.clone(),
             dev: 0,
             ino: l
@@ -779,7 +779,7 @@ fn rebuild(
     };
     let tag = l.get(labels::TAG).cloned();
     let kind = profile.kind;
-    if crate::plan::container_name(&profile.instance, kind, tag.as_deref(), netns.as_ref())
+    if crate::host::plan::container_name(&profile.instance, kind, tag.as_deref(), netns.as_ref())
         != c.name
     {
         return Err("its name does not follow from its labels".to_owned());
@@ -797,17 +797,17 @@ fn rebuild(
     if !images
         .iter()
         .flatten()
-        .any(|img| hash == Some(&crate::plan::spec_hash(img, &profile.command, daemon)))
+        .any(|img| hash == Some(&crate::host::plan::spec_hash(img, &profile.command, daemon)))
     {
         return Err("its command does not match its argv-hash label".to_owned());
     }
     Ok(DesiredSidecar {
         container: c.name.clone(),
         record: Record {
-            v: crate::record::VERSION,
+            v: crate::shared::record::VERSION,
             id: id.clone(),
             kind,
-            action: crate::record::Action::Start,
+            action: crate::shared::record::Action::Start,
             argv: argv.to_vec(),
             netns,
             tag,
@@ -842,7 +842,7 @@ impl Blocked {
             Blocked::Backoff { until_ms } => format!(
                 "not running; restarted recently, next attempt after {}s (kinds.{kind}.restart.backoff_s)",
                 until_ms
-                    .saturating_sub(crate::record::now_ms())
+                    .saturating_sub(crate::shared::record::now_ms())
                     .div_ceil(1000)
             ),
             Blocked::GaveUp { restarts, window_s } => format!(
@@ -994,7 +994,7 @@ pub enum JobOutcome {
 }
 
 /// The run step of a job, if it has one.
-fn run_step(job: &Job) -> Option<&crate::runtime::RunSpec> {
+fn run_step(job: &Job) -> Option<&crate::host::runtime::RunSpec> {
     job.steps.iter().find_map(|s| match s {
         Step::Run { spec, .. } => Some(spec),
         _ => None,
@@ -1181,10 +1181,10 @@ pub fn apply_restart_decisions(table: &mut DesiredTable, kind: Kind, rp: &Restar
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RestartPolicy;
-    use crate::netns::FakeNamespaces;
-    use crate::plan::key_of;
-    use crate::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
+    use crate::host::config::RestartPolicy;
+    use crate::host::namespaces::FakeNamespaces;
+    use crate::host::plan::key_of;
+    use crate::shared::record::{Action, NetnsRef, VERSION as RECORD_VERSION};
     use std::time::Duration;
 
     const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
@@ -1435,7 +1435,7 @@ mod tests {
     fn apply_inserts_starts_removes_stops_and_counts_restarts() {
         let r = rec("a");
         let mut g = 1;
-        let p = crate::plan::plan(&profile(), [r.clone()], &[], &ns(), &mut g, true);
+        let p = crate::host::plan::plan(&profile(), [r.clone()], &[], &ns(), &mut g, true);
         let mut t = DesiredTable::default();
         apply(&mut t, &p, &[JobOutcome::Ok], &[], 5);
         let d = t.sidecars.values().next().unwrap();
@@ -1468,11 +1468,11 @@ mod tests {
         let c = container(&r, State::Running);
         let mut stop = rec("k");
         stop.action = Action::Signal;
-        stop.signal = Some(crate::record::Signal::Term);
+        stop.signal = Some(crate::shared::record::Signal::Term);
         stop.pid = Some(55);
         stop.tag = None;
         stop.argv.clear();
-        let p = crate::plan::plan(
+        let p = crate::host::plan::plan(
             &profile(),
             [stop],
             std::slice::from_ref(&c),
@@ -1489,7 +1489,7 @@ mod tests {
         let r = rec("a");
         let c = container(&r, State::Running);
         let mut g = 1;
-        let p = crate::plan::plan(
+        let p = crate::host::plan::plan(
             &profile(),
             [r],
             std::slice::from_ref(&c),
@@ -1512,7 +1512,7 @@ mod tests {
         earlier.argv = vec!["--other".into()];
         let batch = [earlier, r.clone()];
         let mut g = 1;
-        let p = crate::plan::plan(
+        let p = crate::host::plan::plan(
             &profile(),
             batch,
             std::slice::from_ref(&c),
@@ -1527,8 +1527,10 @@ mod tests {
     }
 
     fn scratch() -> (PathBuf, StateDir) {
-        let d =
-            std::env::temp_dir().join(format!("sidespawn-desired-{}", crate::record::new_id(0)));
+        let d = std::env::temp_dir().join(format!(
+            "sidespawn-desired-{}",
+            crate::shared::record::new_id(0)
+        ));
         let s = StateDir::new(&d);
         (d, s)
     }
@@ -1633,7 +1635,7 @@ mod tests {
 
     #[test]
     fn recovery_rebuilds_only_what_the_container_proves() {
-        use crate::runtime::{FakeRuntime, Runtime};
+        use crate::host::runtime::{FakeRuntime, Runtime};
         let r = rec("a");
         let spec = run_spec(&profile(), std::path::Path::new("/run/netns"), &r, 3);
         let key = key_of(Kind::Dnsmasq, r.tag.as_deref(), r.netns.as_ref());

@@ -1,7 +1,7 @@
 //! Host-private state under the state directory (root-only, never shared
 //! with a container): the generation counter and the last result of each
 //! kind's sync, and the per-kind sync locks. Written atomically through
-//! [`crate::atomic`] (temporary file, fsync, rename) so a sync killed at any
+//! [`crate::host::atomic`] (temporary file, fsync, rename) so a sync killed at any
 //! point leaves either the old or the new value.
 
 use std::fs::OpenOptions;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::kind::Kind;
+use crate::shared::kind::Kind;
 
 /// Longest wait for another sync (or `gc`, `upgrade`) of the same kind to
 /// finish.
@@ -26,7 +26,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Lock(#[from] crate::lock::LockError),
+    Lock(#[from] crate::shared::lock::LockError),
     #[error(
         "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
     )]
@@ -84,18 +84,18 @@ fn write_replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateEr
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = format!(".{name}.tmp-{}", std::process::id());
-    let io_of = |e: crate::atomic::WriteError| StateError::Io {
+    let io_of = |e: crate::host::atomic::WriteError| StateError::Io {
         op: e.op,
         path: e.path,
         source: e.source,
     };
-    let fd = crate::atomic::open_dir(dir).map_err(io_of)?;
+    let fd = crate::host::atomic::open_dir(dir).map_err(io_of)?;
     // One of this pid's is a leftover of a killed writer that had our pid:
     // the writer creates its temporary file afresh (never an existing one).
     let _ = nix::unistd::unlinkat(&fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-    crate::atomic::write_at(&fd, dir, &name, &tmp, bytes, 0o600, durable).map_err(io_of)?;
+    crate::host::atomic::write_at(&fd, dir, &name, &tmp, bytes, 0o600, durable).map_err(io_of)?;
     if durable {
-        let _ = crate::atomic::sync_dir(fd, dir);
+        let _ = crate::host::atomic::sync_dir(fd, dir);
     }
     Ok(())
 }
@@ -203,7 +203,7 @@ impl StateDir {
         &self,
         kind: Kind,
         timeout: std::time::Duration,
-    ) -> Result<crate::lock::LockGuard, StateError> {
+    ) -> Result<crate::shared::lock::LockGuard, StateError> {
         self.check_dir()?;
         let dir = self.dir.join("locks");
         std::fs::DirBuilder::new()
@@ -221,7 +221,7 @@ impl StateDir {
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
             .map_err(io("cannot open", &path))?;
-        crate::lock::lock_exclusive(file, &path, timeout, || {
+        crate::shared::lock::lock_exclusive(file, &path, timeout, || {
             tracing::info!(
                 "another sync of {kind} is running; waiting for {}",
                 path.display()
@@ -238,7 +238,7 @@ impl StateDir {
         &self,
         kinds: &[Kind],
         timeout: std::time::Duration,
-    ) -> Result<Vec<crate::lock::LockGuard>, StateError> {
+    ) -> Result<Vec<crate::shared::lock::LockGuard>, StateError> {
         let mut sorted = kinds.to_vec();
         sorted.sort();
         sorted.dedup();
@@ -275,7 +275,7 @@ impl StateDir {
     /// sync to report; the check is then only made once it can be recorded.
     pub fn claim_owner(&self, queue_root: &Path, record: bool) -> Result<(), StateError> {
         let path = self.dir.join("owner.json");
-        let queue_root = crate::config::canonical_through_ancestors(queue_root);
+        let queue_root = crate::host::config::canonical_through_ancestors(queue_root);
         match read_json::<Owner>(&path)? {
             Some(o) if o.queue_root == queue_root => Ok(()),
             Some(o) => Err(StateError::SharedStateDir {
@@ -446,7 +446,10 @@ mod tests {
 
     #[test]
     fn generation_and_status_round_trip() {
-        let d = std::env::temp_dir().join(format!("sidespawn-state-{}", crate::record::new_id(0)));
+        let d = std::env::temp_dir().join(format!(
+            "sidespawn-state-{}",
+            crate::shared::record::new_id(0)
+        ));
         let s = StateDir::new(&d);
         assert_eq!(s.next_generation(Kind::Radvd).unwrap(), 1);
         s.store_generation(Kind::Radvd, 42).unwrap();
@@ -471,7 +474,10 @@ mod tests {
 
     #[test]
     fn a_state_dir_serves_one_queue_root() {
-        let d = std::env::temp_dir().join(format!("sidespawn-owner-{}", crate::record::new_id(0)));
+        let d = std::env::temp_dir().join(format!(
+            "sidespawn-owner-{}",
+            crate::shared::record::new_id(0)
+        ));
         let s = StateDir::new(&d);
         let (a, b) = (d.join("qa"), d.join("qb"));
         s.claim_owner(&a, false).unwrap();
@@ -496,7 +502,10 @@ mod tests {
 
     #[test]
     fn failed_writes_and_killed_writers_leave_no_temporary_file() {
-        let d = std::env::temp_dir().join(format!("sidespawn-state-{}", crate::record::new_id(0)));
+        let d = std::env::temp_dir().join(format!(
+            "sidespawn-state-{}",
+            crate::shared::record::new_id(0)
+        ));
         let s = StateDir::new(&d);
         // Renaming a file over a directory fails after the write.
         std::fs::create_dir_all(d.join("status/radvd.json")).unwrap();

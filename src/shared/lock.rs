@@ -155,7 +155,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "sidespawn-lock-{}-{}",
             std::process::id(),
-            crate::record::new_id(0)
+            crate::shared::record::new_id(0)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lock");

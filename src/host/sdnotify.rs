@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn sends_to_a_path_socket() {
-        let dir = std::env::temp_dir().join(format!("sidespawn-sdn-{}", crate::record::new_id(0)));
+        let dir = std::env::temp_dir().join(format!(
+            "sidespawn-sdn-{}",
+            crate::shared::record::new_id(0)
+        ));
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
@@ -219,7 +222,7 @@ mod tests {
 
     #[test]
     fn sends_to_an_abstract_socket() {
-        let name = format!("sidespawn-test-{}", crate::record::new_id(0));
+        let name = format!("sidespawn-test-{}", crate::shared::record::new_id(0));
         let listener =
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
                 .unwrap();

@@ -6,8 +6,8 @@
 //! Only our containers are candidates; an argument matching several (a
 //! namespace with a dnsmasq per segment) is an error that lists them.
 
-use crate::config::HostConfig;
-use crate::runtime::{Call, ContainerInfo, Runtime, RuntimeError, SidecarLabels, call_args};
+use crate::host::config::HostConfig;
+use crate::host::runtime::{Call, ContainerInfo, Runtime, RuntimeError, SidecarLabels, call_args};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogsError {
@@ -79,7 +79,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{FakeRuntime, State, labels};
+    use crate::host::runtime::{FakeRuntime, State, labels};
 
     fn cs() -> Vec<ContainerInfo> {
         vec![

@@ -18,20 +18,20 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use crate::config::{HostConfig, Profile};
-use crate::desired::DesiredTable;
-use crate::kind::Kind;
-use crate::netns::Namespaces;
-use crate::plan::{run_spec, spec_hash};
-use crate::runtime::{Runtime, RuntimeError, SidecarLabels, labels};
-use crate::state::{SYNC_LOCK_TIMEOUT, StateDir, StateError};
+use crate::host::config::{HostConfig, Profile};
+use crate::host::desired::DesiredTable;
+use crate::host::namespaces::Namespaces;
+use crate::host::plan::{run_spec, spec_hash};
+use crate::host::runtime::{Runtime, RuntimeError, SidecarLabels, labels};
+use crate::host::state::{SYNC_LOCK_TIMEOUT, StateDir, StateError};
+use crate::shared::kind::Kind;
 
-pub use crate::images::{ImageState, effective_config, image_state_path};
+pub use crate::host::images::{ImageState, effective_config, image_state_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::host::config::ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot list containers: {0}")]
@@ -107,7 +107,7 @@ pub fn replace_all(
     }
     let mut generation = state.next_generation(kind)?;
     for batch in todo.chunks(max_parallel.max(1)) {
-        let jobs: Vec<(String, crate::runtime::RunSpec)> = batch
+        let jobs: Vec<(String, crate::host::runtime::RunSpec)> = batch
             .iter()
             .map(|key| {
                 let d = &table.sidecars[key];
@@ -119,7 +119,7 @@ pub fn replace_all(
         // Handed out before the batch runs: a crash must not reuse them.
         state.store_generation(kind, generation)?;
         // The whole batch at once: its size is the parallelism.
-        let results = crate::parallel::map(&jobs, jobs.len(), |_, (key, spec)| {
+        let results = crate::host::parallel::map(&jobs, jobs.len(), |_, (key, spec)| {
             let record = &table.sidecars[key].record;
             let t = Instant::now();
             let r = (|| {

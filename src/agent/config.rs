@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::defaults;
-use crate::kind::Kind;
+use crate::shared::defaults;
+use crate::shared::kind::Kind;
 
 pub const DEFAULT_PATH: &str = "/etc/sidespawn/wrapper.json";
 pub const ENV_VAR: &str = "SIDESPAWN_WRAPPER_CONFIG";

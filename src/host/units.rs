@@ -29,7 +29,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::HostConfig;
+use crate::host::config::HostConfig;
 
 /// Where unit files go, relative to the root.
 pub const UNIT_DIR: &str = "etc/systemd/system";
@@ -55,7 +55,7 @@ pub struct UnitFile {
     pub contents: String,
 }
 
-/// What [`write`] did to one file.
+/// What [`write()`] did to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Created,
@@ -138,7 +138,7 @@ macro_rules! template {
     ($rel:literal, $syntax:expr) => {
         Template {
             rel_path: $rel,
-            text: include_str!(concat!("../units/", $rel)),
+            text: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/units/", $rel)),
             syntax: $syntax,
         }
     };
@@ -435,12 +435,12 @@ pub fn escape_unit_name(s: &str) -> String {
 }
 
 /// The name of the path unit of `kind`, e.g. `sidespawn@dnsmasq.path`.
-pub fn path_unit(kind: crate::kind::Kind) -> String {
+pub fn path_unit(kind: crate::shared::kind::Kind) -> String {
     format!("sidespawn@{}.path", escape_unit_name(kind.as_str()))
 }
 
 /// The name of the sync service of `kind`, e.g. `sidespawn@dnsmasq.service`.
-pub fn service_unit(kind: crate::kind::Kind) -> String {
+pub fn service_unit(kind: crate::shared::kind::Kind) -> String {
     format!("sidespawn@{}.service", escape_unit_name(kind.as_str()))
 }
 
@@ -511,7 +511,7 @@ fn write_one(path: &Path, contents: &[u8]) -> Result<Change, UnitsError> {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    crate::atomic::write_file(path, &tmp, contents, FILE_MODE, true).map_err(|e| {
+    crate::host::atomic::write_file(path, &tmp, contents, FILE_MODE, true).map_err(|e| {
         UnitsError::Io {
             op: e.op,
             path: e.path,
@@ -597,7 +597,7 @@ pub fn tmpfiles_command() -> Vec<String> {
 
 /// `argv` as a shell would need it typed, for printing (`--dry-run`, logs).
 pub fn display_command(argv: &[String]) -> String {
-    crate::shell::quote_words(argv)
+    crate::host::shell::quote_words(argv)
 }
 
 /// Runs `cmds` in order, stopping at the first failure. argv vectors, no
@@ -637,7 +637,7 @@ pub fn run_commands(cmds: &[Vec<String>], systemctl: &Path) -> Result<(), UnitsE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::Kind;
+    use crate::shared::kind::Kind;
     use std::ffi::OsStr;
     use std::fs::Permissions;
     use std::os::unix::ffi::OsStrExt;

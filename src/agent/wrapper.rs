@@ -13,11 +13,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::ack::{Ack, MAX_ACK_BYTES, Outcome};
-use crate::kind::Kind;
-use crate::queue::{QueueDir, QueueError};
-use crate::record::{Action, MAX_LINE_BYTES, Record, Signal, VERSION, new_id, now_ms};
-use crate::wrapper_config::{KindConfig, WrapperConfig};
+use crate::agent::config::{KindConfig, WrapperConfig};
+use crate::shared::ack::{Ack, MAX_ACK_BYTES, Outcome};
+use crate::shared::kind::Kind;
+use crate::shared::queue::{QueueDir, QueueError};
+use crate::shared::record::{Action, MAX_LINE_BYTES, Record, Signal, VERSION, new_id, now_ms};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
@@ -187,13 +187,13 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
             let pid = pid
                 .parse::<u32>()
                 .ok()
-                .filter(|p| (2..=crate::record::MAX_PID).contains(p))
+                .filter(|p| (2..=crate::shared::record::MAX_PID).contains(p))
                 .ok_or_else(|| usage(format!("invalid pid {pid:?}")))?;
             (Some(signal), Some(pid), Vec::new())
         }
     };
 
-    let netns = crate::netns::identify(&config.netns_dir).map_err(failure)?;
+    let netns = crate::shared::netns::identify(&config.netns_dir).map_err(failure)?;
     // Kill scripts run in the host network on Neutron before 2025.1; the host
     // finds the sidecar by pid, so a signal request needs no namespace.
     if netns.is_none() && action == Action::Start && !kconf.allow_host_network {
@@ -356,11 +356,12 @@ fn wait_for_ack(queue: &QueueDir, id: &str, timeout: Duration) -> Result<Ack, Fa
 
 fn read_ack(path: &Path, id: &str) -> Result<Option<Ack>, Failure> {
     use std::io::Read;
-    let file = match crate::queue::open_nofollow(path, std::fs::OpenOptions::new().read(true)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(failure(format!("cannot read {}: {e}", path.display()))),
-    };
+    let file =
+        match crate::shared::queue::open_nofollow(path, std::fs::OpenOptions::new().read(true)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failure(format!("cannot read {}: {e}", path.display()))),
+        };
     let mut text = Vec::new();
     file.take(MAX_ACK_BYTES)
         .read_to_end(&mut text)

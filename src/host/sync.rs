@@ -18,7 +18,7 @@
 //! acknowledged, and planning compares with what podman reports, so a sync
 //! killed at any point and run again converges with nothing lost and no
 //! duplicate container. The queue lock is never held across a podman call.
-//! The backstop's garbage collection is the lower-level [`crate::gc::collect`]
+//! The backstop's garbage collection is the lower-level [`crate::host::gc::collect`]
 //! (the sync already holds the locks); `gc::run` is the command above it.
 
 use std::collections::HashSet;
@@ -26,16 +26,18 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::ack::{Ack, MAX_MESSAGE_BYTES, Outcome, bounded};
-use crate::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
-use crate::config::{ConfigError, HostConfig, Profile};
-use crate::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
-use crate::kind::Kind;
-use crate::netns::Namespaces;
-use crate::plan::{Job, JobKind, Plan, Planner, Step};
-use crate::record::{Record, VERSION, now_ms};
-use crate::runtime::{ContainerInfo, RunSpec, Runtime, RuntimeError, SidecarLabels, State, labels};
-use crate::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
+use crate::host::claim::{ClaimError, Journal, Limits, Reject, RejectLog, SharedDir};
+use crate::host::config::{ConfigError, HostConfig, Profile};
+use crate::host::desired::{self, DesiredTable, JobOutcome, Observed, RestartPlan};
+use crate::host::namespaces::Namespaces;
+use crate::host::plan::{Job, JobKind, Plan, Planner, Step};
+use crate::host::runtime::{
+    ContainerInfo, RunSpec, Runtime, RuntimeError, SidecarLabels, State, labels,
+};
+use crate::host::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
+use crate::shared::ack::{Ack, MAX_MESSAGE_BYTES, Outcome, bounded};
+use crate::shared::kind::Kind;
+use crate::shared::record::{Record, VERSION, now_ms};
 
 /// What to do.
 #[derive(Debug, Clone, Default)]
@@ -290,7 +292,7 @@ pub fn run(
     }
     // Rolled-back kinds start the image they were rolled back to. This is the
     // first read of the host state, and it checks the state directory first.
-    let effective = crate::images::effective_config(cfg)?;
+    let effective = crate::host::images::effective_config(cfg)?;
     let cfg = &effective;
     let state = StateDir::new(&cfg.state_dir);
     if !opts.dry_run {
@@ -517,7 +519,7 @@ impl<'a> Syncer<'a> {
         );
         log_restart_decisions(kind, &restarts);
         plan.jobs.extend(restarts.jobs.iter().cloned());
-        crate::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
+        crate::host::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
         Ok(KindPlan {
             plan,
             restarts,
@@ -634,7 +636,8 @@ impl<'a> Syncer<'a> {
         // A list taken by this run and still true saves the collection
         // its own `podman ps`: a steady-state backstop makes one call.
         let list = self.unchanged_list.take();
-        match crate::gc::collect(self.cfg, self.runtime, self.namespaces, &live, false, list) {
+        match crate::host::gc::collect(self.cfg, self.runtime, self.namespaces, &live, false, list)
+        {
             Ok(r) => self.summary.removed += r.removed.len(),
             Err(e) => warn!("garbage collection skipped: {e}"),
         }
@@ -909,7 +912,7 @@ fn run_job(
         }
         match (
             step,
-            crate::runtime::perform(runtime, &step.call(profile.stop_timeout)),
+            crate::host::runtime::perform(runtime, &step.call(profile.stop_timeout)),
         ) {
             (_, Ok(())) => {}
             (
@@ -1021,11 +1024,11 @@ fn check_health(
         .filter(|d| {
             actual
                 .iter()
-                .any(|c| c.name == d.container && c.state == crate::runtime::State::Running)
+                .any(|c| c.name == d.container && c.state == crate::host::runtime::State::Running)
         })
         .map(|d| d.container.clone())
         .collect();
-    let failed = crate::health::failures(profile, runtime, &names, cfg.parallelism);
+    let failed = crate::host::health::failures(profile, runtime, &names, cfg.parallelism);
     for (name, why) in &failed {
         warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
     }
@@ -1060,7 +1063,7 @@ fn execute(
     sum: &mut Summary,
 ) -> Vec<JobOutcome> {
     let mut rejects = acknowledge_answers(ctx, plan, sum);
-    let results = crate::parallel::map(&plan.jobs, cfg.parallelism, |i, job| {
+    let results = crate::host::parallel::map(&plan.jobs, cfg.parallelism, |i, job| {
         let t = Instant::now();
         // Bounded once here: the message goes into the acks, the reject log
         // and the desired table's last_error.

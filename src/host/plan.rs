@@ -15,12 +15,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::ack::Outcome;
-use crate::config::Profile;
-use crate::kind::Kind;
-use crate::netns::Namespaces;
-use crate::record::{Action, NetnsRef, Record, Signal};
-use crate::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
+use crate::host::config::Profile;
+use crate::host::namespaces::Namespaces;
+use crate::host::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
+use crate::shared::ack::Outcome;
+use crate::shared::kind::Kind;
+use crate::shared::record::{Action, NetnsRef, Record, Signal};
 
 /// One podman-level step of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,7 +356,7 @@ impl<'a> Planner<'a> {
         let ours: Vec<&ContainerInfo> = actual
             .iter()
             .filter(|c| {
-                crate::runtime::is_managed(c, &profile.instance)
+                crate::host::runtime::is_managed(c, &profile.instance)
                     && SidecarLabels::of(c).is_kind(kind)
             })
             .collect();
@@ -696,8 +696,8 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::FakeNamespaces;
-    use crate::record::{VERSION, now_ms};
+    use crate::host::namespaces::FakeNamespaces;
+    use crate::shared::record::{VERSION, now_ms};
     use std::path::Path;
 
     const U1: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
@@ -1117,7 +1117,7 @@ mod tests {
             container_name(i, Kind::Dnsmasq, None, netns("x", 1).as_ref())
         );
         // The longest instance and tag: still bounded, still apart.
-        let long = "z".repeat(crate::config::MAX_INSTANCE_LEN);
+        let long = "z".repeat(crate::host::config::MAX_INSTANCE_LEN);
         let c = container_name(&long, Kind::Keepalived, Some(&"a".repeat(128)), None);
         assert!(c.len() <= 128, "{c}");
         assert_ne!(

@@ -13,11 +13,11 @@ use std::collections::HashSet;
 
 use tracing::warn;
 
-use crate::ack::Outcome;
-use crate::config::{HostConfig, Profile};
-use crate::desired::DesiredTable;
-use crate::plan::{Answer, JobKind, Plan};
-use crate::runtime::{ContainerInfo, SidecarLabels, State};
+use crate::host::config::{HostConfig, Profile};
+use crate::host::desired::DesiredTable;
+use crate::host::plan::{Answer, JobKind, Plan};
+use crate::host::runtime::{ContainerInfo, SidecarLabels, State};
+use crate::shared::ack::Outcome;
 
 /// The sidecars of `profile`'s kind this configuration has: the desired
 /// ones and the running containers carrying its labels, by key.
@@ -101,9 +101,9 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::Kind;
-    use crate::plan::Job;
-    use crate::runtime::labels;
+    use crate::host::plan::Job;
+    use crate::host::runtime::labels;
+    use crate::shared::kind::Kind;
     use std::path::PathBuf;
 
     fn job(key: &str, what: JobKind) -> Job {
@@ -118,7 +118,7 @@ mod tests {
     }
 
     fn running(key: &str) -> ContainerInfo {
-        crate::runtime::FakeRuntime::container(
+        crate::host::runtime::FakeRuntime::container(
             &format!("c-{key}"),
             State::Running,
             &[(labels::KIND, "dnsmasq"), (labels::KEY, key)],

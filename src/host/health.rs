@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Profile;
-use crate::runtime::Runtime;
+use crate::host::config::Profile;
+use crate::host::runtime::Runtime;
 
 /// Checks `names` (running containers of `profile`'s kind); returns the
 /// failures by container name. Empty when the profile has no check.
@@ -20,7 +20,7 @@ pub fn failures(
     let Some(cmd) = &profile.health_cmd else {
         return BTreeMap::new();
     };
-    let checks = crate::parallel::map(names, parallelism, |_, name| {
+    let checks = crate::host::parallel::map(names, parallelism, |_, name| {
         runtime.exec_check(name, cmd, profile.health_timeout)
     });
     names

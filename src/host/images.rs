@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::HostConfig;
-use crate::kind::Kind;
-use crate::state::{StateDir, StateError, read_json, write_atomic};
+use crate::host::config::HostConfig;
+use crate::host::state::{StateDir, StateError, read_json, write_atomic};
+use crate::shared::kind::Kind;
 
 /// The host's record of a kind's images.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,17 +10,15 @@
 //! nsfs file is), so a bind mount of a UTS or mount namespace is refused
 //! before podman could leave a half-created container behind.
 //!
-//! [`Namespaces`] is the seam the planner and the executor see:
-//! [`HostNamespaces`] does the I/O on the host's netns directory,
-//! [`FakeNamespaces`] answers from a table, for tests and benchmarks.
+//! The host's seam over these checks, which the planner and the executor
+//! see, is [`crate::host::namespaces`].
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
+use crate::shared::record::{MAX_NETNS_LEN, NetnsRef, is_safe_name};
 
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -28,75 +26,6 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// `NS_GET_NSTYPE` from linux/nsfs.h, `_IO(0xb7, 0x3)`: asks an nsfs file
 /// descriptor which type of namespace it refers to (Linux 4.11+).
 const NS_GET_NSTYPE: nix::libc::Ioctl = 0xb703;
-
-/// The namespaces as the planner and executor see them.
-pub trait Namespaces: Sync {
-    /// The directory that holds named namespaces (for podman's `--network`).
-    fn dir(&self) -> PathBuf;
-    /// Checks a recorded namespace still exists with its inode.
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError>;
-    /// The inode of a namespace name now, if it is one.
-    fn inode(&self, name: &str) -> Option<u64>;
-}
-
-/// The real namespaces under a netns directory.
-pub struct HostNamespaces(pub PathBuf);
-
-/// Namespaces from a table of name → inode, for unit tests and benchmarks
-/// (the counterpart of `runtime::FakeRuntime`): `verify` answers as the
-/// real check would, missing or replaced, from the table.
-#[derive(Debug, Default)]
-pub struct FakeNamespaces(std::sync::Mutex<HashMap<String, u64>>);
-
-impl FakeNamespaces {
-    pub fn new(entries: impl IntoIterator<Item = (String, u64)>) -> FakeNamespaces {
-        FakeNamespaces(std::sync::Mutex::new(entries.into_iter().collect()))
-    }
-
-    /// Forgets every namespace, as if all were deleted.
-    pub fn clear(&self) {
-        self.table().clear();
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Namespaces for FakeNamespaces {
-    fn dir(&self) -> PathBuf {
-        "/run/netns".into()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        match self.table().get(&ns.name) {
-            Some(&i) if i == ns.ino => Ok(self.dir().join(&ns.name)),
-            Some(&found) => Err(NetnsError::InodeMismatch {
-                name: ns.name.clone(),
-                expected: ns.ino,
-                found,
-            }),
-            None => Err(NetnsError::Missing {
-                name: ns.name.clone(),
-                dir: self.dir(),
-            }),
-        }
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        self.table().get(name).copied()
-    }
-}
-
-impl Namespaces for HostNamespaces {
-    fn dir(&self) -> PathBuf {
-        self.0.clone()
-    }
-    fn verify(&self, ns: &NetnsRef) -> Result<PathBuf, NetnsError> {
-        verify(&self.0, ns)
-    }
-    fn inode(&self, name: &str) -> Option<u64> {
-        current_inode(&self.0, name)
-    }
-}
 
 /// Why a namespace could not be identified or verified.
 #[derive(Debug, thiserror::Error)]

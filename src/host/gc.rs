@@ -17,13 +17,13 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::claim::{Limits, SharedDir};
-use crate::config::HostConfig;
-use crate::desired::DesiredTable;
-use crate::kind::Kind;
-use crate::netns::Namespaces;
-use crate::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels, State, labels};
-use crate::state::{StateDir, StateError};
+use crate::host::claim::{Limits, SharedDir};
+use crate::host::config::HostConfig;
+use crate::host::desired::DesiredTable;
+use crate::host::namespaces::Namespaces;
+use crate::host::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels, State, labels};
+use crate::host::state::{StateDir, StateError};
+use crate::shared::kind::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -138,7 +138,9 @@ fn count_old_acks(queue_root: &Path, kind: Kind, max_age: Duration) -> usize {
     let Some(cutoff) = SystemTime::now().checked_sub(max_age) else {
         return 0;
     };
-    let dir = queue_root.join(kind.as_str()).join(crate::queue::ACKS_DIR);
+    let dir = queue_root
+        .join(kind.as_str())
+        .join(crate::shared::queue::ACKS_DIR);
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;
     };
@@ -170,7 +172,7 @@ pub fn run(
     let _locks = if dry_run {
         Vec::new()
     } else {
-        StateDir::new(&cfg.state_dir).sync_locks(&kinds, crate::state::SYNC_LOCK_TIMEOUT)?
+        StateDir::new(&cfg.state_dir).sync_locks(&kinds, crate::host::state::SYNC_LOCK_TIMEOUT)?
     };
     let report = collect(cfg, runtime, namespaces, &kinds, dry_run, None)?;
     print(&report, dry_run, cfg.ack_max_age);
@@ -256,7 +258,7 @@ pub fn collect(
         {
             Ok(n) => report.acks.push((kind, n)),
             // No queue directory yet means no acknowledgements either.
-            Err(crate::claim::ClaimError::NoQueueDir(_)) => report.acks.push((kind, 0)),
+            Err(crate::host::claim::ClaimError::NoQueueDir(_)) => report.acks.push((kind, 0)),
             Err(e) => warn!(kind = %kind, "cannot prune old acknowledgements: {e}"),
         }
     }
@@ -289,8 +291,8 @@ pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::FakeNamespaces;
-    use crate::runtime::FakeRuntime;
+    use crate::host::namespaces::FakeNamespaces;
+    use crate::host::runtime::FakeRuntime;
 
     fn c(name: &str, state: State, ns: &str, ino: &str) -> ContainerInfo {
         FakeRuntime::container(
@@ -310,13 +312,13 @@ mod tests {
         for n in names {
             t.sidecars.insert(
                 format!("dnsmasq/tag/{n}"),
-                crate::desired::DesiredSidecar {
+                crate::host::desired::DesiredSidecar {
                     container: (*n).to_owned(),
-                    record: crate::record::Record {
+                    record: crate::shared::record::Record {
                         v: 1,
                         id: "x".into(),
                         kind: Kind::Dnsmasq,
-                        action: crate::record::Action::Start,
+                        action: crate::shared::record::Action::Start,
                         argv: vec![],
                         netns: None,
                         tag: None,
@@ -365,7 +367,8 @@ mod tests {
 
     #[test]
     fn run_removes_and_dry_run_does_not() {
-        let d = std::env::temp_dir().join(format!("sidespawn-gc-{}", crate::record::new_id(0)));
+        let d =
+            std::env::temp_dir().join(format!("sidespawn-gc-{}", crate::shared::record::new_id(0)));
         let text = serde_json::json!({
             "queue_root": d.join("queue"), "state_dir": d.join("state"),
             "kinds": {"dnsmasq": {"image": "i"}}

@@ -41,6 +41,19 @@
 //!
 //! The host-private state directory (journal and reject log) must be a real
 //! directory owned by root and writable by root alone; no container sees it.
+//!
+//! This module is the claim itself ([`SharedDir`]: lock, drain, acknowledge)
+//! and its line reader; [`journal`] and [`rejects`] are where claimed and
+//! refused lines go, and [`fsat`] holds the descriptor-relative no-follow
+//! file helpers all three use.
+
+pub mod fsat;
+pub mod journal;
+pub mod rejects;
+
+use fsat::*;
+pub use journal::Journal;
+pub use rejects::{RejectEntry, RejectLog};
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -58,11 +71,13 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
 
-use crate::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES};
-use crate::kind::Kind;
-use crate::lock::{LockError, LockGuard, lock_exclusive};
-use crate::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
-use crate::record::{MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms};
+use crate::shared::ack::{Ack, MAX_ACK_BYTES, MAX_MESSAGE_BYTES};
+use crate::shared::kind::Kind;
+use crate::shared::lock::{LockError, LockGuard, lock_exclusive};
+use crate::shared::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
+use crate::shared::record::{
+    MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms,
+};
 
 /// Default for [`Limits::max_queue_bytes`].
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
@@ -566,8 +581,8 @@ impl SharedDir {
                 })?;
         let (acks, dir) = self.open_acks()?;
         let name = format!("{}.json", ack.id);
-        let tmp = format!(".tmp-{}-{}", ack.id, crate::record::new_id(0));
-        crate::atomic::write_at(&acks, &dir, &name, &tmp, &json, 0o644, false)
+        let tmp = format!(".tmp-{}-{}", ack.id, crate::shared::record::new_id(0));
+        crate::host::atomic::write_at(&acks, &dir, &name, &tmp, &json, 0o644, false)
             .map_err(|e| io_err(e.op, &e.path, e.source))
     }
 
@@ -637,481 +652,6 @@ impl SharedDir {
         }
         Ok(removed)
     }
-}
-
-/// The host-private journal of claimed, not yet executed records of one
-/// kind: `<state_dir>/journal/<kind>.jsonl`, each line exactly as it was
-/// validated in the queue.
-#[derive(Debug)]
-pub struct Journal {
-    path: PathBuf,
-    file: File,
-}
-
-impl Journal {
-    /// Opens (creating if needed) the journal of `kind` under `state_dir`,
-    /// which must be a real directory owned by root and writable by root
-    /// alone.
-    pub fn open(state_dir: &Path, kind: Kind) -> Result<Journal, ClaimError> {
-        let (dir, dir_path) = open_state_subdir(state_dir, JOURNAL_DIR)?;
-        let name = format!("{kind}.jsonl");
-        let path = dir_path.join(&name);
-        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = match openat(&dir, name.as_str(), flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => {
-                let fd = openat(
-                    &dir,
-                    name.as_str(),
-                    flags | OFlag::O_CREAT,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| io_err("cannot create journal", &path, e))?;
-                // Make a newly created journal's name as durable as its
-                // contents (only then: the empty sync stays cheap).
-                fsync(&dir).map_err(|e| io_err("cannot fsync", &dir_path, e))?;
-                fd
-            }
-            Err(e) => return Err(io_err("cannot open journal", &path, e)),
-        };
-        Ok(Journal {
-            path,
-            file: File::from(fd),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends bytes (whole lines) at the end.
-    pub fn append(&self, bytes: &[u8]) -> Result<(), ClaimError> {
-        (&self.file)
-            .write_all(bytes)
-            .map_err(|e| io_err("cannot append to journal", &self.path, e))
-    }
-
-    /// Flushes the journal to stable storage.
-    pub fn sync(&self) -> Result<(), ClaimError> {
-        self.file
-            .sync_all()
-            .map_err(|e| io_err("cannot fsync journal", &self.path, e))
-    }
-
-    /// The journal's size in bytes.
-    pub fn len(&self) -> Result<u64, ClaimError> {
-        file_size(&self.file, &self.path)
-    }
-
-    pub fn is_empty(&self) -> Result<bool, ClaimError> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Empties the journal once its batch has been fully executed.
-    pub fn clear(&self) -> Result<(), ClaimError> {
-        self.truncate_to(0)?;
-        self.sync()
-    }
-
-    fn truncate_to(&self, len: u64) -> Result<(), ClaimError> {
-        self.file
-            .set_len(len)
-            .map_err(|e| io_err("cannot truncate journal", &self.path, e))
-    }
-
-    /// Calls `f` with each record, in order, streaming. A line that does not
-    /// parse (it was validated when claimed, so only damage does that) is
-    /// logged and skipped. Returns how many records were passed.
-    pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<usize, ClaimError> {
-        let mut count = 0;
-        for_each_line(&self.file, &self.path, |line_no, line| {
-            match line.and_then(|l| Record::parse_line(l).map_err(|e| e.to_string())) {
-                Ok(record) => {
-                    count += 1;
-                    f(record);
-                }
-                Err(reason) => tracing::error!(
-                    "{} line {line_no}: {reason}; skipped (journal damaged?)",
-                    self.path.display()
-                ),
-            }
-            ControlFlow::Continue(())
-        })?;
-        Ok(count)
-    }
-
-    /// Whether the journal holds a record [`Journal::for_each_record`]
-    /// would pass; reads only up to the first (damaged lines are skipped
-    /// silently here and reported when the records are read).
-    pub fn has_records(&self) -> Result<bool, ClaimError> {
-        let mut found = false;
-        for_each_line(&self.file, &self.path, |_, line| {
-            found = line.is_ok_and(|l| Record::parse_line(l).is_ok());
-            if found {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
-        Ok(found)
-    }
-
-    /// Every record, in order (see [`Journal::for_each_record`]).
-    pub fn read_records(&self) -> Result<Vec<Record>, ClaimError> {
-        let mut records = Vec::new();
-        self.for_each_record(|r| records.push(r))?;
-        Ok(records)
-    }
-}
-
-/// The host-private log of rejected queue lines of one kind,
-/// `<state_dir>/rejects/<kind>.jsonl`, rotated to `.1` at
-/// [`REJECT_LOG_ROTATE_BYTES`].
-#[derive(Debug)]
-pub struct RejectLog {
-    kind: Kind,
-    dir: OwnedFd,
-    dir_path: PathBuf,
-    name: String,
-}
-
-/// One line of the reject log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RejectEntry {
-    /// Unix milliseconds when the line was claimed.
-    pub ts: u64,
-    pub kind: Kind,
-    pub line: usize,
-    pub id: Option<String>,
-    pub reason: String,
-    pub excerpt: String,
-}
-
-impl RejectLog {
-    /// Opens the reject log of `kind` under `state_dir` (same requirements as
-    /// [`Journal::open`]).
-    pub fn open(state_dir: &Path, kind: Kind) -> Result<RejectLog, ClaimError> {
-        let (dir, dir_path) = open_state_subdir(state_dir, REJECTS_DIR)?;
-        Ok(RejectLog {
-            kind,
-            dir,
-            dir_path,
-            name: format!("{kind}.jsonl"),
-        })
-    }
-
-    pub fn path(&self) -> PathBuf {
-        self.dir_path.join(&self.name)
-    }
-
-    fn rotated_name(&self) -> String {
-        format!("{}.1", self.name)
-    }
-
-    fn open_log(&self) -> Result<File, ClaimError> {
-        openat(
-            &self.dir,
-            self.name.as_str(),
-            OFlag::O_WRONLY
-                | OFlag::O_APPEND
-                | OFlag::O_CREAT
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map(File::from)
-        .map_err(|e| io_err("cannot open reject log", &self.path(), e))
-    }
-
-    /// Appends one entry per reject, stamped now, and fsyncs: the claim
-    /// empties the queue right after, so this is the only copy.
-    pub fn append(&self, rejects: &[Reject]) -> Result<(), ClaimError> {
-        if rejects.is_empty() {
-            return Ok(());
-        }
-        let mut file = self.open_log()?;
-        if file_size(&file, &self.path())? >= REJECT_LOG_ROTATE_BYTES {
-            renameat(
-                &self.dir,
-                self.name.as_str(),
-                &self.dir,
-                self.rotated_name().as_str(),
-            )
-            .map_err(|e| io_err("cannot rotate reject log", &self.path(), e))?;
-            file = self.open_log()?;
-        }
-        let ts = now_ms();
-        let mut text = Vec::new();
-        for r in rejects {
-            let entry = RejectEntry {
-                ts,
-                kind: self.kind,
-                line: r.line,
-                id: r.id.clone(),
-                reason: crate::ack::bounded(&r.reason, MAX_MESSAGE_BYTES).into_owned(),
-                excerpt: r.excerpt.clone(),
-            };
-            serde_json::to_writer(&mut text, &entry)
-                .map_err(|e| io_err("cannot serialize a reject for", &self.path(), e))?;
-            text.push(b'\n');
-        }
-        file.write_all(&text)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io_err("cannot append to reject log", &self.path(), e))
-    }
-
-    /// How many rejects were logged at or after `ts_ms` (Unix milliseconds),
-    /// counting the rotated log too.
-    pub fn count_since(&self, ts_ms: u64) -> Result<usize, ClaimError> {
-        #[derive(Deserialize)]
-        struct Stamp {
-            ts: u64,
-        }
-        let mut count = 0;
-        for name in [self.rotated_name(), self.name.clone()] {
-            let path = self.dir_path.join(&name);
-            let file = match openat(
-                &self.dir,
-                name.as_str(),
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => File::from(fd),
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(io_err("cannot open reject log", &path, e)),
-            };
-            for_each_line(&file, &path, |_, line| {
-                if let Ok(line) = line
-                    && let Ok(stamp) = serde_json::from_slice::<Stamp>(line)
-                    && stamp.ts >= ts_ms
-                {
-                    count += 1;
-                }
-                ControlFlow::Continue(())
-            })?;
-        }
-        Ok(count)
-    }
-}
-
-/// Opens `<state_dir>/<sub>`, creating both (0700) if needed, after checking
-/// that neither is a link, both are directories owned by root, and neither is
-/// group- or world-writable.
-fn open_state_subdir(state_dir: &Path, sub: &str) -> Result<(OwnedFd, PathBuf), ClaimError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|e| io_err("cannot create state directory", state_dir, e))?;
-    let top = open_private_dir(AT_FDCWD, state_dir, state_dir)?;
-    let path = state_dir.join(sub);
-    match mkdirat(&top, sub, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(io_err("cannot create", &path, e)),
-    }
-    let fd = open_private_dir(top.as_fd(), Path::new(sub), &path)?;
-    Ok((fd, path))
-}
-
-/// Opens a directory of the host's state, refusing what anyone but root
-/// could have placed or changed.
-fn open_private_dir(at: BorrowedFd<'_>, name: &Path, path: &Path) -> Result<OwnedFd, ClaimError> {
-    let unsafe_dir = |problem: String| ClaimError::UnsafeStateDir {
-        path: path.to_owned(),
-        problem,
-    };
-    let fd = open_dir_nofollow(at, name).map_err(|e| match e {
-        NotDir::Found(st) => unsafe_dir(format!("is a {}", type_name(st.st_mode & libc::S_IFMT))),
-        NotDir::Errno(e) => io_err("cannot open", path, e),
-    })?;
-    let st = fstat(&fd).map_err(|e| io_err("cannot stat", path, e))?;
-    if st.st_uid != 0 {
-        return Err(unsafe_dir(format!("is owned by uid {}", st.st_uid)));
-    }
-    if st.st_mode & 0o022 != 0 {
-        return Err(unsafe_dir(format!(
-            "is group- or world-writable (mode {:o})",
-            st.st_mode & 0o7777
-        )));
-    }
-    Ok(fd)
-}
-
-/// Why [`open_dir_nofollow`] failed.
-enum NotDir {
-    /// Something other than a directory is there (a link, a file...).
-    Found(Box<FileStat>),
-    Errno(Errno),
-}
-
-/// Opens a directory without following a link in its last component.
-/// Opens an absolute directory path one component at a time, never
-/// following a link; with `create`, missing components are made (0755).
-fn open_root_nofollow(root: &Path, create: bool) -> Result<OwnedFd, ClaimError> {
-    use std::path::Component;
-    if !root.is_absolute() {
-        return Err(io_err(
-            "queue_root must be an absolute path:",
-            root,
-            Errno::EINVAL,
-        ));
-    }
-    let mut cur = open(
-        "/",
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err("cannot open", Path::new("/"), e))?;
-    let mut so_far = PathBuf::from("/");
-    for comp in root.components() {
-        let name = match comp {
-            Component::RootDir | Component::CurDir => continue,
-            Component::Normal(n) => Path::new(n),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(io_err(
-                    "queue_root must not contain `..`:",
-                    root,
-                    Errno::EINVAL,
-                ));
-            }
-        };
-        so_far.push(name);
-        if create {
-            match nix::sys::stat::mkdirat(&cur, name, Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(io_err("cannot create queue root", &so_far, e)),
-            }
-        }
-        cur = match open_dir_nofollow(cur.as_fd(), name) {
-            Ok(fd) => fd,
-            Err(NotDir::Found(st)) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
-                return Err(ClaimError::Symlink { path: so_far });
-            }
-            Err(NotDir::Found(_)) => {
-                return Err(ClaimError::WrongType {
-                    path: so_far,
-                    found: "file",
-                    expected: "directory",
-                });
-            }
-            Err(NotDir::Errno(Errno::ENOENT)) => return Err(ClaimError::NoQueueDir(so_far)),
-            Err(NotDir::Errno(e)) => return Err(io_err("cannot open queue root", &so_far, e)),
-        };
-    }
-    Ok(cur)
-}
-
-fn open_dir_nofollow(at: BorrowedFd<'_>, name: &Path) -> Result<OwnedFd, NotDir> {
-    openat(
-        at,
-        name,
-        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        // Linux answers ENOTDIR, not ELOOP, for a link opened O_DIRECTORY;
-        // look at what is there to say which.
-        Errno::ELOOP | Errno::ENOTDIR => match fstatat(at, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => NotDir::Found(Box::new(st)),
-            _ => NotDir::Errno(e),
-        },
-        e => NotDir::Errno(e),
-    })
-}
-
-/// What an entry of the queue directory must be.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    File,
-    Dir,
-}
-
-/// Refuses an entry of the shared directory that is a link, of the wrong
-/// type, hard-linked (files) or owned by anyone but `owner`.
-fn check_entry(st: &FileStat, path: &Path, expect: Expect, owner: u32) -> Result<(), ClaimError> {
-    let found = st.st_mode & libc::S_IFMT;
-    let (want, expected) = match expect {
-        Expect::File => (libc::S_IFREG, "regular file"),
-        Expect::Dir => (libc::S_IFDIR, "directory"),
-    };
-    if found == libc::S_IFLNK {
-        return Err(ClaimError::Symlink {
-            path: path.to_owned(),
-        });
-    }
-    if found != want {
-        return Err(ClaimError::WrongType {
-            path: path.to_owned(),
-            found: type_name(found),
-            expected,
-        });
-    }
-    // A directory's link count is its subdirectories, not aliases.
-    if expect == Expect::File && st.st_nlink != 1 {
-        return Err(ClaimError::HardLinked {
-            path: path.to_owned(),
-            links: st.st_nlink,
-        });
-    }
-    if st.st_uid != owner {
-        return Err(ClaimError::WrongOwner {
-            path: path.to_owned(),
-            uid: st.st_uid,
-            expected: owner,
-        });
-    }
-    Ok(())
-}
-
-fn type_name(fmt: libc::mode_t) -> &'static str {
-    match fmt {
-        libc::S_IFREG => "regular file",
-        libc::S_IFDIR => "directory",
-        libc::S_IFLNK => "symlink",
-        libc::S_IFIFO => "FIFO",
-        libc::S_IFSOCK => "socket",
-        libc::S_IFCHR => "character device",
-        libc::S_IFBLK => "block device",
-        _ => "file of unknown type",
-    }
-}
-
-/// Opens a subdirectory of the shared directory without following a link,
-/// naming what is there instead when it is not a directory.
-fn open_dir_at(dir: &OwnedFd, name: &str, path: &Path) -> Result<OwnedFd, ClaimError> {
-    open_dir_nofollow(dir.as_fd(), Path::new(name)).map_err(|e| match e {
-        // Its type is in question, not its owner: pass its own uid.
-        NotDir::Found(st) => check_entry(&st, path, Expect::Dir, st.st_uid)
-            .err()
-            .unwrap_or_else(|| io_err("cannot open", path, Errno::ENOTDIR)),
-        NotDir::Errno(e) => io_err("cannot open", path, e),
-    })
-}
-
-/// Makes a directory if missing, given to `owner` with mode 0755 exactly:
-/// mkdirat's mode goes through the umask, and the agents' wrappers must be
-/// able to use it.
-fn make_dir_at(dir: &OwnedFd, name: &str, path: &Path, owner: u32) -> Result<(), ClaimError> {
-    match mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => return Ok(()),
-        Err(e) => return Err(io_err("cannot create", path, e)),
-    }
-    let fd = open_dir_at(dir, name, path)?;
-    fchown(&fd, Some(Uid::from_raw(owner)), None).map_err(|e| io_err("cannot chown", path, e))?;
-    fchmod(&fd, Mode::from_bits_truncate(0o755)).map_err(|e| io_err("cannot chmod", path, e))
-}
-
-fn file_size(file: &File, path: &Path) -> Result<u64, ClaimError> {
-    file.metadata()
-        .map(|m| m.len())
-        .map_err(|e| io_err("cannot stat", path, e))
-}
-
-fn mtime(st: &FileStat) -> SystemTime {
-    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
-    let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
-    UNIX_EPOCH + Duration::new(secs, nanos)
 }
 
 /// One line as [`read_capped_line`] found it.
@@ -1366,8 +906,10 @@ mod tests {
 
     #[test]
     fn line_reading_stops_when_asked() {
-        let path =
-            std::env::temp_dir().join(format!("sidespawn-lines-{}", crate::record::new_id(0)));
+        let path = std::env::temp_dir().join(format!(
+            "sidespawn-lines-{}",
+            crate::shared::record::new_id(0)
+        ));
         std::fs::write(&path, b"a\nb\nc\n").unwrap();
         let file = File::open(&path).unwrap();
         let mut seen = Vec::new();
@@ -1428,12 +970,5 @@ mod tests {
             "{}",
             last.reason
         );
-    }
-
-    #[test]
-    fn names_file_types() {
-        assert_eq!(type_name(libc::S_IFIFO), "FIFO");
-        assert_eq!(type_name(libc::S_IFCHR), "character device");
-        assert_eq!(type_name(libc::S_IFLNK), "symlink");
     }
 }

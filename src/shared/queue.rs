@@ -20,9 +20,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::kind::Kind;
-use crate::lock::{LockError, LockGuard, lock_exclusive};
-use crate::record::Record;
+use crate::shared::kind::Kind;
+use crate::shared::lock::{LockError, LockGuard, lock_exclusive};
+use crate::shared::record::Record;
 
 pub const QUEUE_FILE: &str = "queue.jsonl";
 pub const LOCK_FILE: &str = "lock";
@@ -208,7 +208,7 @@ fn touch(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Action, VERSION, new_id, now_ms};
+    use crate::shared::record::{Action, VERSION, new_id, now_ms};
 
     fn rec(arg: &str) -> Record {
         Record {

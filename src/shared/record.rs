@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kind::Kind;
+use crate::shared::kind::Kind;
 
 /// The record format version this build writes and accepts.
 pub const VERSION: u32 = 1;

@@ -1,7 +1,7 @@
 //! Defaults the agent side and the host side must agree on: where the
 //! queues are and where named network namespaces are mounted, and how long
-//! either waits for a queue lock. Both [`crate::wrapper_config`] and
-//! [`crate::config`] read them from here, so neither side's defaults come
+//! either waits for a queue lock. Both [`crate::agent::config`] and
+//! [`crate::host::config`] read them from here, so neither side's defaults come
 //! from the other's module and they cannot drift apart.
 
 /// Parent of the per-kind queue directories, shared by the agent

@@ -60,15 +60,15 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{Event, INotifyWatcher, RecursiveMode, Watcher};
 use tracing::{debug, error, info, warn};
 
-use crate::claim::{Limits, SharedDir};
-use crate::config::{ConfigError, HostConfig};
-use crate::kind::Kind;
-use crate::netns::HostNamespaces;
-use crate::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
-use crate::record::now_ms;
-use crate::runtime::{Podman, Runtime};
-use crate::sdnotify::{Notifier, State};
-use crate::sync::{self, Summary, SyncOptions};
+use crate::host::claim::{Limits, SharedDir};
+use crate::host::config::{ConfigError, HostConfig};
+use crate::host::namespaces::HostNamespaces;
+use crate::host::runtime::{Podman, Runtime};
+use crate::host::sdnotify::{Notifier, State};
+use crate::host::sync::{self, Summary, SyncOptions};
+use crate::shared::kind::Kind;
+use crate::shared::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
+use crate::shared::record::now_ms;
 
 /// Default of `--interval`: how often every kind gets a full sync anyway.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -600,7 +600,7 @@ pub fn run_with(
         }
         None => None,
     };
-    let watchdog = crate::sdnotify::watchdog_interval();
+    let watchdog = crate::host::sdnotify::watchdog_interval();
     let fault_overflow = std::env::var(FAULT_ENV).is_ok_and(|v| v == "overflow");
     if fault_overflow {
         warn!("{FAULT_ENV}=overflow: every event is treated as an inotify queue overflow");
@@ -1131,8 +1131,10 @@ mod tests {
     /// the new directory is seen until the next full reconcile.
     #[test]
     fn an_event_rearms_a_directory_that_looks_armed() {
-        let root =
-            std::env::temp_dir().join(format!("sidespawn-watch-{}", crate::record::new_id(0)));
+        let root = std::env::temp_dir().join(format!(
+            "sidespawn-watch-{}",
+            crate::shared::record::new_id(0)
+        ));
         let kind_dir = root.join("dnsmasq");
         std::fs::create_dir_all(&kind_dir).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

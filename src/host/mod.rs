@@ -1,0 +1,37 @@
+//! The host side: `sidespawn`, run as root.
+//!
+//! One sync, per kind ([`sync`]): claim the queue ([`claim`], with its
+//! [`claim::journal`] and [`claim::rejects`]) → fold the records into the
+//! desired sidecars ([`desired`]) → plan the engine calls ([`plan`], with
+//! [`limit`] and [`images`]) → execute them through the engine seam
+//! ([`runtime`]: the trait and [`runtime::Call`], the podman runner, its
+//! output parsing) and the namespace seam ([`namespaces`]), bounded by
+//! [`parallel`] → acknowledge (written back by [`claim`]). What a sync keeps
+//! between runs is [`state`]; files are replaced through [`atomic`].
+//!
+//! Around it: [`config`] (profiles per kind), the lifecycle commands
+//! ([`gc`], [`upgrade`], [`health`], [`status`], [`logs`], [`watch`] with
+//! [`sdnotify`]), the systemd [`units`], and [`shell`] quoting for what is
+//! printed.
+
+pub mod atomic;
+pub mod claim;
+pub mod config;
+pub mod desired;
+pub mod gc;
+pub mod health;
+pub mod images;
+pub mod limit;
+pub mod logs;
+pub mod namespaces;
+pub mod parallel;
+pub mod plan;
+pub mod runtime;
+pub mod sdnotify;
+pub mod shell;
+pub mod state;
+pub mod status;
+pub mod sync;
+pub mod units;
+pub mod upgrade;
+pub mod watch;

@@ -1,0 +1,380 @@
+//! The container runtime seam: everything sidespawn asks of podman.
+//!
+//! [`Podman`] is the real implementation: one helper runs every podman
+//! command with an argv vector (never a shell), a timeout, `INVOCATION_ID`
+//! removed from the environment (so podman moves conmon out of the calling
+//! service's cgroup and sidecars outlive the oneshot sync), stderr captured
+//! into the error and the argv logged at debug level. `FakeRuntime`
+//! (`fake.rs`, only in tests and with the `test-support` feature) records
+//! calls instead. A call is also a value ([`Call`]): [`call_args`]
+//! turns it into podman's argv for both execution and `describe`, and
+//! [`perform`] dispatches it, so a dry run prints what runs.
+//! [`SidecarLabels`] is the one typed view of the labels sidespawn puts on
+//! a sidecar.
+//!
+//! Invariants: nothing from a request ever lands before the image in
+//! `podman run` (values are attached with `=`, the image follows `--`);
+//! every podman process is made by one builder that removes the scrubbed
+//! variables; every podman call but `logs` runs in its own process group,
+//! which a timeout kills before the process is reaped, so no call outlives
+//! its limit and no unrelated process can be hit (`logs` streams for as
+//! long as the operator wants and stays in the terminal's group, so that
+//! Ctrl-C reaches it); `describe` prints exactly the argv that would run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::shared::kind::Kind;
+use crate::shared::record::Signal;
+
+mod parse;
+mod podman;
+pub use parse::PS_FORMAT;
+pub use podman::{Podman, call_args, quote_args, shell_quote};
+
+#[cfg(any(test, feature = "test-support"))]
+mod fake;
+#[cfg(any(test, feature = "test-support"))]
+pub use fake::FakeRuntime;
+
+/// Label keys put on every sidecar.
+pub mod labels {
+    pub const MANAGED_BY: &str = "io.sidespawn.managed-by";
+    pub const MANAGED_BY_VALUE: &str = "sidespawn";
+    /// The configuration that owns the sidecar (`HostConfig::instance`).
+    /// Every listing filters on it, so a configuration sees, names,
+    /// signals and removes only its own sidecars.
+    pub const INSTANCE: &str = "io.sidespawn.instance";
+    pub const KIND: &str = "io.sidespawn.kind";
+    pub const KEY: &str = "io.sidespawn.key";
+    pub const NETNS: &str = "io.sidespawn.netns";
+    pub const NETNS_INO: &str = "io.sidespawn.netns-ino";
+    pub const TAG: &str = "io.sidespawn.tag";
+    pub const ARGV_HASH: &str = "io.sidespawn.argv-hash";
+    pub const REQUEST_ID: &str = "io.sidespawn.request-id";
+    pub const GENERATION: &str = "io.sidespawn.generation";
+}
+
+/// The typed view of a sidecar's labels: every label sidespawn puts on a
+/// sidecar, read in one place instead of by key across the modules. A
+/// missing or malformed label reads as `None` (or `false`): a container
+/// whose labels say nothing is nobody's sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarLabels<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> SidecarLabels<'a> {
+    /// The labels of a listed or inspected container.
+    pub fn of(c: &'a ContainerInfo) -> SidecarLabels<'a> {
+        SidecarLabels(&c.labels)
+    }
+
+    /// The labels a sidecar is about to be started with.
+    pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
+        SidecarLabels(&spec.labels)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Carries our managed-by label.
+    pub fn is_managed(&self) -> bool {
+        self.get(labels::MANAGED_BY) == Some(labels::MANAGED_BY_VALUE)
+    }
+    pub fn instance(&self) -> Option<&'a str> {
+        self.get(labels::INSTANCE)
+    }
+    pub fn kind(&self) -> Option<&'a str> {
+        self.get(labels::KIND)
+    }
+    pub fn is_kind(&self, kind: Kind) -> bool {
+        self.kind() == Some(kind.as_str())
+    }
+    pub fn key(&self) -> Option<&'a str> {
+        self.get(labels::KEY)
+    }
+    pub fn netns(&self) -> Option<&'a str> {
+        self.get(labels::NETNS)
+    }
+    /// The namespace's inode when the sidecar started, as written (compared
+    /// as text with the inode now).
+    pub fn netns_ino(&self) -> Option<&'a str> {
+        self.get(labels::NETNS_INO)
+    }
+    pub fn tag(&self) -> Option<&'a str> {
+        self.get(labels::TAG)
+    }
+    pub fn argv_hash(&self) -> Option<&'a str> {
+        self.get(labels::ARGV_HASH)
+    }
+    pub fn request_id(&self) -> Option<&'a str> {
+        self.get(labels::REQUEST_ID)
+    }
+    pub fn generation(&self) -> Option<u64> {
+        self.get(labels::GENERATION)?.parse().ok()
+    }
+    /// The generation label as written (`"?"` when there is none), for
+    /// messages.
+    pub fn generation_text(&self) -> &'a str {
+        self.get(labels::GENERATION).unwrap_or("?")
+    }
+    /// Carries every label of `wanted` with its value (a profile's labels).
+    pub fn has_all(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.0.get(k) == Some(v))
+    }
+    /// A sidecar of `kind` under a profile with `profile_labels`: this
+    /// configuration's sidecar of that kind, as gc, limits, recovery and
+    /// the generation counter count them.
+    pub fn is_profiles(&self, kind: Kind, profile_labels: &BTreeMap<String, String>) -> bool {
+        self.is_kind(kind) && self.has_all(profile_labels)
+    }
+}
+
+/// Container state as podman reports it (lowercase in `podman ps` JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Created,
+    Exited,
+    Other(String),
+}
+
+impl State {
+    pub fn parse(s: &str) -> State {
+        match s.to_ascii_lowercase().as_str() {
+            "running" => State::Running,
+            "created" | "configured" | "initialized" => State::Created,
+            "exited" | "stopped" => State::Exited,
+            other => State::Other(other.to_owned()),
+        }
+    }
+}
+
+/// One container from `podman ps -a` (the fields of [`PS_FORMAT`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    /// Host pid of the container's main process (0 when not running).
+    pub pid: u32,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds when it started (0 when unknown).
+    pub started_at: i64,
+    pub exit_code: i32,
+}
+
+/// Everything needed to `podman run -d` one sidecar. `podman_args` come from
+/// the host profile only; `daemon_argv` (from the request) goes after the
+/// image and command, where podman passes it to the daemon untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Host-chosen options: network, pid, cgroupns, volumes, capabilities...
+    pub podman_args: Vec<String>,
+    /// The program inside the image, e.g. `["dnsmasq", "-k"]`.
+    pub command: Vec<String>,
+    /// The requested arguments, byte-exact.
+    pub daemon_argv: Vec<String>,
+}
+
+impl RunSpec {
+    /// The arguments after `podman`. The image is the last podman-side
+    /// word; everything after it belongs to the container's command.
+    ///
+    /// Values are attached with `=` (`--name=NAME`, `--label=K=V`) and a
+    /// `--` precedes the image, so no value, not even one starting with
+    /// `-`, can be read by podman as an option of its own.
+    pub fn argv(&self) -> Vec<String> {
+        let mut a = vec![
+            "run".to_owned(),
+            "-d".to_owned(),
+            format!("--name={}", self.name),
+        ];
+        for (k, v) in &self.labels {
+            a.push(format!("--label={k}={v}"));
+        }
+        a.extend(self.podman_args.iter().cloned());
+        a.push("--".to_owned());
+        a.push(self.image.clone());
+        a.extend(self.command.iter().cloned());
+        a.extend(self.daemon_argv.iter().cloned());
+        a
+    }
+}
+
+/// A podman call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "cannot run {program}: {message} (install podman or set \"podman\" in the host configuration)"
+    )]
+    Spawn { program: String, message: String },
+    #[error("`podman {args}` timed out after {timeout:?} and was killed")]
+    Timeout { args: String, timeout: Duration },
+    #[error("`podman {args}` failed ({status}): {stderr}")]
+    Failed {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot parse the output of `podman {args}`: {message}")]
+    Parse { args: String, message: String },
+    #[error("no such container {0}")]
+    NoSuchContainer(String),
+    /// A signal was sent to a container that exists but does not run
+    /// (exited or only created): podman refuses with "container state
+    /// improper". Callers treat it like "No such process".
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    /// `podman run` found the name taken: a container of that name exists
+    /// in some state (often created by an earlier, interrupted sync whose
+    /// `podman run` outlived it). The caller looks at it and decides.
+    #[error("the container name {0} is already in use")]
+    NameInUse(String),
+}
+
+/// What sidespawn needs from a container engine.
+pub trait Runtime: Send + Sync {
+    /// The containers of configuration `instance`: carrying our managed-by
+    /// label and `io.sidespawn.instance=<instance>`, in any state. Never
+    /// another configuration's, nor one from before the instance label.
+    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// Names of sidespawn's containers that carry no `io.sidespawn.instance`
+    /// label: made before the label existed, so no configuration can prove
+    /// they are its own and none touches them. Only `status` asks, to tell
+    /// the operator they need removing by hand (README, "Upgrading").
+    fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
+    /// Creates and starts a sidecar; returns the container id.
+    fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError>;
+    /// Sends a signal to the container's main process.
+    fn kill(&self, name: &str, signal: Signal) -> Result<(), RuntimeError>;
+    /// Stops (SIGTERM, then SIGKILL after `timeout`).
+    fn stop(&self, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    /// Removes the container, stopping it at once if it still runs.
+    fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+    /// One container by name, in any state (`podman container inspect`,
+    /// [`RuntimeError::NoSuchContainer`] when there is none): what `ps`
+    /// gives of it (`started_at` is 0) and the arguments it runs after its
+    /// image. The one inspection: taking over a container name and
+    /// rebuilding a lost desired entry both use it.
+    fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError>;
+    /// [`Runtime::inspect`] without the command.
+    fn inspect_container(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.inspect(name).map(|i| i.container)
+    }
+    /// The argv a call would run, for `--dry-run`.
+    fn describe(&self, call: &Call) -> String;
+    /// Streams a container's logs to this process's stdout and stderr
+    /// (`podman logs [--follow] -- NAME`), without a time limit: `--follow`
+    /// lasts until the operator stops it. Returns podman's exit status,
+    /// which is the `logs` command's. Runtimes without it say so.
+    fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
+        let _ = follow;
+        Err(RuntimeError::Spawn {
+            program: format!("logs of {name}"),
+            message: "this runtime cannot show logs".to_owned(),
+        })
+    }
+    /// Runs a host-configured health command inside a running container
+    /// (`podman exec NAME ARGV...`) within `timeout`; `Ok` when it exits 0.
+    /// Runtimes without it report every check as failed to run.
+    fn exec_check(
+        &self,
+        name: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let _ = (argv, timeout);
+        Err(RuntimeError::Spawn {
+            program: format!("exec in {name}"),
+            message: "this runtime cannot run health checks".to_owned(),
+        })
+    }
+}
+
+/// Carries out one call on `runtime`: the single dispatch from a [`Call`]
+/// value to the engine, so whatever is described is what runs.
+pub fn perform(runtime: &dyn Runtime, call: &Call) -> Result<(), RuntimeError> {
+    match call {
+        Call::List(instance) => runtime.list(instance).map(drop),
+        Call::Run(spec) => runtime.run(spec).map(drop),
+        Call::Kill(name, signal) => runtime.kill(name, *signal),
+        Call::Stop(name, timeout) => runtime.stop(name, *timeout),
+        Call::Remove(name) => runtime.remove(name),
+        Call::Inspect(name) => runtime.inspect(name).map(drop),
+        Call::Logs { name, follow } => runtime.logs(name, *follow).map(drop),
+    }
+}
+
+/// One container as `podman container inspect` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The fields `ps` also gives (`started_at` is 0).
+    pub container: ContainerInfo,
+    /// The arguments it runs after its image (`Config.Cmd`): the profile's
+    /// command arguments, then the daemon argv.
+    pub command: Vec<String>,
+}
+
+/// One runtime call, as a value (recorded by the fake, printed by dry runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// List one configuration's containers (its instance).
+    List(String),
+    Run(RunSpec),
+    Kill(String, Signal),
+    Stop(String, Duration),
+    Remove(String),
+    Inspect(String),
+    /// Stream a container's logs to this process's stdout (`--follow`: until
+    /// the container stops or the operator interrupts).
+    Logs {
+        name: String,
+        follow: bool,
+    },
+}
+
+/// Whether `c` is a sidecar of configuration `instance`.
+pub fn is_managed(c: &ContainerInfo, instance: &str) -> bool {
+    let l = SidecarLabels::of(c);
+    l.is_managed() && l.instance() == Some(instance)
+}
+
+/// Helpers the tests of the runtime's modules share.
+#[cfg(test)]
+mod test_util {
+    use super::*;
+
+    pub(super) fn by_name<'a>(cs: &'a [ContainerInfo], name: &str) -> &'a ContainerInfo {
+        cs.iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name} in {cs:#?}"))
+    }
+
+    pub(super) fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    pub(super) fn spec(name: &str, daemon_argv: &[&str]) -> RunSpec {
+        RunSpec {
+            name: name.to_owned(),
+            image: "localhost/dnsmasq:1".to_owned(),
+            labels: [
+                (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                (labels::KIND, "dnsmasq"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            podman_args: strings(&["--network=ns:/run/netns/qdhcp-1", "--pid=host"]),
+            command: strings(&["dnsmasq", "-k"]),
+            daemon_argv: strings(daemon_argv),
+        }
+    }
+}
