@@ -246,3 +246,45 @@ fn deb_installs_verifies_runs_and_purges() {
     assert!(!Path::new("/usr/bin/sidespawn").exists());
     assert!(!Path::new("/usr/lib/systemd/system/sidespawn@.service").exists());
 }
+
+#[test]
+fn rpm_builds_and_lists_the_files_of_the_deb() {
+    const TEST: &str = "packages: the RPM builds and `rpm -qlp` lists the package's files";
+    for tool in ["rpmbuild", "rpm"] {
+        if find_in_path(tool).is_none() {
+            return skip(TEST, &format!("`{tool}` on PATH (apt-get install rpm)"));
+        }
+    }
+    let tmp = TempDir::new("sidespawn-rpm");
+    let stdout = run_ok(
+        Command::new(common::repo_root().join("packaging/build-rpm.sh"))
+            .arg(tmp.join("out"))
+            .env("SIDESPAWN_HOST_BIN", env!("CARGO_BIN_EXE_sidespawn"))
+            .env("SIDESPAWN_WRAPPER_BIN", common::static_wrapper()),
+    );
+    let rpm = PathBuf::from(stdout.trim());
+    assert!(rpm.is_file(), "build-rpm.sh printed {stdout:?}");
+    let listed = run_ok(Command::new("rpm").arg("-qlp").arg(&rpm));
+    let listed: Vec<&str> = listed.lines().collect();
+    for f in FILES {
+        assert!(
+            listed.contains(f),
+            "{f} not in the RPM:\n{}",
+            listed.join("\n")
+        );
+    }
+    assert!(
+        listed.iter().all(|f| f.starts_with("/usr/")),
+        "files outside /usr: {listed:?}"
+    );
+    let info = run_ok(Command::new("rpm").arg("-qip").arg(&rpm));
+    assert!(
+        info.contains(&format!("Version     : {}", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+    let requires = run_ok(Command::new("rpm").args(["-qp", "--requires"]).arg(&rpm));
+    assert!(
+        requires.lines().any(|l| l.trim() == "podman >= 4"),
+        "{requires}"
+    );
+}
