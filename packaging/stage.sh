@@ -9,7 +9,8 @@
 # packaging/config.example.json, for the four kinds, with `--config /etc/sidespawn/config.json`;
 # they go to /usr/lib/systemd/system, where `sidespawn units install` (which writes
 # /etc/systemd/system) overrides them on a host with other paths. Man pages and shell
-# completions come from the clap definitions (`generate-man`, `generate-completions`).
+# completions come from the clap definitions (`generate-man`, `generate-completions`); the
+# wrapper, which has no clap, has a hand-written page (packaging/sidespawn-wrapper.1).
 set -euo pipefail
 
 die() { echo "stage.sh: $*" >&2; exit 1; }
@@ -53,6 +54,7 @@ done
 
 install -d "$work/man"
 "$host_bin" generate-man "$work/man"
+cp "$here/sidespawn-wrapper.1" "$work/man/"
 for page in "$work"/man/*.1; do
     gzip -9n <"$page" >"$dest/usr/share/man/man1/$(basename "$page").gz"
     chmod 0644 "$dest/usr/share/man/man1/$(basename "$page").gz"

@@ -34,6 +34,7 @@ const FILES: &[&str] = &[
     "/usr/share/man/man1/sidespawn.1.gz",
     "/usr/share/man/man1/sidespawn-sync.1.gz",
     "/usr/share/man/man1/sidespawn-check.1.gz",
+    "/usr/share/man/man1/sidespawn-wrapper.1.gz",
     "/usr/share/bash-completion/completions/sidespawn",
     "/usr/share/zsh/vendor-completions/_sidespawn",
     "/usr/share/fish/vendor_completions.d/sidespawn.fish",
