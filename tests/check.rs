@@ -90,6 +90,9 @@ impl Host {
                 .arg(host.root()),
         );
         assert!(out.status.success(), "{out:?}");
+        // The binary the units run, as seen below the root.
+        fs::create_dir_all(host.root().join("usr/bin")).unwrap();
+        write_script(&host.root().join("usr/bin/sidespawn"), "#!/bin/sh\n");
         let etc = host.root().join("etc/systemd/system");
         for (target, unit) in [
             ("paths.target", "sidespawn@dnsmasq.path"),
@@ -419,4 +422,17 @@ fn selinux_enforcing_without_the_container_label_is_an_error() {
     fs::write(selinux.join("enforce"), "0\n").unwrap();
     let (code, findings) = host.check();
     assert_eq!(code, 0, "{findings:#?}");
+}
+
+#[test]
+fn units_running_a_missing_binary_are_an_error() {
+    let Some(host) = Host::healthy("check: the units' ExecStart binary is gone") else {
+        return;
+    };
+    fs::remove_file(host.root().join("usr/bin/sidespawn")).unwrap();
+    host.expect_error(
+        "units",
+        "runs /usr/bin/sidespawn, which is not an executable file",
+        "sidespawn units install",
+    );
 }
