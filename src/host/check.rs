@@ -12,7 +12,7 @@
 //! read from the filesystem, below `root` for the units and SELinux (so a
 //! test or an offline image can be checked).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -88,7 +88,6 @@ pub enum CheckError {
 pub fn run(cfg: &HostConfig, json: bool, root: &Path) -> Result<bool, CheckError> {
     let findings = inspect(cfg, root);
     let mut out = std::io::stdout().lock();
-    use std::io::Write;
     if json {
         serde_json::to_writer_pretty(&mut out, &findings)
             .map_err(|e| CheckError::Output(e.into()))?;
