@@ -159,6 +159,30 @@ enum Command {
     /// watch service, tmpfiles.d) for the kinds in the configuration.
     #[command(subcommand)]
     Units(UnitsCommand),
+    /// Inspect this host and print each finding with its fix: the engine,
+    /// cgroup manager, OCI runtime, /run/netns, queue root, state
+    /// directory, images, units and SELinux. Exits 1 when any is an error.
+    ///
+    /// Examples:
+    ///   sidespawn check
+    ///   sidespawn check --json | jq '.[] | select(.status != "ok")'
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// Machine-readable output: a JSON array of
+        /// {check, status (ok|warn|error), detail, fix}.
+        #[arg(long)]
+        json: bool,
+        /// Look for the units and SELinux below this root instead of /
+        /// (an offline image).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Write the manual pages into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +373,20 @@ fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::co
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // Packaging runs these on a build machine: no configuration is read.
+    {
+        use clap::CommandFactory;
+        use sidespawn::host::manpages;
+        match &cli.command {
+            Command::GenerateMan { dir } => {
+                return exit_code(manpages::write_man_pages(Cli::command(), dir));
+            }
+            Command::GenerateCompletions { dir } => {
+                return exit_code(manpages::write_completions(Cli::command(), dir));
+            }
+            _ => {}
+        }
+    }
     let cfg = match load_config(&cli.config) {
         Ok(c) => c,
         Err(e) => return exit_code(Err(e)),
@@ -407,6 +445,14 @@ fn main() -> ExitCode {
             exit_code(sidespawn::host::watch::run(cfg, &opts))
         }
         Command::Units(cmd) => exit_code(units(&cfg, cmd)),
+        Command::Check { json, root } => match sidespawn::host::check::run(&cfg, json, &root) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => exit_code(Err(e)),
+        },
+        Command::GenerateMan { .. } | Command::GenerateCompletions { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Status { kind, json } => {
             match sidespawn::host::status::run(&cfg, &runtime, &kind, json) {
                 Ok(true) => ExitCode::SUCCESS,

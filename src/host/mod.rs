@@ -15,6 +15,7 @@
 //! printed.
 
 pub mod atomic;
+pub mod check;
 pub mod claim;
 pub mod config;
 pub mod desired;
@@ -23,6 +24,7 @@ pub mod health;
 pub mod images;
 pub mod limit;
 pub mod logs;
+pub mod manpages;
 pub mod namespaces;
 pub mod parallel;
 pub mod plan;

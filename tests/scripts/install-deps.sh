@@ -15,6 +15,8 @@ packages=(
     util-linux      # flock, unshare, nsenter, mount
     systemd         # systemd-analyze verify and /lib/systemd/systemd --user
     procps          # ps, pgrep for diagnostics
+    rpm             # rpmbuild and rpm -qlp for the RPM of tests/packages.rs
+    file            # packaging/stage.sh refuses a dynamically linked wrapper
 )
 
 die() {
