@@ -9,8 +9,8 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use sidespawn::host::config::{HostConfig, Profile};
 use sidespawn::host::plan::run_spec;
-use sidespawn::shared::record::{Action, NetnsRef, Record, VERSION};
 use sidespawn::host::runtime::labels;
+use sidespawn::shared::record::{Action, NetnsRef, Record, VERSION};
 
 const UUID: &str = "0f6a6e0c-2a8b-4d7e-9c53-5b0c7b7b6c1a";
 
