@@ -42,8 +42,8 @@ enum Command {
     ///   sidespawn sync --full              # also remove sidecars whose namespace is gone
     #[command(verbatim_doc_comment)]
     Sync {
-        /// Only this kind (repeatable).
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Print the podman commands that would run; change nothing, not
         /// even the queue.
@@ -68,7 +68,8 @@ enum Command {
     ///   sidespawn status --kind dnsmasq --json
     #[command(verbatim_doc_comment)]
     Status {
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Machine-readable output (documented in README.md).
         #[arg(long)]
@@ -83,7 +84,8 @@ enum Command {
     ///   sidespawn gc --kind dnsmasq
     #[command(verbatim_doc_comment)]
     Gc {
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Print what would be removed; remove nothing.
         #[arg(long)]
@@ -111,7 +113,8 @@ enum Command {
     ///   sidespawn upgrade --kind dnsmasq --max-parallel 4
     #[command(verbatim_doc_comment)]
     Upgrade {
-        #[arg(long, value_name = "KIND")]
+        /// The kind whose sidecars are replaced.
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Kind,
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
@@ -125,7 +128,8 @@ enum Command {
     ///   sidespawn rollback --kind dnsmasq
     #[command(verbatim_doc_comment)]
     Rollback {
-        #[arg(long, value_name = "KIND")]
+        /// The kind whose sidecars are rolled back.
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Kind,
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
@@ -147,7 +151,7 @@ enum Command {
     Watch {
         /// Only this kind (repeatable; default: every enabled kind, re-read
         /// on SIGHUP).
-        #[arg(long, value_name = "KIND")]
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Seconds between full reconciles (`sync --full`), the backstop
         /// for anything the watches missed.
@@ -163,7 +167,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum UnitsCommand {
-    /// Write the units into DIR, laid out like their install destination.
+    /// Write the units into DIR, laid out like their install destination,
+    /// and print the commands that enable them.
     ///
     /// Example:
     ///   sidespawn units generate --out /tmp/units && find /tmp/units -type f
@@ -172,7 +177,9 @@ enum UnitsCommand {
         /// Output directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// The sidespawn binary the units run (default: this one).
+        /// The sidespawn binary the units' ExecStart= runs (default: the
+        /// installed path, /usr/local/sbin/sidespawn unless the build set
+        /// SIDESPAWN_INSTALLED_BIN).
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
     },
@@ -193,10 +200,22 @@ enum UnitsCommand {
         /// `systemctl enable --now` (only with the root /).
         #[arg(long)]
         enable: bool,
-        /// The sidespawn binary the units run (default: this one).
+        /// The sidespawn binary the units' ExecStart= runs (default: the
+        /// installed path, /usr/local/sbin/sidespawn unless the build set
+        /// SIDESPAWN_INSTALLED_BIN).
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
     },
+}
+
+/// `--kind`'s parser: the kinds' names as clap's possible values, so every
+/// subcommand's help lists them and a misspelt kind is answered with them.
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = Kind> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(Kind::ALL.map(Kind::as_str)).map(|s| {
+        s.parse::<Kind>()
+            .expect("every possible value names a kind")
+    })
 }
 
 fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::host::units::UnitsError> {
@@ -425,5 +444,27 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every subcommand with `--kind` lists the kinds in its help.
+    #[test]
+    fn kind_values_are_in_every_help() {
+        let mut cli = Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands_mut() {
+            if sub.get_arguments().all(|a| a.get_id() != "kind") {
+                continue;
+            }
+            seen += 1;
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("[possible values: dnsmasq, haproxy, keepalived, radvd]"),
+                "{}: {help}",
+                sub.get_name()
+            );
+        }
+        assert_eq!(seen, 6);
+        let e = Cli::try_parse_from(["sidespawn", "sync", "--kind", "dnsmasqq"]).unwrap_err();
+        assert!(e.to_string().contains("possible values"), "{e}");
     }
 }
