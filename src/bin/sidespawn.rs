@@ -66,6 +66,7 @@ enum Command {
     /// Examples:
     ///   sidespawn status
     ///   sidespawn status --kind dnsmasq --json
+    ///   sidespawn status --metrics > /var/lib/node_exporter/sidespawn.prom
     #[command(verbatim_doc_comment)]
     Status {
         /// Only this kind (repeatable; default: every enabled kind).
@@ -74,6 +75,10 @@ enum Command {
         /// Machine-readable output (documented in README.md).
         #[arg(long)]
         json: bool,
+        /// The same figures per kind in the Prometheus text format (for
+        /// node_exporter's textfile collector; README.md lists them).
+        #[arg(long, conflicts_with = "json")]
+        metrics: bool,
     },
     /// Remove our containers that are exited or created and no longer
     /// desired, sidecars whose namespace vanished or was recreated, and
@@ -158,6 +163,11 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 300,
               value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
+        /// After every sync, replace this file atomically with
+        /// `status --metrics` (for node_exporter's textfile collector: a
+        /// name ending in .prom in its directory).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
@@ -417,17 +427,32 @@ fn main() -> ExitCode {
         Command::Logs { target, follow } => {
             logs_exit_code(sidespawn::host::logs::run(&cfg, &runtime, &target, follow))
         }
-        Command::Watch { kind, interval } => {
+        Command::Watch {
+            kind,
+            interval,
+            metrics_file,
+        } => {
             let opts = sidespawn::host::watch::WatchOptions {
                 kinds: kind,
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
+                metrics_file,
             };
             exit_code(sidespawn::host::watch::run(cfg, &opts))
         }
         Command::Units(cmd) => exit_code(units(&cfg, cmd)),
-        Command::Status { kind, json } => {
-            match sidespawn::host::status::run(&cfg, &runtime, &kind, json) {
+        Command::Status {
+            kind,
+            json,
+            metrics,
+        } => {
+            use sidespawn::host::status::Format;
+            let format = match (json, metrics) {
+                (true, _) => Format::Json,
+                (_, true) => Format::Metrics,
+                _ => Format::Text,
+            };
+            match sidespawn::host::status::run(&cfg, &runtime, &kind, format) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),

@@ -23,6 +23,7 @@ pub mod health;
 pub mod images;
 pub mod limit;
 pub mod logs;
+pub mod metrics;
 pub mod namespaces;
 pub mod parallel;
 pub mod plan;

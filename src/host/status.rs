@@ -419,17 +419,32 @@ pub fn sidecar_table(sidecars: &[SidecarReport]) -> String {
     out
 }
 
+/// How `status` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The tables, for people.
+    Text,
+    /// `--json`: the [`Report`] itself.
+    Json,
+    /// `--metrics`: the Prometheus text format ([`crate::host::metrics`]).
+    Metrics,
+}
+
 /// Prints the report; returns whether everything is healthy.
 pub fn run(
     cfg: &HostConfig,
     runtime: &dyn Runtime,
     only: &[Kind],
-    json: bool,
+    format: Format,
 ) -> Result<bool, StatusError> {
     use std::io::Write;
     let rep = report(cfg, runtime, only)?;
     let mut out = std::io::stdout().lock();
-    if json {
+    if format == Format::Metrics {
+        out.write_all(crate::host::metrics::render(&rep).as_bytes())?;
+        return Ok(rep.healthy);
+    }
+    if format == Format::Json {
         serde_json::to_writer_pretty(&mut out, &rep).map_err(std::io::Error::from)?;
         writeln!(out)?;
         return Ok(rep.healthy);

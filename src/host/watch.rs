@@ -93,6 +93,8 @@ pub struct WatchOptions {
     /// Whether the configuration file was named explicitly; a missing
     /// default file means "no kinds" rather than an error, on reload too.
     pub explicit_config: bool,
+    /// Rewritten with the Prometheus metrics after every sync that ran.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for WatchOptions {
@@ -101,6 +103,7 @@ impl Default for WatchOptions {
             kinds: Vec::new(),
             interval: DEFAULT_INTERVAL,
             explicit_config: true,
+            metrics_file: None,
         }
     }
 }
@@ -802,11 +805,21 @@ impl Daemon {
             self.tx.clone(),
             cue.clone(),
         );
+        let metrics = self
+            .opts
+            .metrics_file
+            .clone()
+            .map(|path| (path, self.opts.kinds.clone()));
         let handle = std::thread::Builder::new()
             .name(format!("sync-{kind}"))
             .spawn(move || {
                 work(&c, sync::backoff_delay, |job, failures| {
-                    run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx)
+                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx);
+                    if let (Some(ok), Some((path, kinds))) = (ran, &metrics) {
+                        write_metrics(kind, path, kinds, &cfg, runtime.as_ref());
+                        return ok;
+                    }
+                    ran.unwrap_or(true)
                 });
                 let _ = tx.send(Msg::WorkerDone(id));
             })
@@ -1057,7 +1070,33 @@ fn queue_pending(cfg: &HostConfig, kind: Kind) -> bool {
     }
 }
 
-/// One worker run: the pending check, then the ordinary sync of one kind.
+/// `--metrics-file`: the status report of the watched kinds (every enabled
+/// one when none was named), after `kind`'s sync. Each worker writes the
+/// whole file through its own temporary name, so parallel writers leave one
+/// complete file, the last one's. A failure is logged; the watch goes on.
+fn write_metrics(
+    kind: Kind,
+    path: &Path,
+    kinds: &[Kind],
+    cfg: &SharedConfig,
+    runtime: &RuntimeFactory,
+) {
+    let cfg = current(cfg);
+    let rt = runtime(&cfg);
+    let written = crate::host::status::report(&cfg, rt.as_ref(), kinds)
+        .map_err(|e| e.to_string())
+        .and_then(|rep| {
+            crate::host::metrics::write(path, &rep, kind.as_str())
+                .map_err(|e| format!("{} {}: {}", e.op, e.path.display(), e.source))
+        });
+    if let Err(e) = written {
+        warn!(kind = %kind, "cannot write the metrics file {}: {e}", path.display());
+    }
+}
+
+/// One worker run: the pending check, then the ordinary sync of one kind,
+/// reported to the main loop. `None` when nothing was pending, else whether
+/// the sync succeeded.
 fn run_job(
     kind: Kind,
     job: Job,
@@ -1065,11 +1104,11 @@ fn run_job(
     cfg: &SharedConfig,
     runtime: &RuntimeFactory,
     tx: &Sender<Msg>,
-) -> bool {
+) -> Option<bool> {
     let cfg = current(cfg);
     if !job.forced && !queue_pending(&cfg, kind) {
         debug!(kind = %kind, "nothing pending");
-        return true;
+        return None;
     }
     let rt = runtime(&cfg);
     let ns = HostNamespaces(cfg.netns_dir.clone());
@@ -1116,7 +1155,7 @@ fn run_job(
         retry_in,
         at_ms: now_ms(),
     }));
-    ok
+    Some(ok)
 }
 
 #[cfg(test)]
