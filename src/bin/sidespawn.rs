@@ -346,28 +346,6 @@ impl Drop for ResourceLog {
     }
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::config::ConfigError> {
     match path {
         Some(p) => HostConfig::load(p, true),
@@ -377,7 +355,7 @@ fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::co
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    sidespawn::host::logging::init(cli.verbose);
     let cfg = match load_config(&cli.config) {
         Ok(c) => c,
         Err(e) => return exit_code(Err(e)),

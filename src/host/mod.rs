@@ -22,6 +22,7 @@ pub mod gc;
 pub mod health;
 pub mod images;
 pub mod limit;
+pub mod logging;
 pub mod logs;
 pub mod metrics;
 pub mod namespaces;

@@ -878,8 +878,28 @@ fn write_ack(
         container: container.map(str::to_owned),
         ts: now_ms(),
     };
-    if let Err(e) = shared.write_ack(&ack) {
-        error!("cannot acknowledge request {id}: {e}");
+    // The request's last word, with the fields a journal search uses
+    // (`SIDESPAWN_REQUEST=<id>`, `RESULT=failed`).
+    let outcome = match result {
+        Outcome::Ok => "ok",
+        Outcome::Failed => "failed",
+        Outcome::Rejected => "rejected",
+    };
+    let kind = shared.kind();
+    match shared.write_ack(&ack) {
+        Ok(()) => info!(
+            kind = %kind,
+            sidespawn_request = %id,
+            result = outcome,
+            container = container.unwrap_or("-"),
+            "answered {outcome}: {message}"
+        ),
+        Err(e) => error!(
+            kind = %kind,
+            sidespawn_request = %id,
+            result = outcome,
+            "cannot acknowledge request {id}: {e}"
+        ),
     }
 }
 
@@ -1164,12 +1184,12 @@ fn acknowledge_answers(ctx: &KindCtx, plan: &Plan, sum: &mut Summary) -> Vec<Rej
     for a in &plan.answers {
         match a.result {
             Outcome::Rejected => {
-                warn!(kind = %kind, id = %a.id, "rejected: {}", a.message);
+                warn!(kind = %kind, sidespawn_request = %a.id, "rejected: {}", a.message);
                 rejects.push(reject_of(&a.id, &a.message));
                 sum.rejected += 1;
             }
             Outcome::Failed => {
-                info!(kind = %kind, id = %a.id, "{}", a.message);
+                info!(kind = %kind, sidespawn_request = %a.id, "{}", a.message);
                 sum.failed += 1;
             }
             Outcome::Ok => {}
