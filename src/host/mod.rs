@@ -10,9 +10,9 @@
 //! between runs is [`state`]; files are replaced through [`atomic`].
 //!
 //! Around it: [`config`] (profiles per kind), the lifecycle commands
-//! ([`gc`], [`upgrade`], [`health`], [`status`], [`logs`], [`watch`] with
-//! [`sdnotify`]), the systemd [`units`], and [`shell`] quoting for what is
-//! printed.
+//! ([`gc`], [`upgrade`], [`health`], [`status`] and its [`metrics`],
+//! [`logs`], [`watch`]), [`logging`] to the journal, the systemd [`units`],
+//! and [`shell`] quoting for what is printed.
 
 pub mod atomic;
 pub mod claim;
@@ -29,7 +29,6 @@ pub mod namespaces;
 pub mod parallel;
 pub mod plan;
 pub mod runtime;
-pub mod sdnotify;
 pub mod shell;
 pub mod state;
 pub mod status;
