@@ -274,19 +274,28 @@ pub fn new_id(ts_ms: u64) -> String {
     id
 }
 
-/// 128 random bits from the kernel (`getrandom(2)`, or `/dev/urandom` where
-/// the syscall is missing, through the getrandom crate).
 fn fill_random(buf: &mut [u8]) {
-    if getrandom::fill(buf).is_err() {
-        // No kernel randomness at all (seccomp, no /dev): the clock and pid,
-        // still unique enough with the timestamp prefix.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mix = t ^ (u128::from(std::process::id()) << 64);
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (mix >> ((i % 16) * 8)) as u8;
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`,
+        // which stays borrowed mutably for the whole call.
+        let n = unsafe {
+            nix::libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0)
+        };
+        if n > 0 {
+            filled += n as usize;
+        } else if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+            // No getrandom (seccomp, ancient kernel): fall back to the
+            // clock and pid, still unique enough with the timestamp prefix.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let mix = t ^ (u128::from(std::process::id()) << 64);
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (mix >> ((i % 16) * 8)) as u8;
+            }
+            return;
         }
     }
 }
