@@ -100,7 +100,7 @@ JSON
 echo "{\"queue_root\": \"$WORK/queue\", \"kinds\": {\"dnsmasq\": {\"start_wait\": false}}}" > "$WORK/wrapper.json"
 
 step "the host side: sidespawn's generated units under a real systemd manager"
-"$SIDESPAWN" --config "$WORK/config.json" units generate --out "$WORK/units" >/dev/null
+"$SIDESPAWN" --config "$WORK/config.json" units generate --out "$WORK/units" --bin "$SIDESPAWN" >/dev/null
 MGR=$WORK/systemd
 mkdir -p "$MGR/config/systemd/user" "$MGR/home"
 install -d -m 0700 "$MGR/runtime"

@@ -389,6 +389,22 @@ fn dry_run_prints_exactly_the_calls_the_run_then_makes() {
     s.fake.clear_calls();
     let sum = s.sync(false);
     assert_eq!((sum.removed, sum.started), (1, 1), "{sum}");
+    // The dry run's summary said what this run then did, as "would".
+    let dry_line = dry.to_string();
+    assert_eq!(
+        dry_line,
+        sum.to_string()
+            .replace("sync:", "sync --dry-run, nothing changed:")
+            .replace(" claimed ", " would claim ")
+            .replace(" started ", " would start ")
+            .replace(" replaced ", " would replace ")
+            .replace(" unchanged ", " would leave unchanged ")
+            .replace(" signalled ", " would signal ")
+            .replace(" removed ", " would remove ")
+            .replace(" failed ", " would fail ")
+            .replace(" rejected ", " would reject ")
+            .replace(" restarts ", " would restart "),
+    );
     let ran: Vec<String> = s
         .fake
         .calls()

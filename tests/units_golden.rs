@@ -274,3 +274,60 @@ fn tmpfiles_snippet_creates_the_directories_with_their_modes() {
     // radvd is configured but disabled: no queue for it.
     assert!(!under(&q.join("radvd")).exists());
 }
+
+/// `units generate` and `units install --root` (not the running system):
+/// ExecStart= runs the installed path unless `--bin` says otherwise, never
+/// the binary that ran the command, and the output ends with the commands
+/// that enable the units, offline in the tree or on the booted system.
+#[test]
+fn generate_and_install_root_use_the_installed_path_and_print_the_enable_commands() {
+    let tmp = TempDir::new("units-cli");
+    let config = manifest().join("tests/fixtures/config/golden.json");
+    let sidespawn = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+        cmd.arg("--config").arg(&config).args(args);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 0);
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    };
+    let exec_start = |root: &Path| {
+        let unit = fs::read_to_string(root.join("etc/systemd/system/sidespawn@.service")).unwrap();
+        unit.lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart= line")
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let gen_dir = tmp.path().join("gen");
+    let gen_out = sidespawn(&["units", "generate", "--out", gen_dir.to_str().unwrap()]);
+    assert_eq!(exec_start(&gen_dir), units::INSTALLED_BIN);
+
+    let root = tmp.path().join("root");
+    let install_out = sidespawn(&[
+        "units",
+        "install",
+        "--root",
+        root.to_str().unwrap(),
+        "--bin",
+        "/opt/sidespawn/bin/sidespawn",
+    ]);
+    assert_eq!(exec_start(&root), "/opt/sidespawn/bin/sidespawn");
+
+    for (out, dir) in [(&gen_out, &gen_dir), (&install_out, &root)] {
+        let offline = format!(
+            "  systemctl --root={} enable sidespawn@dnsmasq.path sidespawn@haproxy.path sidespawn-backstop.timer",
+            dir.display()
+        );
+        for want in [
+            offline.as_str(),
+            "  systemctl daemon-reload",
+            "  systemctl enable --now sidespawn@dnsmasq.path",
+            "  systemctl enable --now sidespawn@haproxy.path",
+            "  systemctl enable --now sidespawn-backstop.timer",
+        ] {
+            assert!(out.lines().any(|l| l == want), "no {want:?} in:\n{out}");
+        }
+    }
+}

@@ -218,6 +218,11 @@ impl Daemon {
     }
 
     fn spawn(s: &Setup, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_with(s, env, &[])
+    }
+
+    /// [`Daemon::spawn`] with more arguments to `watch`.
+    fn spawn_with(s: &Setup, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let sock_path = s.join(format!("notify-{}.sock", common::unique("n")));
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -241,6 +246,7 @@ impl Daemon {
         cmd.arg("--config")
             .arg(s.config_path())
             .args(["watch", "--interval", "3600"])
+            .args(args)
             .env("CONTAINERS_CONF", common::containers_conf())
             .env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_LOG", "info")
@@ -760,4 +766,74 @@ fn watch_service_under_a_real_systemd_manager() {
     assert_eq!(manager.show(SERVICE, "Result"), "success");
     // KillMode=process: the sidecar outlives the daemon.
     assert!(s.running(&s.sidecar("dnsmasq", &tag)));
+}
+
+/// `watch --metrics-file`: after the sync of a request, the file holds the
+/// status figures in the Prometheus text format (parsed strictly), the
+/// running sidecar among them, and no temporary file is left beside it;
+/// `status --metrics` prints the same families.
+#[test]
+fn metrics_file_is_rewritten_after_each_sync() {
+    let _serial = serial();
+    let Some(s) = Setup::start("watch daemon: --metrics-file") else {
+        return;
+    };
+    let dir = s.join("textfile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sidespawn.prom");
+    let d = Daemon::spawn_with(&s, &[], &["--metrics-file", file.to_str().unwrap()]);
+    d.wait_message("READY=1", 1);
+    let metrics = || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        sidespawn::host::metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    // The first (full) sync already wrote it.
+    common::wait_until(TIMEOUT, "the first metrics file", || file.exists());
+    assert_eq!(
+        metrics().get("sidespawn_sidecars{kind=\"dnsmasq\",state=\"running\"}"),
+        Some(&0.0),
+        "{}",
+        d.log()
+    );
+
+    let tag = s.tag();
+    s.call("dnsmasq", &tag);
+    common::wait_until(TIMEOUT, "the metrics show the running sidecar", || {
+        let m = metrics();
+        m.get("sidespawn_sidecars{kind=\"dnsmasq\",state=\"running\"}") == Some(&1.0)
+            && m.get("sidespawn_claimed_total{kind=\"dnsmasq\"}") == Some(&1.0)
+    });
+    let m = metrics();
+    for (series, want) in [
+        ("sidespawn_desired_sidecars{kind=\"dnsmasq\"}", 1.0),
+        ("sidespawn_desired_running_sidecars{kind=\"dnsmasq\"}", 1.0),
+        ("sidespawn_last_sync_ok{kind=\"dnsmasq\"}", 1.0),
+        ("sidespawn_queue_depth{kind=\"dnsmasq\"}", 0.0),
+        ("sidespawn_healthy", 1.0),
+    ] {
+        assert_eq!(m.get(series), Some(&want), "{series}: {m:#?}\n{}", d.log());
+    }
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["sidespawn.prom"]);
+
+    let mut status = Command::new(env!("CARGO_BIN_EXE_sidespawn"));
+    status
+        .arg("--config")
+        .arg(s.config_path())
+        .args(["status", "--metrics"])
+        .env("CONTAINERS_CONF", common::containers_conf());
+    let printed = common::run(&mut status);
+    let p = sidespawn::host::metrics::parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(
+        p.keys().collect::<Vec<_>>(),
+        m.keys().collect::<Vec<_>>(),
+        "status --metrics and the file have the same series"
+    );
+    assert_eq!(
+        p.get("sidespawn_sidecars{kind=\"dnsmasq\",state=\"running\"}"),
+        Some(&1.0)
+    );
 }

@@ -252,6 +252,7 @@ fn check_summary(s: &Summary, fx: &Fixture) -> Result<(), String> {
         restarts: 0,
         errors: Vec::new(),
         dry_run: Vec::new(),
+        would: false,
     };
     if *s != want {
         return Err(format!("sync gave {s:?}, want {want:?}"));

@@ -42,8 +42,8 @@ enum Command {
     ///   sidespawn sync --full              # also remove sidecars whose namespace is gone
     #[command(verbatim_doc_comment)]
     Sync {
-        /// Only this kind (repeatable).
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Print the podman commands that would run; change nothing, not
         /// even the queue.
@@ -66,13 +66,19 @@ enum Command {
     /// Examples:
     ///   sidespawn status
     ///   sidespawn status --kind dnsmasq --json
+    ///   sidespawn status --metrics > /var/lib/node_exporter/sidespawn.prom
     #[command(verbatim_doc_comment)]
     Status {
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Machine-readable output (documented in README.md).
         #[arg(long)]
         json: bool,
+        /// The same figures per kind in the Prometheus text format (for
+        /// node_exporter's textfile collector; README.md lists them).
+        #[arg(long, conflicts_with = "json")]
+        metrics: bool,
     },
     /// Remove our containers that are exited or created and no longer
     /// desired, sidecars whose namespace vanished or was recreated, and
@@ -83,7 +89,8 @@ enum Command {
     ///   sidespawn gc --kind dnsmasq
     #[command(verbatim_doc_comment)]
     Gc {
-        #[arg(long, value_name = "KIND")]
+        /// Only this kind (repeatable; default: every enabled kind).
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Print what would be removed; remove nothing.
         #[arg(long)]
@@ -111,7 +118,8 @@ enum Command {
     ///   sidespawn upgrade --kind dnsmasq --max-parallel 4
     #[command(verbatim_doc_comment)]
     Upgrade {
-        #[arg(long, value_name = "KIND")]
+        /// The kind whose sidecars are replaced.
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Kind,
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
@@ -125,7 +133,8 @@ enum Command {
     ///   sidespawn rollback --kind dnsmasq
     #[command(verbatim_doc_comment)]
     Rollback {
-        #[arg(long, value_name = "KIND")]
+        /// The kind whose sidecars are rolled back.
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Kind,
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
@@ -147,13 +156,18 @@ enum Command {
     Watch {
         /// Only this kind (repeatable; default: every enabled kind, re-read
         /// on SIGHUP).
-        #[arg(long, value_name = "KIND")]
+        #[arg(long, value_name = "KIND", value_parser = kind_parser())]
         kind: Vec<Kind>,
         /// Seconds between full reconciles (`sync --full`), the backstop
         /// for anything the watches missed.
         #[arg(long, value_name = "SECS", default_value_t = 300,
               value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
+        /// After every sync, replace this file atomically with
+        /// `status --metrics` (for node_exporter's textfile collector: a
+        /// name ending in .prom in its directory).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
@@ -187,7 +201,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum UnitsCommand {
-    /// Write the units into DIR, laid out like their install destination.
+    /// Write the units into DIR, laid out like their install destination,
+    /// and print the commands that enable them.
     ///
     /// Example:
     ///   sidespawn units generate --out /tmp/units && find /tmp/units -type f
@@ -196,7 +211,9 @@ enum UnitsCommand {
         /// Output directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// The sidespawn binary the units run (default: this one).
+        /// The sidespawn binary the units' ExecStart= runs (default: the
+        /// installed path, /usr/local/sbin/sidespawn unless the build set
+        /// SIDESPAWN_INSTALLED_BIN).
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
     },
@@ -217,10 +234,22 @@ enum UnitsCommand {
         /// `systemctl enable --now` (only with the root /).
         #[arg(long)]
         enable: bool,
-        /// The sidespawn binary the units run (default: this one).
+        /// The sidespawn binary the units' ExecStart= runs (default: the
+        /// installed path, /usr/local/sbin/sidespawn unless the build set
+        /// SIDESPAWN_INSTALLED_BIN).
         #[arg(long, value_name = "PATH")]
         bin: Option<PathBuf>,
     },
+}
+
+/// `--kind`'s parser: the kinds' names as clap's possible values, so every
+/// subcommand's help lists them and a misspelt kind is answered with them.
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = Kind> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(Kind::ALL.map(Kind::as_str)).map(|s| {
+        s.parse::<Kind>()
+            .expect("every possible value names a kind")
+    })
 }
 
 fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::host::units::UnitsError> {
@@ -341,28 +370,6 @@ impl Drop for ResourceLog {
     }
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::config::ConfigError> {
     match path {
         Some(p) => HostConfig::load(p, true),
@@ -372,7 +379,7 @@ fn load_config(path: &Option<PathBuf>) -> Result<HostConfig, sidespawn::host::co
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    sidespawn::host::logging::init(cli.verbose);
     // Packaging runs these on a build machine: no configuration is read.
     {
         use clap::CommandFactory;
@@ -436,11 +443,16 @@ fn main() -> ExitCode {
         Command::Logs { target, follow } => {
             logs_exit_code(sidespawn::host::logs::run(&cfg, &runtime, &target, follow))
         }
-        Command::Watch { kind, interval } => {
+        Command::Watch {
+            kind,
+            interval,
+            metrics_file,
+        } => {
             let opts = sidespawn::host::watch::WatchOptions {
                 kinds: kind,
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
+                metrics_file,
             };
             exit_code(sidespawn::host::watch::run(cfg, &opts))
         }
@@ -453,8 +465,18 @@ fn main() -> ExitCode {
         Command::GenerateMan { .. } | Command::GenerateCompletions { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
-        Command::Status { kind, json } => {
-            match sidespawn::host::status::run(&cfg, &runtime, &kind, json) {
+        Command::Status {
+            kind,
+            json,
+            metrics,
+        } => {
+            use sidespawn::host::status::Format;
+            let format = match (json, metrics) {
+                (true, _) => Format::Json,
+                (_, true) => Format::Metrics,
+                _ => Format::Text,
+            };
+            match sidespawn::host::status::run(&cfg, &runtime, &kind, format) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),
@@ -471,5 +493,27 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every subcommand with `--kind` lists the kinds in its help.
+    #[test]
+    fn kind_values_are_in_every_help() {
+        let mut cli = Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands_mut() {
+            if sub.get_arguments().all(|a| a.get_id() != "kind") {
+                continue;
+            }
+            seen += 1;
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("[possible values: dnsmasq, haproxy, keepalived, radvd]"),
+                "{}: {help}",
+                sub.get_name()
+            );
+        }
+        assert_eq!(seen, 6);
+        let e = Cli::try_parse_from(["sidespawn", "sync", "--kind", "dnsmasqq"]).unwrap_err();
+        assert!(e.to_string().contains("possible values"), "{e}");
     }
 }

@@ -10,9 +10,10 @@
 //! between runs is [`state`]; files are replaced through [`atomic`].
 //!
 //! Around it: [`config`] (profiles per kind), the lifecycle commands
-//! ([`gc`], [`upgrade`], [`health`], [`status`], [`logs`], [`watch`] with
-//! [`sdnotify`]), the systemd [`units`], and [`shell`] quoting for what is
-//! printed.
+//! ([`gc`], [`upgrade`], [`health`], [`status`] and its [`metrics`],
+//! [`logs`], [`watch`]), [`logging`] to the journal, the systemd [`units`],
+//! [`check`] of a host, the packages' [`manpages`], and [`shell`] quoting
+//! for what is printed.
 
 pub mod atomic;
 pub mod check;
@@ -23,13 +24,14 @@ pub mod gc;
 pub mod health;
 pub mod images;
 pub mod limit;
+pub mod logging;
 pub mod logs;
 pub mod manpages;
+pub mod metrics;
 pub mod namespaces;
 pub mod parallel;
 pub mod plan;
 pub mod runtime;
-pub mod sdnotify;
 pub mod shell;
 pub mod state;
 pub mod status;

@@ -357,17 +357,94 @@ pub fn report(
     })
 }
 
+/// The sidecar table: the header and a line per sidecar (and its last
+/// error). Each column is as wide as its widest cell, so names of any
+/// length (Neutron's are up to 64 characters) keep the columns aligned.
+pub fn sidecar_table(sidecars: &[SidecarReport]) -> String {
+    const HEADER: [&str; 7] = [
+        "SIDECAR", "STATE", "PID", "UPTIME", "GEN", "DESIRED", "RESTARTS",
+    ];
+    let rows: Vec<[String; 7]> = sidecars
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.state.clone(),
+                s.pid.to_string(),
+                s.uptime_s
+                    .map(|u| format!("{u}s"))
+                    .unwrap_or_else(|| "-".into()),
+                s.generation
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                (if s.desired { "yes" } else { "no" }).into(),
+                s.restarts.to_string(),
+            ]
+        })
+        .collect();
+    // The old fixed widths are the minimum, so short tables look as before.
+    let mut width = [48, 9, 8, 8, 4, 7, 8];
+    for cells in rows.iter().map(|r| r.each_ref().map(|c| c.chars().count())) {
+        for (w, c) in width.iter_mut().zip(cells) {
+            *w = (*w).max(c);
+        }
+    }
+    let line = |cells: [&str; 7], rest: &str| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            // Names and states read left to right; numbers line up right.
+            if i < 2 {
+                l.push_str(&format!("{c:<w$} "));
+            } else {
+                l.push_str(&format!("{c:>w$} "));
+            }
+        }
+        l.push(' ');
+        l.push_str(rest);
+        l.push('\n');
+        l
+    };
+    let mut out = line(HEADER, "NETNS / TAG");
+    for (s, cells) in sidecars.iter().zip(&rows) {
+        let rest = format!(
+            "{} {}",
+            s.netns.as_deref().unwrap_or("-"),
+            s.tag.as_deref().unwrap_or("-")
+        );
+        out.push_str(&line(cells.each_ref().map(String::as_str), &rest));
+        if let Some(e) = &s.last_error {
+            out.push_str(&format!("    last error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// How `status` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The tables, for people.
+    Text,
+    /// `--json`: the [`Report`] itself.
+    Json,
+    /// `--metrics`: the Prometheus text format ([`crate::host::metrics`]).
+    Metrics,
+}
+
 /// Prints the report; returns whether everything is healthy.
 pub fn run(
     cfg: &HostConfig,
     runtime: &dyn Runtime,
     only: &[Kind],
-    json: bool,
+    format: Format,
 ) -> Result<bool, StatusError> {
     use std::io::Write;
     let rep = report(cfg, runtime, only)?;
     let mut out = std::io::stdout().lock();
-    if json {
+    if format == Format::Metrics {
+        out.write_all(crate::host::metrics::render(&rep).as_bytes())?;
+        return Ok(rep.healthy);
+    }
+    if format == Format::Json {
         serde_json::to_writer_pretty(&mut out, &rep).map_err(std::io::Error::from)?;
         writeln!(out)?;
         return Ok(rep.healthy);
@@ -430,33 +507,7 @@ pub fn run(
         )?;
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "{:<48} {:<9} {:>8} {:>8} {:>4} {:>7} {:>8}  NETNS / TAG",
-        "SIDECAR", "STATE", "PID", "UPTIME", "GEN", "DESIRED", "RESTARTS"
-    )?;
-    for s in &rep.sidecars {
-        writeln!(
-            out,
-            "{:<48} {:<9} {:>8} {:>8} {:>4} {:>7} {:>8}  {} {}",
-            s.name,
-            s.state,
-            s.pid,
-            s.uptime_s
-                .map(|u| format!("{u}s"))
-                .unwrap_or_else(|| "-".into()),
-            s.generation
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "-".into()),
-            if s.desired { "yes" } else { "no" },
-            s.restarts,
-            s.netns.as_deref().unwrap_or("-"),
-            s.tag.as_deref().unwrap_or("-"),
-        )?;
-        if let Some(e) = &s.last_error {
-            writeln!(out, "    last error: {e}")?;
-        }
-    }
+    out.write_all(sidecar_table(&rep.sidecars).as_bytes())?;
     if rep.sidecars.is_empty() {
         writeln!(out, "(no sidecars)")?;
     }
@@ -472,4 +523,54 @@ pub fn run(
         }
     }
     Ok(rep.healthy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(name: &str) -> SidecarReport {
+        SidecarReport {
+            name: name.into(),
+            kind: Some("dnsmasq".into()),
+            netns: Some("qdhcp-x".into()),
+            tag: Some("dnsmasq-x".into()),
+            state: "running".into(),
+            pid: 4242,
+            uptime_s: Some(12),
+            generation: Some(3),
+            image: "img".into(),
+            request_id: None,
+            desired: true,
+            restarts: 0,
+            last_error: None,
+            health: None,
+        }
+    }
+
+    /// A 64-character name (and a longer one) widens the first column for
+    /// every line, so the other columns stay under their headers.
+    #[test]
+    fn sidecar_table_stays_aligned_with_long_names() {
+        let long = format!("dnsmasq-{}", "a".repeat(56));
+        assert_eq!(long.len(), 64);
+        let rows = [sidecar("short"), sidecar(&long), sidecar(&"b".repeat(70))];
+        let table = sidecar_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        for col in ["STATE", "RESTARTS", "NETNS"] {
+            let at = lines[0].find(col).unwrap();
+            for l in &lines[1..] {
+                let cell = match col {
+                    "STATE" => "running",
+                    "RESTARTS" => "       0",
+                    _ => "qdhcp-x",
+                };
+                assert_eq!(l.find(cell), Some(at), "{col} in:\n{table}");
+            }
+        }
+        // Short names keep the old layout.
+        let short = sidecar_table(&[sidecar("short")]);
+        assert_eq!(short.lines().next().unwrap().find("STATE"), Some(49));
+    }
 }

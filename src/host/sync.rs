@@ -72,6 +72,9 @@ pub struct Summary {
     /// A dry run's report, one line each, in order: comments (`# ...`) and
     /// the exact command lines a real run would execute.
     pub dry_run: Vec<String>,
+    /// A dry run's summary: the counts are what a real run would do if
+    /// every planned command succeeded, and the line says so.
+    pub would: bool,
 }
 
 /// Summaries are equal when their counts, dry-run lines and failed kinds
@@ -92,9 +95,18 @@ impl Eq for Summary {}
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sync:")?;
-        for (i, (name, n)) in Summary::COUNTS.iter().zip(self.counts()).enumerate() {
-            write!(f, "{} {name} {n}", if i == 0 { "" } else { "," })?;
+        if self.would {
+            // A new user reading "started 0" after a dry run would think
+            // nothing is due; the line says what the real run would do.
+            write!(f, "sync --dry-run, nothing changed:")?;
+            for (i, (name, n)) in Summary::WOULD.iter().zip(self.counts()).enumerate() {
+                write!(f, "{} would {name} {n}", if i == 0 { "" } else { "," })?;
+            }
+        } else {
+            write!(f, "sync:")?;
+            for (i, (name, n)) in Summary::COUNTS.iter().zip(self.counts()).enumerate() {
+                write!(f, "{} {name} {n}", if i == 0 { "" } else { "," })?;
+            }
         }
         if !self.errors.is_empty() {
             write!(f, "; could not sync {} kind(s)", self.errors.len())?;
@@ -116,6 +128,19 @@ impl Summary {
         "failed",
         "rejected",
         "restarts",
+    ];
+
+    /// [`Summary::COUNTS`] as a dry run says them: what would happen.
+    const WOULD: [&str; 9] = [
+        "claim",
+        "start",
+        "replace",
+        "leave unchanged",
+        "signal",
+        "remove",
+        "fail",
+        "reject",
+        "restart",
     ];
 
     /// Only what a kind's claim did, before anything was planned.
@@ -140,6 +165,7 @@ impl Summary {
             restarts,
             errors: _,
             dry_run: _,
+            would: _,
         } = *self;
         [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
@@ -159,6 +185,7 @@ impl Summary {
             restarts,
             errors: _,
             dry_run: _,
+            would: _,
         } = self;
         let mine = [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
@@ -341,6 +368,7 @@ pub fn run(
     if opts.full && !opts.dry_run {
         s.collect_garbage(&kinds);
     }
+    s.summary.would = opts.dry_run;
     Ok(s.summary)
 }
 
@@ -440,7 +468,10 @@ impl<'a> Syncer<'a> {
         let full_pass = self.opts.full && pass == 1;
         let mut sum = Summary::claimed(ctx.claimed, ctx.claim_rejected);
         if !(ctx.has_requests || full_pass) {
-            record_status(&self.state, ctx.kind, Ok(()), &sum);
+            // A dry run changes nothing, not even the kind's last sync.
+            if !self.opts.dry_run {
+                record_status(&self.state, ctx.kind, Ok(()), &sum);
+            }
             self.summary.add(&sum);
             return;
         }
@@ -455,6 +486,8 @@ impl<'a> Syncer<'a> {
                 ctx.profile,
                 self.runtime,
             ));
+            count_plan(&kp.plan, &mut sum);
+            self.summary.add(&sum);
             return;
         }
         match self.run_plan(ctx, kp, actual, &mut sum) {
@@ -682,6 +715,9 @@ fn claim_kind<'a>(
             ));
         }
         ctx.has_requests |= !queued.is_empty();
+        // What the claim would take and reject, for the dry run's summary.
+        ctx.claimed = queued.len();
+        ctx.claim_rejected = bad.len();
         ctx.peeked = queued;
         return Ok(ctx);
     }
@@ -842,8 +878,28 @@ fn write_ack(
         container: container.map(str::to_owned),
         ts: now_ms(),
     };
-    if let Err(e) = shared.write_ack(&ack) {
-        error!("cannot acknowledge request {id}: {e}");
+    // The request's last word, with the fields a journal search uses
+    // (`SIDESPAWN_REQUEST=<id>`, `RESULT=failed`).
+    let outcome = match result {
+        Outcome::Ok => "ok",
+        Outcome::Failed => "failed",
+        Outcome::Rejected => "rejected",
+    };
+    let kind = shared.kind();
+    match shared.write_ack(&ack) {
+        Ok(()) => info!(
+            kind = %kind,
+            sidespawn_request = %id,
+            result = outcome,
+            container = container.unwrap_or("-"),
+            "answered {outcome}: {message}"
+        ),
+        Err(e) => error!(
+            kind = %kind,
+            sidespawn_request = %id,
+            result = outcome,
+            "cannot acknowledge request {id}: {e}"
+        ),
     }
 }
 
@@ -868,6 +924,34 @@ fn dry_run_lines(kind: Kind, plan: &Plan, profile: &Profile, runtime: &dyn Runti
         }
     }
     out
+}
+
+/// Counts a plan as a dry run reports it: the answers decided while
+/// planning, and each job as if its commands succeed (the real run counts
+/// in [`acknowledge_answers`] and [`count_job`]).
+fn count_plan(plan: &Plan, sum: &mut Summary) {
+    for a in &plan.answers {
+        match a.result {
+            Outcome::Rejected => sum.rejected += 1,
+            Outcome::Failed => sum.failed += 1,
+            Outcome::Ok => {}
+        }
+    }
+    sum.unchanged += plan.unchanged;
+    for job in &plan.jobs {
+        count_done(job.what, sum);
+    }
+}
+
+/// Counts a job that succeeded (or, in a dry run, would).
+fn count_done(what: JobKind, sum: &mut Summary) {
+    match what {
+        JobKind::Start => sum.started += 1,
+        JobKind::Replace => sum.replaced += 1,
+        JobKind::Signal => sum.signalled += 1,
+        JobKind::Stop | JobKind::Orphan => sum.removed += 1,
+        JobKind::Restart => sum.restarts += 1,
+    }
 }
 
 /// How a job that succeeded ended.
@@ -1100,12 +1184,12 @@ fn acknowledge_answers(ctx: &KindCtx, plan: &Plan, sum: &mut Summary) -> Vec<Rej
     for a in &plan.answers {
         match a.result {
             Outcome::Rejected => {
-                warn!(kind = %kind, id = %a.id, "rejected: {}", a.message);
+                warn!(kind = %kind, sidespawn_request = %a.id, "rejected: {}", a.message);
                 rejects.push(reject_of(&a.id, &a.message));
                 sum.rejected += 1;
             }
             Outcome::Failed => {
-                info!(kind = %kind, id = %a.id, "{}", a.message);
+                info!(kind = %kind, sidespawn_request = %a.id, "{}", a.message);
                 sum.failed += 1;
             }
             Outcome::Ok => {}
@@ -1143,13 +1227,7 @@ fn count_job(
     let f = match r {
         Ok(_) => {
             info!(kind = %kind, container = %job.container, "{:?} done in {elapsed:?}", job.what);
-            match job.what {
-                JobKind::Start => sum.started += 1,
-                JobKind::Replace => sum.replaced += 1,
-                JobKind::Signal => sum.signalled += 1,
-                JobKind::Stop | JobKind::Orphan => sum.removed += 1,
-                JobKind::Restart => sum.restarts += 1,
-            }
+            count_done(job.what, sum);
             return JobOutcome::Ok;
         }
         Err(f) => f,
@@ -1222,5 +1300,11 @@ mod tests {
             }),
         ));
         assert!(s.to_string().ends_with("; could not sync 1 kind(s)"), "{s}");
+        s.errors.clear();
+        s.would = true;
+        assert_eq!(
+            s.to_string(),
+            "sync --dry-run, nothing changed: would claim 10, would start 2, would replace 3, would leave unchanged 4, would signal 5, would remove 6, would fail 7, would reject 10, would restart 9"
+        );
     }
 }

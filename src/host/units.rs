@@ -95,8 +95,6 @@ pub enum UnitsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot find this binary's path (pass --bin): {0}")]
-    CurrentExe(#[source] std::io::Error),
     #[error("--enable works only with --root / (the running system)")]
     EnableNeedsRunningSystem,
     #[error("cannot run `{command}`: {source}")]
@@ -548,8 +546,14 @@ pub fn install(
             path: b.to_owned(),
             source,
         })?,
-        None => std::env::current_exe().map_err(UnitsError::CurrentExe)?,
+        None => PathBuf::from(INSTALLED_BIN),
     };
+    if running_system && !bin.exists() {
+        eprintln!(
+            "sidespawn: warning: the units run {}, which does not exist; install the binary there or pass --bin",
+            bin.display()
+        );
+    }
     let files = generate(cfg, &bin)?;
     for (path, change) in write(&files, root)? {
         println!("{change:?}: {}", path.display());
@@ -563,8 +567,39 @@ pub fn install(
         for c in &cmds {
             println!("  {}", display_command(c));
         }
+    } else {
+        // A tree for an image or a package: enable offline, or on the system
+        // once the tree is its `/`.
+        println!("to enable them in this tree now (offline), run:");
+        println!("  {}", display_command(&offline_enable_command(cfg, root)));
+        println!("or, on the system once this tree is its /, run:");
+        for c in &cmds {
+            println!("  {}", display_command(c));
+        }
     }
     Ok(())
+}
+
+/// The binary the units run when `--bin` is not given: where the README's
+/// install steps put it, or what a package build sets through
+/// `SIDESPAWN_INSTALLED_BIN` at compile time. Not the running binary, which
+/// is often `target/release/sidespawn` in a checkout.
+pub const INSTALLED_BIN: &str = match option_env!("SIDESPAWN_INSTALLED_BIN") {
+    Some(p) => p,
+    None => "/usr/local/sbin/sidespawn",
+};
+
+/// `systemctl --root=ROOT enable` for the units [`enable_commands`] enables:
+/// creates the symlinks under `root` without a running manager.
+pub fn offline_enable_command(cfg: &HostConfig, root: &Path) -> Vec<String> {
+    let mut argv = vec![
+        "systemctl".to_owned(),
+        format!("--root={}", root.display()),
+        "enable".to_owned(),
+    ];
+    argv.extend(cfg.enabled_kinds().into_iter().map(path_unit));
+    argv.push(BACKSTOP_TIMER.to_owned());
+    argv
 }
 
 /// The commands that make the installed units take effect: reload the

@@ -44,7 +44,9 @@
 //!
 //! With `$NOTIFY_SOCKET` set (a `Type=notify` unit) it reports `READY=1`
 //! once every kind's first sync has run and the watches are in place,
-//! `STATUS=`, `WATCHDOG=1` pings, `RELOADING=1` and `STOPPING=1`.
+//! `STATUS=`, `WATCHDOG=1` pings, `RELOADING=1` (with `MONOTONIC_USEC=`)
+//! and `STOPPING=1`, through the `sd-notify` crate (a path socket; a
+//! failed send is logged once and the daemon goes on).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -64,11 +66,11 @@ use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
 use crate::host::namespaces::HostNamespaces;
 use crate::host::runtime::{Podman, Runtime};
-use crate::host::sdnotify::{Notifier, State};
 use crate::host::sync::{self, Summary, SyncOptions};
 use crate::shared::kind::Kind;
 use crate::shared::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
 use crate::shared::record::now_ms;
+use sd_notify::NotifyState as State;
 
 /// Default of `--interval`: how often every kind gets a full sync anyway.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -93,6 +95,8 @@ pub struct WatchOptions {
     /// Whether the configuration file was named explicitly; a missing
     /// default file means "no kinds" rather than an error, on reload too.
     pub explicit_config: bool,
+    /// Rewritten with the Prometheus metrics after every sync that ran.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for WatchOptions {
@@ -101,6 +105,7 @@ impl Default for WatchOptions {
             kinds: Vec::new(),
             interval: DEFAULT_INTERVAL,
             explicit_config: true,
+            metrics_file: None,
         }
     }
 }
@@ -592,15 +597,11 @@ pub fn run_with(
     )
     .map_err(|e| watch_error(None, e))?;
 
-    let notifier = match Notifier::from_env() {
-        Some(Ok(n)) => Some(n),
-        Some(Err(e)) => {
-            warn!("{e}; not reporting to the service manager");
-            None
-        }
-        None => None,
-    };
-    let watchdog = crate::host::sdnotify::watchdog_interval();
+    // Half of `$WATCHDOG_USEC` (for this process), as sd_watchdog_enabled(3)
+    // recommends; 0 means none.
+    let watchdog = sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2);
     let fault_overflow = std::env::var(FAULT_ENV).is_ok_and(|v| v == "overflow");
     if fault_overflow {
         warn!("{FAULT_ENV}=overflow: every event is treated as an inotify queue overflow");
@@ -620,7 +621,7 @@ pub fn run_with(
             kinds: BTreeMap::new(),
             last_error: None,
         },
-        notifier,
+        notify_failed: std::cell::Cell::new(false),
         status: BTreeMap::new(),
         awaiting_first: BTreeSet::new(),
         ready: false,
@@ -727,7 +728,8 @@ struct Daemon {
     tx: Sender<Msg>,
     workers: BTreeMap<Kind, Worker>,
     watches: Watches,
-    notifier: Option<Notifier>,
+    /// A notification could not be sent (said once; the daemon goes on).
+    notify_failed: std::cell::Cell<bool>,
     /// The last sync of each kind, as shown in STATUS=.
     status: BTreeMap<Kind, String>,
     /// Kinds whose first sync has not finished: READY=1 waits for them.
@@ -740,12 +742,23 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Tells the service manager `states` (sd_notify(3), through the
+    /// sd-notify crate; nothing when `$NOTIFY_SOCKET` is unset).
     fn notify(&self, states: &[State]) {
-        if let Some(n) = &self.notifier
-            && let Err(e) = n.notify(states)
+        if let Err(e) = sd_notify::notify(states)
+            && !self.notify_failed.replace(true)
         {
-            warn!("{e}");
+            warn!(
+                "cannot notify the service manager at {:?}: {e}; going on without",
+                std::env::var_os("NOTIFY_SOCKET").unwrap_or_default()
+            );
         }
+    }
+
+    /// READY=1 with the status line.
+    fn notify_ready(&self) {
+        let line = self.status_line();
+        self.notify(&[State::Ready, State::Status(&line)]);
     }
 
     fn kinds(&self) -> BTreeSet<Kind> {
@@ -802,11 +815,21 @@ impl Daemon {
             self.tx.clone(),
             cue.clone(),
         );
+        let metrics = self
+            .opts
+            .metrics_file
+            .clone()
+            .map(|path| (path, self.opts.kinds.clone()));
         let handle = std::thread::Builder::new()
             .name(format!("sync-{kind}"))
             .spawn(move || {
                 work(&c, sync::backoff_delay, |job, failures| {
-                    run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx)
+                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx);
+                    if let (Some(ok), Some((path, kinds))) = (ran, &metrics) {
+                        write_metrics(kind, path, kinds, &cfg, runtime.as_ref());
+                        return ok;
+                    }
+                    ran.unwrap_or(true)
                 });
                 let _ = tx.send(Msg::WorkerDone(id));
             })
@@ -886,21 +909,27 @@ impl Daemon {
         if !self.ready && self.awaiting_first.is_empty() {
             self.ready = true;
             info!("ready: {}", self.status_line());
-            self.notify(&[State::Ready, State::Status(self.status_line())]);
+            self.notify_ready();
         } else {
             // Only runs that did something report (a cue that found nothing
             // pending does not), so this is not chatty.
-            self.notify(&[State::Status(self.status_line())]);
+            let line = self.status_line();
+            self.notify(&[State::Status(&line)]);
         }
     }
 
     /// SIGHUP: a new configuration, or the old one if the new one is bad.
     fn reload(&mut self) {
         info!("SIGHUP: re-reading the configuration");
-        self.notify(&[
+        // systemd 253 and later want the monotonic time with RELOADING=1.
+        let mut reloading = vec![
             State::Reloading,
-            State::Status("reloading the configuration".into()),
-        ]);
+            State::Status("reloading the configuration"),
+        ];
+        if let Ok(now) = State::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        self.notify(&reloading);
         let old = current(&self.cfg);
         let loaded = HostConfig::load(&old.path, self.opts.explicit_config)
             .map_err(WatchError::from)
@@ -910,7 +939,7 @@ impl Daemon {
             Err(e) => {
                 error!("{e}; keeping the previous configuration");
                 self.rescan_all(true);
-                self.notify(&[State::Ready, State::Status(self.status_line())]);
+                self.notify_ready();
                 return;
             }
         };
@@ -946,7 +975,7 @@ impl Daemon {
         }
         self.rescan_all(true);
         info!("configuration reloaded: watching {}", list(&self.kinds()));
-        self.notify(&[State::Ready, State::Status(self.status_line())]);
+        self.notify_ready();
     }
 
     fn main_loop(
@@ -1003,7 +1032,7 @@ impl Daemon {
                     stopping = true;
                     self.notify(&[
                         State::Stopping,
-                        State::Status("stopping: finishing the sync in progress".into()),
+                        State::Status("stopping: finishing the sync in progress"),
                     ]);
                     self.watches.disarm_all();
                     for w in self.workers.values() {
@@ -1057,7 +1086,33 @@ fn queue_pending(cfg: &HostConfig, kind: Kind) -> bool {
     }
 }
 
-/// One worker run: the pending check, then the ordinary sync of one kind.
+/// `--metrics-file`: the status report of the watched kinds (every enabled
+/// one when none was named), after `kind`'s sync. Each worker writes the
+/// whole file through its own temporary name, so parallel writers leave one
+/// complete file, the last one's. A failure is logged; the watch goes on.
+fn write_metrics(
+    kind: Kind,
+    path: &Path,
+    kinds: &[Kind],
+    cfg: &SharedConfig,
+    runtime: &RuntimeFactory,
+) {
+    let cfg = current(cfg);
+    let rt = runtime(&cfg);
+    let written = crate::host::status::report(&cfg, rt.as_ref(), kinds)
+        .map_err(|e| e.to_string())
+        .and_then(|rep| {
+            crate::host::metrics::write(path, &rep, kind.as_str())
+                .map_err(|e| format!("{} {}: {}", e.op, e.path.display(), e.source))
+        });
+    if let Err(e) = written {
+        warn!(kind = %kind, "cannot write the metrics file {}: {e}", path.display());
+    }
+}
+
+/// One worker run: the pending check, then the ordinary sync of one kind,
+/// reported to the main loop. `None` when nothing was pending, else whether
+/// the sync succeeded.
 fn run_job(
     kind: Kind,
     job: Job,
@@ -1065,11 +1120,11 @@ fn run_job(
     cfg: &SharedConfig,
     runtime: &RuntimeFactory,
     tx: &Sender<Msg>,
-) -> bool {
+) -> Option<bool> {
     let cfg = current(cfg);
     if !job.forced && !queue_pending(&cfg, kind) {
         debug!(kind = %kind, "nothing pending");
-        return true;
+        return None;
     }
     let rt = runtime(&cfg);
     let ns = HostNamespaces(cfg.netns_dir.clone());
@@ -1116,7 +1171,7 @@ fn run_job(
         retry_in,
         at_ms: now_ms(),
     }));
-    ok
+    Some(ok)
 }
 
 #[cfg(test)]

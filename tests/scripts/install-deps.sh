@@ -13,7 +13,7 @@ packages=(
     busybox-static  # shell and coreutils applets for the agent test image, udhcpc
     udhcpc          # DHCP client for the lease test
     util-linux      # flock, unshare, nsenter, mount
-    systemd         # systemd-analyze verify and /lib/systemd/systemd --user
+    systemd         # systemd-analyze verify, /lib/systemd/systemd --user, journald + journalctl
     procps          # ps, pgrep for diagnostics
     rpm             # rpmbuild and rpm -qlp for the RPM of tests/packages.rs
     file            # packaging/stage.sh refuses a dynamically linked wrapper

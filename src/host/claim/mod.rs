@@ -489,7 +489,14 @@ impl SharedDir {
             }
             consumed += raw.len + 1;
             match self.check_line(line_no, raw.len, &buf) {
-                Ok(_) => {
+                Ok(record) => {
+                    tracing::debug!(
+                        kind = %self.kind,
+                        sidespawn_request = %record.id,
+                        "claimed {:?} {}",
+                        record.action,
+                        record.tag.as_deref().unwrap_or("-")
+                    );
                     out.extend_from_slice(&buf);
                     out.push(b'\n');
                     report.claimed += 1;
@@ -796,7 +803,8 @@ fn log_reject(kind: Kind, r: &Reject) {
     tracing::warn!(
         %kind,
         line = r.line,
-        id = r.id.as_deref().unwrap_or("-"),
+        sidespawn_request = r.id.as_deref().unwrap_or("-"),
+        result = "rejected",
         "rejected queue line: {}",
         r.reason
     );
