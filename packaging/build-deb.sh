@@ -15,20 +15,8 @@ repo=$(dirname "$here")
 out=${1:-$repo/target/packages}
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg)"
 
-host_bin=${SIDESPAWN_HOST_BIN:-}
-wrapper_bin=${SIDESPAWN_WRAPPER_BIN:-}
-if [ -z "$host_bin" ]; then
-    (cd "$repo" && cargo build --release --bin sidespawn) >&2
-    host_bin=$repo/target/release/sidespawn
-fi
-if [ -z "$wrapper_bin" ]; then
-    (cd "$repo" && cargo rustc --release --bin sidespawn-wrapper --target-dir target/static \
-        -- -C target-feature=+crt-static) >&2
-    wrapper_bin=$repo/target/static/release/sidespawn-wrapper
-fi
-
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n1)
-[ -n "$version" ] || die "no version in Cargo.toml"
+# shellcheck source=binaries.sh
+. "$here/binaries.sh"
 arch=$(dpkg --print-architecture)
 
 stage=$(mktemp -d /tmp/sidespawn-deb.XXXXXX)
