@@ -33,6 +33,16 @@ pub enum GcError {
     State(#[from] StateError),
     #[error("{0} container(s) could not be removed")]
     NotRemoved(usize),
+    #[error("garbage of {} kind(s) could not be collected: {}", .0.len(), describe_kinds(.0))]
+    Kinds(Vec<(Kind, StateError)>),
+}
+
+fn describe_kinds(failed: &[(Kind, StateError)]) -> String {
+    failed
+        .iter()
+        .map(|(k, e)| format!("{k}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One container to remove, and why.
@@ -130,6 +140,10 @@ pub struct GcReport {
     pub failed: Vec<(Removal, String)>,
     /// Acknowledgements pruned (or that would be), per kind.
     pub acks: Vec<(Kind, usize)>,
+    /// Kinds whose desired table could not be read or written: left out,
+    /// while the other kinds are collected (one kind's broken state is its
+    /// own).
+    pub kinds_failed: Vec<(Kind, StateError)>,
 }
 
 /// Old acknowledgements in a kind's `acks/`, counted without changing
@@ -174,9 +188,11 @@ pub fn run(
     } else {
         StateDir::new(&cfg.state_dir).sync_locks(&kinds, crate::host::state::SYNC_LOCK_TIMEOUT)?
     };
-    let report = collect(cfg, runtime, namespaces, &kinds, dry_run, None)?;
+    let mut report = collect(cfg, runtime, namespaces, &kinds, dry_run, None)?;
     print(&report, dry_run, cfg.ack_max_age);
-    if report.failed.is_empty() {
+    if !report.kinds_failed.is_empty() {
+        Err(GcError::Kinds(std::mem::take(&mut report.kinds_failed)))
+    } else if report.failed.is_empty() {
         Ok(report)
     } else {
         Err(GcError::NotRemoved(report.failed.len()))
@@ -204,10 +220,18 @@ pub fn collect(
     let mut report = GcReport::default();
     for &kind in kinds {
         // A dry run holds no lock, so it must not migrate the table.
-        let mut desired = if dry_run {
-            DesiredTable::peek(&state, kind)?
+        let loaded = if dry_run {
+            DesiredTable::peek(&state, kind)
         } else {
-            DesiredTable::load_meta(&state, kind)?
+            DesiredTable::load_meta(&state, kind)
+        };
+        let mut desired = match loaded {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(kind = %kind, "cannot collect {kind}'s garbage: {e}");
+                report.kinds_failed.push((kind, e));
+                continue;
+            }
         };
         // The list is already this configuration's (the runtime filters on
         // the instance); the instance is in the scope too so that no list
@@ -239,8 +263,9 @@ pub fn collect(
                 }
             }
         }
-        if forgot {
-            desired.store(&state, kind)?;
+        if forgot && let Err(e) = desired.store(&state, kind) {
+            warn!(kind = %kind, "cannot record the sidecars gc forgot: {e}");
+            report.kinds_failed.push((kind, e));
         }
         if dry_run {
             report
@@ -283,7 +308,10 @@ pub fn print(report: &GcReport, dry_run: bool, max_age: Duration) {
             );
         }
     }
-    if report.removed.is_empty() && report.failed.is_empty() {
+    for (kind, e) in &report.kinds_failed {
+        println!("could not collect {kind}: {e}");
+    }
+    if report.removed.is_empty() && report.failed.is_empty() && report.kinds_failed.is_empty() {
         println!("gc: no container to remove");
     }
 }
@@ -407,6 +435,40 @@ mod tests {
         )
         .unwrap();
         assert!(rep.removed.is_empty(), "{:?}", rep.removed);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// One kind's unreadable desired table leaves that kind out; the other
+    /// kinds are still collected, and the report names the kind and file.
+    #[test]
+    fn an_unreadable_desired_table_fails_its_kind_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let d =
+            std::env::temp_dir().join(format!("sidespawn-gc-{}", crate::shared::record::new_id(0)));
+        let text = serde_json::json!({
+            "queue_root": d.join("queue"), "state_dir": d.join("state"),
+            "kinds": {"dnsmasq": {"image": "i"}, "haproxy": {"image": "i"}}
+        })
+        .to_string();
+        let cfg = HostConfig::from_str(&d.join("c.json"), &text).unwrap();
+        let broken = d.join("state/desired/haproxy");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::set_permissions(d.join("state"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(broken.join("x.json"), b"{not json").unwrap();
+        let ns = FakeNamespaces::new([("qdhcp-a".to_owned(), 7)]);
+        let mut stray = c("stray", State::Exited, "qdhcp-a", "7");
+        stray
+            .labels
+            .insert(labels::INSTANCE.to_owned(), cfg.instance.clone());
+        let fake = FakeRuntime::new(vec![stray]);
+        let kinds = [Kind::Dnsmasq, Kind::Haproxy];
+        let rep = collect(&cfg, &fake, &ns, &kinds, false, None).unwrap();
+        assert_eq!(rep.removed.len(), 1, "dnsmasq was still collected");
+        assert!(fake.containers().is_empty());
+        assert_eq!(rep.kinds_failed.len(), 1);
+        assert_eq!(rep.kinds_failed[0].0, Kind::Haproxy);
+        let e = GcError::Kinds(rep.kinds_failed).to_string();
+        assert!(e.contains("haproxy") && e.contains("x.json"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
