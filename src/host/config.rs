@@ -195,15 +195,20 @@ pub struct Profile {
     pub max_argv_bytes: usize,
 }
 
-/// Default `max_argv_bytes`: 64 KiB. Neutron's longest command line is
-/// dnsmasq's, about 1 KiB plus some 100 bytes per subnet of the network
-/// (`--dhcp-range=set:subnet-<uuid>,...`, `--dhcp-option-force=...`);
-/// haproxy (`-f <conf>`), keepalived (`-P -f <conf> -p <pid> -r <pid>`)
-/// and radvd (`-C <conf> -p <pid> -m syslog -u radvd`) pass a few hundred
-/// bytes. 64 KiB holds a network with several hundred subnets while
-/// bounding what one sidecar costs the host: podman keeps the argv in the
-/// container's configuration and `podman inspect`/`logs` carry it.
+/// Default `max_argv_bytes` of dnsmasq: 64 KiB. Neutron's longest command
+/// line is dnsmasq's, about 1 KiB plus some 100 bytes per subnet of the
+/// network (`--dhcp-range=set:subnet-<uuid>,...`,
+/// `--dhcp-option-force=...`): 64 KiB holds a network with several hundred
+/// subnets while bounding what one sidecar costs the host (podman keeps the
+/// argv in the container's configuration and `podman inspect` carries it).
 pub const DEFAULT_MAX_ARGV_BYTES: usize = 64 * 1024;
+
+/// Default `max_argv_bytes` of haproxy, keepalived and radvd: 8 KiB.
+/// Neutron passes them a configuration file and a few options — haproxy
+/// `-f <conf>`, keepalived `-P -f <conf> -p <pid> -r <pid>`, radvd
+/// `-C <conf> -p <pid> -m syslog -u radvd` — a few hundred bytes with the
+/// paths; 8 KiB is twenty times that.
+pub const DEFAULT_MAX_ARGV_BYTES_SMALL: usize = 8 * 1024;
 
 /// The most `max_argv_bytes` may be: the queue's own line cap, past which
 /// no request is read at all.
@@ -346,7 +351,10 @@ impl Profile {
             health_cmd: None,
             health_timeout: Duration::from_secs(5),
             max_sidecars: DEFAULT_MAX_SIDECARS,
-            max_argv_bytes: DEFAULT_MAX_ARGV_BYTES,
+            max_argv_bytes: match kind {
+                Kind::Dnsmasq => DEFAULT_MAX_ARGV_BYTES,
+                Kind::Haproxy | Kind::Keepalived | Kind::Radvd => DEFAULT_MAX_ARGV_BYTES_SMALL,
+            },
         }
     }
 
@@ -792,6 +800,14 @@ mod tests {
         let p = Path::new("/c.json");
         let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i"}}}"#).unwrap();
         assert_eq!(c.kinds[&Kind::Dnsmasq].max_argv_bytes, 65536);
+        let c = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"haproxy":{"image":"i"},"keepalived":{"image":"i"},"radvd":{"image":"i"}}}"#,
+        )
+        .unwrap();
+        for k in [Kind::Haproxy, Kind::Keepalived, Kind::Radvd] {
+            assert_eq!(c.kinds[&k].max_argv_bytes, 8192, "{k}");
+        }
         let c = HostConfig::from_str(
             p,
             r#"{"kinds":{"dnsmasq":{"image":"i","max_argv_bytes":4096}}}"#,
