@@ -16,7 +16,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,17 +150,6 @@ fn containers_of(instance: &str) -> BTreeMap<String, (String, String, String)> {
         .collect()
 }
 
-fn read_pid(path: &Path) -> u32 {
-    common::wait_until(Duration::from_secs(30), "the pid file is written", || {
-        std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty())
-    });
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Removes every container of the run, and the image tags, even when the test fails.
 struct Cleanup {
     run_label: String,
@@ -243,7 +232,7 @@ fn two_configurations_on_one_podman_never_touch_each_others_sidecars() {
         "true",
     ]));
     let legacy_id = common::run(common::podman().args(["inspect", "--format", "{{.Id}}", &legacy]));
-    let b_pid = read_pid(&b.pid_file(&tags[0]));
+    let b_pid = common::read_pid(&b.pid_file(&tags[0]));
     let before = containers_of(&b.instance());
     assert_eq!(before.len(), 3, "{before:?}");
     for name in [

@@ -86,17 +86,6 @@ fn dnsmasq_args(pid_file: &Path, extra: &str) -> Vec<String> {
     ]
 }
 
-fn read_pid(path: &Path) -> u32 {
-    common::wait_until(Duration::from_secs(30), "the pid file is written", || {
-        std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty())
-    });
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -131,7 +120,7 @@ fn request_becomes_sidecar_repeat_is_free_change_replaces() {
     assert_eq!(c["Config"]["Labels"]["io.sidespawn.tag"], tag.as_str());
     // Neutron's liveness check: the pid file's pid is a host pid whose
     // cmdline names the network.
-    let pid = read_pid(&pid_file);
+    let pid = common::read_pid(&pid_file);
     assert!(cmdline(pid).contains(&uuid), "{}", cmdline(pid));
     // And dnsmasq really runs in the requested namespace.
     let ns_ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| {
@@ -186,7 +175,7 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     host.queue_start(&ns, &tag, &args);
     host.sync();
-    let pid = read_pid(&pid_file);
+    let pid = common::read_pid(&pid_file);
     let name = common::sidecar_name(&host.join("state"), "dnsmasq", &tag);
 
     // HUP: the kill script waits for the host; run the sync meanwhile.
@@ -206,7 +195,7 @@ fn kill_scripts_hup_keeps_pid_and_term_removes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(read_pid(&pid_file), pid, "HUP keeps the process");
+    assert_eq!(common::read_pid(&pid_file), pid, "HUP keeps the process");
     assert!(cmdline(pid).contains(&uuid));
 
     // Unknown pid: exit 1 with Neutron's tolerated text.

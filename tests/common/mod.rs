@@ -340,6 +340,18 @@ pub fn assert_exit(cmd: &Command, out: &Output, code: i32) {
     );
 }
 
+/// The pid a daemon wrote to `path`, once it has written one (within 30 s).
+pub fn read_pid(path: &Path) -> u32 {
+    wait_until(Duration::from_secs(30), "the pid file is written", || {
+        std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty())
+    });
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Polls `condition` every few milliseconds until it holds; panics naming `what` after `timeout`.
 #[track_caller]
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
