@@ -296,7 +296,57 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot run health checks".to_owned(),
         })
     }
+    /// Follows the engine's container events for configuration `instance`
+    /// (`podman events --filter label=...`): what lets a host react to a
+    /// sidecar's death, or keep its view of containers current, without
+    /// listing. Runtimes without it say so, and callers fall back to
+    /// listing.
+    fn events(&self, instance: &str) -> Result<Events, RuntimeError> {
+        Err(RuntimeError::Spawn {
+            program: format!("events of {instance}"),
+            message: "this runtime cannot follow events".to_owned(),
+        })
+    }
+    /// Makes sure `image` is present and can be run: pulls it when `pull`,
+    /// otherwise verifies it is already present. An error names why, and
+    /// changes nothing.
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        let _ = pull;
+        Err(RuntimeError::Spawn {
+            program: format!("image check of {image}"),
+            message: "this runtime cannot check images".to_owned(),
+        })
+    }
 }
+
+/// What the engine's event stream says happened to one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// Container name.
+    pub name: String,
+    /// Container id (full or short, as the engine reports it).
+    pub id: String,
+    pub action: EventAction,
+    /// The container's labels, when the engine reports them with the event.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The container events sidespawn acts on; anything else is `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventAction {
+    /// Its main process started.
+    Started,
+    /// Its main process exited, with this code when the engine says.
+    Died { exit_code: Option<i32> },
+    /// It was removed.
+    Removed,
+    Other(String),
+}
+
+/// A running subscription to the engine's container events, already
+/// filtered to one configuration's sidecars. Ends (`None`) when the
+/// engine's stream ends; dropping it stops the subscription.
+pub type Events = Box<dyn Iterator<Item = Result<ContainerEvent, RuntimeError>> + Send>;
 
 /// Carries out one call on `runtime`: the single dispatch from a [`Call`]
 /// value to the engine, so whatever is described is what runs.
