@@ -851,7 +851,7 @@ fn part3(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
     let probe = SyncHost::new(&image, &run_value, parallelism, Path::new("podman"))?;
     probe.queue_all(&nss)?;
     let specs = probe.specs(1)?;
-    let describer = Podman::new(probe.cfg.podman.clone(), probe.cfg.podman_timeout);
+    let describer = Podman::new(probe.cfg.engine_program.clone(), probe.cfg.engine_timeout);
     let mut ours: Vec<String> = specs
         .iter()
         .map(|sp| without_generation(&describer.describe(&Call::Run(sp.clone()))))

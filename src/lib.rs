@@ -23,6 +23,9 @@
 //!   ([`host::gc`], [`host::upgrade`], [`host::status`], [`host::logs`],
 //!   [`host::watch`]) and the systemd [`host::units`].
 //!
+//! - [`sidecar`]: what the static wrapper does inside a sidecar under the
+//!   name `sidespawn-netns-exec` (docker's way into a named namespace).
+//!
 //! The binaries in `src/bin/` only parse arguments and call into [`agent`]
 //! or [`host`]. Dependencies point one way: `agent` and `host` use `shared`,
 //! never each other.
@@ -30,3 +33,4 @@
 pub mod agent;
 pub mod host;
 pub mod shared;
+pub mod sidecar;

@@ -274,11 +274,12 @@ fn real_podman_runs_signals_stops_and_removes_a_sidecar() {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
-        podman_args: vec!["--network=none".to_owned()],
+        // Network::None (the default), the image's own entrypoint.
         command: ["sh", "-c", SCRIPT, "sh"].map(str::to_owned).to_vec(),
         daemon_argv: ["--privileged", "-v", "/:/host"]
             .map(str::to_owned)
             .to_vec(),
+        ..RunSpec::default()
     };
     let rt = host.runtime();
 
@@ -423,11 +424,11 @@ fn real_podman_listing_size_is_independent_of_argv_size() {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
-            podman_args: vec!["--network=none".to_owned()],
             command: ["sh", "-c", "exec sleep 600", "sh"]
                 .map(str::to_owned)
                 .to_vec(),
             daemon_argv: argv,
+            ..RunSpec::default()
         };
         rt.run(&spec).unwrap();
     }

@@ -17,5 +17,12 @@
 // definition of the symbol, and its signature is the one the C runtime calls.
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
-    sidespawn::agent::wrapper::run(std::env::args_os().collect())
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The entry helper of docker sidecars answers to its own argv[0] only.
+    if argv.first().is_some_and(|a| {
+        std::path::Path::new(a).file_name() == Some(sidespawn::sidecar::netns_exec::NAME.as_ref())
+    }) {
+        return sidespawn::sidecar::netns_exec::run(argv);
+    }
+    sidespawn::agent::wrapper::run(argv)
 }

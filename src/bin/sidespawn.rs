@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sidespawn::host::config::{DEFAULT_PATH, HostConfig};
 use sidespawn::host::namespaces::HostNamespaces;
-use sidespawn::host::runtime::Podman;
+use sidespawn::host::runtime::Runtime;
 use sidespawn::shared::kind::Kind;
 
 /// Spawn Neutron side processes (dnsmasq, haproxy, keepalived, radvd) as
@@ -265,7 +265,7 @@ fn units(cfg: &HostConfig, cmd: UnitsCommand) -> Result<(), sidespawn::host::uni
 
 fn upgrade(
     cfg: &HostConfig,
-    runtime: &Podman,
+    runtime: &dyn Runtime,
     ns: &HostNamespaces,
     kind: Kind,
     max_parallel: Option<usize>,
@@ -398,7 +398,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return exit_code(Err(e)),
     };
-    let runtime = Podman::new(cfg.podman.clone(), cfg.podman_timeout);
+    let runtime = sidespawn::host::runtime::for_config(&cfg);
+    let runtime = runtime.as_ref();
     let namespaces = HostNamespaces(cfg.netns_dir.clone());
     let _usage = ResourceLog;
     match cli.command {
@@ -416,17 +417,17 @@ fn main() -> ExitCode {
             };
             sync_exit_code(sidespawn::host::sync::run(
                 &cfg,
-                &runtime,
+                runtime,
                 &namespaces,
                 &opts,
             ))
         }
         Command::Gc { kind, dry_run } => exit_code(
-            sidespawn::host::gc::run(&cfg, &runtime, &namespaces, &kind, dry_run).map(drop),
+            sidespawn::host::gc::run(&cfg, runtime, &namespaces, &kind, dry_run).map(drop),
         ),
         Command::Upgrade { kind, max_parallel } => exit_code(upgrade(
             &cfg,
-            &runtime,
+            runtime,
             &namespaces,
             kind,
             max_parallel,
@@ -434,14 +435,14 @@ fn main() -> ExitCode {
         )),
         Command::Rollback { kind, max_parallel } => exit_code(upgrade(
             &cfg,
-            &runtime,
+            runtime,
             &namespaces,
             kind,
             max_parallel,
             true,
         )),
         Command::Logs { target, follow } => {
-            logs_exit_code(sidespawn::host::logs::run(&cfg, &runtime, &target, follow))
+            logs_exit_code(sidespawn::host::logs::run(&cfg, runtime, &target, follow))
         }
         Command::Watch {
             kind,
@@ -476,7 +477,7 @@ fn main() -> ExitCode {
                 (_, true) => Format::Metrics,
                 _ => Format::Text,
             };
-            match sidespawn::host::status::run(&cfg, &runtime, &kind, format) {
+            match sidespawn::host::status::run(&cfg, runtime, &kind, format) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),

@@ -7,8 +7,8 @@
 //! something deserves attention, `ok` that it is as it should be.
 //!
 //! Only reads: nothing is created, fixed or started. The engine is asked
-//! through the configured `podman` program (`--version`, `info`, `image
-//! exists`), with the configuration's podman timeout; everything else is
+//! through the runtime seam (its version, its `info`, whether each image is
+//! present), with the configuration's engine timeout; everything else is
 //! read from the filesystem, below `root` for the units and SELinux (so a
 //! test or an offline image can be checked).
 
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::host::config::HostConfig;
+use crate::host::config::{Engine, HostConfig};
+use crate::host::runtime::{Runtime, RuntimeError};
 use crate::host::units;
 
 /// How a check came out.
@@ -126,15 +127,16 @@ pub fn render(findings: &[Finding]) -> String {
 /// Every check, in the order an operator would fix them.
 pub fn inspect(cfg: &HostConfig, root: &Path) -> Vec<Finding> {
     let mut f = Vec::new();
-    let engine_ok = engine(cfg, &mut f);
+    let rt = crate::host::runtime::for_config(cfg);
+    let engine_ok = engine(cfg, rt.as_ref(), &mut f);
     if engine_ok {
-        engine_info(cfg, &mut f);
+        engine_info(cfg, rt.as_ref(), &mut f);
     }
     f.push(netns(cfg));
     f.extend(queue_root(cfg));
     f.push(state_dir(cfg));
     if engine_ok {
-        images(cfg, &mut f);
+        images(cfg, rt.as_ref(), &mut f);
     }
     f.extend(unit_files(cfg, root));
     f.extend(selinux(cfg, root));
@@ -184,124 +186,95 @@ fn run_cmd(program: &Path, args: &[&str], timeout: Duration) -> Result<(i32, Str
 
 const ENGINE: &str = "engine";
 
-fn engine(cfg: &HostConfig, f: &mut Vec<Finding>) -> bool {
+fn engine(cfg: &HostConfig, rt: &dyn Runtime, f: &mut Vec<Finding>) -> bool {
+    let e = cfg.engine.as_str();
     let fix = format!(
-        "install podman (apt-get install podman / dnf install podman), or set \"podman\" in {} to the engine's path",
-        cfg.path.display()
+        "install {e} (apt-get install {pkg} / dnf install {pkg}), or set \"engine_program\" in {} to the engine's path",
+        cfg.path.display(),
+        pkg = match cfg.engine {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker.io",
+        }
     );
-    match run_cmd(&cfg.podman, &["--version"], cfg.podman_timeout) {
-        Ok((0, out)) => {
+    match rt.version() {
+        Ok(out) => {
             f.push(Finding::ok(
                 ENGINE,
-                format!("{} ({})", out.trim(), cfg.podman.display()),
+                format!("{} ({})", out.trim(), cfg.engine_program.display()),
             ));
             true
         }
-        Ok((code, _)) => {
-            f.push(Finding::error(
-                ENGINE,
-                format!("{} --version exited {code}", cfg.podman.display()),
-                fix,
-            ));
-            false
-        }
-        Err(e) => {
-            f.push(Finding::error(ENGINE, e, fix));
+        Err(err) => {
+            f.push(Finding::error(ENGINE, err.to_string(), fix));
             false
         }
     }
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-struct Info {
-    #[serde(default)]
-    host: InfoHost,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InfoHost {
-    #[serde(default)]
-    cgroup_manager: String,
-    #[serde(default)]
-    cgroup_version: String,
-    #[serde(default)]
-    oci_runtime: Option<OciRuntime>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-struct OciRuntime {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    path: String,
-}
-
-/// The cgroup manager and the OCI runtime, from `podman info`.
-fn engine_info(cfg: &HostConfig, f: &mut Vec<Finding>) {
-    let info: Info = match run_cmd(
-        &cfg.podman,
-        &["info", "--format", "json"],
-        cfg.podman_timeout,
-    ) {
-        Ok((0, out)) => match serde_json::from_str(&out) {
-            Ok(i) => i,
-            Err(e) => {
-                f.push(Finding::error(
-                    "cgroup manager",
-                    format!("cannot parse `podman info --format json`: {e}"),
-                    "run `podman info` and fix what it reports",
-                ));
-                return;
-            }
-        },
-        Ok((code, _)) => {
+/// The cgroup manager and the OCI runtime, from `podman info` (`docker
+/// info`).
+fn engine_info(cfg: &HostConfig, rt: &dyn Runtime, f: &mut Vec<Finding>) {
+    let e = cfg.engine.as_str();
+    let h = match rt.info() {
+        Ok(i) => i,
+        Err(err) => {
             f.push(Finding::error(
                 "cgroup manager",
-                format!("`podman info` exited {code}"),
-                "run `podman info` and fix what it reports",
-            ));
-            return;
-        }
-        Err(e) => {
-            f.push(Finding::error(
-                "cgroup manager",
-                e,
-                "run `podman info` and fix what it reports",
+                err.to_string(),
+                format!("run `{e} info` and fix what it reports"),
             ));
             return;
         }
     };
-    let h = &info.host;
-    f.push(match h.cgroup_manager.as_str() {
-        "systemd" => Finding::ok(
+    if cfg.engine == Engine::Docker {
+        // Docker's containers are children of containerd's shims, never of
+        // the sync: whatever the cgroup driver, they outlive the oneshot.
+        f.push(Finding::ok(
             "cgroup manager",
             format!(
-                "systemd (cgroups {}): each sidecar's conmon gets a scope of its own and outlives the sync",
-                h.cgroup_version
+                "{} (cgroups {}): sidecars run under containerd's shims, outside the sync service's cgroup",
+                h.cgroup_manager, h.cgroup_version
             ),
-        ),
-        "cgroupfs" => Finding::warn(
-            "cgroup manager",
-            format!(
-                "cgroupfs (cgroups {}): sidecars stay in the cgroup of the sync service that started them; KillMode=process keeps them alive, but stopping that cgroup by hand kills them",
-                h.cgroup_version
+        ));
+    } else {
+        f.push(match h.cgroup_manager.as_str() {
+            "systemd" => Finding::ok(
+                "cgroup manager",
+                format!(
+                    "systemd (cgroups {}): each sidecar's conmon gets a scope of its own and outlives the sync",
+                    h.cgroup_version
+                ),
             ),
-            "set cgroup_manager = \"systemd\" in [engine] of /etc/containers/containers.conf (hosts with systemd as PID 1)",
-        ),
-        other => Finding::warn(
-            "cgroup manager",
-            format!("`podman info` names no known cgroup manager ({other:?})"),
-            "run `podman info` and check host.cgroupManager",
-        ),
-    });
-    let Some(rt) = &h.oci_runtime else {
+            "cgroupfs" => Finding::warn(
+                "cgroup manager",
+                format!(
+                    "cgroupfs (cgroups {}): sidecars stay in the cgroup of the sync service that started them; KillMode=process keeps them alive, but stopping that cgroup by hand kills them",
+                    h.cgroup_version
+                ),
+                "set cgroup_manager = \"systemd\" in [engine] of /etc/containers/containers.conf (hosts with systemd as PID 1)",
+            ),
+            other => Finding::warn(
+                "cgroup manager",
+                format!("`podman info` names no known cgroup manager ({other:?})"),
+                "run `podman info` and check host.cgroupManager",
+            ),
+        });
+    }
+    let Some((rt_name, rt_path)) = &h.oci_runtime else {
         f.push(Finding::error(
             "OCI runtime",
-            "`podman info` names no OCI runtime",
+            format!("`{e} info` names no OCI runtime"),
             "install runc or crun",
         ));
         return;
+    };
+    struct Oci<'a> {
+        name: &'a str,
+        path: &'a str,
+    }
+    let rt = Oci {
+        name: rt_name,
+        path: rt_path,
     };
     let fix = format!(
         "install or repair {} (apt-get install {n} / dnf install {n}), or select another in [engine] runtime of containers.conf",
@@ -309,7 +282,7 @@ fn engine_info(cfg: &HostConfig, f: &mut Vec<Finding>) {
         n = rt.name
     );
     f.push(
-        match run_cmd(Path::new(&rt.path), &["--version"], cfg.podman_timeout) {
+        match run_cmd(Path::new(&rt.path), &["--version"], cfg.engine_timeout) {
             Ok((0, out)) => Finding::ok(
                 "OCI runtime",
                 format!(
@@ -499,7 +472,7 @@ fn state_dir(cfg: &HostConfig) -> Finding {
     Finding::ok(C, format!("{} root-only (mode {mode:04o})", s.display()))
 }
 
-fn images(cfg: &HostConfig, f: &mut Vec<Finding>) {
+fn images(cfg: &HostConfig, rt: &dyn Runtime, f: &mut Vec<Finding>) {
     let kinds = cfg.enabled_kinds();
     if kinds.is_empty() {
         f.push(Finding::warn(
@@ -508,6 +481,7 @@ fn images(cfg: &HostConfig, f: &mut Vec<Finding>) {
             "add kinds.<kind>.image for each kind this host serves (README, \"Host configuration\")",
         ));
     }
+    let e = cfg.engine.as_str();
     for kind in kinds {
         let c = format!("image {kind}");
         let Some(image) = cfg.kinds.get(&kind).and_then(|p| p.image.clone()) else {
@@ -518,21 +492,19 @@ fn images(cfg: &HostConfig, f: &mut Vec<Finding>) {
             ));
             continue;
         };
-        f.push(
-            match run_cmd(
-                &cfg.podman,
-                &["image", "exists", &image],
-                cfg.podman_timeout,
-            ) {
-                Ok((0, _)) => Finding::ok(c, format!("{image} present")),
-                Ok((_, _)) => Finding::error(
-                    c,
-                    format!("{image} is not in podman's storage: sidecars cannot start"),
-                    format!("podman pull {image} (or build and tag it locally)"),
-                ),
-                Err(e) => Finding::error(c, e, "run `podman images` and fix what it reports"),
-            },
-        );
+        f.push(match rt.ensure_image(&image, false) {
+            Ok(()) => Finding::ok(c, format!("{image} present")),
+            Err(RuntimeError::Failed { .. }) => Finding::error(
+                c,
+                format!("{image} is not in {e}'s storage: sidecars cannot start"),
+                format!("{e} pull {image} (or build and tag it locally)"),
+            ),
+            Err(err) => Finding::error(
+                c,
+                err.to_string(),
+                format!("run `{e} images` and fix what it reports"),
+            ),
+        });
     }
 }
 

@@ -1,4 +1,4 @@
-//! Host configuration: where the queues and state live, how podman is run,
+//! Host configuration: where the queues and state live, how the engine is run,
 //! and one profile per kind saying exactly how its sidecars are started.
 //!
 //! JSON at `/etc/sidespawn/config.json` (or `--config PATH`). Unknown keys
@@ -12,10 +12,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::host::runtime::Engine;
 use crate::shared::kind::Kind;
 
 pub const DEFAULT_PATH: &str = "/etc/sidespawn/config.json";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sidespawn";
+/// Where the packages install the static wrapper, which docker sidecars use
+/// as their namespace-joining entry helper (`netns_helper`).
+pub const DEFAULT_NETNS_HELPER: &str = "/usr/bin/sidespawn-wrapper";
 
 /// Neutron's namespace names: a prefix and a lowercase UUID.
 pub const DEFAULT_NETNS_PATTERNS: [&str; 5] = [
@@ -57,8 +61,17 @@ struct HostConfigFile {
     queue_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     netns_dir: Option<PathBuf>,
+    /// `"podman"` (the default) or `"docker"`.
+    engine: Option<String>,
+    engine_program: Option<PathBuf>,
+    /// The older name of `engine_program`, for podman only.
     podman: Option<PathBuf>,
+    /// The static `sidespawn-wrapper` on the host, which a docker sidecar
+    /// runs as its entry helper to join its namespace.
+    netns_helper: Option<PathBuf>,
     lock_timeout_ms: Option<u64>,
+    engine_timeout_ms: Option<u64>,
+    /// The older name of `engine_timeout_ms`.
     podman_timeout_ms: Option<u64>,
     parallelism: Option<usize>,
     max_queue_bytes: Option<u64>,
@@ -85,6 +98,8 @@ struct ProfileFile {
     user: Option<String>,
     log_driver: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    engine_args: Option<Vec<String>>,
+    /// The older name of `engine_args`.
     podman_args: Option<Vec<String>>,
     netns_patterns: Option<Vec<String>>,
     allow_host_network: Option<bool>,
@@ -139,9 +154,16 @@ pub struct HostConfig {
     pub queue_root: PathBuf,
     pub state_dir: PathBuf,
     pub netns_dir: PathBuf,
-    pub podman: PathBuf,
+    /// The container engine the sidecars run on.
+    pub engine: Engine,
+    /// The engine's CLI (`podman` or `docker` from `PATH` by default).
+    pub engine_program: PathBuf,
+    /// The static `sidespawn-wrapper` bind-mounted into docker sidecars as
+    /// their namespace-joining entry helper (unused with podman).
+    pub netns_helper: PathBuf,
     pub lock_timeout: Duration,
-    pub podman_timeout: Duration,
+    /// The time limit of every engine call (`engine_timeout_ms`).
+    pub engine_timeout: Duration,
     pub parallelism: usize,
     pub max_queue_bytes: u64,
     pub ack_max_age: Duration,
@@ -176,7 +198,9 @@ pub struct Profile {
     pub user: Option<String>,
     pub log_driver: Option<String>,
     pub labels: BTreeMap<String, String>,
-    pub podman_args: Vec<String>,
+    /// Further engine options for the sidecars, host-chosen, passed verbatim
+    /// before the image (`engine_args`, formerly `podman_args`).
+    pub engine_args: Vec<String>,
     pub netns_patterns: Vec<String>,
     pub allow_host_network: bool,
     pub stop_timeout: Duration,
@@ -343,7 +367,7 @@ impl Profile {
             user: None,
             log_driver: None,
             labels: BTreeMap::new(),
-            podman_args: Vec::new(),
+            engine_args: Vec::new(),
             netns_patterns: strings(&DEFAULT_NETNS_PATTERNS),
             allow_host_network: false,
             stop_timeout: Duration::from_secs(10),
@@ -472,6 +496,44 @@ impl HostConfig {
             key: key.to_owned(),
             message: message.to_owned(),
         };
+        let engine = match f.engine.as_deref() {
+            None | Some("podman") => Engine::Podman,
+            Some("docker") => Engine::Docker,
+            Some(other) => {
+                return Err(invalid(
+                    "engine",
+                    &format!("unknown engine {other:?}: use \"podman\" or \"docker\""),
+                ));
+            }
+        };
+        let engine_program = match (f.engine_program, f.podman) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "podman",
+                    "is the older name of engine_program; set only engine_program",
+                ));
+            }
+            (None, Some(_)) if engine != Engine::Podman => {
+                return Err(invalid(
+                    "podman",
+                    "names the podman program, but engine is docker; set engine_program to the docker CLI instead",
+                ));
+            }
+            (Some(p), None) | (None, Some(p)) => p,
+            (None, None) => engine.as_str().into(),
+        };
+        if engine_program.as_os_str().is_empty() {
+            return Err(invalid("engine_program", "must not be empty"));
+        }
+        let engine_timeout_ms = match (f.engine_timeout_ms, f.podman_timeout_ms) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "podman_timeout_ms",
+                    "is the older name of engine_timeout_ms; set only engine_timeout_ms",
+                ));
+            }
+            (a, b) => a.or(b),
+        };
         let parallelism = f.parallelism.unwrap_or(8);
         if parallelism == 0 || parallelism > 256 {
             return Err(invalid("parallelism", "must be between 1 and 256"));
@@ -511,7 +573,16 @@ impl HostConfig {
             set!(cap_add);
             set!(cap_drop);
             set!(labels);
-            set!(podman_args);
+            prof.engine_args = match (p.engine_args, p.podman_args) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &key("podman_args"),
+                        "is the older name of engine_args; set only engine_args",
+                    ));
+                }
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => prof.engine_args,
+            };
             set!(netns_patterns);
             set!(allow_host_network);
             prof.image = p.image;
@@ -564,6 +635,12 @@ impl HostConfig {
             if prof.command.is_empty() {
                 return Err(invalid(&key("command"), "must name the program to run"));
             }
+            if engine == Engine::Docker && prof.user.is_some() {
+                return Err(invalid(
+                    &key("user"),
+                    "cannot be set with engine docker: a docker sidecar joins its namespace through an entry helper that must start as root; leave it out and let the daemon drop privileges itself (dnsmasq --user, haproxy's user)",
+                ));
+            }
             if prof.labels.keys().any(|k| k.starts_with("io.sidespawn.")) {
                 return Err(invalid(
                     &key("labels"),
@@ -581,12 +658,16 @@ impl HostConfig {
             netns_dir: f
                 .netns_dir
                 .unwrap_or_else(|| crate::shared::defaults::NETNS_DIR.into()),
-            podman: f.podman.unwrap_or_else(|| "podman".into()),
+            engine,
+            engine_program,
+            netns_helper: f
+                .netns_helper
+                .unwrap_or_else(|| DEFAULT_NETNS_HELPER.into()),
             lock_timeout: Duration::from_millis(
                 f.lock_timeout_ms
                     .unwrap_or(crate::shared::defaults::LOCK_TIMEOUT_MS),
             ),
-            podman_timeout: Duration::from_millis(f.podman_timeout_ms.unwrap_or(60_000)),
+            engine_timeout: Duration::from_millis(engine_timeout_ms.unwrap_or(60_000)),
             parallelism,
             max_queue_bytes: f.max_queue_bytes.unwrap_or(64 * 1024 * 1024),
             ack_max_age: Duration::from_secs(f.ack_max_age_s.unwrap_or(3600)),

@@ -17,13 +17,17 @@ use std::time::Duration;
 
 use crate::host::config::Profile;
 use crate::host::namespaces::Namespaces;
-use crate::host::runtime::{Call, ContainerInfo, RunSpec, SidecarLabels, State, labels};
+use crate::host::runtime::{Call, ContainerInfo, Network, RunSpec, SidecarLabels, State, labels};
 use crate::shared::ack::Outcome;
 use crate::shared::kind::Kind;
 use crate::shared::record::{Action, NetnsRef, Record, Signal};
 
-/// One podman-level step of a job.
+/// One engine-level step of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a job holds a handful of steps; a start's spec is built once and moved, never copied in bulk"
+)]
 pub enum Step {
     /// Remove a container (leftover, replaced, stopped or orphaned).
     Remove { name: String },
@@ -199,7 +203,7 @@ fn reject(id: &str, message: String) -> Answer {
     }
 }
 
-/// Builds the podman run spec of a start request under `profile`.
+/// Builds the run spec of a start request under `profile`.
 pub fn run_spec(
     profile: &Profile,
     ns_dir: &std::path::Path,
@@ -237,39 +241,6 @@ pub fn run_spec(
     l.insert(labels::REQUEST_ID.into(), rec.id.clone());
     l.insert(labels::GENERATION.into(), generation.to_string());
 
-    let mut a: Vec<String> = Vec::new();
-    match &rec.netns {
-        Some(ns) => {
-            a.push("--network".into());
-            a.push(format!("ns:{}", ns_dir.join(&ns.name).display()));
-        }
-        None => {
-            a.push("--network".into());
-            a.push("host".into());
-        }
-    }
-    if profile.pid_host {
-        a.extend(["--pid".into(), "host".into()]);
-    }
-    if profile.cgroupns_host {
-        a.extend(["--cgroupns".into(), "host".into()]);
-    }
-    for v in &profile.volumes {
-        a.extend(["--volume".into(), v.clone()]);
-    }
-    for c in &profile.cap_drop {
-        a.extend(["--cap-drop".into(), c.clone()]);
-    }
-    for c in &profile.cap_add {
-        a.extend(["--cap-add".into(), c.clone()]);
-    }
-    if let Some(u) = &profile.user {
-        a.extend(["--user".into(), u.clone()]);
-    }
-    if let Some(d) = &profile.log_driver {
-        a.extend(["--log-driver".into(), d.clone()]);
-    }
-    a.extend(profile.podman_args.iter().cloned());
     // The profile's program replaces the image's entrypoint, so the sidecar
     // is exactly that process (its pid is the one Neutron's pid file holds).
     let (program, rest) = profile
@@ -277,12 +248,23 @@ pub fn run_spec(
         .split_first()
         .map(|(p, r)| (p.clone(), r.to_vec()))
         .unwrap_or_else(|| (kind.as_str().to_owned(), Vec::new()));
-    a.extend(["--entrypoint".into(), program]);
     RunSpec {
         name,
         image,
         labels: l,
-        podman_args: a,
+        network: match &rec.netns {
+            Some(ns) => Network::Namespace(ns_dir.join(&ns.name)),
+            None => Network::Host,
+        },
+        pid_host: profile.pid_host,
+        cgroupns_host: profile.cgroupns_host,
+        volumes: profile.volumes.clone(),
+        cap_drop: profile.cap_drop.clone(),
+        cap_add: profile.cap_add.clone(),
+        user: profile.user.clone(),
+        log_driver: profile.log_driver.clone(),
+        engine_args: profile.engine_args.clone(),
+        entrypoint: Some(program),
         command: rest,
         daemon_argv,
     }
@@ -1003,11 +985,7 @@ mod tests {
         let Step::Run { spec, .. } = &p.jobs[0].steps[0] else {
             panic!()
         };
-        assert!(
-            spec.podman_args
-                .windows(2)
-                .any(|w| w == ["--network", "host"])
-        );
+        assert_eq!(spec.network, Network::Host);
     }
 
     #[test]
@@ -1070,7 +1048,7 @@ mod tests {
             &["--privileged", "-v", "/:/host", "--network=host"],
         );
         let spec = run_spec(&profile(), Path::new("/run/netns"), &r, 7);
-        let argv = spec.argv();
+        let argv = crate::host::runtime::call_args(&Call::Run(spec.clone()));
         let img = argv
             .iter()
             .position(|a| a == "localhost/dnsmasq:1")

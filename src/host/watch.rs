@@ -65,7 +65,7 @@ use tracing::{debug, error, info, warn};
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
 use crate::host::namespaces::HostNamespaces;
-use crate::host::runtime::{Podman, Runtime};
+use crate::host::runtime::Runtime;
 use crate::host::sync::{self, Summary, SyncOptions};
 use crate::shared::kind::Kind;
 use crate::shared::queue::{LOCK_FILE, PENDING_FILE, QUEUE_FILE, TIMESTAMP_FILE};
@@ -529,7 +529,7 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
-/// Makes the container runtime for a configuration (podman, or a fake).
+/// Makes the container runtime for a configuration (its engine, or a fake).
 pub type RuntimeFactory = dyn Fn(&HostConfig) -> Box<dyn Runtime> + Send + Sync;
 
 /// The configuration every worker reads at the start of each run.
@@ -539,19 +539,13 @@ fn current(cfg: &SharedConfig) -> Arc<HostConfig> {
     Arc::clone(&cfg.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// Runs the daemon with podman as configured until SIGTERM or SIGINT.
+/// Runs the daemon with the configured engine until SIGTERM or SIGINT.
 ///
 /// Call it from the main thread before any other thread starts: it blocks
 /// SIGTERM, SIGINT and SIGHUP in the calling thread so every thread started
 /// after inherits the block and only the signal thread receives them.
 pub fn run(cfg: HostConfig, opts: &WatchOptions) -> Result<(), WatchError> {
-    run_with(
-        cfg,
-        opts,
-        Arc::new(|c: &HostConfig| {
-            Box::new(Podman::new(c.podman.clone(), c.podman_timeout)) as Box<dyn Runtime>
-        }),
-    )
+    run_with(cfg, opts, Arc::new(crate::host::runtime::for_config))
 }
 
 /// [`run`] with a chosen container runtime.

@@ -17,6 +17,7 @@ packages=(
     procps          # ps, pgrep for diagnostics
     rpm             # rpmbuild and rpm -qlp for the RPM of tests/packages.rs
     file            # packaging/stage.sh refuses a dynamically linked wrapper
+    docker.io       # dockerd + docker CLI for the docker engine tests (the harness starts its own daemon)
 )
 
 die() {

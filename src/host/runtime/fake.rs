@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::podman::{describe_argv, error_args};
+use super::process::{describe_argv, error_args};
 use super::*;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,7 +47,7 @@ impl Injected {
     fn to_error(&self, call: &Call) -> RuntimeError {
         match self {
             Injected::Stderr(message) => RuntimeError::Failed {
-                args: error_args(&call_args(call)),
+                args: error_args("podman", &call_args(call)),
                 status: "exit status: 125".to_owned(),
                 stderr: message.clone(),
             },
@@ -302,7 +302,10 @@ impl Runtime for FakeRuntime {
         }
         if lock(&self.unhealthy).contains(name) {
             return Err(RuntimeError::Failed {
-                args: error_args(&[&["exec".to_owned(), name.to_owned()][..], argv].concat()),
+                args: error_args(
+                    "podman",
+                    &[&["exec".to_owned(), name.to_owned()][..], argv].concat(),
+                ),
                 status: "exit status: 1".to_owned(),
                 stderr: "unhealthy".to_owned(),
             });
@@ -415,7 +418,7 @@ mod tests {
         let err = fake.run(&spec("bad", &[])).unwrap_err();
         match &err {
             RuntimeError::Failed { args, stderr, .. } => {
-                assert!(args.starts_with("run -d --name=bad"), "{args}");
+                assert!(args.starts_with("podman run -d --name=bad"), "{args}");
                 assert_eq!(stderr, "Error: runc: boom");
             }
             other => panic!("expected Failed, got {other:?}"),

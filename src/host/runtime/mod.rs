@@ -1,4 +1,5 @@
-//! The container runtime seam: everything sidespawn asks of podman.
+//! The container runtime seam: everything sidespawn asks of its container
+//! engine, podman or docker ([`Engine`]).
 //!
 //! [`Podman`] is the real implementation: one helper runs every podman
 //! command with an argv vector (never a shell), a timeout, `INVOCATION_ID`
@@ -27,15 +28,56 @@ use std::time::Duration;
 use crate::shared::kind::Kind;
 use crate::shared::record::Signal;
 
+mod docker;
 mod parse;
 mod podman;
+mod process;
+pub use crate::host::shell::{quote_words as quote_args, shell_quote};
+pub use docker::{Docker, NETNS_EXEC_NAME};
 pub use parse::PS_FORMAT;
-pub use podman::{Podman, call_args, quote_args, shell_quote};
+pub use podman::{Podman, call_args};
 
 #[cfg(any(test, feature = "test-support"))]
 mod fake;
 #[cfg(any(test, feature = "test-support"))]
 pub use fake::FakeRuntime;
+
+/// The container engine a configuration runs its sidecars on (`engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    #[default]
+    Podman,
+    Docker,
+}
+
+impl Engine {
+    /// The name in the configuration, which is also the default program.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The runtime of a configuration: its engine, program, time limit and
+/// (docker) namespace helper. The one place the engine is chosen.
+pub fn for_config(cfg: &crate::host::config::HostConfig) -> Box<dyn Runtime> {
+    match cfg.engine {
+        Engine::Podman => Box::new(Podman::new(cfg.engine_program.clone(), cfg.engine_timeout)),
+        Engine::Docker => Box::new(Docker::new(
+            cfg.engine_program.clone(),
+            cfg.engine_timeout,
+            cfg.netns_helper.clone(),
+        )),
+    }
+}
 
 /// Label keys put on every sidecar.
 pub mod labels {
@@ -165,63 +207,76 @@ pub struct ContainerInfo {
     pub exit_code: i32,
 }
 
-/// Everything needed to `podman run -d` one sidecar. `podman_args` come from
-/// the host profile only; `daemon_argv` (from the request) goes after the
-/// image and command, where podman passes it to the daemon untouched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The network a sidecar runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The named namespace at this path (`/run/netns/<name>`), verified by
+    /// the host before the call.
+    Namespace(std::path::PathBuf),
+    /// The host's network.
+    Host,
+    /// No network at all (only loopback).
+    #[default]
+    None,
+}
+
+/// Everything needed to start one sidecar, in the engine's terms but not in
+/// its words: each engine turns it into its own argv (see
+/// [`Podman`]'s and [`Docker`]'s `run`). Every field but `daemon_argv`
+/// comes from the host profile; `daemon_argv` (from the request) goes after
+/// the image and command, where the engine passes it to the daemon
+/// untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunSpec {
     pub name: String,
     pub image: String,
     pub labels: BTreeMap<String, String>,
-    /// Host-chosen options: network, pid, cgroupns, volumes, capabilities...
-    pub podman_args: Vec<String>,
-    /// The program inside the image, e.g. `["dnsmasq", "-k"]`.
+    pub network: Network,
+    /// `--pid host`: the daemon's pid is the host's, so Neutron's pid files
+    /// and kill scripts resolve it.
+    pub pid_host: bool,
+    pub cgroupns_host: bool,
+    /// `SRC:DST[:OPTIONS]`, as the profile writes them.
+    pub volumes: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub user: Option<String>,
+    pub log_driver: Option<String>,
+    /// The profile's own engine options (`engine_args`), passed verbatim
+    /// before the image.
+    pub engine_args: Vec<String>,
+    /// The program replacing the image's entrypoint (`None`: the image's).
+    pub entrypoint: Option<String>,
+    /// The entrypoint's first arguments, e.g. `["-k"]` for `dnsmasq -k`.
     pub command: Vec<String>,
     /// The requested arguments, byte-exact.
     pub daemon_argv: Vec<String>,
 }
 
 impl RunSpec {
-    /// The arguments after `podman`. The image is the last podman-side
-    /// word; everything after it belongs to the container's command.
-    ///
-    /// Values are attached with `=` (`--name=NAME`, `--label=K=V`) and a
-    /// `--` precedes the image, so no value, not even one starting with
-    /// `-`, can be read by podman as an option of its own.
+    /// The arguments after `podman` that start this sidecar on podman
+    /// ([`podman::run_args`]): for tests and benchmarks that run podman by
+    /// hand. The sync goes through [`Runtime::run`].
     pub fn argv(&self) -> Vec<String> {
-        let mut a = vec![
-            "run".to_owned(),
-            "-d".to_owned(),
-            format!("--name={}", self.name),
-        ];
-        for (k, v) in &self.labels {
-            a.push(format!("--label={k}={v}"));
-        }
-        a.extend(self.podman_args.iter().cloned());
-        a.push("--".to_owned());
-        a.push(self.image.clone());
-        a.extend(self.command.iter().cloned());
-        a.extend(self.daemon_argv.iter().cloned());
-        a
+        podman::run_args(self)
     }
 }
 
-/// A podman call failed.
+/// A call to the container engine failed. `args` is the command line as
+/// run, the engine's program name first (`podman ps -a ...`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
-    #[error(
-        "cannot run {program}: {message} (install podman or set \"podman\" in the host configuration)"
-    )]
+    #[error("cannot run {program}: {message}")]
     Spawn { program: String, message: String },
-    #[error("`podman {args}` timed out after {timeout:?} and was killed")]
+    #[error("`{args}` timed out after {timeout:?} and was killed")]
     Timeout { args: String, timeout: Duration },
-    #[error("`podman {args}` failed ({status}): {stderr}")]
+    #[error("`{args}` failed ({status}): {stderr}")]
     Failed {
         args: String,
         status: String,
         stderr: String,
     },
-    #[error("cannot parse the output of `podman {args}`: {message}")]
+    #[error("cannot parse the output of `{args}`: {message}")]
     Parse { args: String, message: String },
     #[error("no such container {0}")]
     NoSuchContainer(String),
@@ -307,6 +362,20 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot follow events".to_owned(),
         })
     }
+    /// The engine's own version line (`podman --version`).
+    fn version(&self) -> Result<String, RuntimeError> {
+        Err(RuntimeError::Spawn {
+            program: "version".to_owned(),
+            message: "this runtime cannot tell its version".to_owned(),
+        })
+    }
+    /// How the engine is set up on this host, for `check`.
+    fn info(&self) -> Result<EngineInfo, RuntimeError> {
+        Err(RuntimeError::Spawn {
+            program: "info".to_owned(),
+            message: "this runtime cannot describe itself".to_owned(),
+        })
+    }
     /// Makes sure `image` is present and can be run: pulls it when `pull`,
     /// otherwise verifies it is already present. An error names why, and
     /// changes nothing.
@@ -317,6 +386,17 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot check images".to_owned(),
         })
     }
+}
+
+/// What `check` reports about the engine (`podman info`, `docker info`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// `systemd` or `cgroupfs` (podman's cgroup manager, docker's cgroup
+    /// driver).
+    pub cgroup_manager: String,
+    pub cgroup_version: String,
+    /// The default OCI runtime's name and program path, when the engine says.
+    pub oci_runtime: Option<(String, String)>,
 }
 
 /// What the engine's event stream says happened to one container.
@@ -337,7 +417,9 @@ pub enum EventAction {
     /// Its main process started.
     Started,
     /// Its main process exited, with this code when the engine says.
-    Died { exit_code: Option<i32> },
+    Died {
+        exit_code: Option<i32>,
+    },
     /// It was removed.
     Removed,
     Other(String),
@@ -374,6 +456,10 @@ pub struct Inspected {
 
 /// One runtime call, as a value (recorded by the fake, printed by dry runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "calls are made one at a time and recorded only by the fake"
+)]
 pub enum Call {
     /// List one configuration's containers (its instance).
     List(String),
@@ -422,9 +508,12 @@ mod test_util {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
-            podman_args: strings(&["--network=ns:/run/netns/qdhcp-1", "--pid=host"]),
-            command: strings(&["dnsmasq", "-k"]),
+            network: Network::Namespace("/run/netns/qdhcp-1".into()),
+            pid_host: true,
+            entrypoint: Some("dnsmasq".to_owned()),
+            command: strings(&["-k"]),
             daemon_argv: strings(daemon_argv),
+            ..RunSpec::default()
         }
     }
 }

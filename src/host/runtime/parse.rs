@@ -227,6 +227,39 @@ pub(super) fn keep_managed(all: Vec<ContainerInfo>, instance: &str) -> Vec<Conta
     kept
 }
 
+/// `podman info --format json`: the cgroup manager and version, and the
+/// default OCI runtime.
+pub(super) fn parse_info(out: &[u8]) -> Result<EngineInfo, String> {
+    #[derive(Debug, Default, Deserialize)]
+    struct Info {
+        #[serde(default)]
+        host: InfoHost,
+    }
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct InfoHost {
+        #[serde(default)]
+        cgroup_manager: String,
+        #[serde(default)]
+        cgroup_version: String,
+        #[serde(default)]
+        oci_runtime: Option<OciRuntime>,
+    }
+    #[derive(Debug, Default, Deserialize)]
+    struct OciRuntime {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        path: String,
+    }
+    let i: Info = serde_json::from_slice(out).map_err(|e| e.to_string())?;
+    Ok(EngineInfo {
+        cgroup_manager: i.host.cgroup_manager,
+        cgroup_version: i.host.cgroup_version,
+        oci_runtime: i.host.oci_runtime.map(|r| (r.name, r.path)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,77 +1,27 @@
-//! The real runtime: [`Podman`] runs every podman command through one
-//! builder, with an argv vector, a timeout, the scrubbed environment and the
-//! process-group discipline described in [the runtime seam](super); and
-//! [`call_args`], the one mapping from a [`Call`] to podman's argv that both
-//! execution and `describe` (dry runs) use.
+//! The podman runtime: [`Podman`] turns each call into podman's argv
+//! ([`call_args`], which `describe` prints too, so a dry run shows what
+//! runs), runs it through the shared [`Runner`](super::process::Runner) and
+//! reads podman's output and error words.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-use nix::sys::signal::{Signal as NixSignal, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
+use std::path::Path;
+use std::time::Duration;
 
 use super::parse::{UNLABELLED_FORMAT, keep_managed, parse_inspect, parse_ps, parse_unlabelled};
+use super::process::Runner;
 use super::*;
-
-/// Environment variables podman must never inherit from sidespawn.
-///
-/// `INVOCATION_ID` tells podman it runs under systemd; it then leaves conmon
-/// in the calling unit's cgroup instead of giving it a scope of its own, and
-/// when the oneshot sync exits `KillMode=control-group` kills every conmon
-/// (and with it the sidecars' supervision). `NOTIFY_SOCKET` would let
-/// podman's sd-notify support send `READY=1`/`MAINPID=<conmon>` to *our*
-/// unit (e.g. a `Type=notify` watch service) as if conmon were its main
-/// process.
-const SCRUBBED_ENV: &[&str] = &["INVOCATION_ID", "NOTIFY_SOCKET"];
-
-/// The most of podman's stderr kept in an error. Podman prints its
-/// `Error: ...` line last, after any warnings, so the tail is what matters.
-const STDERR_SHOWN: usize = 4096;
-/// The most of a command line kept in an error (see [`error_args`]).
-const ARGS_SHOWN: usize = 2048;
-/// The most of stderr read into memory at all (the rest is drained).
-const STDERR_READ_CAP: usize = 64 * 1024;
-/// The most of stdout read into memory. The listing asks only for fields of
-/// bounded size ([`PS_FORMAT`]: no command line), about 1 KiB per
-/// container whatever its argv, so this is tens of thousands of sidecars
-/// and only stops a runaway.
-const STDOUT_READ_CAP: usize = 64 * 1024 * 1024;
-
-/// How long to wait for EOF on the pipes once podman itself has exited:
-/// only a process podman left behind in its group could hold them open.
-const PIPE_GRACE: Duration = Duration::from_millis(500);
-/// The longest sleep between checks for podman's exit.
-const POLL_MAX: Duration = Duration::from_millis(20);
 
 /// The real runtime: the `podman` command line.
 #[derive(Debug, Clone)]
 pub struct Podman {
-    program: PathBuf,
-    timeout: Duration,
-    extra_env: Vec<(String, String)>,
-}
-
-/// What a finished podman process produced.
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stdout_truncated: bool,
-    stderr: String,
+    runner: Runner,
 }
 
 impl Podman {
     /// `program` is the podman binary (a bare name is looked up in `PATH`);
     /// `timeout` bounds every call (a `stop` gets its grace time on top).
-    pub fn new(program: impl Into<PathBuf>, timeout: Duration) -> Podman {
+    pub fn new(program: impl Into<std::path::PathBuf>, timeout: Duration) -> Podman {
         Podman {
-            program: program.into(),
-            timeout,
-            extra_env: Vec::new(),
+            runner: Runner::new("podman", program, timeout),
         }
     }
 
@@ -80,218 +30,34 @@ impl Podman {
     /// the process environment). The scrubbed variables stay removed even
     /// if named here.
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Podman {
-        self.extra_env.push((key.into(), value.into()));
+        self.runner.push_env(key.into(), value.into());
         self
     }
 
     pub fn program(&self) -> &Path {
-        &self.program
+        self.runner.program()
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.runner.timeout()
     }
 
-    /// `podman ARGS` as every podman this process starts is made: argv
-    /// only, stdin closed, the extra environment, and never the scrubbed
-    /// variables ([`SCRUBBED_ENV`]).
-    fn command_for(&self, args: &[String]) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(args).stdin(Stdio::null());
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
-        // After extra_env, so nothing can put them back.
-        for k in SCRUBBED_ENV {
-            cmd.env_remove(k);
-        }
-        cmd
-    }
-
-    /// Runs `podman ARGS` and waits at most `timeout`. This is the only
-    /// place sidespawn starts podman. Errors only for what prevents a
-    /// result (spawn failure, timeout); a non-zero exit is returned as a
-    /// [`Finished`] for the caller to classify.
-    fn exec(&self, args: &[String], timeout: Duration) -> Result<Finished, RuntimeError> {
-        let started = Instant::now();
-        let shown_args = || error_args(args);
-        let mut cmd = self.command_for(args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        // Its own process group, so a timeout can kill podman together with
-        // any helper it started (runc, a hook) that would otherwise keep
-        // running or keep our pipes open. conmon calls setsid() and so is
-        // never in this group: killing the group cannot hit a sidecar.
-        cmd.process_group(0);
-
-        let mut child = spawn_retrying(&mut cmd).map_err(|e| RuntimeError::Spawn {
-            program: self.program.display().to_string(),
-            message: if e.kind() == std::io::ErrorKind::NotFound {
-                "podman is not installed or not in PATH (no such file)".to_owned()
-            } else {
-                e.to_string()
-            },
-        })?;
-
-        // Each pipe is drained by its own thread so podman never blocks on
-        // a full pipe while we wait for it; a thread left blocked on a pipe
-        // that something keeps open ends when that process goes.
-        let (tx, rx) = mpsc::channel::<(bool, Vec<u8>, bool)>();
-        let readers = [
-            child.stdout.take().map(|out| {
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name("podman-stdout".to_owned())
-                    .spawn(move || {
-                        let (data, truncated) = read_capped(out, STDOUT_READ_CAP, Keep::Head);
-                        let _ = tx.send((true, data, truncated));
-                    })
-            }),
-            child.stderr.take().map(|err| {
-                let tx = tx.clone();
-                std::thread::Builder::new()
-                    .name("podman-stderr".to_owned())
-                    .spawn(move || {
-                        let (data, truncated) = read_capped(err, STDERR_READ_CAP, Keep::Tail);
-                        let _ = tx.send((false, data, truncated));
-                    })
-            }),
-        ];
-        drop(tx);
-        if let Some(Err(e)) = readers.into_iter().flatten().find(Result::is_err) {
-            kill_group(&mut child);
-            let _ = child.wait();
-            return Err(RuntimeError::Spawn {
-                program: self.program.display().to_string(),
-                message: format!("cannot start a thread to read its output: {e}"),
-            });
-        }
-
-        let deadline = started + timeout;
-        let mut stdout: Option<(Vec<u8>, bool)> = None;
-        let mut stderr: Option<Vec<u8>> = None;
-        let mut exited_at: Option<Instant> = None;
-        let mut killed_leftovers = false;
-        let mut poll = Duration::from_millis(1);
-        loop {
-            if exited_at.is_none() && has_exited(&child) {
-                exited_at = Some(Instant::now());
-            }
-            if exited_at.is_some() && stdout.is_some() && stderr.is_some() {
-                break;
-            }
-            let now = Instant::now();
-            let limit = match exited_at {
-                None => deadline,
-                Some(t) if !killed_leftovers => deadline.min(t + PIPE_GRACE),
-                Some(t) => t + 2 * PIPE_GRACE,
-            };
-            if now >= limit {
-                // Every kill_group here happens before the child is reaped
-                // (has_exited uses WNOWAIT): its zombie keeps the pid, and so
-                // the group id, from being reused by an unrelated process.
-                if exited_at.is_none() {
-                    kill_group(&mut child);
-                    let _ = child.wait();
-                    tracing::debug!(
-                        argv = %describe_argv(&self.program, args),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "podman timed out, killed"
-                    );
-                    return Err(RuntimeError::Timeout {
-                        args: shown_args(),
-                        timeout,
-                    });
-                }
-                if !killed_leftovers {
-                    // Podman is done but a process it left in its group
-                    // holds our pipes: kill it and take the output.
-                    tracing::warn!(
-                        argv = %describe_argv(&self.program, args),
-                        "podman exited but a process it started keeps its output open; killing its process group"
-                    );
-                    kill_group(&mut child);
-                    killed_leftovers = true;
-                    continue;
-                }
-                let status = child.wait();
-                return Err(RuntimeError::Failed {
-                    args: shown_args(),
-                    status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    stderr: "podman exited, but a process outside its process group kept its output open"
-                        .to_owned(),
-                });
-            }
-            match rx.recv_timeout(poll.min(limit - now)) {
-                Ok((true, data, truncated)) => stdout = Some((data, truncated)),
-                Ok((false, data, _)) => stderr = Some(data),
-                Err(mpsc::RecvTimeoutError::Timeout) => poll = (poll * 2).min(POLL_MAX),
-                // Both readers are done; only the exit is left to wait for.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    stdout.get_or_insert_with(|| (Vec::new(), false));
-                    stderr.get_or_insert_with(Vec::new);
-                    std::thread::sleep(poll.min(limit - now));
-                    poll = (poll * 2).min(POLL_MAX);
-                }
-            }
-        }
-
-        let status = child.wait().map_err(|e| RuntimeError::Failed {
-            args: shown_args(),
-            status: format!("cannot collect exit status: {e}"),
-            stderr: String::new(),
-        })?;
-        let (stdout, stdout_truncated) = stdout.unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned();
-        tracing::debug!(
-            argv = %describe_argv(&self.program, args),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            %status,
-            "podman finished"
-        );
-        Ok(Finished {
-            status,
-            stdout,
-            stdout_truncated,
-            stderr,
-        })
-    }
-
-    /// Runs a call with the configured timeout and turns a non-zero exit
-    /// into [`RuntimeError::Failed`], keeping the full stderr available to
-    /// `classify` first (the capped copy in the error might cut it).
     fn call(
         &self,
         args: &[String],
         timeout: Duration,
         classify: impl FnOnce(&str) -> Option<Result<(), RuntimeError>>,
     ) -> Result<Vec<u8>, RuntimeError> {
-        let f = self.exec(args, timeout)?;
-        if !f.status.success() {
-            if let Some(r) = classify(&f.stderr) {
-                return r.map(|()| Vec::new());
-            }
-            return Err(RuntimeError::Failed {
-                args: error_args(args),
-                status: f.status.to_string(),
-                stderr: summarise_stderr(&f.stderr),
-            });
-        }
-        if f.stdout_truncated {
-            return Err(RuntimeError::Parse {
-                args: error_args(args),
-                message: format!("more than {STDOUT_READ_CAP} bytes of output"),
-            });
-        }
-        Ok(f.stdout)
+        self.runner.call(args, timeout, classify)
     }
 }
 
 impl Runtime for Podman {
     fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let args = call_args(&Call::List(instance.to_owned()));
-        let out = self.call(&args, self.timeout, |_| None)?;
+        let out = self.call(&args, self.runner.timeout(), |_| None)?;
         let all = parse_ps(&out).map_err(|message| RuntimeError::Parse {
-            args: error_args(&args),
+            args: self.runner.error_args(&args),
             message,
         })?;
         Ok(keep_managed(all, instance))
@@ -309,16 +75,16 @@ impl Runtime for Podman {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        let out = self.call(&args, self.timeout, |_| None)?;
+        let out = self.call(&args, self.runner.timeout(), |_| None)?;
         parse_unlabelled(&out).map_err(|message| RuntimeError::Parse {
-            args: quote_args(&args),
+            args: self.runner.error_args(&args),
             message,
         })
     }
 
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
         let args = call_args(&Call::Run(spec.clone()));
-        let out = self.call(&args, self.timeout, |stderr| {
+        let out = self.call(&args, self.runner.timeout(), |stderr| {
             is_name_in_use(stderr).then(|| Err(RuntimeError::NameInUse(spec.name.clone())))
         })?;
         // `podman run -d` prints the id alone; take the last line in case a
@@ -327,7 +93,7 @@ impl Runtime for Podman {
         match text.lines().map(str::trim).rfind(|l| !l.is_empty()) {
             Some(id) => Ok(id.to_owned()),
             None => Err(RuntimeError::Parse {
-                args: error_args(&args),
+                args: self.runner.error_args(&args),
                 message: "podman printed no container id".to_owned(),
             }),
         }
@@ -335,7 +101,7 @@ impl Runtime for Podman {
 
     fn kill(&self, name: &str, signal: Signal) -> Result<(), RuntimeError> {
         let args = call_args(&Call::Kill(name.to_owned(), signal));
-        self.call(&args, self.timeout, |stderr| {
+        self.call(&args, self.runner.timeout(), |stderr| {
             if is_no_such_container(stderr) {
                 Some(Err(RuntimeError::NoSuchContainer(name.to_owned())))
             } else if is_not_running(stderr) {
@@ -351,7 +117,7 @@ impl Runtime for Podman {
         let args = call_args(&Call::Stop(name.to_owned(), timeout));
         // podman itself waits up to `timeout` before SIGKILL: that wait must
         // not count against the call's own time limit.
-        let limit = self.timeout + Duration::from_secs(stop_secs(timeout));
+        let limit = self.runner.timeout() + Duration::from_secs(stop_secs(timeout));
         self.call(&args, limit, |stderr| {
             is_no_such_container(stderr)
                 .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
@@ -364,7 +130,7 @@ impl Runtime for Podman {
         // Podman 4.3 already exits 0 for `rm -f` of a missing container;
         // other versions say "no such container": removal is idempotent
         // either way, so a sync killed half-way can simply run again.
-        self.call(&args, self.timeout, |stderr| {
+        self.call(&args, self.runner.timeout(), |stderr| {
             is_no_such_container(stderr).then_some(Ok(()))
         })
         .map(drop)
@@ -372,20 +138,20 @@ impl Runtime for Podman {
 
     fn inspect(&self, name: &str) -> Result<Inspected, RuntimeError> {
         let args = call_args(&Call::Inspect(name.to_owned()));
-        let out = self.call(&args, self.timeout, |stderr| {
+        let out = self.call(&args, self.runner.timeout(), |stderr| {
             is_no_such_container(stderr)
                 .then(|| Err(RuntimeError::NoSuchContainer(name.to_owned())))
         })?;
         parse_inspect(&out)
             .map_err(|message| RuntimeError::Parse {
-                args: error_args(&args),
+                args: self.runner.error_args(&args),
                 message,
             })?
             .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))
     }
 
     fn describe(&self, call: &Call) -> String {
-        describe_argv(&self.program, &call_args(call))
+        self.runner.describe(&call_args(call))
     }
 
     fn logs(&self, name: &str, follow: bool) -> Result<std::process::ExitStatus, RuntimeError> {
@@ -394,12 +160,10 @@ impl Runtime for Podman {
             follow,
         });
         // Output goes straight to ours, as it comes: `--follow` streams.
-        self.command_for(&args)
+        self.runner
+            .command_for(&args)
             .status()
-            .map_err(|e| RuntimeError::Spawn {
-                program: self.program.display().to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| self.runner.spawn_error(e))
     }
 
     fn exec_check(
@@ -423,109 +187,30 @@ impl Runtime for Podman {
         })
         .map(drop)
     }
-}
 
-/// Spawns, retrying briefly on ETXTBSY: an executable that is being
-/// replaced (a package upgrade) or was just written while another thread
-/// forked cannot be executed for a moment.
-fn spawn_retrying(cmd: &mut Command) -> std::io::Result<Child> {
-    let mut delay = Duration::from_millis(5);
-    for _ in 0..5 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            other => return other,
-        }
+    fn version(&self) -> Result<String, RuntimeError> {
+        let args = vec!["--version".to_owned()];
+        let out = self.call(&args, self.runner.timeout(), |_| None)?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
     }
-    cmd.spawn()
-}
 
-/// Whether the child has exited, without reaping it: while it is an
-/// unreaped zombie its pid, and so its process group id, cannot be reused,
-/// which makes a later `killpg` safe.
-fn has_exited(child: &Child) -> bool {
-    let Ok(raw) = i32::try_from(child.id()) else {
-        return true;
-    };
-    match waitid(
-        Id::Pid(Pid::from_raw(raw)),
-        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-    ) {
-        Ok(WaitStatus::StillAlive) => false,
-        Ok(_) => true,
-        Err(nix::errno::Errno::EINTR) => false,
-        // ECHILD and the like: nothing left to wait for.
-        Err(_) => true,
+    fn info(&self) -> Result<EngineInfo, RuntimeError> {
+        let args: Vec<String> = ["info", "--format", "json"].map(String::from).to_vec();
+        let out = self.call(&args, self.runner.timeout(), |_| None)?;
+        super::parse::parse_info(&out).map_err(|message| RuntimeError::Parse {
+            args: self.runner.error_args(&args),
+            message,
+        })
     }
-}
 
-fn kill_group(child: &mut Child) {
-    let killed = i32::try_from(child.id())
-        .ok()
-        .is_some_and(|raw| killpg(Pid::from_raw(raw), NixSignal::SIGKILL).is_ok());
-    if !killed {
-        let _ = child.kill();
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        let args: Vec<String> = if pull {
+            vec!["pull".to_owned(), "--".to_owned(), image.to_owned()]
+        } else {
+            vec!["image".to_owned(), "exists".to_owned(), image.to_owned()]
+        };
+        self.call(&args, self.runner.timeout(), |_| None).map(drop)
     }
-}
-
-/// Which end of an over-long stream to keep.
-#[derive(Clone, Copy)]
-enum Keep {
-    /// stdout: anything cut makes it unusable anyway, so keep the start.
-    Head,
-    /// stderr: podman's `Error:` line comes last, after any warnings.
-    Tail,
-}
-
-/// Reads to EOF, keeping at most `cap` bytes but draining the rest so the
-/// writer never blocks on a full pipe. Returns whether anything was dropped.
-fn read_capped(mut r: impl Read, cap: usize, keep: Keep) -> (Vec<u8>, bool) {
-    let mut data = Vec::new();
-    let mut truncated = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => match keep {
-                Keep::Head => {
-                    let room = cap.saturating_sub(data.len());
-                    truncated |= n > room;
-                    data.extend_from_slice(&buf[..n.min(room)]);
-                }
-                Keep::Tail => {
-                    data.extend_from_slice(&buf[..n]);
-                    // Trim only once twice the cap is buffered, so the
-                    // front is not shifted on every read.
-                    if data.len() > 2 * cap {
-                        data.drain(..data.len() - cap);
-                        truncated = true;
-                    }
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if data.len() > cap {
-        data.drain(..data.len() - cap);
-        truncated = true;
-    }
-    (data, truncated)
-}
-
-/// The trimmed stderr, cut to its last [`STDERR_SHOWN`] bytes.
-fn summarise_stderr(stderr: &str) -> String {
-    let s = stderr.trim();
-    if s.len() <= STDERR_SHOWN {
-        return s.to_owned();
-    }
-    let mut cut = s.len() - STDERR_SHOWN;
-    while !s.is_char_boundary(cut) {
-        cut += 1;
-    }
-    format!("[...] {}", &s[cut..])
 }
 
 fn is_no_such_container(stderr: &str) -> bool {
@@ -553,6 +238,64 @@ fn stop_secs(t: Duration) -> u64 {
     t.as_secs() + u64::from(t.subsec_nanos() > 0)
 }
 
+/// The arguments after `podman` of `podman run -d` for `spec`. The image
+/// is the last podman-side word; everything after it belongs to the
+/// container's command.
+///
+/// Values are attached with `=` (`--name=NAME`, `--label=K=V`) and a `--`
+/// precedes the image, so no value, not even one starting with `-`, can be
+/// read by podman as an option of its own.
+pub fn run_args(spec: &RunSpec) -> Vec<String> {
+    let mut a = vec![
+        "run".to_owned(),
+        "-d".to_owned(),
+        format!("--name={}", spec.name),
+    ];
+    for (k, v) in &spec.labels {
+        a.push(format!("--label={k}={v}"));
+    }
+    let mut opt = |k: &str, v: String| {
+        a.push(k.to_owned());
+        a.push(v);
+    };
+    match &spec.network {
+        Network::Namespace(path) => opt("--network", format!("ns:{}", path.display())),
+        Network::Host => opt("--network", "host".to_owned()),
+        Network::None => opt("--network", "none".to_owned()),
+    }
+    if spec.pid_host {
+        opt("--pid", "host".to_owned());
+    }
+    if spec.cgroupns_host {
+        opt("--cgroupns", "host".to_owned());
+    }
+    for v in &spec.volumes {
+        opt("--volume", v.clone());
+    }
+    for c in &spec.cap_drop {
+        opt("--cap-drop", c.clone());
+    }
+    for c in &spec.cap_add {
+        opt("--cap-add", c.clone());
+    }
+    if let Some(u) = &spec.user {
+        opt("--user", u.clone());
+    }
+    if let Some(d) = &spec.log_driver {
+        opt("--log-driver", d.clone());
+    }
+    a.extend(spec.engine_args.iter().cloned());
+    if let Some(e) = &spec.entrypoint {
+        a.push("--entrypoint".to_owned());
+        a.push(e.clone());
+    }
+    a.push("--".to_owned());
+    a.push(spec.image.clone());
+    a.extend(spec.command.iter().cloned());
+    a.extend(spec.daemon_argv.iter().cloned());
+    a
+}
+
 /// The arguments after `podman` for a call. Execution and `describe` both
 /// use this, so a dry run prints exactly what a real run executes. Names go
 /// after `--` so that none can be taken for an option.
@@ -574,7 +317,7 @@ pub fn call_args(call: &Call) -> Vec<String> {
             a.push(PS_FORMAT.to_owned());
             a
         }
-        Call::Run(spec) => spec.argv(),
+        Call::Run(spec) => run_args(spec),
         Call::Kill(name, sig) => {
             let mut a = v(&["kill"]);
             a.push(format!("--signal={}", sig.as_str()));
@@ -611,33 +354,18 @@ pub fn call_args(call: &Call) -> Vec<String> {
     }
 }
 
-pub use crate::host::shell::{quote_words as quote_args, shell_quote};
-
-/// The command line as errors show it: quoted, and cut after
-/// [`ARGS_SHOWN`] bytes. A request's argv can be as long as the queue allows
-/// and every message that names the command ends up in an acknowledgement,
-/// the reject log or the state; the start (options, name, image) is what
-/// identifies the call.
-pub(super) fn error_args(args: &[String]) -> String {
-    crate::shared::ack::bounded(&quote_args(args), ARGS_SHOWN).into_owned()
-}
-
-pub(super) fn describe_argv(program: &Path, args: &[String]) -> String {
-    let program = program.to_string_lossy();
-    let mut s = shell_quote(&program).into_owned();
-    for a in args {
-        s.push(' ');
-        s.push_str(&shell_quote(a));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::process::{ARGS_SHOWN, Keep, STDERR_SHOWN, read_capped};
     use super::*;
     use crate::host::runtime::test_util::*;
+    use nix::sys::signal::Signal as NixSignal;
+    use nix::unistd::Pid;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::Instant;
 
     /// A scratch directory removed on drop, for fake podman scripts.
     struct Scratch(PathBuf);
@@ -717,10 +445,10 @@ mod tests {
     fn error_args_are_cut_but_keep_the_start() {
         let mut args = vec!["run".to_owned(), "--name=sidespawn-x".to_owned()];
         args.extend((0..1000).map(|i| format!("--arg-{i:0>90}")));
-        let shown = error_args(&args);
+        let shown = super::super::process::error_args("podman", &args);
         assert!(shown.len() <= ARGS_SHOWN, "{}", shown.len());
         assert!(
-            shown.starts_with("run --name=sidespawn-x --arg-"),
+            shown.starts_with("podman run --name=sidespawn-x --arg-"),
             "{shown}"
         );
         assert!(shown.ends_with("more bytes)"), "{shown}");
@@ -790,7 +518,7 @@ mod tests {
     fn request_argv_always_lands_after_the_image() {
         let hostile = ["--privileged", "-v", "/:/host", "--net=host", ""];
         let s = spec("sidespawn-dnsmasq-x", &hostile);
-        let a = s.argv();
+        let a = run_args(&s);
         let img = a.iter().position(|w| w == "localhost/dnsmasq:1").unwrap();
         assert_eq!(a[img - 1], "--", "options end before the image");
         assert_eq!(
@@ -801,21 +529,17 @@ mod tests {
                 "--name=sidespawn-dnsmasq-x",
                 "--label=io.sidespawn.kind=dnsmasq",
                 "--label=io.sidespawn.managed-by=sidespawn",
-                "--network=ns:/run/netns/qdhcp-1",
-                "--pid=host",
+                "--network",
+                "ns:/run/netns/qdhcp-1",
+                "--pid",
+                "host",
+                "--entrypoint",
+                "dnsmasq",
             ])
         );
         assert_eq!(
             a[img + 1..],
-            strings(&[
-                "dnsmasq",
-                "-k",
-                "--privileged",
-                "-v",
-                "/:/host",
-                "--net=host",
-                ""
-            ])
+            strings(&["-k", "--privileged", "-v", "/:/host", "--net=host", ""])
         );
     }
 
@@ -825,7 +549,7 @@ mod tests {
         s.labels
             .insert("io.sidespawn.tag".to_owned(), "--privileged".to_owned());
         s.image = "--privileged".to_owned();
-        let a = s.argv();
+        let a = run_args(&s);
         let end = a.iter().position(|w| w == "--").unwrap();
         assert!(a[..end].contains(&"--name=-v".to_owned()));
         assert!(a[..end].contains(&"--label=io.sidespawn.tag=--privileged".to_owned()));
@@ -856,7 +580,9 @@ mod tests {
         );
         let run = p.describe(&Call::Run(spec("n", &["--conf-file=", "it's"])));
         assert!(
-            run.ends_with(" -- localhost/dnsmasq:1 dnsmasq -k --conf-file= 'it'\\''s'"),
+            run.ends_with(
+                " --entrypoint dnsmasq -- localhost/dnsmasq:1 -k --conf-file= 'it'\\''s'"
+            ),
             "{run}"
         );
         assert_eq!(
@@ -923,7 +649,7 @@ mod tests {
                 status,
                 stderr,
             } => {
-                assert_eq!(args, "kill --signal=HUP -- n");
+                assert_eq!(args, "podman kill --signal=HUP -- n");
                 assert!(status.contains('3'), "{status}");
                 assert_eq!(stderr, "WARN[0000] a warning\nError: something broke");
             }
