@@ -10,7 +10,7 @@ mod systemd;
 
 use std::time::Duration;
 
-use e2e::{Deployment, DhcpNetwork, MetadataProxy};
+use e2e::{Deployment, DhcpNetwork, Engine, MetadataProxy};
 use serde_json::Value;
 
 /// How long a host answer (an acknowledgement, a sidecar appearing) may take.
@@ -46,9 +46,14 @@ fn wait_ack(d: &Deployment, id: &str) -> Value {
 /// sees alive and that hands a VM its lease; `status --json` lists it.
 #[test]
 fn dnsmasq_started_by_the_agent_serves_dhcp() {
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: the agent's dnsmasq call becomes a sidecar serving DHCP")
-    else {
+    dnsmasq_started_by_the_agent_serves_dhcp_on(Engine::Podman);
+}
+
+fn dnsmasq_started_by_the_agent_serves_dhcp_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: the agent's dnsmasq call becomes a sidecar serving DHCP",
+    ) else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -108,9 +113,14 @@ fn dnsmasq_started_by_the_agent_serves_dhcp() {
 /// relays a VM's request to the backend; `haproxy-kill HUP` reloads it, 15 removes it.
 #[test]
 fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: the agent's haproxy call becomes a metadata proxy sidecar")
-    else {
+    haproxy_metadata_proxy_started_by_the_agent_serves_http_on(Engine::Podman);
+}
+
+fn haproxy_metadata_proxy_started_by_the_agent_serves_http_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: the agent's haproxy call becomes a metadata proxy sidecar",
+    ) else {
         return;
     };
     let proxy = MetadataProxy::new(&d);
@@ -176,8 +186,14 @@ fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
 /// resync (kill 9, respawn) gives a new dnsmasq.
 #[test]
 fn sidecars_survive_agent_restart_and_recreation() {
-    let Some((_timer, d)) = e2e::scenario("e2e: sidecars outlive a restarted or recreated agent")
-    else {
+    sidecars_survive_agent_restart_and_recreation_on(Engine::Podman);
+}
+
+fn sidecars_survive_agent_restart_and_recreation_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: sidecars outlive a restarted or recreated agent",
+    ) else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -274,8 +290,14 @@ fn sidecars_survive_agent_restart_and_recreation() {
 /// 15` returns only once the container is gone.
 #[test]
 fn kill_script_hup_reloads_and_term_removes() {
-    let Some((_timer, d)) = e2e::scenario("e2e: dnsmasq-kill HUP reloads, 15 stops and removes")
-    else {
+    kill_script_hup_reloads_and_term_removes_on(Engine::Podman);
+}
+
+fn kill_script_hup_reloads_and_term_removes_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: dnsmasq-kill HUP reloads, 15 stops and removes",
+    ) else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -346,9 +368,14 @@ fn kill_script_hup_reloads_and_term_removes() {
 /// file and asks again with the same argv; the host replaces the dead container.
 #[test]
 fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: a dead sidecar is replaced on the agent's next request")
-    else {
+    dead_dnsmasq_is_respawned_when_the_agent_asks_again_on(Engine::Podman);
+}
+
+fn dead_dnsmasq_is_respawned_when_the_agent_asks_again_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: a dead sidecar is replaced on the agent's next request",
+    ) else {
         return;
     };
     let net = DhcpNetwork::new(&d);
@@ -389,9 +416,14 @@ fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
 /// the valid request runs.
 #[test]
 fn requests_for_gone_or_replaced_namespaces_are_rejected() {
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: requests for vanished or recreated namespaces are rejected")
-    else {
+    requests_for_gone_or_replaced_namespaces_are_rejected_on(Engine::Podman);
+}
+
+fn requests_for_gone_or_replaced_namespaces_are_rejected_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: requests for vanished or recreated namespaces are rejected",
+    ) else {
         return;
     };
     let gone = DhcpNetwork::new(&d);
@@ -483,9 +515,14 @@ fn requests_for_gone_or_replaced_namespaces_are_rejected() {
 /// timer's run) removes the orphan.
 #[test]
 fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: sync --full removes a sidecar whose namespace was deleted")
-    else {
+    full_sync_removes_sidecar_whose_namespace_was_deleted_on(Engine::Podman);
+}
+
+fn full_sync_removes_sidecar_whose_namespace_was_deleted_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: sync --full removes a sidecar whose namespace was deleted",
+    ) else {
         return;
     };
     // Every sync with work removes the orphans it sees, whoever's they are. The syncs of this
@@ -541,13 +578,18 @@ fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
 /// alive well within Neutron's 60 s, each claimed and started exactly once.
 #[test]
 fn burst_of_dnsmasq_requests_all_alive_within_budget() {
-    const BURST: usize = 24;
-    let Some((_timer, d)) =
-        e2e::scenario("e2e: a burst of dnsmasq requests all become alive in time")
-    else {
+    burst_on(Engine::Podman, 24, e2e::ALIVE_TIMEOUT);
+}
+
+/// `burst` dnsmasq requests at once on `engine`, each alive within `alive` of its request.
+fn burst_on(engine: Engine, burst: usize, alive: Duration) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        &format!("e2e: a burst of {burst} dnsmasq requests all become alive in time"),
+    ) else {
         return;
     };
-    let nets: Vec<DhcpNetwork> = (0..BURST).map(|_| DhcpNetwork::new(&d)).collect();
+    let nets: Vec<DhcpNetwork> = (0..burst).map(|_| DhcpNetwork::new(&d)).collect();
     // Like the agent's threads: each spawns its dnsmasq, then waits (at most Neutron's 60 s,
     // or the test fails) for it to become alive.
     let start = std::time::Instant::now();
@@ -559,7 +601,7 @@ fn burst_of_dnsmasq_requests_all_alive_within_budget() {
                 s.spawn(move || {
                     net.request(d);
                     let queued = std::time::Instant::now();
-                    net.wait_alive();
+                    net.wait_alive_within(alive);
                     queued.elapsed()
                 })
             })
@@ -585,4 +627,59 @@ fn burst_of_dnsmasq_requests_all_alive_within_budget() {
         let totals = d.sync_totals();
         totals.get("claimed") == Some(&nets.len()) && totals.get("started") == Some(&nets.len())
     });
+}
+
+/// The same scenarios with the sidecars on docker: a daemon of each deployment's own, the
+/// namespace joined through the entry helper (`sidespawn-netns-exec`), the syncs fired by the
+/// same path units. Only the engine differs; every assertion is the podman scenario's.
+mod docker {
+    use super::*;
+
+    #[test]
+    fn dnsmasq_started_by_the_agent_serves_dhcp() {
+        dnsmasq_started_by_the_agent_serves_dhcp_on(Engine::Docker);
+    }
+
+    #[test]
+    fn haproxy_metadata_proxy_started_by_the_agent_serves_http() {
+        haproxy_metadata_proxy_started_by_the_agent_serves_http_on(Engine::Docker);
+    }
+
+    #[test]
+    fn sidecars_survive_agent_restart_and_recreation() {
+        sidecars_survive_agent_restart_and_recreation_on(Engine::Docker);
+    }
+
+    #[test]
+    fn kill_script_hup_reloads_and_term_removes() {
+        kill_script_hup_reloads_and_term_removes_on(Engine::Docker);
+    }
+
+    #[test]
+    fn dead_dnsmasq_is_respawned_when_the_agent_asks_again() {
+        dead_dnsmasq_is_respawned_when_the_agent_asks_again_on(Engine::Docker);
+    }
+
+    #[test]
+    fn requests_for_gone_or_replaced_namespaces_are_rejected() {
+        requests_for_gone_or_replaced_namespaces_are_rejected_on(Engine::Docker);
+    }
+
+    #[test]
+    fn full_sync_removes_sidecar_whose_namespace_was_deleted() {
+        full_sync_removes_sidecar_whose_namespace_was_deleted_on(Engine::Docker);
+    }
+
+    #[test]
+    fn burst_of_dnsmasq_requests_all_alive_within_budget() {
+        burst_on(Engine::Docker, 24, e2e::ALIVE_TIMEOUT);
+    }
+
+    /// 200 requests at once through docker: every one claimed, started and alive, none lost.
+    /// The deadline is generous (a slow shared machine is no failure); the time it took is
+    /// printed, and `tests/bench.sh engines` measures it.
+    #[test]
+    fn burst_of_200_requests_loses_nothing() {
+        burst_on(Engine::Docker, 200, Duration::from_secs(600));
+    }
 }

@@ -22,6 +22,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod docker_host;
 pub mod fake_host;
 pub mod podman_host;
 

@@ -81,11 +81,35 @@ pub fn note(message: &str) {
 /// the scenario's duration (teardown included: it drops after the deployment), and a fresh
 /// [`Deployment`]. `None` when the scenario cannot run here (the gate has said so).
 pub fn scenario(what: &str) -> Option<(Timer, Deployment)> {
-    if !common::privileged(what) {
+    scenario_on(Engine::Podman, what)
+}
+
+/// [`scenario`] with the sidecars on `engine` (docker: a daemon of the deployment's own; the
+/// gate also asks for dockerd and its CLI).
+pub fn scenario_on(engine: Engine, what: &str) -> Option<(Timer, Deployment)> {
+    let what = format!("{what} [{engine:?}]");
+    if !common::privileged(&what) {
+        return None;
+    }
+    if engine == Engine::Docker
+        && !common::gate(
+            &what,
+            "docker (dockerd and its CLI)",
+            &common::docker_host::missing(),
+        )
+    {
         return None;
     }
     let timer = Timer::start();
-    Some((timer, Deployment::new()))
+    Some((timer, Deployment::on(engine, default_trigger)))
+}
+
+/// The container engine a deployment runs its sidecars on (the agent always runs on podman:
+/// which engine runs the agent does not matter to sidespawn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Podman,
+    Docker,
 }
 
 /// Prints how long a scenario took when it drops (also when it fails).
@@ -138,6 +162,8 @@ pub struct TriggerSetup {
     pub kinds: Vec<&'static str>,
     /// A directory the trigger may use for its own files.
     pub work_dir: PathBuf,
+    /// Environment the syncs need besides `CONTAINERS_CONF` (`DOCKER_HOST` for docker).
+    pub env: Vec<(String, String)>,
 }
 
 /// What fires `sidespawn sync --kind K --backoff` when a kind's queue has work: the product's
@@ -200,10 +226,13 @@ impl SystemdPathUnits {
         let files = sidespawn::host::units::generate(&cfg, &setup.sidespawn)
             .unwrap_or_else(|e| panic!("generating the units: {e}"));
         manager.install(&files);
-        let env = format!(
+        let mut env = format!(
             "[Service]\nEnvironment=CONTAINERS_CONF={}\n",
             common::containers_conf().display()
         );
+        for (k, v) in &setup.env {
+            env.push_str(&format!("Environment={k}={v}\n"));
+        }
         manager.drop_in("sidespawn@.service", "test-podman", &env);
         manager.drop_in("sidespawn-backstop.service", "test-podman", &env);
         let t = SystemdPathUnits {
@@ -329,7 +358,8 @@ fn run_triggered_sync(setup: &TriggerSetup, kind: &str) -> String {
     cmd.arg("--config")
         .arg(&setup.config)
         .args(["sync", "--kind", kind, "--backoff"])
-        .env("CONTAINERS_CONF", common::containers_conf());
+        .env("CONTAINERS_CONF", common::containers_conf())
+        .envs(setup.env.iter().map(|(k, v)| (k, v)));
     let start = Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         common::output_within(&mut cmd, SYNC_TIMEOUT)
@@ -430,7 +460,7 @@ impl Drop for Background {
 
 // --- the deployment -----------------------------------------------------------------------------
 
-/// One sidecar as `podman ps` reports it.
+/// One sidecar as its engine reports it.
 #[derive(Debug, Clone)]
 pub struct Sidecar {
     pub name: String,
@@ -449,6 +479,10 @@ pub struct Deployment {
     trigger: Option<Box<dyn Trigger>>,
     /// Namespaces and background processes, dropped (last first) after the containers.
     keep: Mutex<Vec<Box<dyn Send>>>,
+    /// The engine of the sidecars; for docker, the deployment's own daemon (stopped after the
+    /// sidecars are removed).
+    engine: Engine,
+    docker: Option<common::docker_host::DockerDaemon>,
 }
 
 impl Deployment {
@@ -458,7 +492,18 @@ impl Deployment {
     }
 
     pub fn with_trigger(make_trigger: TriggerFactory) -> Deployment {
+        Deployment::on(Engine::Podman, make_trigger)
+    }
+
+    /// A deployment whose sidecars run on `engine`.
+    pub fn on(engine: Engine, make_trigger: TriggerFactory) -> Deployment {
         let images = common::ensure_images();
+        let docker = (engine == Engine::Docker).then(|| {
+            let daemon = common::docker_host::DockerDaemon::start();
+            daemon.load(&images.dnsmasq);
+            daemon.load(&images.haproxy);
+            daemon
+        });
         let dir = TempDir::new("sidespawn-e2e");
         let run_label = common::unique("e2e");
         let agent = Container::new(&common::unique("sidespawn-e2e-agent"));
@@ -469,6 +514,8 @@ impl Deployment {
             agent,
             trigger: None,
             keep: Mutex::new(Vec::new()),
+            engine,
+            docker,
         };
         fs::create_dir_all(d.data()).expect("mkdir the neutron data dir");
         d.write_configs();
@@ -490,6 +537,7 @@ impl Deployment {
             queue_root: d.queue_root(),
             kinds: KINDS.to_vec(),
             work_dir: d.dir.join("trigger"),
+            env: d.engine_env(),
         }));
         d
     }
@@ -498,7 +546,7 @@ impl Deployment {
         let data = self.data().display().to_string();
         let volume = format!("{data}:{data}");
         let labels = json!({ RUN_LABEL: self.run_label });
-        let config = json!({
+        let mut config = json!({
             "queue_root": self.queue_root(),
             "state_dir": self.state_dir(),
             "kinds": {
@@ -523,6 +571,11 @@ impl Deployment {
                 },
             },
         });
+        if let Some(daemon) = &self.docker {
+            config["engine"] = json!("docker");
+            config["engine_program"] = json!(daemon.cli());
+            config["netns_helper"] = json!(common::static_wrapper());
+        }
         fs::write(self.config(), config.to_string()).expect("write config.json");
         let wrapper = json!({ "queue_root": self.queue_root() });
         fs::write(self.wrapper_config(), wrapper.to_string()).expect("write wrapper.json");
@@ -657,8 +710,40 @@ impl Deployment {
         cmd.arg("--config")
             .arg(self.config())
             .args(args)
-            .env("CONTAINERS_CONF", common::containers_conf());
+            .env("CONTAINERS_CONF", common::containers_conf())
+            .envs(self.engine_env());
         cmd
+    }
+
+    /// The engine the sidecars run on.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// What the host tool needs in its environment to reach the engine, besides
+    /// `CONTAINERS_CONF`: the docker daemon's address.
+    pub fn engine_env(&self) -> Vec<(String, String)> {
+        self.docker
+            .iter()
+            .map(|d| ("DOCKER_HOST".to_owned(), d.host()))
+            .collect()
+    }
+
+    /// The sidecars' engine CLI (`podman` with the test configuration, or `docker` talking to
+    /// the deployment's daemon).
+    pub fn engine_cli(&self) -> Command {
+        match &self.docker {
+            Some(d) => d.docker(),
+            None => common::podman(),
+        }
+    }
+
+    /// `ENGINE rm -f NAME`, quietly; whether it worked.
+    fn remove_sidecar(&self, name: &str) -> bool {
+        match &self.docker {
+            Some(d) => quiet(d.docker().args(["rm", "-f", name])),
+            None => quiet(common::podman().args(["rm", "-f", "-i", "-t", "0", name])),
+        }
     }
 
     /// `podman exec AGENT ARGS...`.
@@ -732,9 +817,12 @@ impl Deployment {
             .unwrap_or_default()
     }
 
-    /// `podman inspect NAME`, or `None` if there is no such container.
+    /// `ENGINE inspect NAME`, or `None` if there is no such container.
     pub fn inspect(&self, name: &str) -> Option<Value> {
-        let out = common::output(common::podman().args(["inspect", "--type", "container", name]));
+        let out = common::output(
+            self.engine_cli()
+                .args(["inspect", "--type", "container", name]),
+        );
         if !out.status.success() {
             return None;
         }
@@ -742,9 +830,24 @@ impl Deployment {
         v.get(0).cloned()
     }
 
-    /// Whether `podman container exists NAME`.
+    /// Whether `podman container exists NAME` (docker: whether `inspect` finds it).
     pub fn container_exists(&self, name: &str) -> bool {
-        let out = common::output(common::podman().args(["container", "exists", name]));
+        let out = match &self.docker {
+            Some(d) => {
+                let out =
+                    common::output(d.docker().args(["inspect", "--type=container", "--", name]));
+                let missing = String::from_utf8_lossy(&out.stderr).contains("No such container");
+                return match out.status.code() {
+                    Some(0) => true,
+                    Some(1) if missing => false,
+                    _ => panic!(
+                        "docker inspect {name}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                };
+            }
+            None => common::output(common::podman().args(["container", "exists", name])),
+        };
         match out.status.code() {
             Some(0) => true,
             Some(1) => false,
@@ -755,9 +858,46 @@ impl Deployment {
         }
     }
 
-    /// This deployment's sidecars (every state), as `podman ps -a` lists them.
+    /// This deployment's sidecars (every state), as `podman ps -a` lists them (docker: `ps -q`
+    /// and `inspect`, docker's listing has no pid).
     pub fn sidecars(&self) -> Vec<Sidecar> {
         let filter = format!("label={RUN_LABEL}={}", self.run_label);
+        if let Some(d) = &self.docker {
+            let ids =
+                common::run(
+                    d.docker()
+                        .args(["ps", "-a", "-q", "--no-trunc", "--filter", &filter]),
+                );
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if ids.is_empty() {
+                return Vec::new();
+            }
+            let out = common::output(d.docker().args(["inspect", "--type=container"]).args(&ids));
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            return list
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| Sidecar {
+                    name: c["Name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    id: c["Id"].as_str().unwrap_or_default().to_owned(),
+                    pid: c["State"]["Pid"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok())
+                        .unwrap_or(0),
+                    state: c["State"]["Status"].as_str().unwrap_or_default().to_owned(),
+                    labels: c["Config"]["Labels"]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                })
+                .collect();
+        }
         let out = common::run(common::podman().args([
             "ps",
             "-a",
@@ -896,7 +1036,8 @@ impl Deployment {
             ));
         }
         let filter = format!("label={RUN_LABEL}={}", self.run_label);
-        if let Ok(out) = common::podman()
+        if let Ok(out) = self
+            .engine_cli()
             .args(["ps", "-a", "--filter", &filter])
             .stdin(Stdio::null())
             .output()
@@ -907,13 +1048,15 @@ impl Deployment {
             ));
         }
         for sidecar in self.sidecar_names() {
-            if let Ok(out) = common::podman()
+            if let Ok(out) = self
+                .engine_cli()
                 .args(["logs", "--tail", "40", &sidecar])
                 .stdin(Stdio::null())
                 .output()
             {
                 text.push_str(&format!(
-                    "==== podman logs {sidecar}:\n{}{}",
+                    "==== {:?} logs {sidecar}:\n{}{}",
+                    self.engine,
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 ));
@@ -925,7 +1068,7 @@ impl Deployment {
     /// Names of this deployment's containers, without panicking (used from `Drop`).
     fn sidecar_names(&self) -> Vec<String> {
         let filter = format!("label={RUN_LABEL}={}", self.run_label);
-        common::podman()
+        self.engine_cli()
             .args(["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
@@ -949,10 +1092,12 @@ impl Drop for Deployment {
         // No sync may start a sidecar behind the cleanup's back.
         drop(self.trigger.take());
         for name in self.sidecar_names() {
-            if !quiet(common::podman().args(["rm", "-f", "-i", "-t", "0", &name])) {
+            if !self.remove_sidecar(&name) {
                 eprintln!("warning: could not remove sidecar {name}");
             }
         }
+        // The daemon goes once its sidecars are gone (its drop stops it and removes its files).
+        drop(self.docker.take());
         quiet(common::podman().args(["rm", "-f", "-i", "-t", "0", self.agent.name()]));
         // Then namespaces and background processes, last made first. (The agent's guard and
         // the temporary directory go when the fields drop.)
@@ -1114,9 +1259,15 @@ impl DhcpNetwork {
 
     /// Waits (Neutron's 60 s) until the network's dnsmasq is alive; returns its pid.
     pub fn wait_alive(&self) -> u32 {
+        self.wait_alive_within(ALIVE_TIMEOUT)
+    }
+
+    /// [`DhcpNetwork::wait_alive`] with another deadline than Neutron's (large bursts on a
+    /// loaded test machine).
+    pub fn wait_alive_within(&self, timeout: Duration) -> u32 {
         let mut pid = None;
         common::wait_until(
-            ALIVE_TIMEOUT,
+            timeout,
             &format!("dnsmasq of {} is alive (pid file + cmdline)", self.uuid),
             || {
                 pid = alive_pid(&self.pid_file(), &self.uuid);
