@@ -800,14 +800,14 @@ impl Deployment {
 
     /// The agent container's id (changes when it is recreated).
     pub fn agent_id(&self) -> String {
-        self.inspect(self.agent.name())
+        self.inspect_agent()
             .map(|c| c["Id"].as_str().unwrap_or_default().to_owned())
             .unwrap_or_default()
     }
 
     /// When the agent container last started (changes when it is restarted).
     pub fn agent_started_at(&self) -> String {
-        self.inspect(self.agent.name())
+        self.inspect_agent()
             .map(|c| {
                 c["State"]["StartedAt"]
                     .as_str()
@@ -817,7 +817,22 @@ impl Deployment {
             .unwrap_or_default()
     }
 
-    /// `ENGINE inspect NAME`, or `None` if there is no such container.
+    /// `podman inspect AGENT` (the agent runs on podman whatever the sidecars' engine).
+    fn inspect_agent(&self) -> Option<Value> {
+        let out = common::output(common::podman().args([
+            "inspect",
+            "--type",
+            "container",
+            self.agent.name(),
+        ]));
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("podman inspect prints JSON");
+        v.get(0).cloned()
+    }
+
+    /// `ENGINE inspect NAME` of a sidecar, or `None` if there is no such container.
     pub fn inspect(&self, name: &str) -> Option<Value> {
         let out = common::output(
             self.engine_cli()
