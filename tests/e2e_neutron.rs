@@ -79,6 +79,25 @@ fn dnsmasq_started_by_the_agent_serves_dhcp_on(engine: Engine) {
     let mut expected = vec!["dnsmasq".to_owned(), "-k".to_owned()];
     expected.extend(net.argv());
     assert_eq!(e2e::cmdline(pid), expected);
+    if let Some(dockerd) = d.docker_pid() {
+        // Docker's equivalent of conmon is containerd's shim, started by containerd (itself
+        // dockerd's child), never by the sync service: it sits in dockerd's cgroup, not in
+        // `sidespawn@dnsmasq.service`'s, so the oneshot's exit (and its KillMode) cannot touch
+        // it. The sync that started this sidecar has exited already.
+        let shim = e2e::parent_pid(pid);
+        assert!(
+            e2e::comm(shim).starts_with("containerd-shim"),
+            "the sidecar's parent is {:?}",
+            e2e::comm(shim)
+        );
+        let cgroup = |p: u32| std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
+        assert!(!cgroup(shim).contains("sidespawn@"), "{}", cgroup(shim));
+        assert_eq!(
+            cgroup(shim),
+            cgroup(dockerd),
+            "the shim is in dockerd's cgroup"
+        );
+    }
 
     // A VM gets its reserved address, and dnsmasq records the lease in Neutron's file.
     client.get_lease();

@@ -138,7 +138,9 @@ impl DockerDaemon {
     pub fn load(&self, image: &str) {
         let archive = self.dir.join("image.tar");
         let mut save = podman();
-        save.args(["save", "--quiet", "-o"]).arg(&archive).arg(image);
+        save.args(["save", "--quiet", "-o"])
+            .arg(&archive)
+            .arg(image);
         let out = output(&mut save);
         assert!(out.status.success(), "{}", explain(&save, &out));
         let mut load = self.docker();

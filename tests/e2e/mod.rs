@@ -715,6 +715,13 @@ impl Deployment {
         cmd
     }
 
+    /// The pid of the deployment's docker daemon (`None` on podman).
+    pub fn docker_pid(&self) -> Option<u32> {
+        self.docker
+            .as_ref()
+            .map(common::docker_host::DockerDaemon::pid)
+    }
+
     /// The engine the sidecars run on.
     pub fn engine(&self) -> Engine {
         self.engine
@@ -1124,6 +1131,24 @@ impl Drop for Deployment {
 }
 
 // --- Neutron's side: alive checks, networks, metadata proxies -----------------------------------
+
+/// The parent of `pid` (`PPid:` of its status).
+pub fn parent_pid(pid: u32) -> u32 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`).
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
 
 /// Neutron's liveness check: the pid in `pid_file` if `/proc/<pid>/cmdline` contains `uuid`.
 pub fn alive_pid(pid_file: &Path, uuid: &str) -> Option<u32> {
