@@ -609,27 +609,43 @@ fn burst_on(engine: Engine, burst: usize, alive: Duration) {
         return;
     };
     let nets: Vec<DhcpNetwork> = (0..burst).map(|_| DhcpNetwork::new(&d)).collect();
-    // Like the agent's threads: each spawns its dnsmasq, then waits (at most Neutron's 60 s,
-    // or the test fails) for it to become alive.
     let start = std::time::Instant::now();
-    let latencies: Vec<Duration> = std::thread::scope(|s| {
-        let waiters: Vec<_> = nets
-            .iter()
-            .map(|net| {
-                let d = &d;
-                s.spawn(move || {
-                    net.request(d);
-                    let queued = std::time::Instant::now();
-                    net.wait_alive_within(alive);
-                    queued.elapsed()
+    let latencies: Vec<Duration> = if burst <= 24 {
+        // Like the agent's threads: each spawns its dnsmasq, then waits (at most `alive`, or
+        // the test fails) for it to become alive.
+        std::thread::scope(|s| {
+            let waiters: Vec<_> = nets
+                .iter()
+                .map(|net| {
+                    let d = &d;
+                    s.spawn(move || {
+                        net.request(d);
+                        let queued = std::time::Instant::now();
+                        net.wait_alive_within(alive);
+                        queued.elapsed()
+                    })
                 })
-            })
+                .collect();
+            waiters
+                .into_iter()
+                .map(|w| w.join().expect("a request or its wait failed (see above)"))
+                .collect()
+        })
+    } else {
+        // Hundreds at once: all calls from one `podman exec` of the agent (see
+        // `agent_calls_at_once`), then every network waited for.
+        let calls: Vec<_> = nets
+            .iter()
+            .map(|n| (n.ns.name().to_owned(), n.tag(), "dnsmasq", n.argv()))
             .collect();
-        waiters
-            .into_iter()
-            .map(|w| w.join().expect("a request or its wait failed (see above)"))
+        d.agent_calls_at_once(&calls);
+        nets.iter()
+            .map(|n| {
+                n.wait_alive_within(alive);
+                start.elapsed()
+            })
             .collect()
-    });
+    };
     let slowest = latencies.iter().max().copied().unwrap_or_default();
     e2e::note(&format!(
         "burst of {}: all alive {:.2} s after the first call; slowest {:.2} s from its request",
@@ -646,6 +662,98 @@ fn burst_on(engine: Engine, burst: usize, alive: Duration) {
         let totals = d.sync_totals();
         totals.get("claimed") == Some(&nets.len()) && totals.get("started") == Some(&nets.len())
     });
+}
+
+/// A sidecar's generation label, from its engine's inspect.
+fn generation(d: &Deployment, name: &str) -> u64 {
+    let c = d
+        .inspect(name)
+        .unwrap_or_else(|| panic!("no container {name}"));
+    c["Config"]["Labels"]["io.sidespawn.generation"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no generation label on {name}"))
+}
+
+/// The image a sidecar was started from, as its configuration names it.
+fn image_of(d: &Deployment, name: &str) -> String {
+    let c = d
+        .inspect(name)
+        .unwrap_or_else(|| panic!("no container {name}"));
+    // podman: ImageName; docker: Config.Image.
+    c["ImageName"]
+        .as_str()
+        .or_else(|| c["Config"]["Image"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The sidecar's life after its start, as an operator drives it: its daemon is killed and
+/// `sync --full` starts it again (restart policy); `upgrade` moves it to the image the
+/// configuration now names and `rollback` back, each a new generation; DHCP is served after
+/// each step.
+#[test]
+fn restart_upgrade_and_rollback_keep_serving_dhcp() {
+    restart_upgrade_and_rollback_keep_serving_dhcp_on(Engine::Podman);
+}
+
+fn restart_upgrade_and_rollback_keep_serving_dhcp_on(engine: Engine) {
+    let Some((_timer, d)) = e2e::scenario_on(
+        engine,
+        "e2e: a killed dnsmasq is restarted, then upgraded and rolled back, serving DHCP",
+    ) else {
+        return;
+    };
+    let base = common::unique("localhost/sidespawn-e2e-dnsmasq");
+    let (a, b) = (format!("{base}:a"), format!("{base}:b"));
+    d.tag_image(&d.images.dnsmasq, &a);
+    d.tag_image(&d.images.dnsmasq, &b);
+    d.set_profile("dnsmasq", "image", Value::from(a.as_str()));
+
+    let net = DhcpNetwork::new(&d);
+    let client = net.client(&d);
+    net.write_hosts(&[&client]);
+    net.request(&d);
+    let first = net.wait_alive();
+    client.get_lease();
+    let name = net.container_name();
+    let g0 = generation(&d, &name);
+    assert_eq!(image_of(&d, &name), a);
+
+    // Restart: the daemon dies; the next full sync starts it again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(HOST_TIMEOUT, "the engine saw the sidecar exit", || {
+        d.sidecar(&name).is_some_and(|s| s.state == "exited")
+    });
+    let out = d.sync_by_hand(&["--full"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("restarts 1"), "{log}");
+    let restarted = net.wait_alive();
+    assert_ne!(restarted, first);
+    client.get_lease();
+
+    // Upgrade to b, then roll back to a: each replacement is a new generation.
+    d.set_profile("dnsmasq", "image", Value::from(b.as_str()));
+    let mut upgrade = d.sidespawn(&["upgrade", "--kind", "dnsmasq"]);
+    let out = common::output(&mut upgrade);
+    common::assert_exit(&upgrade, &out, 0);
+    assert_eq!(image_of(&d, &name), b);
+    let g1 = generation(&d, &name);
+    assert!(g1 > g0, "{g1} > {g0}");
+    net.wait_alive();
+    client.get_lease();
+
+    let mut rollback = d.sidespawn(&["rollback", "--kind", "dnsmasq"]);
+    let out = common::output(&mut rollback);
+    common::assert_exit(&rollback, &out, 0);
+    assert_eq!(image_of(&d, &name), a);
+    assert!(generation(&d, &name) > g1);
+    net.wait_alive();
+    client.get_lease();
 }
 
 /// The same scenarios with the sidecars on docker: a daemon of each deployment's own, the
@@ -692,6 +800,11 @@ mod docker {
     #[test]
     fn burst_of_dnsmasq_requests_all_alive_within_budget() {
         burst_on(Engine::Docker, 24, e2e::ALIVE_TIMEOUT);
+    }
+
+    #[test]
+    fn restart_upgrade_and_rollback_keep_serving_dhcp() {
+        restart_upgrade_and_rollback_keep_serving_dhcp_on(Engine::Docker);
     }
 
     /// 200 requests at once through docker: every one claimed, started and alive, none lost.

@@ -125,7 +125,7 @@ fn docker_sidecar_joins_its_namespace_with_exactly_its_capabilities() {
         "the helper exec'd the daemon",
         || {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.starts_with(b"sleep\0600"))
+                .is_ok_and(|c| c.starts_with(b"sleep\x00600"))
         },
     );
     let netns = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();

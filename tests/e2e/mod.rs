@@ -715,6 +715,30 @@ impl Deployment {
         cmd
     }
 
+    /// Sets `kinds.<kind>.<key>` in the host configuration (read again by every command).
+    pub fn set_profile(&self, kind: &str, key: &str, value: Value) {
+        let mut config: Value =
+            serde_json::from_slice(&fs::read(self.config()).expect("read config.json"))
+                .expect("config.json is JSON");
+        config["kinds"][kind][key] = value;
+        fs::write(self.config(), config.to_string()).expect("write config.json");
+    }
+
+    /// Tags `image` as `tag` in the sidecars' engine; a podman tag is removed when the
+    /// deployment drops (a docker one goes with its daemon).
+    pub fn tag_image(&self, image: &str, tag: &str) {
+        common::run(self.engine_cli().args(["tag", image, tag]));
+        if self.docker.is_none() {
+            struct Untag(String);
+            impl Drop for Untag {
+                fn drop(&mut self) {
+                    quiet(common::podman().args(["rmi", "-i", &self.0]));
+                }
+            }
+            self.keep(Untag(tag.to_owned()));
+        }
+    }
+
     /// The pid of the deployment's docker daemon (`None` on podman).
     pub fn docker_pid(&self) -> Option<u32> {
         self.docker
@@ -792,6 +816,42 @@ impl Deployment {
             common::explain(&cmd, &out)
         );
         out
+    }
+
+    /// Many calls at once from inside the agent, as its threads make them: one `podman exec`
+    /// of a script that starts every call (`ip netns exec NS env PROCESS_TAG=TAG PROGRAM
+    /// ARGS`) in the background and waits for all; asserts that each exited 0. (Hundreds of
+    /// concurrent `podman exec` from outside would measure podman's exec, not the agent.)
+    pub fn agent_calls_at_once(&self, calls: &[(String, String, &str, Vec<String>)]) {
+        use sidespawn::host::runtime::shell_quote;
+        let mut script = String::from("failed=0\n");
+        for (i, (ns, tag, program, args)) in calls.iter().enumerate() {
+            let mut line = format!(
+                "ip netns exec {} env {} {}",
+                shell_quote(ns),
+                shell_quote(&format!("PROCESS_TAG={tag}")),
+                shell_quote(program)
+            );
+            for a in args {
+                line.push(' ');
+                line.push_str(&shell_quote(a));
+            }
+            script.push_str(&format!("{line} & p{i}=$!\n"));
+        }
+        for i in 0..calls.len() {
+            script.push_str(&format!(
+                "wait $p{i} || {{ echo \"call {i} failed: $?\" >&2; failed=1; }}\n"
+            ));
+        }
+        script.push_str("exit $failed\n");
+        let path = self
+            .data()
+            .join(format!("calls-{}.sh", common::unique("burst")));
+        fs::write(&path, script).expect("write the agent's script");
+        let path = path.display().to_string();
+        let mut cmd = self.agent_cmd(&["sh", &path]);
+        let out = common::output_within(&mut cmd, Duration::from_secs(600));
+        common::assert_exit(&cmd, &out, 0);
     }
 
     /// `podman restart AGENT`.
