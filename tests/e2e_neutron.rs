@@ -730,8 +730,8 @@ fn restart_upgrade_and_rollback_keep_serving_dhcp_on(engine: Engine) {
         d.sidecar(&name).is_some_and(|s| s.state == "exited")
     });
     let out = d.sync_by_hand(&["--full"]);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("restarts 1"), "{log}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("restarts 1"), "{summary}");
     let restarted = net.wait_alive();
     assert_ne!(restarted, first);
     client.get_lease();
