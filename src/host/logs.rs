@@ -7,7 +7,7 @@
 //! namespace with a dnsmasq per segment) is an error that lists them.
 
 use crate::host::config::HostConfig;
-use crate::host::runtime::{Call, ContainerInfo, Runtime, RuntimeError, SidecarLabels, call_args};
+use crate::host::runtime::{ContainerInfo, Runtime, RuntimeError, SidecarLabels};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogsError {
@@ -21,7 +21,7 @@ pub enum LogsError {
     #[error("cannot list containers: {0}")]
     List(#[source] RuntimeError),
     #[error(transparent)]
-    Podman(RuntimeError),
+    Engine(RuntimeError),
 }
 
 /// The container name `arg` stands for: an exact container name wins, else
@@ -54,17 +54,9 @@ pub fn resolve(arg: &str, containers: &[ContainerInfo]) -> Result<String, LogsEr
     Err(LogsError::NotFound(arg.to_owned()))
 }
 
-/// The argv after the podman program for `podman logs`.
-pub fn podman_args(name: &str, follow: bool) -> Vec<String> {
-    call_args(&Call::Logs {
-        name: name.to_owned(),
-        follow,
-    })
-}
-
 /// `sidespawn logs`: finds the sidecar `target` stands for among this
 /// configuration's and streams its logs through the runtime. Returns
-/// podman's exit status, which is the command's.
+/// the engine's exit status, which is the command's.
 pub fn run(
     cfg: &HostConfig,
     runtime: &dyn Runtime,
@@ -73,7 +65,7 @@ pub fn run(
 ) -> Result<std::process::ExitStatus, LogsError> {
     let containers = runtime.list(&cfg.instance).map_err(LogsError::List)?;
     let name = resolve(target, &containers)?;
-    runtime.logs(&name, follow).map_err(LogsError::Podman)
+    runtime.logs(&name, follow).map_err(LogsError::Engine)
 }
 
 #[cfg(test)]
@@ -131,11 +123,5 @@ mod tests {
             resolve("nope", &cs()).unwrap_err(),
             LogsError::NotFound("nope".into())
         );
-    }
-
-    #[test]
-    fn podman_argv_has_no_room_for_options() {
-        assert_eq!(podman_args("-x", true), ["logs", "--follow", "--", "-x"]);
-        assert_eq!(podman_args("n", false), ["logs", "--", "n"]);
     }
 }

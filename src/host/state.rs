@@ -28,7 +28,7 @@ pub enum StateError {
     #[error(transparent)]
     Lock(#[from] crate::shared::lock::LockError),
     #[error(
-        "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from podman"
+        "corrupt state file {path}: {message}; move it aside and run `sidespawn sync --full` to rebuild it from the engine's containers"
     )]
     Corrupt { path: PathBuf, message: String },
     #[error(

@@ -1064,7 +1064,7 @@ fn take_over_name(spec: &RunSpec, runtime: &dyn Runtime) -> Result<Done, JobFail
         return Err(JobFailure {
             outcome: Outcome::Failed,
             message: format!(
-                "the container name {name} is already in use by container {}, which is not this configuration's sidecar for {} (its labels differ); remove or rename it (`podman rm -f {name}`) and ask again",
+                "the container name {name} is already in use by container {}, which is not this configuration's sidecar for {} (its labels differ); remove or rename it (`podman rm -f {name}`, or `docker rm -f {name}` on docker) and ask again",
                 short_id(&c.id),
                 SidecarLabels::of_spec(spec).key().unwrap_or("?"),
             ),
