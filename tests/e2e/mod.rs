@@ -819,6 +819,7 @@ impl Deployment {
     }
 
     /// Many calls at once from inside the agent, as its threads make them: one `podman exec`
+    /// (iproute2's `/usr/sbin/ip`: the agent's busybox `sh` would run its own `ip` applet)
     /// of a script that starts every call (`ip netns exec NS env PROCESS_TAG=TAG PROGRAM
     /// ARGS`) in the background and waits for all; asserts that each exited 0. (Hundreds of
     /// concurrent `podman exec` from outside would measure podman's exec, not the agent.)
@@ -827,7 +828,7 @@ impl Deployment {
         let mut script = String::from("failed=0\n");
         for (i, (ns, tag, program, args)) in calls.iter().enumerate() {
             let mut line = format!(
-                "ip netns exec {} env {} {}",
+                "/usr/sbin/ip netns exec {} env {} {}",
                 shell_quote(ns),
                 shell_quote(&format!("PROCESS_TAG={tag}")),
                 shell_quote(program)
