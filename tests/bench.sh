@@ -92,6 +92,20 @@ if [ "$render_only" = 0 ]; then
             failed+=("$bench")
         fi
     done
+    # Engines: request -> running on podman and on docker, each beside its engine's own bare
+    # `run -d` (tests/scripts/bench-engines.sh; its rows join the main table).
+    bench_engines() {
+        step "tests/scripts/bench-engines.sh (podman and docker)"
+        cargo build --release --bin sidespawn
+        if [ "$quick" = 1 ]; then
+            export SIDESPAWN_BENCH_ENGINE_RUNS=${SIDESPAWN_BENCH_ENGINE_RUNS:-2}
+            export SIDESPAWN_BENCH_ENGINE_BURST=${SIDESPAWN_BENCH_ENGINE_BURST:-10}
+        fi
+        tests/scripts/bench-engines.sh 2>&1 | tee "$out/engines.txt"
+    }
+    if ! bench_engines; then
+        failed+=(engines)
+    fi
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
     printf 'started=%s\ncommit=%s\nload_before=%s\nload_after=%s\nfailed=%s\nquick=%s\n' \
         "$started" "$commit" "$load_before" "$load_after" "${failed[*]}" "$quick" >"$out/meta"
