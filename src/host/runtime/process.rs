@@ -136,8 +136,12 @@ impl Runner {
             program: self.program.display().to_string(),
             message: if e.kind() == std::io::ErrorKind::NotFound {
                 format!(
-                    "{e} is not installed or not in PATH (no such file); install {e} or set \"engine_program\" in the host configuration",
-                    e = self.engine
+                    "{e} is not installed or not in PATH (no such file); install {e} or set \"{key}\" in the host configuration{also}",
+                    e = self.engine,
+                    // A podman configuration most likely names its program with
+                    // the older key.
+                    key = if self.engine == "podman" { "podman" } else { "engine_program" },
+                    also = if self.engine == "podman" { " (or \"engine_program\")" } else { "" },
                 )
             } else {
                 e.to_string()
