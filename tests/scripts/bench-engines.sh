@@ -137,8 +137,13 @@ for e in $engines; do
         ids=()
         for _ in $(seq "$burst"); do id=$((id + 1)); ids+=("$id"); ip netns add "$tag-$id"; done
         t0=$(now)
-        for i in "${ids[@]}"; do request "$i" & done
-        wait
+        pids=()
+        for i in "${ids[@]}"; do
+            request "$i" &
+            pids+=($!)
+        done
+        # Only the requests: a bare `wait` would also wait for dockerd.
+        wait "${pids[@]}"
         run_sync
         wait_alive "${ids[@]}"
         bursts+=($(($(now) - t0)))
