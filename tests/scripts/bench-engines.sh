@@ -114,6 +114,8 @@ row() { # FIGURE MEDIAN_MS P99_MS BASELINE_MS
     local ratio
     ratio=$(awk -v a="$2" -v b="$4" 'BEGIN { printf "%.2f×", (b > 0 ? a / b : 0) }')
     rows+=("$1	$(fmt_ms "$2")	$([ "$3" = - ] && echo - || fmt_ms "$3")	-	$(fmt_ms "$4")	$ratio	-	-")
+    # As measured, so a later failure does not lose it.
+    echo "bench-engines: ${rows[-1]}" >&2
 }
 
 id=0
