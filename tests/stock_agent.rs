@@ -674,6 +674,9 @@ fn keepalived_sidecar_started_reloaded_and_stopped_through_the_wrapper() {
     // The HA network: a link to the other routers' node (none answers here).
     let peer = s.netns("ha-peer");
     let (dev, peer_dev) = ns.veth_pair(&peer);
+    // Neutron gives the router's HA port an address of 169.254.192.0/18; keepalived stays in
+    // FAULT on an interface without IPv4.
+    ns.ip(&["addr", "add", "169.254.192.1/18", "dev", &dev]);
     ns.ip(&["link", "set", &dev, "up"]);
     peer.ip(&["link", "set", &peer_dev, "up"]);
     let uuid = common::uuid();
