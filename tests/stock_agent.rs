@@ -474,6 +474,25 @@ fn probes_answer_with_the_real_programs_and_the_image_is_unchanged() {
     );
     let (ran, _, _) = answer(&mut s.exec(&["test", "-e", "/tmp/planted-ran"]));
     assert_eq!(ran, Some(1), "the planted program ran");
+
+    // A copy of the wrapper further on PATH (here twice, which would otherwise make the two
+    // exec each other for ever) is refused by the second wrapper, naming the fix.
+    common::run(&mut s.exec(&[
+        "sh",
+        "-c",
+        &format!("mkdir -p /tmp/copy && cp {BIN_DIR}/dnsmasq /tmp/copy/dnsmasq"),
+    ]));
+    let (code, stdout, stderr) = answer(&mut s.exec(&[
+        "env",
+        &format!("PATH={BIN_DIR}:/tmp/copy:{BIN_DIR}:/usr/sbin"),
+        "dnsmasq",
+        "--version",
+    ]));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("is a sidespawn-wrapper as well") && stderr.contains("passthrough"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@
 set -eu
 
 usage() {
-    cat >&2 <<'USAGE'
+    cat <<'USAGE'
 usage: agent-mounts.sh [--wrapper PATH] [--bin-dir DIR] [--neutron-dir DIR] [--config FILE]
   --wrapper PATH     the static sidespawn-wrapper on the host
                      (default /usr/local/bin/sidespawn-wrapper; also accepted as the only argument)
@@ -33,6 +33,11 @@ usage: agent-mounts.sh [--wrapper PATH] [--bin-dir DIR] [--neutron-dir DIR] [--c
 example:
   podman run -d --privileged $(agent-mounts.sh) IMAGE neutron-dhcp-agent ...
 USAGE
+}
+
+bad() {
+    echo "agent-mounts.sh: $*" >&2
+    usage >&2
     exit 2
 }
 
@@ -42,12 +47,12 @@ NEUTRON_DIR=/var/lib/neutron
 CONFIG=
 while [ $# -gt 0 ]; do
     case $1 in
-        --wrapper) [ $# -ge 2 ] || usage; WRAPPER=$2; shift 2 ;;
-        --bin-dir) [ $# -ge 2 ] || usage; BIN_DIR=$2; shift 2 ;;
-        --neutron-dir) [ $# -ge 2 ] || usage; NEUTRON_DIR=$2; shift 2 ;;
-        --config) [ $# -ge 2 ] || usage; CONFIG=$2; shift 2 ;;
-        -h | --help) usage ;;
-        -*) echo "agent-mounts.sh: unknown option $1" >&2; usage ;;
+        --wrapper) [ $# -ge 2 ] || bad "$1 needs a value"; WRAPPER=$2; shift 2 ;;
+        --bin-dir) [ $# -ge 2 ] || bad "$1 needs a value"; BIN_DIR=$2; shift 2 ;;
+        --neutron-dir) [ $# -ge 2 ] || bad "$1 needs a value"; NEUTRON_DIR=$2; shift 2 ;;
+        --config) [ $# -ge 2 ] || bad "$1 needs a value"; CONFIG=$2; shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) bad "unknown option $1" ;;
         *) WRAPPER=$1; shift ;;
     esac
 done
