@@ -255,6 +255,8 @@ step "the client got 10.77.0.10 from a sidecar the agent asked for without any a
 [[ $KEEP == 1 ]] && exit 0
 
 step "Neutron disables DHCP for the network: the kill script stops the sidecar"
+# Neutron's ProcessManager.disable: SIGTERM through the kind's kill script, run by privsep in
+# the namespace with the process tag.
 KILL=(ip netns exec "$NS" env "PROCESS_TAG=dnsmasq-$UUID" /etc/neutron/kill_scripts/dnsmasq-kill 15 "$PID")
 show podman exec "$AGENT" "${KILL[@]}"
 podman exec "$AGENT" "${KILL[@]}"
