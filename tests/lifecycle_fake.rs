@@ -483,6 +483,121 @@ fn set_image(s: &mut Setup, image: &str) {
     }
 }
 
+/// One sidecar at a time, counted up as soon as it runs (the fake's
+/// containers start or exit at once).
+fn quick() -> sidespawn::host::upgrade::UpgradeOptions {
+    sidespawn::host::upgrade::UpgradeOptions {
+        max_parallel: 1,
+        pull: false,
+        settle: std::time::Duration::ZERO,
+    }
+}
+
+#[test]
+fn an_image_that_is_missing_or_cannot_start_its_program_changes_nothing() {
+    use sidespawn::host::upgrade::{ImageState, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let before = s.container().unwrap();
+    let st = StateDir::new(&s.cfg.state_dir);
+
+    set_image(&mut s, "localhost/dnsmasq:missing");
+    s.fake.set_image_missing("localhost/dnsmasq:missing");
+    s.fake.clear_calls();
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("localhost/dnsmasq:missing")
+            && e.contains("not present")
+            && e.contains("nothing was replaced"),
+        "{e}"
+    );
+    // Nothing removed or started, nothing recorded for a rollback.
+    assert!(
+        s.fake.calls().iter().all(|c| matches!(c, Call::List(_))),
+        "{:?}",
+        s.fake.calls()
+    );
+    assert_eq!(s.container().unwrap(), before);
+    assert_eq!(ImageState::load(&st, Kind::Dnsmasq).unwrap().previous, None);
+    // --pull brings it.
+    let pull = sidespawn::host::upgrade::UpgradeOptions {
+        pull: true,
+        ..quick()
+    };
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &pull).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.fake.pulled(), ["localhost/dnsmasq:missing"]);
+
+    // Present, but its program cannot start: refused before any removal.
+    set_image(&mut s, "localhost/dnsmasq:broken");
+    s.fake.set_image_broken("localhost/dnsmasq:broken");
+    let before = s.container().unwrap();
+    s.fake.clear_calls();
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot start its program") && e.contains("dnsmasq --version"),
+        "{e}"
+    );
+    assert!(
+        !s.fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Remove(_) | Call::Run(_)))
+    );
+    assert_eq!(s.container().unwrap(), before);
+}
+
+#[test]
+fn a_replacement_that_exits_at_once_is_put_back_on_its_old_image() {
+    use sidespawn::host::upgrade::{UpgradeError, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let g = s.generation();
+    // Its version probe answers, but the daemon exits as soon as it starts.
+    set_image(&mut s, "localhost/dnsmasq:crashes");
+    s.fake.set_image_crashing("localhost/dnsmasq:crashes");
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap_err();
+    let UpgradeError::Failed { report, .. } = &e else {
+        panic!("{e}");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("did not come up")
+            && text.contains("1 put back")
+            && text.contains("exited with code 3"),
+        "{text}"
+    );
+    assert!(report.replaced.is_empty());
+    assert_eq!(report.put_back.len(), 1);
+    assert!(report.put_back[0].error.is_none(), "{:?}", report.put_back);
+    assert!(report.gaps().is_some());
+    // Back on the old image, running, two generations on (the failed one
+    // and the one put back).
+    let c = s.container().unwrap();
+    assert_eq!(c.state, State::Running);
+    assert_eq!(c.image, "localhost/dnsmasq:1");
+    assert_eq!(s.generation(), g + 2);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert_eq!(d.image, "localhost/dnsmasq:1");
+    assert!(
+        d.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("put back on localhost/dnsmasq:1")),
+        "{:?}",
+        d.last_error
+    );
+}
+
 #[test]
 fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     use sidespawn::host::upgrade::{ImageState, rollback, upgrade};
@@ -498,7 +613,7 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     s.sync(true);
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
     // ...upgrade does: same argv, next generation, old image remembered.
-    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(r.replaced.len(), 1);
     let c = s.container().unwrap();
     assert_eq!(c.image, "localhost/dnsmasq:2");
@@ -513,11 +628,11 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
         Some("localhost/dnsmasq:1")
     );
     // Again: nothing to do.
-    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!((r.replaced.len(), r.unchanged), (0, 1));
 
     // Rollback: back to :1, and syncs and restarts keep it.
-    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(r.replaced.len(), 1);
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
     assert_eq!(s.generation(), g1 + 2);
@@ -530,13 +645,13 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
 
     // A later configuration change drops the override: upgrade rolls forward.
     set_image(&mut s, "localhost/dnsmasq:3");
-    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:3");
 
     // A failing replacement stops the upgrade and says so.
     set_image(&mut s, "localhost/dnsmasq:4");
     s.fake.fail_on(&s.name(), "Error: image not known");
-    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1)
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
         .unwrap_err()
         .to_string();
     assert!(
