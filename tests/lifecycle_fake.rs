@@ -664,6 +664,7 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
 
 #[test]
 fn unhealthy_sidecar_counts_as_dead() {
+    use sidespawn::host::status::{NOT_CHECKED, report, report_checked};
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -673,12 +674,18 @@ fn unhealthy_sidecar_counts_as_dead() {
     }
     s.start(&["a"]);
     s.sync(false);
-    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    // Nothing checked it yet; plain status runs no check.
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some(NOT_CHECKED));
+    let rep = report_checked(&s.cfg, &s.fake, &[], true).unwrap();
     assert!(rep.healthy);
     assert_eq!(rep.sidecars[0].health.as_deref(), Some("healthy"));
 
     s.fake.set_unhealthy(&s.name(), true);
-    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    // The stored result stands until a check runs.
+    assert!(report(&s.cfg, &s.fake, &[]).unwrap().healthy);
+    let rep = report_checked(&s.cfg, &s.fake, &[], true).unwrap();
     assert!(!rep.healthy);
     assert!(
         rep.sidecars[0]
@@ -688,18 +695,37 @@ fn unhealthy_sidecar_counts_as_dead() {
         "{:?}",
         rep.sidecars[0]
     );
-    // Request-driven passes do not run checks; the backstop does.
+    // Stored: plain status reports it without running a check.
+    let calls = s.fake.calls().len();
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(
+        rep.sidecars[0].health,
+        report_checked(&s.cfg, &s.fake, &[], true).unwrap().sidecars[0].health
+    );
+    assert_eq!(s.fake.calls().len(), calls + 2, "{:?}", s.fake.calls());
+    // Request-driven passes do not run checks; health rounds and the
+    // backstop do.
     let g = s.generation();
     assert_eq!(s.sync(false).restarts, 0);
-    assert_eq!(s.sync(true).restarts, 1);
+    let health = SyncOptions {
+        health: true,
+        ..SyncOptions::default()
+    };
+    let sum = sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &health).unwrap();
+    assert_eq!(sum.restarts, 1);
     assert_eq!(s.generation(), g + 1);
     assert!(s.fake.calls().contains(&Call::Remove(s.name())));
+    // The new container was not checked: the failure stored for the old
+    // one does not stick to it.
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some(NOT_CHECKED));
+    // Still unhealthy, but inside the restart policy's backoff: left as
+    // a dead sidecar would be.
+    assert_eq!(s.sync(true).restarts, 0);
+    assert_eq!(s.generation(), g + 1);
     s.fake.set_unhealthy(&s.name(), false);
-    assert!(
-        sidespawn::host::status::report(&s.cfg, &s.fake, &[])
-            .unwrap()
-            .healthy
-    );
+    assert!(report_checked(&s.cfg, &s.fake, &[], true).unwrap().healthy);
 }
 
 #[test]

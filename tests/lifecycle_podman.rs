@@ -873,6 +873,12 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     host.queue_start(&net.ns, &net.tag(), &net.args);
     host.ok(&["sync"]);
     let pid = net.wait_alive(None);
+    // Plain status runs no check; --check does, and stores what it found.
+    let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "not checked yet");
+    let st: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", "--json", "--check"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "healthy");
     let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
     assert_eq!(st["sidecars"][0]["health"], "healthy");
     let g = generation(&host.inspect(&net.container()));
@@ -882,7 +888,7 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
         serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
     config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!(["dnsmasq", "--no-such-option"]);
     std::fs::write(host.config(), config.to_string()).unwrap();
-    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let mut cmd = host.sidespawn(&["status", "--json", "--check"]);
     let out = common::output(&mut cmd);
     common::assert_exit(&cmd, &out, 1);
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -897,6 +903,93 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     assert!(summary.contains("restarts 1"), "{summary}");
     net.wait_alive(Some(pid));
     assert_eq!(generation(&host.inspect(&net.container())), g + 1);
+}
+
+/// `sidespawn watch` run by a test, killed (SIGKILL) and reaped on drop.
+struct WatchDaemon(std::process::Child);
+
+impl Drop for WatchDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_restarts_a_sidecar_whose_health_check_starts_failing() {
+    if !common::privileged("watch's health rounds restart an unhealthy dnsmasq") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({}));
+    // The check reads a configuration file the test controls: empty, it
+    // passes; with an unknown option, `dnsmasq --test` fails.
+    let check_conf = host.data().join("health-check.conf");
+    std::fs::write(&check_conf, "").unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!([
+        "dnsmasq",
+        "--test",
+        format!("--conf-file={}", check_conf.display())
+    ]);
+    config["kinds"]["dnsmasq"]["health_interval_s"] = serde_json::json!(1);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    let net = Network::new(&host);
+    let log = std::fs::File::create(host.join("watch.log")).unwrap();
+    let _watch = WatchDaemon(
+        host.sidespawn(&["watch", "--kind", "dnsmasq"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let watch_log = || std::fs::read_to_string(host.join("watch.log")).unwrap_or_default();
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    let pid = net.wait_alive(None);
+    let g = generation(&host.inspect(&net.container()));
+    // Healthy rounds store their result (plain status shows it) and leave
+    // the sidecar alone.
+    common::wait_until(
+        Duration::from_secs(60),
+        "a health round found it healthy",
+        || {
+            let st: serde_json::Value =
+                serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+            st["sidecars"][0]["health"] == "healthy"
+        },
+    );
+    assert_eq!(net.alive_pid(None), Some(pid), "{}", watch_log());
+
+    std::fs::write(&check_conf, "no-such-option-for-this-test\n").unwrap();
+    let failing = Instant::now();
+    let new_pid = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(p) = net.alive_pid(Some(pid)) {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not restarted; watch log:\n{}",
+                watch_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let took = failing.elapsed();
+    // Healthy again before the next round, so the policy's limit is not
+    // what the rest of the test sees.
+    std::fs::write(&check_conf, "").unwrap();
+    assert!(generation(&host.inspect(&net.container())) > g);
+    assert_eq!(ns_inode_of(new_pid), net.ns.inode());
+    assert!(net.dhcp(), "no lease from the restarted dnsmasq");
+    let log = watch_log();
+    assert!(log.contains("health check failed"), "{log}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "health check failing -> dnsmasq restarted by watch: {took:?} (health_interval_s 1)"
+    );
 }
 
 #[test]

@@ -67,6 +67,7 @@ enum Command {
     ///   sidespawn status
     ///   sidespawn status --kind dnsmasq --json
     ///   sidespawn status --metrics > /var/lib/node_exporter/sidespawn.prom
+    ///   sidespawn status --check           # run the health checks now
     #[command(verbatim_doc_comment)]
     Status {
         /// Only this kind (repeatable; default: every enabled kind).
@@ -79,6 +80,11 @@ enum Command {
         /// node_exporter's textfile collector; README.md lists them).
         #[arg(long, conflicts_with = "json")]
         metrics: bool,
+        /// Run the kinds' health_cmd in every running desired sidecar now
+        /// (and store the results) instead of showing the last results
+        /// `watch` or `sync --full` stored.
+        #[arg(long)]
+        check: bool,
     },
     /// Remove our containers that are exited or created and no longer
     /// desired, sidecars whose namespace vanished or was recreated, and
@@ -462,6 +468,7 @@ fn main() -> ExitCode {
                 dry_run,
                 full,
                 backoff,
+                health: false,
             };
             sync_exit_code(sidespawn::host::sync::run(
                 &cfg,
@@ -522,6 +529,7 @@ fn main() -> ExitCode {
             kind,
             json,
             metrics,
+            check,
         } => {
             use sidespawn::host::status::Format;
             let format = match (json, metrics) {
@@ -529,7 +537,7 @@ fn main() -> ExitCode {
                 (_, true) => Format::Metrics,
                 _ => Format::Text,
             };
-            match sidespawn::host::status::run(&cfg, &runtime, &kind, format) {
+            match sidespawn::host::status::run(&cfg, &runtime, &kind, format, check) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),

@@ -52,6 +52,10 @@ pub struct SyncOptions {
     /// Wait before retrying a kind whose previous sync failed (used by the
     /// units, so a level-triggered restart loop cannot spin).
     pub backoff: bool,
+    /// List containers and run the kinds' health checks even with nothing
+    /// queued, restarting unhealthy sidecars under the restart policy
+    /// (`watch`'s health rounds). Implied by `full`.
+    pub health: bool,
 }
 
 /// Totals of one sync, printed as its last line.
@@ -444,7 +448,7 @@ impl<'a> Syncer<'a> {
         pass: u32,
     ) -> Result<Vec<ContainerInfo>, SyncError> {
         let busy = ctxs.iter().any(|c| c.has_requests);
-        if !(busy || (self.opts.full && pass == 1)) {
+        if !(busy || ((self.opts.full || self.opts.health) && pass == 1)) {
             return Ok(Vec::new());
         }
         match self.runtime.list(&self.cfg.instance) {
@@ -465,7 +469,8 @@ impl<'a> Syncer<'a> {
     /// Stages 2 to 5 for one kind: plan, execute, acknowledge, persist.
     /// Records the kind's status either way.
     fn sync_kind(&mut self, ctx: &mut KindCtx, actual: &[ContainerInfo], pass: u32) {
-        let full_pass = self.opts.full && pass == 1;
+        // A pass that checks health (the backstop's, a health round's).
+        let full_pass = (self.opts.full || self.opts.health) && pass == 1;
         let mut sum = Summary::claimed(ctx.claimed, ctx.claim_rejected);
         if !(ctx.has_requests || full_pass) {
             // A dry run changes nothing, not even the kind's last sync.
@@ -1093,8 +1098,9 @@ fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// Runs the kind's health check in its running desired sidecars; returns
-/// the names of those that failed it (they count as dead).
+/// Runs the kind's health check in its running desired sidecars, storing
+/// the round for `status`; returns the names of those that failed it (they
+/// count as dead).
 fn check_health(
     cfg: &HostConfig,
     profile: &Profile,
@@ -1102,17 +1108,14 @@ fn check_health(
     desired: &DesiredTable,
     actual: &[ContainerInfo],
 ) -> HashSet<String> {
-    let names: Vec<String> = desired
-        .sidecars
-        .values()
-        .filter(|d| {
-            actual
-                .iter()
-                .any(|c| c.name == d.container && c.state == crate::host::runtime::State::Running)
+    let running: Vec<&ContainerInfo> = actual
+        .iter()
+        .filter(|c| {
+            c.state == crate::host::runtime::State::Running
+                && desired.sidecars.values().any(|d| d.container == c.name)
         })
-        .map(|d| d.container.clone())
         .collect();
-    let failed = crate::host::health::failures(profile, runtime, &names, cfg.parallelism);
+    let failed = crate::host::health::check_and_store(cfg, profile, runtime, &running);
     for (name, why) in &failed {
         warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
     }
