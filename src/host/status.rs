@@ -47,6 +47,10 @@ pub struct KindReport {
     pub sidecars: usize,
     /// Whether the limit is reached: a start of a new sidecar is rejected.
     pub at_limit: bool,
+    /// Desired sidecars the host dropped on its own because their
+    /// namespace vanished or was made anew, with why (the newest
+    /// [`crate::host::dropped::MAX_DROPPED`], oldest first).
+    pub dropped: Vec<crate::host::dropped::Dropped>,
 }
 
 /// A kind's restart policy and what it did (`kinds[].restart`).
@@ -200,6 +204,7 @@ pub fn report_checked(
             max_sidecars: 0,
             sidecars: 0,
             at_limit: false,
+            dropped: crate::host::dropped::load(&state, kind).unwrap_or_default(),
         };
         if let Some(p) = cfg.kinds.get(&kind) {
             r.restart.enabled = p.restart.enabled;
@@ -534,6 +539,19 @@ pub fn run(
             k.pending,
             oldest
         )?;
+    }
+    for k in &rep.kinds {
+        // The latest few; --json has them all.
+        for d in k.dropped.iter().rev().take(5) {
+            let ago = now_ms().saturating_sub(d.at_ms) / 1000;
+            writeln!(
+                out,
+                "{}: dropped {} {ago}s ago: {}",
+                k.kind.as_str(),
+                d.key,
+                d.reason
+            )?;
+        }
     }
     for k in rep.kinds.iter().filter(|k| k.at_limit) {
         writeln!(

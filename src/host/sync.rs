@@ -802,6 +802,7 @@ fn persist(
         now,
     );
     desired.store(state, ctx.kind).map_err(KindError::Record)?;
+    crate::host::dropped::record(state, ctx.kind, restarts.forget.iter().cloned());
     fault_point("after-acks");
     if let Err(e) = ctx.journal.clear() {
         // The requests were acknowledged; a rerun replays them as
