@@ -483,6 +483,47 @@ fn set_image(s: &mut Setup, image: &str) {
     }
 }
 
+#[test]
+fn after_a_reboot_a_sidecar_is_not_restarted_in_a_namespace_that_reuses_the_inode() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let boot = s.dir.join("state/boot/dnsmasq");
+    assert!(boot.is_file(), "the pass records its boot");
+    // Control: the same death within this boot is a restart.
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+
+    // The reboot: the container is gone, the namespace exists again under
+    // its name with the very inode the record names (the kernel numbers
+    // namespaces afresh at each boot), and the last pass ran in another
+    // boot.
+    s.fake.remove(&s.name()).unwrap();
+    std::fs::write(&boot, "00000000-0000-0000-0000-00000000b007").unwrap();
+    let sum = s.sync(true);
+    assert_eq!(sum.restarts, 0, "{sum}");
+    assert!(s.container().is_none());
+    assert!(s.desired().sidecars.is_empty());
+    let dropped =
+        sidespawn::host::dropped::load(&StateDir::new(&s.cfg.state_dir), Kind::Dnsmasq).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert!(
+        dropped[0].reason.contains("rebooted") && dropped[0].reason.contains("inode 100"),
+        "{dropped:?}"
+    );
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert_eq!(rep.kinds[0].dropped, dropped);
+    // The agent's fresh request is served, and the pass recorded this boot.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).started, 1);
+    assert_ne!(
+        std::fs::read_to_string(&boot).unwrap(),
+        "00000000-0000-0000-0000-00000000b007"
+    );
+}
+
 /// One sidecar at a time, counted up as soon as it runs (the fake's
 /// containers start or exit at once).
 fn quick() -> sidespawn::host::upgrade::UpgradeOptions {

@@ -6,7 +6,9 @@
 //! with the path unit stopped, two requests wait in the queue (for D and E).
 //! The reboot: the units stop, every sidecar container of the test is
 //! removed and every namespace of the test deleted (only this test's: the
-//! machine is shared); the host state directory and the queue stay. The
+//! machine is shared), and the boot id the state recorded for the last sync
+//! is replaced by another (the kernel's cannot change in a test); the host
+//! state directory and the queue stay otherwise. The
 //! agent then makes B and E again (new namespaces under the old names,
 //! another inode each: the old ones are held open across the re-creation so
 //! that the kernel cannot hand out the same inode number) and the units
@@ -228,6 +230,12 @@ fn reboot_drops_what_vanished_refuses_stale_requests_and_serves_fresh_ones() {
     for (n, again) in [(a, false), (b, true), (c, false), (d, false), (e, true)] {
         reboot_namespace(n, again);
     }
+    // And a new boot id: the state says the last sync ran in another boot.
+    std::fs::write(
+        s.join("state/boot/dnsmasq"),
+        "00000000-0000-0000-0000-00000000b007\n",
+    )
+    .unwrap();
 
     // The units start again: the boot run of the backstop, then the path
     // unit (whose level trigger sees the queued requests).

@@ -547,7 +547,7 @@ impl<'a> Syncer<'a> {
         let now = now_ms();
         // Stored by the end of this sync, so the clamp sticks.
         desired::clamp_future(&mut desired, now);
-        let restarts = desired::plan_restarts(
+        let mut restarts = desired::plan_restarts(
             profile,
             &desired,
             &seen,
@@ -555,6 +555,9 @@ impl<'a> Syncer<'a> {
             &mut generation,
             now,
         );
+        if let Some(boot) = rebooted(&self.state, kind) {
+            forget_from_before_boot(&desired, &seen, &boot, &mut restarts);
+        }
         log_restart_decisions(kind, &restarts);
         plan.jobs.extend(restarts.jobs.iter().cloned());
         crate::host::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
@@ -803,6 +806,9 @@ fn persist(
     );
     desired.store(state, ctx.kind).map_err(KindError::Record)?;
     crate::host::dropped::record(state, ctx.kind, restarts.forget.iter().cloned());
+    // Only now: a pass that failed before this point finds the reboot
+    // again and drops what it could not.
+    store_boot(state, ctx.kind);
     fault_point("after-acks");
     if let Err(e) = ctx.journal.clear() {
         // The requests were acknowledged; a rerun replays them as
@@ -1121,6 +1127,73 @@ fn check_health(
         warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
     }
     failed.into_keys().collect()
+}
+
+/// The kernel's identity of this boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Where the boot of `kind`'s last completed pass is recorded.
+fn boot_path(state: &StateDir, kind: Kind) -> std::path::PathBuf {
+    state.path().join("boot").join(kind.as_str())
+}
+
+fn current_boot() -> Option<String> {
+    let id = std::fs::read_to_string(BOOT_ID).ok()?;
+    Some(id.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// The boot `kind`'s last completed pass ran in, when it was another than
+/// this one: the host rebooted since. `None` when unknown (no record yet,
+/// or no boot id).
+fn rebooted(state: &StateDir, kind: Kind) -> Option<String> {
+    let stored = std::fs::read_to_string(boot_path(state, kind)).ok()?;
+    let stored = stored.trim().to_owned();
+    (current_boot()? != stored && !stored.is_empty()).then_some(stored)
+}
+
+fn store_boot(state: &StateDir, kind: Kind) {
+    let Some(now) = current_boot() else {
+        return;
+    };
+    if let Err(e) = crate::host::state::write_atomic(&boot_path(state, kind), now.as_bytes()) {
+        warn!(kind = %kind, "cannot record this boot's id: {e}");
+    }
+}
+
+/// After a reboot, drops the desired sidecars whose namespace reference
+/// predates it and that nothing asked for since (not running, no request
+/// in this pass). Every named namespace lived in /run and died with the
+/// old boot; one of the same name now was made anew, and the kernel hands
+/// out namespace inodes afresh at each boot, so a new namespace can carry
+/// the very inode a record names: the inode check cannot tell, the boot
+/// can. Those the inode check already dropped keep its reason.
+fn forget_from_before_boot(
+    desired: &DesiredTable,
+    seen: &Observed,
+    previous_boot: &str,
+    restarts: &mut RestartPlan,
+) {
+    for (key, d) in &desired.sidecars {
+        let Some(ns) = &d.record.netns else {
+            continue;
+        };
+        let running = seen
+            .actual
+            .iter()
+            .any(|c| c.name == d.container && c.state == crate::host::runtime::State::Running);
+        if running || seen.busy.contains(key) || restarts.forget.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        restarts.jobs.retain(|j| j.key != *key);
+        restarts.blocked.retain(|(k, _)| k != key);
+        restarts.forget.push((
+            key.clone(),
+            format!(
+                "the host rebooted since it was started (boot {previous_boot}): its network namespace {:?} (inode {}) is from before the reboot, and no request named it since",
+                ns.name, ns.ino
+            ),
+        ));
+    }
 }
 
 /// Logs why dead sidecars are left dead or forgotten.
