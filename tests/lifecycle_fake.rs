@@ -637,6 +637,24 @@ fn a_replacement_that_exits_at_once_is_put_back_on_its_old_image() {
         "{:?}",
         d.last_error
     );
+    // The agent's resync repeats the request: it stays on the image that
+    // works (the failed upgrade left a rollback override), and so does a
+    // restart.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).unchanged, 1);
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    assert_eq!(s.container().unwrap().state, State::Running);
+    // `upgrade` again tries the configured image again (still crashing).
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap_err();
+    assert!(e.to_string().contains("1 put back"), "{e}");
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // A configuration naming a working image moves everything on.
+    set_image(&mut s, "localhost/dnsmasq:fixed");
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:fixed");
 }
 
 #[test]

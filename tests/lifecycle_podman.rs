@@ -368,6 +368,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
             "at_limit",
             "desired",
             "desired_running",
+            "dropped",
             "error",
             "kind",
             "last_sync",
@@ -383,6 +384,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(k["max_sidecars"], 2048);
     assert_eq!(k["sidecars"], 1);
     assert_eq!(k["at_limit"], false);
+    assert_eq!(k["dropped"], serde_json::json!([]));
     assert_eq!(k["kind"], "dnsmasq");
     assert_eq!(k["queue_depth"], 0);
     assert_eq!(k["pending"], false);
@@ -850,6 +852,18 @@ fn an_upgrade_to_a_broken_image_leaves_every_sidecar_serving() {
                 .is_some_and(|e| e.contains(&format!("put back on {good_a}")))),
         "{desired}"
     );
+
+    // The agent's resync repeats its requests: they keep the image that
+    // works, untouched.
+    let ids: Vec<String> = nets.iter().map(|n| serving(&host, n).0).collect();
+    for n in &nets {
+        host.queue_start(&n.ns, &n.tag(), &n.args);
+    }
+    let summary = host.ok(&["sync"]);
+    assert!(summary.contains("unchanged 2"), "{summary}");
+    for (n, id) in nets.iter().zip(&ids) {
+        assert_eq!(&serving(&host, n).0, id);
+    }
 
     // 4. A good image upgrades them all, with the gaps reported.
     configure_image(&host, &good_b);

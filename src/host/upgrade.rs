@@ -554,7 +554,16 @@ pub fn upgrade(
 ) -> Result<UpgradeReport, UpgradeError> {
     // Excludes a sync of this kind replaying requests meanwhile.
     let _lock = StateDir::new(&cfg.state_dir).sync_lock(kind, SYNC_LOCK_TIMEOUT)?;
-    let eff = effective_config(cfg)?;
+    let state = StateDir::new(&cfg.state_dir);
+    let configured = cfg.profile(kind)?.image.clone();
+    let mut eff = effective_config(cfg)?;
+    let mut st = ImageState::load(&state, kind)?;
+    // A retry of an upgrade that did not come up: to the configured image
+    // again, past the override that failure left.
+    let retry = st.failed_upgrade.is_some() && st.failed_upgrade == configured;
+    if retry && let Some(p) = eff.kinds.get_mut(&kind) {
+        p.image = configured.clone();
+    }
     let profile = eff.profile(kind)?.clone();
     let image = profile.image.clone().ok_or(UpgradeError::NoImage(kind))?;
     let work = pending(&eff, &profile, runtime, &image)?;
@@ -562,8 +571,35 @@ pub fn upgrade(
         return Ok(work.report);
     }
     check_image(&eff, &profile, runtime, &image, opts.pull)?;
+    if retry {
+        st.override_image = None;
+        st.override_while_configured = None;
+        st.failed_upgrade = None;
+        st.store(&state, kind)?;
+    }
     remember_previous(cfg, kind, &image)?;
-    replace(&eff, &profile, runtime, namespaces, opts, work)
+    let result = replace(&eff, &profile, runtime, namespaces, opts, work);
+    if let Err(UpgradeError::Failed { .. }) = &result {
+        keep_previous(&state, kind, &image)?;
+    }
+    result
+}
+
+/// After an upgrade to `image` that did not come up: syncs, restarts and
+/// repeated requests start the image recorded as previous instead (the
+/// rollback override), until the configuration names another image or an
+/// `upgrade` tries again. Without it, an agent's resync would replace every
+/// sidecar with the image that just failed.
+fn keep_previous(state: &StateDir, kind: Kind, image: &str) -> Result<(), StateError> {
+    let mut st = ImageState::load(state, kind)?;
+    let Some(previous) = st.previous.clone().filter(|p| p != image) else {
+        return Ok(());
+    };
+    warn!(kind = %kind, "{image} did not come up: {kind} sidecars keep starting {previous} until the configuration names another image or `sidespawn upgrade --kind {kind}` runs again");
+    st.override_image = Some(previous);
+    st.override_while_configured = Some(image.to_owned());
+    st.failed_upgrade = Some(image.to_owned());
+    st.store(state, kind)
 }
 
 /// `rollback`: makes the recorded previous image the effective one (while
@@ -634,6 +670,7 @@ mod tests {
             previous: Some("img:2".into()),
             override_image: Some("img:1".into()),
             override_while_configured: Some("img:2".into()),
+            failed_upgrade: None,
         };
         assert_eq!(st.effective(Some("img:2")).as_deref(), Some("img:1"));
         assert_eq!(st.effective(Some("img:3")).as_deref(), Some("img:3"));
