@@ -459,6 +459,9 @@ pub fn sidecar_table(sidecars: &[SidecarReport]) -> String {
         if let Some(e) = &s.last_error {
             out.push_str(&format!("    last error: {e}\n"));
         }
+        if let Some(h) = s.health.as_deref().filter(|h| *h != "healthy") {
+            out.push_str(&format!("    health: {h}\n"));
+        }
     }
     out
 }
