@@ -623,6 +623,8 @@ pub fn rollback(
     check_image(cfg, cfg.profile(kind)?, runtime, &previous, opts.pull)?;
     let from = st.effective(configured.as_deref());
     st.previous = from;
+    // The operator's own override from now on: it holds against `upgrade`.
+    st.failed_upgrade = None;
     if configured.as_deref() == Some(previous.as_str()) {
         // Rolling back to what the configuration says is no override.
         st.override_image = None;
