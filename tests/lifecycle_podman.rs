@@ -827,6 +827,7 @@ fn an_upgrade_to_a_broken_image_leaves_every_sidecar_serving() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 replaced, 1 put back"), "{text}");
+    eprintln!("upgrade to an image whose daemon exits at once:\n{stdout}");
     let mut put_back = 0;
     for (n, b) in nets.iter().zip(&before) {
         let now = serving(&host, n);
