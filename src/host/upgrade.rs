@@ -234,7 +234,7 @@ fn comes_up(
                 State::Other(s) => format!("is {s}"),
             };
             return Err(format!(
-                "{name} {state} within {} ms of its start (see `sidespawn logs {name}`)",
+                "{name} {state} within {} ms of its start",
                 settle.as_millis()
             ));
         }
