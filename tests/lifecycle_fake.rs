@@ -658,6 +658,41 @@ fn a_replacement_that_exits_at_once_is_put_back_on_its_old_image() {
 }
 
 #[test]
+fn a_replacement_that_fails_its_health_check_is_put_back() {
+    use sidespawn::host::upgrade::upgrade;
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.health_cmd = Some(vec!["dnsmasq".into(), "--test".into()]);
+        p.health_timeout = std::time::Duration::from_millis(300);
+    }
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    set_image(&mut s, "localhost/dnsmasq:2");
+    // The check fails whatever runs under the name: the new image's
+    // daemon is judged, the one put back is only required to run.
+    s.fake.set_unhealthy(&s.name(), true);
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("failed its health check") && e.contains("1 put back"),
+        "{e}"
+    );
+    let c = s.container().unwrap();
+    assert_eq!(
+        (c.image.as_str(), c.state),
+        ("localhost/dnsmasq:1", State::Running)
+    );
+    // Healthy: the retry moves it on.
+    s.fake.set_unhealthy(&s.name(), false);
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:2");
+}
+
+#[test]
 fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     use sidespawn::host::upgrade::{ImageState, rollback, upgrade};
     let Some(mut s) = Setup::new(serde_json::json!({})) else {

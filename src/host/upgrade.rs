@@ -215,7 +215,7 @@ pub fn check_image(
 
 /// Whether the container `name`, just started, comes up: it keeps running
 /// for `settle` and then, with `health`, passes the kind's health check,
-/// if it has one.
+/// if it has one, within its `health_timeout`.
 fn comes_up(
     profile: &Profile,
     runtime: &dyn Runtime,
@@ -245,12 +245,21 @@ fn comes_up(
         // Polled: a daemon that cannot serve exits within moments.
         std::thread::sleep((until - now).min(Duration::from_millis(100)));
     }
-    if let Some(cmd) = profile.health_cmd.as_ref().filter(|_| health) {
-        runtime
-            .exec_check(name, cmd, profile.health_timeout)
-            .map_err(|e| format!("{name} failed its health check: {e}"))?;
+    let Some(cmd) = profile.health_cmd.as_ref().filter(|_| health) else {
+        return Ok(());
+    };
+    // A daemon may need a moment after its start to answer (load its
+    // configuration, bind): it has `health_timeout` more to pass once.
+    let deadline = Instant::now() + profile.health_timeout;
+    loop {
+        match runtime.exec_check(name, cmd, profile.health_timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{name} failed its health check: {e}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
     }
-    Ok(())
 }
 
 /// An upgrade's work: the desired sidecars that do not run the image yet.
