@@ -33,6 +33,12 @@
 //!   the name always places a new watch: device and inode cannot tell a
 //!   directory made again on a reused inode from the one whose watch the
 //!   kernel dropped. Whatever cannot be watched is retried every second.
+//! * **Health rounds on their own schedule.** Each kind with a
+//!   `health_cmd` gets a health round every `health_interval_s`
+//!   ([`Schedule`]): a sync of that kind that checks its running sidecars
+//!   and restarts the unhealthy ones under the restart policy, run by the
+//!   kind's worker like any other job (so it never overlaps that kind's
+//!   syncs).
 //! * **Signals without an async runtime.** SIGTERM, SIGINT and SIGHUP are
 //!   blocked before any thread starts and read from a `signalfd` by one
 //!   thread, so no thread is ever interrupted mid-sync. (Child processes do
@@ -64,6 +70,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
+use crate::host::health::Schedule;
 use crate::host::namespaces::HostNamespaces;
 use crate::host::runtime::{Podman, Runtime};
 use crate::host::sync::{self, Summary, SyncOptions};
@@ -174,6 +181,8 @@ pub struct Job {
     /// Run the sync even if the queue looks idle (start-up, retries after
     /// a failure, full runs: the journal may hold claimed requests).
     pub forced: bool,
+    /// Check the kind's running sidecars' health (a health round).
+    pub health: bool,
 }
 
 #[derive(Debug, Default)]
@@ -181,6 +190,7 @@ struct CueState {
     dirty: bool,
     full: bool,
     forced: bool,
+    health: bool,
     /// End a back-off now (the configuration was reloaded).
     reset: bool,
     stop: bool,
@@ -216,6 +226,15 @@ impl Cue {
     pub fn full(&self) {
         self.set(|s| {
             s.full = true;
+            s.forced = true;
+        });
+    }
+
+    /// Run a health round: check the running sidecars, restart the
+    /// unhealthy ones.
+    pub fn health(&self) {
+        self.set(|s| {
+            s.health = true;
             s.forced = true;
         });
     }
@@ -269,10 +288,12 @@ impl Cue {
                 let job = Job {
                     full: st.full,
                     forced: st.forced || st.full,
+                    health: st.health,
                 };
                 st.dirty = false;
                 st.forced = false;
                 st.full = false;
+                st.health = false;
                 return Some(job);
             }
             st = self.0.1.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -985,6 +1006,7 @@ impl Daemon {
     ) -> Result<(), WatchError> {
         let interval = self.opts.interval.max(Duration::from_secs(1));
         let mut next_full = Instant::now() + interval;
+        let mut health = Schedule::new(&current(&self.cfg), self.kinds(), Instant::now());
         let mut next_ping = watchdog.map(|_| Instant::now());
         let mut stopping = false;
         loop {
@@ -1003,12 +1025,19 @@ impl Daemon {
                 }
                 next_full = now + interval;
             }
+            for k in health.due(now) {
+                if let Some(w) = self.workers.get(&k).filter(|_| !stopping) {
+                    debug!(kind = %k, "health round");
+                    w.cue.health();
+                }
+            }
             if stopping && self.workers.is_empty() {
                 break;
             }
             let mut wake = next_ping.into_iter().collect::<Vec<_>>();
             if !stopping {
                 wake.push(next_full);
+                wake.extend(health.next_due());
                 if !self.watches.complete() {
                     wake.push(now + REARM_RETRY);
                 }
@@ -1022,7 +1051,10 @@ impl Daemon {
             match rx.recv_timeout(timeout) {
                 Ok(Msg::Fs(ev)) if !stopping => self.on_event(ev),
                 Ok(Msg::Fs(_)) => {}
-                Ok(Msg::Signal(Signal::SIGHUP)) if !stopping => self.reload(),
+                Ok(Msg::Signal(Signal::SIGHUP)) if !stopping => {
+                    self.reload();
+                    health = Schedule::new(&current(&self.cfg), self.kinds(), Instant::now());
+                }
                 Ok(Msg::Signal(sig)) => {
                     if stopping {
                         info!("{sig}: still finishing the sync in progress");
@@ -1131,6 +1163,7 @@ fn run_job(
     let opts = SyncOptions {
         kinds: vec![kind],
         full: job.full,
+        health: job.health,
         ..SyncOptions::default()
     };
     let started = Instant::now();
@@ -1146,7 +1179,7 @@ fn run_job(
     };
     let (failures, retry_in) = match &result {
         Ok(s) => {
-            if s.claimed > 0 || job.full {
+            if s.claimed > 0 || job.full || s.restarts > 0 {
                 info!(kind = %kind, "{s} in {:?}", started.elapsed());
             } else {
                 debug!(kind = %kind, "{s} in {:?}", started.elapsed());
@@ -1428,7 +1461,8 @@ mod tests {
             h.jobs.lock().unwrap()[0].0,
             Job {
                 full: false,
-                forced: false
+                forced: false,
+                health: false,
             }
         );
     }
@@ -1489,7 +1523,8 @@ mod tests {
             h.jobs.lock().unwrap()[0].0,
             Job {
                 full: true,
-                forced: true
+                forced: true,
+                health: false,
             }
         );
         h.cue.stop();

@@ -33,6 +33,15 @@ pub struct FakeRuntime {
     /// Containers `list` leaves out, as a `ps` taken before an interrupted
     /// sync's `podman run` created them would.
     hidden: Mutex<std::collections::BTreeSet<String>>,
+    /// Images that are not in local storage (every other one is).
+    missing_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images whose probe fails (the program cannot start at all).
+    broken_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images whose containers exit with code 3 as soon as they start,
+    /// though their probe answers (a daemon that cannot serve).
+    crashing_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images pulled, in order.
+    pulled: Mutex<Vec<String>>,
 }
 
 /// A failure injected into [`FakeRuntime`].
@@ -154,6 +163,29 @@ impl FakeRuntime {
         lock(&self.hidden).insert(name.to_owned());
     }
 
+    /// From now on `image` is absent from local storage (a pull brings it).
+    pub fn set_image_missing(&self, image: &str) {
+        lock(&self.missing_images).insert(image.to_owned());
+    }
+
+    /// From now on `image`'s program cannot start: its probe fails and
+    /// its containers exit with code 3 as soon as they start.
+    pub fn set_image_broken(&self, image: &str) {
+        lock(&self.broken_images).insert(image.to_owned());
+        self.set_image_crashing(image);
+    }
+
+    /// From now on `image`'s containers exit with code 3 as soon as they
+    /// start, though its probe still answers.
+    pub fn set_image_crashing(&self, image: &str) {
+        lock(&self.crashing_images).insert(image.to_owned());
+    }
+
+    /// The images pulled so far, in order.
+    pub fn pulled(&self) -> Vec<String> {
+        lock(&self.pulled).clone()
+    }
+
     /// Removes every injected failure.
     pub fn clear_failures(&self) {
         lock(&self.failures).clear();
@@ -226,7 +258,7 @@ impl Runtime for FakeRuntime {
                 .cloned()
                 .collect(),
         );
-        cs.push(ContainerInfo {
+        let mut c = ContainerInfo {
             id: id.clone(),
             name: spec.name.clone(),
             state: State::Running,
@@ -235,7 +267,11 @@ impl Runtime for FakeRuntime {
             labels: spec.labels.clone(),
             started_at,
             exit_code: 0,
-        });
+        };
+        if lock(&self.crashing_images).contains(&spec.image) {
+            FakeRuntime::exit(&mut c, 3);
+        }
+        cs.push(c);
         Ok(id)
     }
 
@@ -305,6 +341,38 @@ impl Runtime for FakeRuntime {
                 args: error_args(&[&["exec".to_owned(), name.to_owned()][..], argv].concat()),
                 status: "exit status: 1".to_owned(),
                 stderr: "unhealthy".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        let mut missing = lock(&self.missing_images);
+        if pull {
+            lock(&self.pulled).push(image.to_owned());
+            missing.remove(image);
+            return Ok(());
+        }
+        if missing.contains(image) {
+            return Err(RuntimeError::NoSuchImage(image.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        if lock(&self.missing_images).contains(image) {
+            return Err(RuntimeError::NoSuchImage(image.to_owned()));
+        }
+        if lock(&self.broken_images).contains(image) {
+            return Err(RuntimeError::Failed {
+                args: error_args(&[&["run".to_owned(), image.to_owned()][..], argv].concat()),
+                status: "exit status: 3".to_owned(),
+                stderr: "broken image".to_owned(),
             });
         }
         Ok(())

@@ -402,6 +402,46 @@ impl Runtime for Podman {
             })
     }
 
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        if pull {
+            // A pull downloads layers: the call timeout of a run or a stop
+            // is too short for a large image on a slow link.
+            let args = image_args(&["pull", "--quiet"], image);
+            return self
+                .call(&args, self.timeout.max(PULL_TIMEOUT), |_| None)
+                .map(drop);
+        }
+        // `podman image exists` answers with its exit status alone: 0
+        // present, 1 absent (no stderr), anything else a failure.
+        let args = image_args(&["image", "exists"], image);
+        let f = self.exec(&args, self.timeout)?;
+        match f.status.code() {
+            Some(0) => Ok(()),
+            Some(1) if f.stderr.trim().is_empty() => {
+                Err(RuntimeError::NoSuchImage(image.to_owned()))
+            }
+            _ => Err(RuntimeError::Failed {
+                args: error_args(&args),
+                status: f.status.to_string(),
+                stderr: summarise_stderr(&f.stderr),
+            }),
+        }
+    }
+
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let mut args = probe_args(image);
+        args.extend(argv.iter().cloned());
+        self.call(&args, timeout, |stderr| {
+            is_no_such_image(stderr).then(|| Err(RuntimeError::NoSuchImage(image.to_owned())))
+        })
+        .map(drop)
+    }
+
     fn exec_check(
         &self,
         name: &str,
@@ -539,6 +579,39 @@ fn is_no_such_container(stderr: &str) -> bool {
 fn is_name_in_use(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
     s.contains("name") && s.contains("is already in use")
+}
+
+/// Podman 4.3 without a local image and `--pull=never`: `Error:
+/// localhost/x:1: image not known`.
+fn is_no_such_image(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("image not known")
+}
+
+/// The longest a `podman pull` may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `podman WORDS -- IMAGE`.
+fn image_args(words: &[&str], image: &str) -> Vec<String> {
+    let mut a: Vec<String> = words.iter().map(|s| (*s).to_owned()).collect();
+    a.push("--".to_owned());
+    a.push(image.to_owned());
+    a
+}
+
+/// `podman run` of a throwaway probe container of `image`, up to the
+/// image: removed on exit, never pulled, no network, no capabilities.
+/// Its program and arguments follow.
+fn probe_args(image: &str) -> Vec<String> {
+    image_args(
+        &[
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=none",
+            "--cap-drop=all",
+        ],
+        image,
+    )
 }
 
 fn is_not_running(stderr: &str) -> bool {
@@ -905,6 +978,59 @@ mod tests {
         let silent = Podman::new(tmp.script("silent", "exit 0"), Duration::from_secs(10));
         let err = silent.run(&spec("n", &[])).unwrap_err();
         assert!(matches!(err, RuntimeError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn ensure_image_verifies_or_pulls_and_says_why_not() {
+        let tmp = Scratch::new();
+        // `image exists` of an absent image: exit 1, nothing on stderr.
+        let podman = tmp.script(
+            "podman",
+            "printf '%s\\0' \"$@\" >> \"$ARGS\"\nif [ \"$1\" = image ]; then [ \"$4\" = here ] && exit 0; exit 1; fi\nexit 0",
+        );
+        let args_file = tmp.file("args");
+        let p = Podman::new(podman, Duration::from_secs(10))
+            .with_env("ARGS", args_file.to_string_lossy());
+        p.ensure_image("here", false).unwrap();
+        let err = p.ensure_image("-gone", false).unwrap_err();
+        assert_eq!(err, RuntimeError::NoSuchImage("-gone".into()));
+        assert!(err.to_string().contains("--pull"), "{err}");
+        p.ensure_image("far", true).unwrap();
+        assert_eq!(
+            std::fs::read(&args_file).unwrap(),
+            b"image\0exists\0--\0here\0image\0exists\0--\0-gone\0pull\0--quiet\0--\0far\0"
+        );
+        // Any other failure of `image exists` is not "absent".
+        let broken = Podman::new(
+            tmp.script("broken", "echo 'Error: database is locked' >&2\nexit 125"),
+            Duration::from_secs(10),
+        );
+        let err = broken.ensure_image("x", false).unwrap_err();
+        assert!(err.to_string().contains("database is locked"), "{err}");
+    }
+
+    #[test]
+    fn probe_image_runs_a_throwaway_container_without_network() {
+        let tmp = Scratch::new();
+        let podman = tmp.script(
+            "podman",
+            "printf '%s\\0' \"$@\" > \"$ARGS\"\necho 'Error: x:1: image not known' >&2\nexit 125",
+        );
+        let args_file = tmp.file("args");
+        let p = Podman::new(podman, Duration::from_secs(10))
+            .with_env("ARGS", args_file.to_string_lossy());
+        let err = p
+            .probe_image(
+                "x:1",
+                &strings(&["dnsmasq", "--version"]),
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(err, RuntimeError::NoSuchImage("x:1".into()));
+        assert_eq!(
+            std::fs::read(&args_file).unwrap(),
+            b"run\0--rm\0--pull=never\0--network=none\0--cap-drop=all\0--\0x:1\0dnsmasq\0--version\0"
+        );
     }
 
     #[test]
