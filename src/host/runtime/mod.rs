@@ -337,7 +337,9 @@ pub enum EventAction {
     /// Its main process started.
     Started,
     /// Its main process exited, with this code when the engine says.
-    Died { exit_code: Option<i32> },
+    Died {
+        exit_code: Option<i32>,
+    },
     /// It was removed.
     Removed,
     Other(String),
