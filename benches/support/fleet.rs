@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The calls logged by a [`podman_shim`] so far, each as its argv.
-fn logged_calls(log: &Path) -> Vec<Vec<String>> {
+pub fn logged_calls(log: &Path) -> Vec<Vec<String>> {
     fs::read(log)
         .unwrap_or_default()
         .split(|&b| b == b'\n')

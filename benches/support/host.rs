@@ -114,11 +114,35 @@ pub fn adopt_dir(path: PathBuf) {
 pub fn remove_adopted_dirs() {
     let dirs: Vec<PathBuf> = lock(&DIRS).drain(..).collect();
     for d in dirs {
-        if let Err(e) = fs::remove_dir_all(&d)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("warning: could not remove {}: {e}", d.display());
-        }
+        remove_dir(&d);
+    }
+}
+
+/// Removes one adopted directory now (and forgets it).
+pub fn remove_adopted_dir(path: &Path) {
+    lock(&DIRS).retain(|d| d != path);
+    remove_dir(path);
+}
+
+/// Unmounts whatever is mounted below `d` (a podman storage's overlay
+/// mounts), deepest first, then removes the tree.
+fn remove_dir(d: &Path) {
+    let mut mounts: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(d))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Err(e) = fs::remove_dir_all(d)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: could not remove {}: {e}", d.display());
     }
 }
 
