@@ -498,7 +498,11 @@ fn podman_shim(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     fs::write(
         &shim,
         format!(
-            "#!/bin/sh\n{{ for a in \"$@\"; do printf '%s\\0' \"$a\"; done; echo; }} >> '{}'\nexec podman \"$@\"\n",
+            // One line per call, written by one printf (one write(2) to an
+            // O_APPEND file), so calls made at once never interleave; the
+            // arguments joined by the unit separator (0x1f), which no argv
+            // here contains.
+            "#!/bin/sh\nIFS=$(printf '\\037')\nprintf '%s\\n' \"$*\" >> '{}'\nunset IFS\nexec podman \"$@\"\n",
             log.display()
         ),
     )
