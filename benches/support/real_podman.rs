@@ -277,6 +277,8 @@ impl SyncHost {
     pub fn watch(&self) -> Result<Daemon, String> {
         host::check_interrupted()?;
         let sock_path = self.dir.join("notify.sock");
+        // A daemon started before on this host left its socket's file.
+        let _ = fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
