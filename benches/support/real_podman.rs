@@ -280,7 +280,9 @@ impl SyncHost {
         // A daemon started before on this host left its socket's file.
         let _ = fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(60)))
+        // Its first sync lists the containers before it is ready: on a busy
+        // host, right after a thousand removals, podman can take minutes.
+        sock.set_read_timeout(Some(LONG))
             .map_err(|e| e.to_string())?;
         let log = self.dir.join("watch.log");
         let child = self
