@@ -259,7 +259,16 @@ impl SyncHost {
     pub fn wait_acked(&self, n: usize) -> Result<(), String> {
         let dir = self.cfg.queue_root.join("dnsmasq/acks");
         let deadline = Instant::now() + LONG;
-        while fs::read_dir(&dir).map_or(0, |d| d.count()) < n {
+        // Acknowledgements only: the host writes each to a temporary file
+        // first, which must not count.
+        let acked = || {
+            fs::read_dir(&dir).map_or(0, |d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+        };
+        while acked() < n {
             host::check_interrupted()?;
             if Instant::now() > deadline {
                 return Err(format!("fewer than {n} acknowledgements after {LONG:?}"));
