@@ -196,7 +196,21 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
         }
     };
 
-    let netns = crate::shared::netns::identify(&config.netns_dir).map_err(failure)?;
+    let tag = match std::env::var_os("PROCESS_TAG") {
+        None => None,
+        Some(t) if t.is_empty() => None,
+        Some(t) => Some(t.into_string().map_err(|t| Failure {
+            code: EXIT_USAGE,
+            message: format!("PROCESS_TAG {t:?} is not valid UTF-8"),
+        })?),
+    };
+
+    // Neutron's tag names the namespace's id: compare those names first.
+    let candidates = tag
+        .as_deref()
+        .map(crate::shared::netns::candidates_from_tag)
+        .unwrap_or_default();
+    let netns = crate::shared::netns::identify(&config.netns_dir, &candidates).map_err(failure)?;
     // Kill scripts run in the host network on Neutron before 2025.1; the host
     // finds the sidecar by pid, so a signal request needs no namespace.
     if netns.is_none() && action == Action::Start && !kconf.allow_host_network {
@@ -207,15 +221,6 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
             config.netns_dir.display()
         )));
     }
-
-    let tag = match std::env::var_os("PROCESS_TAG") {
-        None => None,
-        Some(t) if t.is_empty() => None,
-        Some(t) => Some(t.into_string().map_err(|t| Failure {
-            code: EXIT_USAGE,
-            message: format!("PROCESS_TAG {t:?} is not valid UTF-8"),
-        })?),
-    };
 
     let ts = now_ms();
     let record = Record {
