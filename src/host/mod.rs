@@ -20,6 +20,7 @@ pub mod check;
 pub mod claim;
 pub mod config;
 pub mod desired;
+pub mod follow;
 pub mod gc;
 pub mod health;
 pub mod images;

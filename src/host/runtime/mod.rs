@@ -68,6 +68,11 @@ impl<'a> SidecarLabels<'a> {
         SidecarLabels(&c.labels)
     }
 
+    /// Labels as an engine event reports them.
+    pub fn of_labels(labels: &'a BTreeMap<String, String>) -> SidecarLabels<'a> {
+        SidecarLabels(labels)
+    }
+
     /// The labels a sidecar is about to be started with.
     pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
         SidecarLabels(&spec.labels)
@@ -337,7 +342,9 @@ pub enum EventAction {
     /// Its main process started.
     Started,
     /// Its main process exited, with this code when the engine says.
-    Died { exit_code: Option<i32> },
+    Died {
+        exit_code: Option<i32>,
+    },
     /// It was removed.
     Removed,
     Other(String),
