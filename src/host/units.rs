@@ -769,7 +769,11 @@ mod tests {
         let path = render(&TEMPLATES[0], "", &values(), &[]).unwrap();
         assert!(path.contains("\nPathExists=/q/%I/pending\n"), "{path}");
         assert!(path.contains("\nPathModified=/q/%I/timestamp\n"), "{path}");
-        let tmpfiles = render(&TEMPLATES[5], "", &values(), &["dnsmasq", "radvd"]).unwrap();
+        let snippet = TEMPLATES
+            .iter()
+            .find(|t| t.rel_path.starts_with("etc/tmpfiles.d/"))
+            .unwrap();
+        let tmpfiles = render(snippet, "", &values(), &["dnsmasq", "radvd"]).unwrap();
         for line in [
             "d /q 0755 root root -",
             "d /q/dnsmasq/acks 0755 root root -",
