@@ -313,18 +313,27 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following `instance`'s events on `runtime`, keeping `view`
-    /// current and calling `cues`.
+    /// current (when there is one: without, no container is inspected)
+    /// and calling `cues`.
     pub fn start(
         runtime: Arc<dyn Runtime>,
         instance: String,
-        view: ContainerView,
+        view: Option<ContainerView>,
         cues: Arc<dyn Cues>,
     ) -> std::io::Result<Follower> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("engine-events".to_owned())
-            .spawn(move || follow(runtime.as_ref(), &instance, &view, cues.as_ref(), &s))?;
+            .spawn(move || {
+                follow(
+                    runtime.as_ref(),
+                    &instance,
+                    view.as_ref(),
+                    cues.as_ref(),
+                    &s,
+                )
+            })?;
         Ok(Follower {
             stop,
             handle: Some(handle),
@@ -350,7 +359,7 @@ impl Drop for Follower {
 fn follow(
     runtime: &dyn Runtime,
     instance: &str,
-    view: &ContainerView,
+    view: Option<&ContainerView>,
     cues: &dyn Cues,
     stop: &AtomicBool,
 ) {
@@ -375,10 +384,14 @@ fn follow(
             info!("following the engine's events again");
             said_failing = false;
         }
-        view.set_connected(true);
+        if let Some(v) = view {
+            v.set_connected(true);
+        }
         cues.reconnected();
         let ended_cleanly = drain(events, runtime, view, cues, stop);
-        view.set_connected(false);
+        if let Some(v) = view {
+            v.set_connected(false);
+        }
         if stop.load(Ordering::SeqCst) {
             break;
         }
@@ -396,7 +409,7 @@ fn follow(
 fn drain(
     events: Events,
     runtime: &dyn Runtime,
-    view: &ContainerView,
+    view: Option<&ContainerView>,
     cues: &dyn Cues,
     stop: &AtomicBool,
 ) -> bool {
@@ -406,12 +419,14 @@ fn drain(
         }
         match item {
             Ok(ev) => {
-                if matches!(ev.action, EventAction::Died { .. } | EventAction::Removed)
-                    && !view.known(&ev)
-                {
-                    debug!(container = %ev.name, "event for a container the view does not hold");
+                if let Some(view) = view {
+                    if matches!(ev.action, EventAction::Died { .. } | EventAction::Removed)
+                        && !view.known(&ev)
+                    {
+                        debug!(container = %ev.name, "event for a container the view does not hold");
+                    }
+                    view.apply(&ev, runtime);
                 }
-                view.apply(&ev, runtime);
                 if let EventAction::Died { exit_code } = ev.action {
                     let kind = SidecarLabels::of_labels(&ev.labels)
                         .kind()
@@ -425,7 +440,9 @@ fn drain(
             }
             Err(RuntimeError::Parse { message, .. }) => {
                 warn!("unreadable engine event ({message}); re-listing containers");
-                view.doubt("an unreadable event");
+                if let Some(view) = view {
+                    view.doubt("an unreadable event");
+                }
                 cues.reconnected();
             }
             Err(e) => {
@@ -484,8 +501,13 @@ mod tests {
             .to_owned();
         let view = ContainerView::default();
         let seen = Arc::new(Seen::default());
-        let _f =
-            Follower::start(fake.clone(), instance.clone(), view.clone(), seen.clone()).unwrap();
+        let _f = Follower::start(
+            fake.clone(),
+            instance.clone(),
+            Some(view.clone()),
+            seen.clone(),
+        )
+        .unwrap();
         assert!(view.wait_connected(Duration::from_secs(10)));
         let rt = Viewed {
             inner: fake.clone(),

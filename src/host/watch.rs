@@ -898,9 +898,10 @@ impl Daemon {
             return;
         }
         self.follower = None;
-        let view = ContainerView::default();
+        // `--restarts-only` lists for its rare syncs: no view to keep.
+        let view = (!self.opts.restarts_only).then(ContainerView::default);
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
-            (!self.opts.restarts_only).then(|| (cfg.instance.clone(), view.clone()));
+            view.clone().map(|v| (cfg.instance.clone(), v));
         let runtime: Arc<dyn Runtime> = Arc::from((self.runtime)(&cfg));
         let cues = Arc::new(ChannelCues(Mutex::new(self.tx.clone())));
         match Follower::start(runtime, cfg.instance.clone(), view, cues) {
