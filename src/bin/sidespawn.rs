@@ -147,7 +147,9 @@ enum Command {
     /// changes, with a full reconcile every --interval seconds. SIGHUP
     /// re-reads the configuration; SIGTERM finishes the sync in progress and
     /// exits 0. Under systemd (Type=notify) it reports readiness, status and
-    /// watchdog pings. Running it beside the path units is safe.
+    /// watchdog pings. Running it beside the path units is safe. It also
+    /// follows podman's events: a sidecar that dies is started again at
+    /// once, under its kind's restart policy.
     ///
     /// Examples:
     ///   sidespawn watch                    # every enabled kind

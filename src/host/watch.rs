@@ -42,6 +42,16 @@
 //!   configuration and re-arms the watches; a configuration that does not
 //!   load is logged and the old one kept.
 //!
+//! * **Deaths are events too.** A [`Follower`] reads the engine's events
+//!   for the configuration (`crate::host::follow`): a sidecar's `died`
+//!   cues its kind's worker for a restart pass (`SyncOptions::restart`),
+//!   and a restart the policy's back-off holds is cued again by a timer
+//!   (`Cue::restart_at`), not by polling. The workers' syncs list from the
+//!   container view the events keep current ([`Viewed`]), falling back to
+//!   `podman ps` on any doubt. `--restarts-only` (sidespawn-restart.service,
+//!   beside the path units) keeps only this part: no queue watches, no
+//!   view, no periodic full reconcile.
+//!
 //! With `$NOTIFY_SOCKET` set (a `Type=notify` unit) it reports `READY=1`
 //! once every kind's first sync has run and the watches are in place,
 //! `STATUS=`, `WATCHDOG=1` pings, `RELOADING=1` (with `MONOTONIC_USEC=`)
