@@ -171,11 +171,14 @@ enum Command {
     /// changes, with a full reconcile every --interval seconds. SIGHUP
     /// re-reads the configuration; SIGTERM finishes the sync in progress and
     /// exits 0. Under systemd (Type=notify) it reports readiness, status and
-    /// watchdog pings. Running it beside the path units is safe.
+    /// watchdog pings. Running it beside the path units is safe. It also
+    /// follows podman's events: a sidecar that dies is started again at
+    /// once, under its kind's restart policy.
     ///
     /// Examples:
     ///   sidespawn watch                    # every enabled kind
     ///   sidespawn watch --kind dnsmasq -v  # one kind, with debug logs
+    ///   sidespawn watch --restarts-only    # beside the path units: restart dead sidecars
     #[command(verbatim_doc_comment)]
     Watch {
         /// Only this kind (repeatable; default: every enabled kind, re-read
@@ -192,6 +195,11 @@ enum Command {
         /// name ending in .prom in its directory).
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
+        /// Only follow the engine's events and start sidecars that died
+        /// again, under each kind's restart policy; leave the queues to the
+        /// sidespawn@<kind>.path units (what sidespawn-restart.service runs).
+        #[arg(long)]
+        restarts_only: bool,
     },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
@@ -469,6 +477,7 @@ fn main() -> ExitCode {
                 full,
                 backoff,
                 health: false,
+                restart: false,
             };
             sync_exit_code(sidespawn::host::sync::run(
                 &cfg,
@@ -507,12 +516,14 @@ fn main() -> ExitCode {
             kind,
             interval,
             metrics_file,
+            restarts_only,
         } => {
             let opts = sidespawn::host::watch::WatchOptions {
                 kinds: kind,
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
                 metrics_file,
+                restarts_only,
             };
             exit_code(sidespawn::host::watch::run(cfg, &opts))
         }

@@ -56,6 +56,11 @@ pub struct SyncOptions {
     /// queued, restarting unhealthy sidecars under the restart policy
     /// (`watch`'s health rounds). Implied by `full`.
     pub health: bool,
+    /// List containers and start desired sidecars that died again (under
+    /// the restart policy), even with nothing queued: the engine reported
+    /// a death. Lighter than `full`: no health checks, no garbage
+    /// collection.
+    pub restart: bool,
 }
 
 /// Totals of one sync, printed as its last line.
@@ -79,6 +84,10 @@ pub struct Summary {
     /// A dry run's summary: the counts are what a real run would do if
     /// every planned command succeeded, and the line says so.
     pub would: bool,
+    /// The earliest time (unix ms) a dead sidecar held back by the restart
+    /// policy's back-off may be started again: when a follower of the
+    /// engine's events runs the next restart pass.
+    pub next_restart_ms: Option<u64>,
 }
 
 /// Summaries are equal when their counts, dry-run lines and failed kinds
@@ -170,6 +179,7 @@ impl Summary {
             errors: _,
             dry_run: _,
             would: _,
+            next_restart_ms: _,
         } = *self;
         [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
@@ -190,7 +200,12 @@ impl Summary {
             errors: _,
             dry_run: _,
             would: _,
+            next_restart_ms,
         } = self;
+        *next_restart_ms = match (*next_restart_ms, o.next_restart_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mine = [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
         ];
@@ -448,7 +463,7 @@ impl<'a> Syncer<'a> {
         pass: u32,
     ) -> Result<Vec<ContainerInfo>, SyncError> {
         let busy = ctxs.iter().any(|c| c.has_requests);
-        if !(busy || ((self.opts.full || self.opts.health) && pass == 1)) {
+        if !(busy || self.first_pass_looks(pass)) {
             return Ok(Vec::new());
         }
         match self.runtime.list(&self.cfg.instance) {
@@ -466,13 +481,19 @@ impl<'a> Syncer<'a> {
         }
     }
 
+    /// Whether pass `pass` looks at the containers with nothing queued: the
+    /// first pass of a full, a health or a restart run.
+    fn first_pass_looks(&self, pass: u32) -> bool {
+        pass == 1 && (self.opts.full || self.opts.health || self.opts.restart)
+    }
+
     /// Stages 2 to 5 for one kind: plan, execute, acknowledge, persist.
     /// Records the kind's status either way.
     fn sync_kind(&mut self, ctx: &mut KindCtx, actual: &[ContainerInfo], pass: u32) {
         // A pass that checks health (the backstop's, a health round's).
         let full_pass = (self.opts.full || self.opts.health) && pass == 1;
         let mut sum = Summary::claimed(ctx.claimed, ctx.claim_rejected);
-        if !(ctx.has_requests || full_pass) {
+        if !(ctx.has_requests || self.first_pass_looks(pass)) {
             // A dry run changes nothing, not even the kind's last sync.
             if !self.opts.dry_run {
                 record_status(&self.state, ctx.kind, Ok(()), &sum);
@@ -559,6 +580,15 @@ impl<'a> Syncer<'a> {
             forget_from_before_boot(&desired, &seen, &boot, &mut restarts);
         }
         log_restart_decisions(kind, &restarts);
+        self.summary.next_restart_ms = restarts
+            .blocked
+            .iter()
+            .filter_map(|(_, b)| match b {
+                desired::Blocked::Backoff { until_ms } => Some(*until_ms),
+                _ => None,
+            })
+            .chain(self.summary.next_restart_ms)
+            .min();
         plan.jobs.extend(restarts.jobs.iter().cloned());
         crate::host::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
         Ok(KindPlan {

@@ -48,6 +48,16 @@
 //!   configuration and re-arms the watches; a configuration that does not
 //!   load is logged and the old one kept.
 //!
+//! * **Deaths are events too.** A [`Follower`] reads the engine's events
+//!   for the configuration (`crate::host::follow`): a sidecar's `died`
+//!   cues its kind's worker for a restart pass (`SyncOptions::restart`),
+//!   and a restart the policy's back-off holds is cued again by a timer
+//!   (`Cue::restart_at`), not by polling. The workers' syncs list from the
+//!   container view the events keep current ([`Viewed`]), falling back to
+//!   `podman ps` on any doubt. `--restarts-only` (sidespawn-restart.service,
+//!   beside the path units) keeps only this part: no queue watches, no
+//!   view, no periodic full reconcile.
+//!
 //! With `$NOTIFY_SOCKET` set (a `Type=notify` unit) it reports `READY=1`
 //! once every kind's first sync has run and the watches are in place,
 //! `STATUS=`, `WATCHDOG=1` pings, `RELOADING=1` (with `MONOTONIC_USEC=`)
@@ -70,6 +80,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
+use crate::host::follow::{ContainerView, Follower, Viewed};
 use crate::host::health::Schedule;
 use crate::host::namespaces::HostNamespaces;
 use crate::host::runtime::{Podman, Runtime};
@@ -104,6 +115,10 @@ pub struct WatchOptions {
     pub explicit_config: bool,
     /// Rewritten with the Prometheus metrics after every sync that ran.
     pub metrics_file: Option<PathBuf>,
+    /// Follow only the engine's events and start dead sidecars again; the
+    /// queues are left to the path units, and the full reconcile to their
+    /// backstop timer (`sidespawn-restart.service`).
+    pub restarts_only: bool,
 }
 
 impl Default for WatchOptions {
@@ -113,6 +128,7 @@ impl Default for WatchOptions {
             interval: DEFAULT_INTERVAL,
             explicit_config: true,
             metrics_file: None,
+            restarts_only: false,
         }
     }
 }
@@ -183,6 +199,9 @@ pub struct Job {
     pub forced: bool,
     /// Check the kind's running sidecars' health (a health round).
     pub health: bool,
+    /// A restart pass (`SyncOptions::restart`): the engine reported a
+    /// death, or a restart held back by the policy's back-off is due.
+    pub restart: bool,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +213,9 @@ struct CueState {
     /// End a back-off now (the configuration was reloaded).
     reset: bool,
     stop: bool,
+    restart: bool,
+    /// When a restart held back by the restart policy's back-off is due.
+    restart_at: Option<Instant>,
 }
 
 /// The flags a worker waits on. Setting one never blocks and never queues:
@@ -248,6 +270,20 @@ impl Cue {
         });
     }
 
+    /// A sidecar of this kind died: run a restart pass.
+    pub fn restart(&self) {
+        self.set(|s| {
+            s.restart = true;
+            s.forced = true;
+        });
+    }
+
+    /// Run a restart pass at `at` (the earliest of those asked), a timer
+    /// rather than a poll.
+    pub fn restart_at(&self, at: Instant) {
+        self.set(|s| s.restart_at = Some(s.restart_at.map_or(at, |t| t.min(at))));
+    }
+
     /// Finish the run in progress, if any, and exit.
     pub fn stop(&self) {
         self.set(|s| s.stop = true);
@@ -267,6 +303,13 @@ impl Cue {
                 *retry_at = None;
             }
             let now = Instant::now();
+            if let Some(at) = st.restart_at
+                && now >= at
+            {
+                st.restart_at = None;
+                st.restart = true;
+                st.forced = true;
+            }
             match *retry_at {
                 Some(at) if now < at => {
                     st = self
@@ -289,14 +332,25 @@ impl Cue {
                     full: st.full,
                     forced: st.forced || st.full,
                     health: st.health,
+                    restart: st.restart,
                 };
                 st.dirty = false;
                 st.forced = false;
                 st.full = false;
                 st.health = false;
+                st.restart = false;
                 return Some(job);
             }
-            st = self.0.1.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = match st.restart_at {
+                Some(at) => {
+                    self.0
+                        .1
+                        .wait_timeout(st, at.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.0.1.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 }
@@ -532,7 +586,37 @@ enum Msg {
     /// A worker's thread ends (by its id: a kind removed and added again by
     /// reloads has had several).
     WorkerDone(u64),
+    /// The engine reported a sidecar of this kind dead.
+    Died(Kind),
+    /// The engine's event stream (re)connected, or an event was lost:
+    /// every kind looks for deaths it may have missed.
+    EventsDoubt,
 }
+
+/// The follower's cues, as messages to the main loop.
+struct ChannelCues(Mutex<Sender<Msg>>);
+
+impl crate::host::follow::Cues for ChannelCues {
+    fn died(&self, kind: Kind) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Msg::Died(kind));
+    }
+    fn reconnected(&self) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Msg::EventsDoubt);
+    }
+}
+
+/// The view of containers the workers' syncs list from, with the
+/// configuration instance it belongs to (none in `--restarts-only` mode,
+/// whose rare syncs list).
+type SharedView = Arc<Mutex<Option<(String, ContainerView)>>>;
 
 /// A sync a worker ran.
 struct Report {
@@ -649,14 +733,20 @@ pub fn run_with(
         fault_overflow,
         next_worker_id: 0,
         retired: Vec::new(),
+        view: Arc::new(Mutex::new(None)),
+        follower: None,
     };
-    // Directories first, so the watches can be placed before the first
-    // sync; the sync would create them too, but a request queued between
-    // that and the watch would wait for the next cue.
-    d.prepare_dirs(&kinds);
-    // Fatal at start-up: an operator watching the service start should see
-    // a missing inotify limit at once, not a daemon that never wakes.
-    d.arm_strict(&kinds)?;
+    d.follow_events();
+    if !d.opts.restarts_only {
+        // Directories first, so the watches can be placed before the first
+        // sync; the sync would create them too, but a request queued
+        // between that and the watch would wait for the next cue.
+        d.prepare_dirs(&kinds);
+        // Fatal at start-up: an operator watching the service start should
+        // see a missing inotify limit at once, not a daemon that never
+        // wakes.
+        d.arm_strict(&kinds)?;
+    }
     for &k in &kinds {
         d.start_worker(k)?;
     }
@@ -760,6 +850,9 @@ struct Daemon {
     next_worker_id: u64,
     /// Workers of kinds dropped by a reload, joined at shutdown.
     retired: Vec<JoinHandle<()>>,
+    view: SharedView,
+    /// Follows the engine's events of the configuration's instance.
+    follower: Option<(String, Follower)>,
 }
 
 impl Daemon {
@@ -823,18 +916,51 @@ impl Daemon {
         Ok(())
     }
 
+    /// Follows the engine's events for the configuration's instance (again,
+    /// when a reload changed it): deaths cue restart passes, and the
+    /// workers list from the view the events keep current.
+    fn follow_events(&mut self) {
+        let cfg = current(&self.cfg);
+        if self
+            .follower
+            .as_ref()
+            .is_some_and(|(i, _)| *i == cfg.instance)
+        {
+            return;
+        }
+        self.follower = None;
+        // `--restarts-only` lists for its rare syncs: no view to keep.
+        let view = (!self.opts.restarts_only).then(ContainerView::default);
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            view.clone().map(|v| (cfg.instance.clone(), v));
+        let runtime: Arc<dyn Runtime> = Arc::from((self.runtime)(&cfg));
+        let cues = Arc::new(ChannelCues(Mutex::new(self.tx.clone())));
+        match Follower::start(runtime, cfg.instance.clone(), view, cues) {
+            Ok(f) => self.follower = Some((cfg.instance.clone(), f)),
+            Err(e) => error!(
+                "cannot start the thread that follows the engine's events: {e}; dead sidecars wait for the full reconcile"
+            ),
+        }
+    }
+
     fn start_worker(&mut self, kind: Kind) -> Result<(), WatchError> {
         let cue = Cue::default();
         self.next_worker_id += 1;
         let id = self.next_worker_id;
-        // The first run drains what waited while no one watched, and
-        // reconciles like the backstop's run at boot.
-        cue.full();
-        let (cfg, runtime, tx, c) = (
+        if self.opts.restarts_only {
+            // Deaths while nobody followed the events.
+            cue.restart();
+        } else {
+            // The first run drains what waited while no one watched, and
+            // reconciles like the backstop's run at boot.
+            cue.full();
+        }
+        let (cfg, runtime, tx, c, view) = (
             Arc::clone(&self.cfg),
             Arc::clone(&self.runtime),
             self.tx.clone(),
             cue.clone(),
+            Arc::clone(&self.view),
         );
         let metrics = self
             .opts
@@ -845,7 +971,7 @@ impl Daemon {
             .name(format!("sync-{kind}"))
             .spawn(move || {
                 work(&c, sync::backoff_delay, |job, failures| {
-                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx);
+                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx, &c, &view);
                     if let (Some(ok), Some((path, kinds))) = (ran, &metrics) {
                         write_metrics(kind, path, kinds, &cfg, runtime.as_ref());
                         return ok;
@@ -880,6 +1006,9 @@ impl Daemon {
     /// Re-arms every watch and looks at every queue; `force` as in
     /// [`Self::rearm`] (only the retry timer, which fills gaps, does not).
     fn rescan_all(&mut self, force: bool) {
+        if self.opts.restarts_only {
+            return;
+        }
         let r = self.watches.arm_root(force);
         if self.watches.report(r) {
             info!(
@@ -981,7 +1110,10 @@ impl Daemon {
             self.watches.disarm_all();
             self.watches.root = current(&self.cfg).queue_root.clone();
         }
-        self.prepare_dirs(&kinds);
+        self.follow_events();
+        if !self.opts.restarts_only {
+            self.prepare_dirs(&kinds);
+        }
         for &k in &kinds {
             if !self.workers.contains_key(&k) {
                 info!(kind = %k, "now watching {k}");
@@ -1017,7 +1149,7 @@ impl Daemon {
                 self.notify(&[State::Watchdog]);
                 next_ping = Some(now + every);
             }
-            if !stopping && now >= next_full {
+            if !stopping && now >= next_full && !self.opts.restarts_only {
                 debug!("periodic full reconcile");
                 self.rescan_all(true);
                 for w in self.workers.values() {
@@ -1038,7 +1170,7 @@ impl Daemon {
             if !stopping {
                 wake.push(next_full);
                 wake.extend(health.next_due());
-                if !self.watches.complete() {
+                if !self.watches.complete() && !self.opts.restarts_only {
                     wake.push(now + REARM_RETRY);
                 }
             }
@@ -1072,6 +1204,17 @@ impl Daemon {
                     }
                 }
                 Ok(Msg::Synced(r)) => self.on_report(r),
+                Ok(Msg::Died(kind)) if !stopping => {
+                    if let Some(w) = self.workers.get(&kind) {
+                        w.cue.restart();
+                    }
+                }
+                Ok(Msg::EventsDoubt) if !stopping => {
+                    for w in self.workers.values() {
+                        w.cue.restart();
+                    }
+                }
+                Ok(Msg::Died(_) | Msg::EventsDoubt) => {}
                 Ok(Msg::WorkerDone(id)) => {
                     if let Some(k) = self
                         .workers
@@ -1085,7 +1228,7 @@ impl Daemon {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if !stopping && !self.watches.complete() {
+                    if !stopping && !self.watches.complete() && !self.opts.restarts_only {
                         self.rescan_all(false);
                     }
                 }
@@ -1145,6 +1288,7 @@ fn write_metrics(
 /// One worker run: the pending check, then the ordinary sync of one kind,
 /// reported to the main loop. `None` when nothing was pending, else whether
 /// the sync succeeded.
+#[allow(clippy::too_many_arguments)]
 fn run_job(
     kind: Kind,
     job: Job,
@@ -1152,18 +1296,30 @@ fn run_job(
     cfg: &SharedConfig,
     runtime: &RuntimeFactory,
     tx: &Sender<Msg>,
+    cue: &Cue,
+    view: &SharedView,
 ) -> Option<bool> {
     let cfg = current(cfg);
     if !job.forced && !queue_pending(&cfg, kind) {
         debug!(kind = %kind, "nothing pending");
         return None;
     }
-    let rt = runtime(&cfg);
+    // The same sync, listing from the view the engine's events keep
+    // current when there is one for this configuration.
+    let rt = match view.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        Some((instance, view)) if instance == cfg.instance => Box::new(Viewed {
+            inner: Arc::from(runtime(&cfg)),
+            view,
+            instance,
+        }) as Box<dyn Runtime>,
+        _ => runtime(&cfg),
+    };
     let ns = HostNamespaces(cfg.netns_dir.clone());
     let opts = SyncOptions {
         kinds: vec![kind],
         full: job.full,
         health: job.health,
+        restart: job.restart,
         ..SyncOptions::default()
     };
     let started = Instant::now();
@@ -1177,6 +1333,13 @@ fn run_job(
             .join("; ")),
         Err(e) => Err(e.to_string()),
     };
+    if let Ok(s) = &result
+        && let Some(at) = s.next_restart_ms
+    {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        debug!(kind = %kind, "a restart held back by the back-off is due in {wait:?}");
+        cue.restart_at(Instant::now() + wait);
+    }
     let (failures, retry_in) = match &result {
         Ok(s) => {
             if s.claimed > 0 || job.full || s.restarts > 0 {
@@ -1463,8 +1626,37 @@ mod tests {
                 full: false,
                 forced: false,
                 health: false,
+                restart: false,
             }
         );
+    }
+
+    #[test]
+    fn a_death_runs_a_restart_pass_and_a_back_off_is_a_timer() {
+        let h = Harness::start(Duration::ZERO, false, Duration::ZERO);
+        h.cue.restart();
+        h.wait_runs(1);
+        assert_eq!(
+            h.jobs.lock().unwrap()[0].0,
+            Job {
+                full: false,
+                forced: true,
+                health: false,
+                restart: true,
+            }
+        );
+        let t = Instant::now();
+        h.cue.restart_at(t + Duration::from_millis(300));
+        // A later deadline does not postpone the earlier one.
+        h.cue.restart_at(t + Duration::from_secs(3600));
+        h.wait_runs(2);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "ran before its time"
+        );
+        assert!(h.jobs.lock().unwrap()[1].0.restart);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.runs(), 2, "the timer fires once");
     }
 
     #[test]
@@ -1525,6 +1717,7 @@ mod tests {
                 full: true,
                 forced: true,
                 health: false,
+                restart: false,
             }
         );
         h.cue.stop();

@@ -68,6 +68,11 @@ impl<'a> SidecarLabels<'a> {
         SidecarLabels(&c.labels)
     }
 
+    /// Labels as an engine event reports them.
+    pub fn of_labels(labels: &'a BTreeMap<String, String>) -> SidecarLabels<'a> {
+        SidecarLabels(labels)
+    }
+
     /// The labels a sidecar is about to be started with.
     pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
         SidecarLabels(&spec.labels)

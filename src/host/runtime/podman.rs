@@ -15,7 +15,9 @@ use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use super::parse::{UNLABELLED_FORMAT, keep_managed, parse_inspect, parse_ps, parse_unlabelled};
+use super::parse::{
+    UNLABELLED_FORMAT, keep_managed, parse_event, parse_inspect, parse_ps, parse_unlabelled,
+};
 use super::*;
 
 /// Environment variables podman must never inherit from sidespawn.
@@ -442,6 +444,51 @@ impl Runtime for Podman {
         .map(drop)
     }
 
+    fn events(&self, instance: &str) -> Result<Events, RuntimeError> {
+        let args = events_args(instance);
+        let mut cmd = self.command_for(&args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Its own process group, as every call: dropping the stream kills
+        // podman and whatever it started, and nothing else.
+        cmd.process_group(0);
+        // The stream lives as long as the thread that reads it; if this
+        // process dies without dropping it, the kernel ends podman too
+        // rather than leaving it following events for nobody.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe
+        // system call; the closure allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = spawn_retrying(&mut cmd).map_err(|e| RuntimeError::Spawn {
+            program: self.program.display().to_string(),
+            message: e.to_string(),
+        })?;
+        tracing::debug!(argv = %describe_argv(&self.program, &args), "following podman events");
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take().map(|err| {
+            std::thread::Builder::new()
+                .name("podman-events-stderr".to_owned())
+                .spawn(move || read_capped(err, STDERR_READ_CAP, Keep::Tail).0)
+        });
+        let (Some(stdout), Some(Ok(stderr))) = (stdout, stderr) else {
+            kill_group(&mut child);
+            let _ = child.wait();
+            return Err(RuntimeError::Spawn {
+                program: self.program.display().to_string(),
+                message: "cannot read the output of `podman events`".to_owned(),
+            });
+        };
+        Ok(Box::new(EventStream {
+            child: Some(child),
+            lines: std::io::BufReader::new(stdout),
+            stderr: Some(stderr),
+            args: error_args(&args),
+            instance: instance.to_owned(),
+        }))
+    }
+
     fn exec_check(
         &self,
         name: &str,
@@ -462,6 +509,132 @@ impl Runtime for Podman {
             }
         })
         .map(drop)
+    }
+}
+
+/// How far back a new subscription replays: podman needs some
+/// milliseconds to open its event log after it starts, and an event in
+/// that gap would otherwise be lost. Replayed events are only cues again.
+const EVENTS_REPLAY: &str = "5s";
+/// Longest event line read; our labels are bounded, so a longer line is
+/// not one of ours.
+const EVENT_LINE_CAP: u64 = 256 * 1024;
+
+/// `podman events` for one configuration's containers, as JSON lines.
+/// podman filters on the instance label; both labels are checked again on
+/// each event, so the stream never carries another configuration's.
+fn events_args(instance: &str) -> Vec<String> {
+    [
+        "events",
+        "--since",
+        EVENTS_REPLAY,
+        "--format",
+        "json",
+        "--filter",
+        "type=container",
+        "--filter",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([format!("label={}={instance}", labels::INSTANCE)])
+    .collect()
+}
+
+/// A running `podman events`: yields each of the configuration's events;
+/// ends when podman does (an error with its stderr when it failed).
+/// Dropping it kills podman's process group before reaping it.
+struct EventStream {
+    child: Option<Child>,
+    lines: std::io::BufReader<std::process::ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    args: String,
+    instance: String,
+}
+
+impl EventStream {
+    /// The stream ended: reaps podman and says how it ended.
+    fn finish(&mut self) -> Option<Result<ContainerEvent, RuntimeError>> {
+        let mut child = self.child.take()?;
+        let status = child.wait();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => None,
+            Ok(s) => Some(Err(RuntimeError::Failed {
+                args: self.args.clone(),
+                status: s.to_string(),
+                stderr: summarise_stderr(&String::from_utf8_lossy(&stderr)),
+            })),
+            Err(e) => Some(Err(RuntimeError::Failed {
+                args: self.args.clone(),
+                status: format!("cannot collect exit status: {e}"),
+                stderr: String::new(),
+            })),
+        }
+    }
+}
+
+impl Iterator for EventStream {
+    type Item = Result<ContainerEvent, RuntimeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        self.child.as_ref()?;
+        loop {
+            let mut line = Vec::new();
+            let read = (&mut self.lines)
+                .take(EVENT_LINE_CAP)
+                .read_until(b'\n', &mut line);
+            match read {
+                Ok(0) | Err(_) => return self.finish(),
+                Ok(_) => {}
+            }
+            if !line.ends_with(b"\n") && line.len() as u64 >= EVENT_LINE_CAP {
+                // Skip the rest of the over-long line, then say so.
+                let mut rest = Vec::new();
+                let _ = self.lines.read_until(b'\n', &mut rest);
+                return Some(Err(RuntimeError::Parse {
+                    args: self.args.clone(),
+                    message: format!("an event line is over {EVENT_LINE_CAP} bytes"),
+                }));
+            }
+            let text = String::from_utf8_lossy(&line);
+            match parse_event(&text) {
+                Ok(None) => continue,
+                Ok(Some(ev)) => {
+                    let l = &ev.labels;
+                    let ours = l.get(labels::INSTANCE) == Some(&self.instance)
+                        && l.get(labels::MANAGED_BY).map(String::as_str)
+                            == Some(labels::MANAGED_BY_VALUE);
+                    if ours {
+                        return Some(Ok(ev));
+                    }
+                }
+                Err(message) => {
+                    return Some(Err(RuntimeError::Parse {
+                        args: self.args.clone(),
+                        message,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Not reaped yet, so the group id cannot have been reused.
+            kill_group(&mut child);
+            let _ = child.wait();
+        }
+        // The stderr reader ends with podman's group.
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
     }
 }
 
