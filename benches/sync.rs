@@ -35,6 +35,16 @@
 //!    old dnsmasq's end to the new one running in the namespace, against
 //!    the same replacement by hand (`podman stop`, `rm`, `run -d`).
 //!
+//! 6. **A busy node.** 100 and then 1,000 running dnsmasq sidecars, one per
+//!    namespace, in a podman storage of the part's own: the burst that
+//!    starts them all through `sidespawn watch` against the best `xargs -P`
+//!    of the same argv; `sync --full` with nothing to change; an agent
+//!    restart re-requesting every sidecar unchanged (until all are
+//!    acknowledged; one `podman ps`, no run); one new request among them
+//!    against a bare `podman run -d`; sidespawn's peak RSS in each, and how
+//!    each figure grows from the smallest size to the largest (see
+//!    `support/scale.rs`).
+//!
 //! It is a report, never a test: it exits 0 whatever the numbers are, 1
 //! only when something could not be measured (a sync that fails or leaves a
 //! sidecar not running counts as that, so a broken sync can never look
@@ -43,14 +53,16 @@
 //! insists on root-owned queue and state directories). Everything it
 //! creates is removed, also after a panic or a signal (see `support/host.rs`).
 //!
-//! Environment: `SIDESPAWN_BENCH_PARTS` (default `1,2,3,4,5`),
+//! Environment: `SIDESPAWN_BENCH_PARTS` (default `1,2,3,4,5,6`),
 //! `SIDESPAWN_BENCH_EMPTY_RUNS` (300), `SIDESPAWN_BENCH_FOLD_RUNS` (5),
 //! `SIDESPAWN_BENCH_SIZES` (`1000,10000,100000`), `SIDESPAWN_BENCH_RUNS`
 //! (repeats of part 3, 3), `SIDESPAWN_BENCH_SIDECARS` (200),
 //! `SIDESPAWN_BENCH_CALLERS` (20), `SIDESPAWN_BENCH_XARGS_P` (`4,8,16`),
 //! `SIDESPAWN_BENCH_PARALLELISM` (the sync's, 8),
 //! `SIDESPAWN_BENCH_STEADY` (500), `SIDESPAWN_BENCH_STEADY_RUNS` (20),
-//! `SIDESPAWN_BENCH_UPGRADE_SIDECARS` (10), `SIDESPAWN_BENCH_IMAGE` (skip building
+//! `SIDESPAWN_BENCH_UPGRADE_SIDECARS` (10), `SIDESPAWN_BENCH_SCALE` (sizes of part 6,
+//! `100,1000`), `SIDESPAWN_BENCH_SCALE_RUNS` (5), `SIDESPAWN_BENCH_SCALE_XARGS_P`
+//! (`8,16`), `SIDESPAWN_BENCH_IMAGE` (skip building
 //! the test images and use this one), `CONTAINERS_CONF` (default: the
 //! test-only `tests/scripts/containers.conf`), `SIDESPAWN_BENCH_FIGURES`
 //! (a file to append the tables to, for `tests/bench.sh`).
@@ -71,6 +83,8 @@ mod host;
 mod real_podman;
 #[path = "support/report.rs"]
 mod report;
+#[path = "support/scale.rs"]
+mod scale;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -143,7 +157,7 @@ fn main() -> ExitCode {
     }
     host::install_cleanup_handlers();
 
-    let parts = std::env::var("SIDESPAWN_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4,5".into());
+    let parts = std::env::var("SIDESPAWN_BENCH_PARTS").unwrap_or_else(|_| "1,2,3,4,5,6".into());
     let want = |p: &str| parts.split(',').any(|x| x.trim() == p);
     println!(
         "sidespawn sync benchmark — {} CPUs, load average at start {}",
@@ -152,23 +166,24 @@ fn main() -> ExitCode {
     );
 
     let mut table = Table::figures();
-    let mut scaling = None;
+    let mut extra_tables = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut failure = None;
     type Part = fn(&mut Table, &mut Vec<String>) -> Result<Option<Table>, String>;
-    let all: [(&str, Part); 5] = [
+    let all: [(&str, Part); 6] = [
         ("1", part1),
         ("2", part2),
         ("3", part3),
         ("4", fleet::part4),
         ("5", fleet::part5),
+        ("6", scale::part6),
     ];
     for (name, part) in all {
         if !want(name) {
             continue;
         }
         match part(&mut table, &mut notes) {
-            Ok(extra) => scaling = scaling.or(extra),
+            Ok(extra) => extra_tables.extend(extra),
             Err(e) => {
                 failure = Some(format!("part {name} could not be measured: {e}"));
                 break;
@@ -180,9 +195,9 @@ fn main() -> ExitCode {
 
     println!();
     table.print();
-    if let Some(s) = scaling {
+    for extra in &extra_tables {
         println!();
-        s.print();
+        extra.print();
     }
     if !notes.is_empty() {
         println!();
@@ -483,7 +498,11 @@ fn podman_shim(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     fs::write(
         &shim,
         format!(
-            "#!/bin/sh\n{{ for a in \"$@\"; do printf '%s\\0' \"$a\"; done; echo; }} >> '{}'\nexec podman \"$@\"\n",
+            // One line per call, written by one printf (one write(2) to an
+            // O_APPEND file), so calls made at once never interleave; the
+            // arguments joined by the unit separator (0x1f), which no argv
+            // here contains.
+            "#!/bin/sh\nIFS=$(printf '\\037')\nprintf '%s\\n' \"$*\" >> '{}'\nunset IFS\nexec podman \"$@\"\n",
             log.display()
         ),
     )

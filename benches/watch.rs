@@ -18,6 +18,13 @@
 //! when podman was started). Each sidecar is removed before the next round.
 //! `SIDESPAWN_BENCH_RUNS` sets the rounds (default 50).
 //!
+//! Death → running again: in the same rounds, once a sidecar runs, its
+//! dnsmasq is killed with SIGKILL from the host and timed until a new
+//! dnsmasq has written its pid file — through the daemon, and through
+//! `sidespawn-restart.service` (the engine's events) beside the path unit.
+//! Each sidecar is then stopped through the agent's kill script (an
+//! intentional stop, which is never restarted).
+//!
 //! Idle cost: utime+stime of the daemon from `/proc/<pid>/stat` over 60 s
 //! with nothing queued (`SIDESPAWN_BENCH_IDLE_SECS` to change).
 //!
@@ -49,6 +56,7 @@ const PATH_UNIT: &str = "sidespawn@dnsmasq.path";
 /// What sidespawn may add to a bare `podman run -d`, in milliseconds.
 const LATENCY_BUDGET_MS: f64 = 50.0;
 const SERVICE: &str = "sidespawn@dnsmasq.service";
+const RESTART_SERVICE: &str = "sidespawn-restart.service";
 
 type Error = Box<dyn std::error::Error>;
 
@@ -187,6 +195,18 @@ fn cpu_ticks(pid: u32) -> Result<u64, Error> {
         + f.get(12).ok_or("short stat")?.parse::<u64>()?)
 }
 
+/// The pid in `pid_file` when it is a live dnsmasq of sidecar `tag` other
+/// than `not` (Neutron's liveness check).
+fn alive_pid(pid_file: &Path, tag: &str, not: Option<u32>) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    (Some(pid) != not && String::from_utf8_lossy(&cmdline).contains(tag)).then_some(pid)
+}
+
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + TIMEOUT;
     while !cond() {
@@ -242,16 +262,24 @@ fn bench() -> Result<(), Error> {
     let cfg = sidespawn::host::config::HostConfig::load(&pathed.config, true)?;
     let files = sidespawn::host::units::generate(&cfg, Path::new(env!("CARGO_BIN_EXE_sidespawn")))?;
     manager.install(&files);
-    manager.drop_in(
-        "sidespawn@.service",
-        "bench-podman",
-        &format!(
-            "[Service]\nEnvironment=CONTAINERS_CONF={}\n",
-            common::containers_conf().display()
-        ),
-    );
+    for unit in ["sidespawn@.service", RESTART_SERVICE] {
+        manager.drop_in(
+            unit,
+            "bench-podman",
+            &format!(
+                "[Service]\nEnvironment=CONTAINERS_CONF={}\n",
+                common::containers_conf().display()
+            ),
+        );
+    }
     std::fs::create_dir_all(pathed.root.join("queue/dnsmasq"))?;
     manager.systemctl_ok(&["enable", "--now", PATH_UNIT]);
+    manager.systemctl_ok(&["enable", "--now", RESTART_SERVICE]);
+    manager
+        .wait_for(RESTART_SERVICE, "ActiveState", "active", TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let kill_link = dir.join("dnsmasq-kill");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sidespawn-wrapper"), &kill_link)?;
     let daemon = start_daemon(&watched)?;
     let _cleanup = Cleanup(label.clone());
 
@@ -264,6 +292,8 @@ fn bench() -> Result<(), Error> {
     let mut floor = Vec::new();
     let mut via_watch = Vec::new();
     let mut via_path = Vec::new();
+    let mut death_watch = Vec::new();
+    let mut death_path = Vec::new();
     for i in 0..runs {
         // Bare podman: the same container as the sync would start.
         let tag = format!("dnsmasq-{}", common::uuid());
@@ -306,13 +336,13 @@ fn bench() -> Result<(), Error> {
         // Alternate which goes first, so that the cleanup still running
         // after the previous round's `podman rm` weighs on both alike.
         let mut order = [
-            (&watched, &mut via_watch, "watch"),
-            (&pathed, &mut via_path, "path"),
+            (&watched, &mut via_watch, &mut death_watch, "watch"),
+            (&pathed, &mut via_path, &mut death_path, "path"),
         ];
         if i % 2 == 1 {
             order.reverse();
         }
-        for (d, out, how) in order {
+        for (d, out, deaths, how) in order {
             let tag = format!("dnsmasq-{}", common::uuid());
             let pid_file = dir.join(format!("data/{tag}.pid"));
             let acks = d.acks();
@@ -335,6 +365,46 @@ fn bench() -> Result<(), Error> {
             wait_for(&format!("the {how} sync is acknowledged"), || {
                 d.acks() > acks
             })?;
+            if how == "path" {
+                manager
+                    .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+            }
+            // Death → running again.
+            let pid = alive_pid(&pid_file, &tag, None).ok_or("no live dnsmasq")?;
+            let t0 = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            wait_for(&format!("the killed sidecar via {how} runs again"), || {
+                alive_pid(&pid_file, &tag, Some(pid)).is_some()
+            })?;
+            deaths.push(t0.elapsed());
+            // An intentional stop: the agent's kill script, which returns
+            // once the host acknowledged it (and takes the acknowledgement).
+            let pid = alive_pid(&pid_file, &tag, None).ok_or("no live dnsmasq")?;
+            // A shared machine can run out of inotify instances for a
+            // moment (the script waits for its answer with one): try again;
+            // "No such process" means an earlier try did stop it.
+            let mut tries = 0;
+            loop {
+                let out = ns
+                    .exec(&kill_link)
+                    .args(["15", &pid.to_string()])
+                    .env("SIDESPAWN_WRAPPER_CONFIG", &d.wrapper_config)
+                    .stdin(Stdio::null())
+                    .output()?;
+                let said = String::from_utf8_lossy(&out.stderr).into_owned();
+                if out.status.success() || said.contains("No such process") {
+                    break;
+                }
+                tries += 1;
+                if tries == 10 {
+                    return Err(format!("kill script ({how}): {}: {said}", out.status).into());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
             if how == "path" {
                 manager
                     .wait_for(SERVICE, "ActiveState", "inactive", TIMEOUT)
@@ -456,6 +526,31 @@ fn bench() -> Result<(), Error> {
                 report::verdict(med - bare_med <= LATENCY_BUDGET_MS),
                 med - floor_med
             ),
+        ]);
+    }
+    t.section(format!(
+        "Death -> running again: dnsmasq SIGKILLed from the host, no agent asking; {runs} interleaved rounds"
+    ));
+    for (name, v) in [
+        (
+            "sidespawn watch: kill -9 -> running again",
+            &mut death_watch,
+        ),
+        (
+            "path unit + sidespawn-restart.service: kill -9 -> running again",
+            &mut death_path,
+        ),
+    ] {
+        let (med, p99, _, _) = stats(v);
+        t.row([
+            name.to_owned(),
+            ms(med),
+            ms(p99),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "≤ 2 s".into(),
+            report::verdict(med <= 2000.0),
         ]);
     }
     t.row([

@@ -22,6 +22,12 @@
 //! shell wrapper's cache-cooling otherwise show up as the programs' cost.
 //! `cargo test --all-targets` also runs this file; without `--bench` it does
 //! nothing.
+//!
+//! A busy node: the same start request, against the no-op, with 1,000 and
+//! 5,000 entries in `/run/netns` (`SIDESPAWN_BENCH_NETNS`, a comma-separated
+//! list of counts, `0` for none), topped up with namespaces named
+//! `ssbench<pid>-<n>` that are deleted at the end, also after a panic or a
+//! signal; and the same without `PROCESS_TAG`, where every entry is compared.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -82,7 +88,15 @@ const DNSMASQ_ARGS: &[&str] = &[
     "--conf-file=/dev/null",
     "--domain=openstacklocal",
 ];
-const PROCESS_TAG: &str = "dnsmasq-3f6a9c1e-7d21-4a4b-9a57-2f0c0c7de4b1";
+/// The network id of the run, in the namespace's name (`qdhcp-<id>`) and the
+/// tag (`dnsmasq-<id>`) as Neutron names them: unique to the run, so other
+/// work on the host's `/run/netns` is never touched.
+fn network_id() -> String {
+    format!("5b1de000-0000-4000-8000-{:012x}", std::process::id())
+}
+/// Namespace counts in `/run/netns` for the busy-node rows, unless
+/// `SIDESPAWN_BENCH_NETNS` says otherwise (`0` or empty: none).
+const DEFAULT_NETNS_COUNTS: &str = "1000,5000";
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -105,6 +119,7 @@ fn main() -> ExitCode {
         println!("SKIPPED: needs root and iproute2");
         return ExitCode::SUCCESS;
     }
+    host::install_cleanup_handlers();
     match bench() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -144,7 +159,9 @@ fn bench() -> Result<(), Error> {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))?;
     let noop = build_noop(tmp.path())?;
 
-    let ns_name = format!("sidespawn-bench-{}", std::process::id());
+    let id = network_id();
+    let tag = format!("dnsmasq-{id}");
+    let ns_name = format!("qdhcp-{id}");
     let ns = match Netns::add(&ns_name) {
         Ok(ns) => ns,
         Err(e) => {
@@ -175,7 +192,7 @@ fn bench() -> Result<(), Error> {
 
     let env = [
         ("SIDESPAWN_WRAPPER_CONFIG", config.as_os_str()),
-        ("PROCESS_TAG", OsStr::new(PROCESS_TAG)),
+        ("PROCESS_TAG", OsStr::new(&tag)),
     ];
     // All three are called as Neutron calls them: by the name `dnsmasq`
     // (the wrapper is bind-mounted over it), with the same arguments.
@@ -184,7 +201,10 @@ fn bench() -> Result<(), Error> {
         Program::new(
             "sidespawn-wrapper",
             &wrapper,
-            Check::Wrapper(wrapper_queue.join(sidespawn::shared::queue::QUEUE_FILE)),
+            Check::Wrapper(
+                wrapper_queue.join(sidespawn::shared::queue::QUEUE_FILE),
+                Some(tag.clone()),
+            ),
         ),
         Program::new(
             "TripleO shell wrapper (b)",
@@ -197,20 +217,107 @@ fn bench() -> Result<(), Error> {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned));
     let cpu = pin_to_one_cpu();
+    let here = netns_entries();
+    println!(
+        "measuring {runs} runs of each program in network namespace {ns_name} ({here} entries in {NETNS_DIR})..."
+    );
+    let floor = measure(runs, &mut programs, ns.path(), &ns_name, &env)?;
+    report(runs, &programs, &floor, &wrapper, cpu, load, here);
+
+    // A busy node: the same start request with thousands of namespaces in
+    // /run/netns beside the one it runs in.
+    let counts = std::env::var("SIDESPAWN_BENCH_NETNS").unwrap_or(DEFAULT_NETNS_COUNTS.into());
+    let counts: Vec<usize> = counts
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<usize>()
+                .map_err(|_| format!("SIDESPAWN_BENCH_NETNS={counts:?}: {c:?} is not a count"))
+        })
+        .collect::<Result<_, _>>()?;
+    let busy_runs = runs.min(BUSY_RUNS);
+    let mut busy = Vec::new();
+    let mut fillers: Vec<host::NetnsSet> = Vec::new();
+    let prefix = format!("ssbench{}-", std::process::id());
+    for &count in counts.iter().filter(|&&c| c > 0) {
+        // Top the directory up to `count` entries with namespaces of our own.
+        let have = fillers.iter().map(|f| f.names.len()).sum::<usize>();
+        let want = count.saturating_sub(1);
+        if want > have {
+            let names = (have..want).map(|i| format!("{prefix}{i}")).collect();
+            fillers.push(host::NetnsSet::create(names)?);
+        }
+        let here = netns_entries();
+        let mut progs = [
+            Program::new("static no-op (a)", &noop, Check::None),
+            Program::new(
+                "sidespawn-wrapper",
+                &wrapper,
+                Check::Wrapper(
+                    wrapper_queue.join(sidespawn::shared::queue::QUEUE_FILE),
+                    Some(tag.clone()),
+                ),
+            ),
+        ];
+        println!("measuring {busy_runs} runs of each with {here} entries in {NETNS_DIR}...");
+        measure(busy_runs, &mut progs, ns.path(), &ns_name, &env)?;
+        // The same without PROCESS_TAG: no candidate names, every entry
+        // compared (what a caller other than Neutron pays).
+        let mut scan = [
+            Program::new("static no-op (a)", &noop, Check::None),
+            Program::new(
+                "sidespawn-wrapper, no PROCESS_TAG",
+                &wrapper,
+                Check::Wrapper(
+                    wrapper_queue.join(sidespawn::shared::queue::QUEUE_FILE),
+                    None,
+                ),
+            ),
+        ];
+        measure(busy_runs, &mut scan, ns.path(), &ns_name, &env[..1])?;
+        busy.push((here, progs, scan));
+    }
+    drop(fillers);
+    if !busy.is_empty() {
+        report_busy(busy_runs, &busy);
+    }
+    drop(ns);
+    drop(tmp);
+    Ok(())
+}
+
+/// Runs per program in each busy-node row (fewer than the main rows: each
+/// count of namespaces is set up once).
+const BUSY_RUNS: usize = 200;
+
+/// Entries in the netns directory now (other work on the host has some too).
+fn netns_entries() -> usize {
+    fs::read_dir(NETNS_DIR).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Times `runs` exec-to-exit runs of each program and checks their output;
+/// returns the launcher's own fork + wait (the floor of every sample).
+fn measure(
+    runs: usize,
+    programs: &mut [Program],
+    ns_path: &Path,
+    ns_name: &str,
+    env: &[(&str, &OsStr)],
+) -> Result<Vec<Sample>, Error> {
+    host::check_interrupted()?;
     let mut launchers = programs
         .iter()
-        .map(|p| Launcher::start(ns.path(), &p.path, &env))
+        .map(|p| Launcher::start(ns_path, &p.path, env))
         .collect::<Result<Vec<_>, _>>()?;
-
-    println!("measuring {runs} runs of each program in network namespace {ns_name}...");
     let mut done = 0;
     let mut round = 0;
     while done < runs {
         let n = BLOCK.min(runs - done);
         // Blocks, in a rotating order, so slow drift of the machine spreads
-        // over all three programs; not run by run, because the shell
-        // wrapper's five processes leave the caches cold for whatever runs
-        // next, which costs the small programs proportionally more.
+        // over all programs; not run by run, because the shell wrapper's
+        // five processes leave the caches cold for whatever runs next,
+        // which costs the small programs proportionally more.
         for k in 0..programs.len() {
             let p = (round + k) % programs.len();
             // One untimed run first, to warm the caches the previous block
@@ -229,7 +336,7 @@ fn bench() -> Result<(), Error> {
                 }
             }
             let prog = &mut programs[p];
-            prog.verified += prog.check.verify_and_truncate(n + 1, &ns_name)?;
+            prog.verified += prog.check.verify_and_truncate(n + 1, ns_name)?;
         }
         done += n;
         round += 1;
@@ -239,12 +346,71 @@ fn bench() -> Result<(), Error> {
     let floor: Vec<Sample> = (0..runs.min(100))
         .map(|_| launchers[0].run(Run::ForkOnly))
         .collect::<Result<_, _>>()?;
-    drop(launchers);
+    Ok(floor)
+}
 
-    report(runs, &programs, &floor, &wrapper, cpu, load);
-    drop(ns);
-    drop(tmp);
-    Ok(())
+/// The busy-node rows: the wrapper against the static no-op measured beside
+/// it, for each count of namespaces.
+fn report_busy(runs: usize, busy: &[(usize, [Program; 2], [Program; 2])]) {
+    let mut t = report::Table::figures();
+    t.section(format!(
+        "Wrapper on a busy node: a start request with thousands of namespaces in {NETNS_DIR} ({runs} runs each)"
+    ));
+    println!();
+    println!("wrapper start request on a busy node ({runs} runs each, same netns)");
+    for (here, progs, scan) in busy {
+        let a = stats(&progs[0].samples);
+        let w = stats(&progs[1].samples);
+        let a2 = stats(&scan[0].samples);
+        let w2 = stats(&scan[1].samples);
+        let ratio = w.median.as_secs_f64() / a.median.as_secs_f64();
+        let ratio2 = w2.median.as_secs_f64() / a2.median.as_secs_f64();
+        println!(
+            "{here:>6} entries: no-op {} | wrapper {} ({ratio:.2} × no-op) | without PROCESS_TAG {} ({ratio2:.2} × no-op beside it, {})",
+            ms(a.median),
+            ms(w.median),
+            ms(w2.median),
+            ms(a2.median),
+        );
+        t.row([
+            format!("static no-op, {here} namespaces (baseline)"),
+            report::fmt_dur(a.median),
+            report::fmt_dur(a.p99),
+            report::fmt_kib(a.peak_rss_kib),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+        t.row([
+            format!("sidespawn-wrapper, {here} namespaces, vs the no-op"),
+            report::fmt_dur(w.median),
+            report::fmt_dur(w.p99),
+            report::fmt_kib(w.peak_rss_kib),
+            report::fmt_dur(a.median),
+            format!("{ratio:.2}×"),
+            format!("≤ {TARGET_RATIO_NOOP}×"),
+            report::verdict(ratio <= TARGET_RATIO_NOOP),
+        ]);
+        t.row([
+            "  the same without PROCESS_TAG (every entry compared)".to_owned(),
+            report::fmt_dur(w2.median),
+            report::fmt_dur(w2.p99),
+            report::fmt_kib(w2.peak_rss_kib),
+            report::fmt_dur(a2.median),
+            format!("{ratio2:.2}×"),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
+    println!();
+    t.print();
+    println!(
+        "the namespace is found among the names Neutron gives it (qdhcp-<id> for PROCESS_TAG dnsmasq-<id>)"
+    );
+    println!(
+        "  before any scan; without a tag every entry is compared, as `ip netns identify` does"
+    );
 }
 
 const NETNS_DIR: &str = "/run/netns";
@@ -275,7 +441,7 @@ enum Check {
     None,
     /// The queue file must hold one valid record per call, naming the
     /// namespace and carrying the arguments unchanged.
-    Wrapper(PathBuf),
+    Wrapper(PathBuf, Option<String>),
     /// The shell wrapper's file must hold one `"<netns> <args>"` line per
     /// call.
     Shell(PathBuf),
@@ -287,7 +453,7 @@ impl Check {
     fn verify_and_truncate(&self, calls: usize, ns: &str) -> Result<usize, Error> {
         let path = match self {
             Check::None => return Ok(0),
-            Check::Wrapper(p) | Check::Shell(p) => p,
+            Check::Wrapper(p, _) | Check::Shell(p) => p,
         };
         let text = fs::read_to_string(path)
             .map_err(|e| format!("{}: {e} (after {calls} calls)", path.display()))?;
@@ -303,14 +469,14 @@ impl Check {
         let shell_line = format!("{ns} {}", DNSMASQ_ARGS.join(" "));
         for line in &lines {
             match self {
-                Check::Wrapper(_) => {
+                Check::Wrapper(_, tag) => {
                     let r = Record::parse_line(line.as_bytes())
                         .map_err(|e| format!("invalid record {line:?}: {e}"))?;
                     let ok = r.kind == Kind::Dnsmasq
                         && r.action == Action::Start
                         && r.argv == DNSMASQ_ARGS
                         && r.netns.as_ref().is_some_and(|n| n.name == ns)
-                        && r.tag.as_deref() == Some(PROCESS_TAG);
+                        && r.tag == *tag;
                     if !ok {
                         return Err(format!("record does not match the call: {line}").into());
                     }
@@ -735,6 +901,7 @@ fn report(
     wrapper: &Path,
     cpu: Option<usize>,
     load: Option<String>,
+    netns_entries: usize,
 ) {
     let [a, w, b] = [0, 1, 2].map(|i| stats(&programs[i].samples));
     let ratio = w.median.as_secs_f64() / a.median.as_secs_f64();
@@ -780,7 +947,7 @@ fn report(
     );
     let mut t = report::Table::figures();
     t.section(format!(
-        "Wrapper: a start request, exec to exit, in a named netns ({runs} runs each)"
+        "Wrapper: a start request, exec to exit, in a named netns ({runs} runs each, {netns_entries} entries in {NETNS_DIR})"
     ));
     let cells = |s: &Stats| {
         [

@@ -1,40 +1,66 @@
 #!/usr/bin/env bash
-# The performance suite: builds in release mode, runs the three benchmarks (wrapper, sync,
-# watch) and prints one table of every figure beside the baseline measured in the same run,
-# with the ratio and the target; then writes docs/PERFORMANCE.md from that output.
+# The performance suite: builds in release mode, runs the benchmarks (wrapper, sync, watch) and
+# prints one table of every figure beside the baseline measured in the same run, with the ratio
+# and the target; then writes docs/PERFORMANCE.md from that output.
 #
-# Usage: tests/bench.sh [--quick] [--no-doc] [--render]    (as root; about 25 minutes on 2 cores)
-#   --quick    small sizes and few runs: checks that everything can be measured (a minute or
-#              two); its figures are not the release figures, and the document is not written
-#   --no-doc   print the table only; leave docs/PERFORMANCE.md as it is
-#   --render   measure nothing: print the table and write the document again from the last
-#              run's output in target/bench-report/
+# Usage: tests/bench.sh [--quick] [--sidecars N] [--no-doc] [--render]
+#                                          (as root; about 40 minutes on 2 cores)
+#   --quick        small sizes and few runs: checks that everything can be measured (a few
+#                  minutes); its figures are not the release figures, and the document is not written
+#   --sidecars N   the size of the busy node (the sync bench's part 6): N running sidecars,
+#                  measured beside 100 for the growth (default 1000; e.g. --sidecars 300 on a
+#                  small machine)
+#   --no-doc       print the table only; leave docs/PERFORMANCE.md as it is
+#   --render       measure nothing: print the table and write the document again from the last
+#                  run's output in target/bench-report/
 #
 # The benchmarks' own settings (SIDESPAWN_BENCH_*, see the top of each benches/*.rs) pass
 # through. Every bench's full output is kept in target/bench-report/. Exits non-zero when a
 # benchmark could not measure something; a missed target is a result, not a failure.
+#
+# To add a benchmark: a `[[bench]]` in Cargo.toml that appends its tables to
+# $SIDESPAWN_BENCH_FIGURES (benches/support/report.rs), its name in BENCHES, its --quick
+# settings below, and, for a table other than "figures", a line in TABLES.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
+# The benchmarks, in the order they run (`cargo bench --bench NAME`).
+BENCHES=(wrapper sync watch)
+# The tables of the report besides "figures": name, then the heading it gets in the document.
+TABLES=(
+    "scaling" "Scaling of the fold and plan"
+    "sidecars" "Growth with the number of running sidecars"
+)
+
 quick=0
 doc=1
 render_only=0
-for arg in "$@"; do
-    case $arg in
+sidecars=
+while [ $# -gt 0 ]; do
+    case $1 in
         --quick) quick=1 ;;
         --no-doc) doc=0 ;;
         --render) render_only=1 ;;
+        --sidecars)
+            if [ $# -lt 2 ] || ! [[ $2 =~ ^[1-9][0-9]*$ ]]; then
+                echo "tests/bench.sh: --sidecars takes a positive count, e.g. --sidecars 1000" >&2
+                exit 2
+            fi
+            sidecars=$2
+            shift
+            ;;
         -h | --help)
-            sed -n '2,15s/^# \{0,1\}//p' "$0"
+            sed -n '2,25s/^# \{0,1\}//p' "$0"
             exit 0
             ;;
         *)
-            echo "tests/bench.sh: unknown argument $arg (see --help)" >&2
+            echo "tests/bench.sh: unknown argument $1 (see --help)" >&2
             exit 2
             ;;
     esac
+    shift
 done
 step() {
     printf '\n==== %s ====\n' "$*"
@@ -71,6 +97,18 @@ if [ "$render_only" = 0 ]; then
         export SIDESPAWN_BENCH_STEADY_RUNS=${SIDESPAWN_BENCH_STEADY_RUNS:-3}
         export SIDESPAWN_BENCH_UPGRADE_SIDECARS=${SIDESPAWN_BENCH_UPGRADE_SIDECARS:-3}
         export SIDESPAWN_BENCH_IDLE_SECS=${SIDESPAWN_BENCH_IDLE_SECS:-5}
+        export SIDESPAWN_BENCH_NETNS=${SIDESPAWN_BENCH_NETNS:-1000}
+        export SIDESPAWN_BENCH_SCALE=${SIDESPAWN_BENCH_SCALE:-10,${sidecars:-30}}
+        export SIDESPAWN_BENCH_SCALE_RUNS=${SIDESPAWN_BENCH_SCALE_RUNS:-2}
+        export SIDESPAWN_BENCH_SCALE_XARGS_P=${SIDESPAWN_BENCH_SCALE_XARGS_P:-8}
+    fi
+    # The busy node: the chosen size beside 100, for the growth.
+    if [ -n "$sidecars" ] && [ "$quick" = 0 ]; then
+        if [ "$sidecars" -gt 100 ]; then
+            export SIDESPAWN_BENCH_SCALE=100,$sidecars
+        else
+            export SIDESPAWN_BENCH_SCALE=$sidecars
+        fi
     fi
 
     rm -rf "$out"
@@ -81,7 +119,7 @@ if [ "$render_only" = 0 ]; then
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
     failed=()
-    for bench in wrapper sync watch; do
+    for bench in "${BENCHES[@]}"; do
         step "cargo bench --bench $bench"
         # The watch bench's rounds default to 50; the p99 wants more.
         runs=()
@@ -168,13 +206,15 @@ render_markdown() {
 
 step "All figures (median, p99 and peak RSS; the baseline measured in the same run; ratio; target)"
 render_text figures
-if grep -q '^scaling	' "$SIDESPAWN_BENCH_FIGURES"; then
-    echo
-    render_text scaling
-fi
+for ((i = 0; i < ${#TABLES[@]}; i += 2)); do
+    if grep -q "^${TABLES[i]}	" "$SIDESPAWN_BENCH_FIGURES"; then
+        echo
+        render_text "${TABLES[i]}"
+    fi
+done
 echo
 echo "load average before: $load_before; after: $load_after"
-echo "full output of each benchmark: $out/{wrapper,sync,watch}.txt"
+echo "full output of each benchmark: $out/<bench>.txt (${BENCHES[*]})"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "tests/bench.sh: could not measure everything: ${failed[*]} failed (see its output above);" \
@@ -198,8 +238,9 @@ doc_path=docs/PERFORMANCE.md
     echo "## How to reproduce"
     echo
     echo '```sh'
-    echo "sudo tests/bench.sh          # about 25 minutes on 2 cores; rewrites this file"
-    echo "sudo tests/bench.sh --quick  # small sizes: checks that everything can be measured"
+    echo "sudo tests/bench.sh                 # about 40 minutes on 2 cores; rewrites this file"
+    echo "sudo tests/bench.sh --sidecars 300  # a smaller busy node (default 1000 sidecars)"
+    echo "sudo tests/bench.sh --quick         # small sizes: checks that everything can be measured"
     echo '```'
     echo
     echo "## Machine"
@@ -215,12 +256,16 @@ doc_path=docs/PERFORMANCE.md
     echo
     render_markdown figures
     echo
-    echo "## Scaling of the fold and plan"
-    echo
-    render_markdown scaling
-    echo
+    for ((i = 0; i < ${#TABLES[@]}; i += 2)); do
+        if grep -q "^${TABLES[i]}	" "$SIDESPAWN_BENCH_FIGURES"; then
+            echo "## ${TABLES[i + 1]}"
+            echo
+            render_markdown "${TABLES[i]}"
+            echo
+        fi
+    done
     echo "## Full output"
-    for bench in wrapper sync watch; do
+    for bench in "${BENCHES[@]}"; do
         echo
         echo "<details><summary><code>cargo bench --bench $bench</code></summary>"
         echo

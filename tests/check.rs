@@ -98,6 +98,7 @@ impl Host {
             ("paths.target", "sidespawn@dnsmasq.path"),
             ("paths.target", "sidespawn@haproxy.path"),
             ("timers.target", "sidespawn-backstop.timer"),
+            ("multi-user.target", "sidespawn-restart.service"),
         ] {
             let wants = etc.join(format!("{target}.wants"));
             fs::create_dir_all(&wants).unwrap();

@@ -484,6 +484,215 @@ fn set_image(s: &mut Setup, image: &str) {
 }
 
 #[test]
+fn after_a_reboot_a_sidecar_is_not_restarted_in_a_namespace_that_reuses_the_inode() {
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let boot = s.dir.join("state/boot/dnsmasq");
+    assert!(boot.is_file(), "the pass records its boot");
+    // Control: the same death within this boot is a restart.
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+
+    // The reboot: the container is gone, the namespace exists again under
+    // its name with the very inode the record names (the kernel numbers
+    // namespaces afresh at each boot), and the last pass ran in another
+    // boot.
+    s.fake.remove(&s.name()).unwrap();
+    std::fs::write(&boot, "00000000-0000-0000-0000-00000000b007").unwrap();
+    let sum = s.sync(true);
+    assert_eq!(sum.restarts, 0, "{sum}");
+    assert!(s.container().is_none());
+    assert!(s.desired().sidecars.is_empty());
+    let dropped =
+        sidespawn::host::dropped::load(&StateDir::new(&s.cfg.state_dir), Kind::Dnsmasq).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert!(
+        dropped[0].reason.contains("rebooted") && dropped[0].reason.contains("inode 100"),
+        "{dropped:?}"
+    );
+    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    assert_eq!(rep.kinds[0].dropped, dropped);
+    // The agent's fresh request is served, and the pass recorded this boot.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).started, 1);
+    assert_ne!(
+        std::fs::read_to_string(&boot).unwrap(),
+        "00000000-0000-0000-0000-00000000b007"
+    );
+}
+
+/// One sidecar at a time, counted up as soon as it runs (the fake's
+/// containers start or exit at once).
+fn quick() -> sidespawn::host::upgrade::UpgradeOptions {
+    sidespawn::host::upgrade::UpgradeOptions {
+        max_parallel: 1,
+        pull: false,
+        settle: std::time::Duration::ZERO,
+    }
+}
+
+#[test]
+fn an_image_that_is_missing_or_cannot_start_its_program_changes_nothing() {
+    use sidespawn::host::upgrade::{ImageState, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let before = s.container().unwrap();
+    let st = StateDir::new(&s.cfg.state_dir);
+
+    set_image(&mut s, "localhost/dnsmasq:missing");
+    s.fake.set_image_missing("localhost/dnsmasq:missing");
+    s.fake.clear_calls();
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("localhost/dnsmasq:missing")
+            && e.contains("not present")
+            && e.contains("nothing was replaced"),
+        "{e}"
+    );
+    // Nothing removed or started, nothing recorded for a rollback.
+    assert!(
+        s.fake.calls().iter().all(|c| matches!(c, Call::List(_))),
+        "{:?}",
+        s.fake.calls()
+    );
+    assert_eq!(s.container().unwrap(), before);
+    assert_eq!(ImageState::load(&st, Kind::Dnsmasq).unwrap().previous, None);
+    // --pull brings it.
+    let pull = sidespawn::host::upgrade::UpgradeOptions {
+        pull: true,
+        ..quick()
+    };
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &pull).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.fake.pulled(), ["localhost/dnsmasq:missing"]);
+
+    // Present, but its program cannot start: refused before any removal.
+    set_image(&mut s, "localhost/dnsmasq:broken");
+    s.fake.set_image_broken("localhost/dnsmasq:broken");
+    let before = s.container().unwrap();
+    s.fake.clear_calls();
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot start its program") && e.contains("dnsmasq --version"),
+        "{e}"
+    );
+    assert!(
+        !s.fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Remove(_) | Call::Run(_)))
+    );
+    assert_eq!(s.container().unwrap(), before);
+}
+
+#[test]
+fn a_replacement_that_exits_at_once_is_put_back_on_its_old_image() {
+    use sidespawn::host::upgrade::{UpgradeError, upgrade};
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    let g = s.generation();
+    // Its version probe answers, but the daemon exits as soon as it starts.
+    set_image(&mut s, "localhost/dnsmasq:crashes");
+    s.fake.set_image_crashing("localhost/dnsmasq:crashes");
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap_err();
+    let UpgradeError::Failed { report, .. } = &e else {
+        panic!("{e}");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("did not come up")
+            && text.contains("1 put back")
+            && text.contains("exited with code 3"),
+        "{text}"
+    );
+    assert!(report.replaced.is_empty());
+    assert_eq!(report.put_back.len(), 1);
+    assert!(report.put_back[0].error.is_none(), "{:?}", report.put_back);
+    assert!(report.gaps().is_some());
+    // Back on the old image, running, two generations on (the failed one
+    // and the one put back).
+    let c = s.container().unwrap();
+    assert_eq!(c.state, State::Running);
+    assert_eq!(c.image, "localhost/dnsmasq:1");
+    assert_eq!(s.generation(), g + 2);
+    let d = s.desired().sidecars.into_values().next().unwrap();
+    assert_eq!(d.image, "localhost/dnsmasq:1");
+    assert!(
+        d.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("put back on localhost/dnsmasq:1")),
+        "{:?}",
+        d.last_error
+    );
+    // The agent's resync repeats the request: it stays on the image that
+    // works (the failed upgrade left a rollback override), and so does a
+    // restart.
+    s.start(&["--no-hosts", ""]);
+    assert_eq!(s.sync(false).unchanged, 1);
+    s.die();
+    assert_eq!(s.sync(true).restarts, 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    assert_eq!(s.container().unwrap().state, State::Running);
+    // `upgrade` again tries the configured image again (still crashing).
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap_err();
+    assert!(e.to_string().contains("1 put back"), "{e}");
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
+    // A configuration naming a working image moves everything on.
+    set_image(&mut s, "localhost/dnsmasq:fixed");
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:fixed");
+}
+
+#[test]
+fn a_replacement_that_fails_its_health_check_is_put_back() {
+    use sidespawn::host::upgrade::upgrade;
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.health_cmd = Some(vec!["dnsmasq".into(), "--test".into()]);
+        p.health_timeout = std::time::Duration::from_millis(300);
+    }
+    s.start(&["--no-hosts", ""]);
+    s.sync(false);
+    set_image(&mut s, "localhost/dnsmasq:2");
+    // The check fails whatever runs under the name: the new image's
+    // daemon is judged, the one put back is only required to run.
+    s.fake.set_unhealthy(&s.name(), true);
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("failed its health check") && e.contains("1 put back"),
+        "{e}"
+    );
+    let c = s.container().unwrap();
+    assert_eq!(
+        (c.image.as_str(), c.state),
+        ("localhost/dnsmasq:1", State::Running)
+    );
+    // Healthy: the retry moves it on.
+    s.fake.set_unhealthy(&s.name(), false);
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
+    assert_eq!(r.replaced.len(), 1);
+    assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:2");
+}
+
+#[test]
 fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     use sidespawn::host::upgrade::{ImageState, rollback, upgrade};
     let Some(mut s) = Setup::new(serde_json::json!({})) else {
@@ -498,7 +707,7 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
     s.sync(true);
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
     // ...upgrade does: same argv, next generation, old image remembered.
-    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(r.replaced.len(), 1);
     let c = s.container().unwrap();
     assert_eq!(c.image, "localhost/dnsmasq:2");
@@ -513,11 +722,11 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
         Some("localhost/dnsmasq:1")
     );
     // Again: nothing to do.
-    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!((r.replaced.len(), r.unchanged), (0, 1));
 
     // Rollback: back to :1, and syncs and restarts keep it.
-    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    let r = rollback(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(r.replaced.len(), 1);
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:1");
     assert_eq!(s.generation(), g1 + 2);
@@ -530,13 +739,13 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
 
     // A later configuration change drops the override: upgrade rolls forward.
     set_image(&mut s, "localhost/dnsmasq:3");
-    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1).unwrap();
+    upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick()).unwrap();
     assert_eq!(s.container().unwrap().image, "localhost/dnsmasq:3");
 
     // A failing replacement stops the upgrade and says so.
     set_image(&mut s, "localhost/dnsmasq:4");
     s.fake.fail_on(&s.name(), "Error: image not known");
-    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, 1)
+    let e = upgrade(&s.cfg, Kind::Dnsmasq, &s.fake, &s.ns, &quick())
         .unwrap_err()
         .to_string();
     assert!(
@@ -549,6 +758,7 @@ fn upgrade_replaces_from_the_desired_table_and_rollback_returns() {
 
 #[test]
 fn unhealthy_sidecar_counts_as_dead() {
+    use sidespawn::host::status::{NOT_CHECKED, report, report_checked};
     let Some(s) = Setup::new(serde_json::json!({})) else {
         return;
     };
@@ -558,12 +768,18 @@ fn unhealthy_sidecar_counts_as_dead() {
     }
     s.start(&["a"]);
     s.sync(false);
-    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    // Nothing checked it yet; plain status runs no check.
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(rep.healthy);
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some(NOT_CHECKED));
+    let rep = report_checked(&s.cfg, &s.fake, &[], true).unwrap();
     assert!(rep.healthy);
     assert_eq!(rep.sidecars[0].health.as_deref(), Some("healthy"));
 
     s.fake.set_unhealthy(&s.name(), true);
-    let rep = sidespawn::host::status::report(&s.cfg, &s.fake, &[]).unwrap();
+    // The stored result stands until a check runs.
+    assert!(report(&s.cfg, &s.fake, &[]).unwrap().healthy);
+    let rep = report_checked(&s.cfg, &s.fake, &[], true).unwrap();
     assert!(!rep.healthy);
     assert!(
         rep.sidecars[0]
@@ -573,18 +789,37 @@ fn unhealthy_sidecar_counts_as_dead() {
         "{:?}",
         rep.sidecars[0]
     );
-    // Request-driven passes do not run checks; the backstop does.
+    // Stored: plain status reports it without running a check.
+    let calls = s.fake.calls().len();
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert!(!rep.healthy);
+    assert_eq!(
+        rep.sidecars[0].health,
+        report_checked(&s.cfg, &s.fake, &[], true).unwrap().sidecars[0].health
+    );
+    assert_eq!(s.fake.calls().len(), calls + 2, "{:?}", s.fake.calls());
+    // Request-driven passes do not run checks; health rounds and the
+    // backstop do.
     let g = s.generation();
     assert_eq!(s.sync(false).restarts, 0);
-    assert_eq!(s.sync(true).restarts, 1);
+    let health = SyncOptions {
+        health: true,
+        ..SyncOptions::default()
+    };
+    let sum = sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &health).unwrap();
+    assert_eq!(sum.restarts, 1);
     assert_eq!(s.generation(), g + 1);
     assert!(s.fake.calls().contains(&Call::Remove(s.name())));
+    // The new container was not checked: the failure stored for the old
+    // one does not stick to it.
+    let rep = report(&s.cfg, &s.fake, &[]).unwrap();
+    assert_eq!(rep.sidecars[0].health.as_deref(), Some(NOT_CHECKED));
+    // Still unhealthy, but inside the restart policy's backoff: left as
+    // a dead sidecar would be.
+    assert_eq!(s.sync(true).restarts, 0);
+    assert_eq!(s.generation(), g + 1);
     s.fake.set_unhealthy(&s.name(), false);
-    assert!(
-        sidespawn::host::status::report(&s.cfg, &s.fake, &[])
-            .unwrap()
-            .healthy
-    );
+    assert!(report_checked(&s.cfg, &s.fake, &[], true).unwrap().healthy);
 }
 
 #[test]

@@ -368,6 +368,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
             "at_limit",
             "desired",
             "desired_running",
+            "dropped",
             "error",
             "kind",
             "last_sync",
@@ -383,6 +384,7 @@ fn check_status_json(host: &Host, net: &Network, c: &serde_json::Value, generati
     assert_eq!(k["max_sidecars"], 2048);
     assert_eq!(k["sidecars"], 1);
     assert_eq!(k["at_limit"], false);
+    assert_eq!(k["dropped"], serde_json::json!([]));
     assert_eq!(k["kind"], "dnsmasq");
     assert_eq!(k["queue_depth"], 0);
     assert_eq!(k["pending"], false);
@@ -675,6 +677,207 @@ fn upgrade_and_rollback_replace_sidecars_one_batch_at_a_time() {
     );
 }
 
+/// Images this test imported, removed on drop.
+struct Imported(Vec<String>);
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            if !common::quiet(common::podman().args(["rmi", "-f", i])) {
+                eprintln!("warning: could not remove image {i}");
+            }
+        }
+    }
+}
+
+/// Imports, as `reference`, an image holding a static busybox as `/bin/sh`
+/// and, when `script` is given, that script as `/usr/sbin/dnsmasq`.
+fn import_busybox_image(dir: &std::path::Path, reference: &str, script: Option<&str>) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join(reference.replace(['/', ':'], "_"));
+    for d in ["usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
+    let busybox = common::find_in_path("busybox").expect("busybox (busybox-static)");
+    std::fs::copy(&busybox, root.join("usr/bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("usr/bin/sh")).unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    if let Some(script) = script {
+        let p = root.join("usr/sbin/dnsmasq");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tarball = root.with_extension("tar");
+    common::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+    );
+    common::run(common::podman().arg("import").arg(&tarball).arg(reference));
+}
+
+/// Points the host's dnsmasq profile at `image`.
+fn configure_image(host: &Host, image: &str) {
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["image"] = serde_json::json!(image);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+}
+
+/// What identifies a serving sidecar: its container id, image and the
+/// inode of the namespace its daemon runs in.
+fn serving(host: &Host, n: &Network) -> (String, String, u64) {
+    let c = host.inspect(&n.container());
+    assert_eq!(c["State"]["Status"], "running", "{}", n.container());
+    let pid = n.wait_alive(None);
+    assert_eq!(
+        ns_inode_of(pid),
+        n.ns.inode(),
+        "{} left its namespace",
+        n.container()
+    );
+    assert!(n.dhcp(), "{} serves no lease", n.container());
+    (
+        c["Id"].as_str().unwrap().to_owned(),
+        c["ImageName"].as_str().unwrap().to_owned(),
+        n.ns.inode(),
+    )
+}
+
+#[test]
+fn an_upgrade_to_a_broken_image_leaves_every_sidecar_serving() {
+    if !common::privileged("upgrade of dnsmasq sidecars to missing, unrunnable and crashing images")
+    {
+        return;
+    }
+    let images = common::ensure_images();
+    let base = common::unique("localhost/sidespawn-upgrade-dnsmasq");
+    let (good_a, good_b) = (format!("{base}:a"), format!("{base}:b"));
+    let (missing, no_daemon, crashing) = (
+        format!("{base}:missing"),
+        format!("{base}:no-daemon"),
+        format!("{base}:crashing"),
+    );
+    let _tags = Tags(vec![good_a.clone(), good_b.clone()]);
+    let _imported = Imported(vec![no_daemon.clone(), crashing.clone()]);
+    for t in [&good_a, &good_b] {
+        common::run(common::podman().args(["tag", &images.dnsmasq, t]));
+    }
+    let scratch = common::TempDir::new("sidespawn-upgrade-images");
+    // No dnsmasq at all: its version probe cannot start.
+    import_busybox_image(scratch.path(), &no_daemon, None);
+    // Answers the version probe like dnsmasq, but its daemon exits at once.
+    import_busybox_image(
+        scratch.path(),
+        &crashing,
+        Some(
+            "#!/bin/sh\ncase \" $* \" in *' --version '*) echo 'Dnsmasq version 2.89 (cannot serve)'; exit 0;; esac\necho 'dnsmasq: this build exits at once' >&2\nexit 3\n",
+        ),
+    );
+
+    let host = Host::new(serde_json::json!({"image": good_a}));
+    let nets = [Network::new(&host), Network::new(&host)];
+    for n in &nets {
+        host.queue_start(&n.ns, &n.tag(), &n.args);
+    }
+    host.ok(&["sync"]);
+    let before: Vec<_> = nets.iter().map(|n| serving(&host, n)).collect();
+
+    // 1. Missing, and 2. present but unable to start its program: refused
+    // before anything is touched.
+    for (image, why) in [
+        (&missing, "not present"),
+        (&no_daemon, "cannot start its program"),
+    ] {
+        configure_image(&host, image);
+        let mut cmd = host.sidespawn(&["upgrade", "--kind", "dnsmasq"]);
+        let out = common::output(&mut cmd);
+        common::assert_exit(&cmd, &out, 1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(image.as_str())
+                && err.contains(why)
+                && err.contains("nothing was replaced"),
+            "{}",
+            common::explain(&cmd, &out)
+        );
+        for (n, b) in nets.iter().zip(&before) {
+            assert_eq!(&serving(&host, n), b, "{image} touched {}", n.container());
+        }
+    }
+
+    // 3. Answers its probe, but the daemon exits at once: the first
+    // replacement is put back on the old image and the upgrade stops.
+    configure_image(&host, &crashing);
+    let mut cmd = host.sidespawn(&["upgrade", "--kind", "dnsmasq", "--max-parallel", "1"]);
+    let out = common::output(&mut cmd);
+    common::assert_exit(&cmd, &out, 1);
+    let text = common::explain(&cmd, &out);
+    assert!(
+        text.contains("did not come up")
+            && text.contains("1 put back")
+            && text.contains("exited with code 3"),
+        "{text}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 replaced, 1 put back"), "{text}");
+    eprintln!("upgrade to an image whose daemon exits at once:\n{stdout}");
+    let mut put_back = 0;
+    for (n, b) in nets.iter().zip(&before) {
+        let now = serving(&host, n);
+        assert_eq!(now.1, good_a, "{} is not on its old image", n.container());
+        assert_eq!(now.2, b.2);
+        if now.0 != b.0 {
+            put_back += 1;
+            assert!(
+                stdout.contains(&format!("put back {}", n.container())),
+                "{text}"
+            );
+        }
+    }
+    assert_eq!(put_back, 1, "{text}");
+    let desired = host.desired();
+    assert!(
+        desired["sidecars"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|d| d["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("put back on {good_a}")))),
+        "{desired}"
+    );
+
+    // The agent's resync repeats its requests: they keep the image that
+    // works, untouched.
+    let ids: Vec<String> = nets.iter().map(|n| serving(&host, n).0).collect();
+    for n in &nets {
+        host.queue_start(&n.ns, &n.tag(), &n.args);
+    }
+    let summary = host.ok(&["sync"]);
+    assert!(summary.contains("unchanged 2"), "{summary}");
+    for (n, id) in nets.iter().zip(&ids) {
+        assert_eq!(&serving(&host, n).0, id);
+    }
+
+    // 4. A good image upgrades them all, with the gaps reported.
+    configure_image(&host, &good_b);
+    let out = host.ok(&["upgrade", "--kind", "dnsmasq", "--max-parallel", "1"]);
+    assert!(out.contains("2 replaced, 0 put back"), "{out}");
+    assert!(out.contains("gap per sidecar: median"), "{out}");
+    for n in &nets {
+        assert_eq!(serving(&host, n).1, good_b);
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "upgrade to a good image:\n{out}");
+}
+
 #[test]
 fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     if !common::privileged("health_cmd through podman exec") {
@@ -685,6 +888,12 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     host.queue_start(&net.ns, &net.tag(), &net.args);
     host.ok(&["sync"]);
     let pid = net.wait_alive(None);
+    // Plain status runs no check; --check does, and stores what it found.
+    let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "not checked yet");
+    let st: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", "--json", "--check"])).unwrap();
+    assert_eq!(st["sidecars"][0]["health"], "healthy");
     let st: serde_json::Value = serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
     assert_eq!(st["sidecars"][0]["health"], "healthy");
     let g = generation(&host.inspect(&net.container()));
@@ -694,7 +903,7 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
         serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
     config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!(["dnsmasq", "--no-such-option"]);
     std::fs::write(host.config(), config.to_string()).unwrap();
-    let mut cmd = host.sidespawn(&["status", "--json"]);
+    let mut cmd = host.sidespawn(&["status", "--json", "--check"]);
     let out = common::output(&mut cmd);
     common::assert_exit(&cmd, &out, 1);
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -709,6 +918,93 @@ fn failing_health_check_shows_in_status_and_restarts_the_sidecar() {
     assert!(summary.contains("restarts 1"), "{summary}");
     net.wait_alive(Some(pid));
     assert_eq!(generation(&host.inspect(&net.container())), g + 1);
+}
+
+/// `sidespawn watch` run by a test, killed (SIGKILL) and reaped on drop.
+struct WatchDaemon(std::process::Child);
+
+impl Drop for WatchDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_restarts_a_sidecar_whose_health_check_starts_failing() {
+    if !common::privileged("watch's health rounds restart an unhealthy dnsmasq") {
+        return;
+    }
+    let host = Host::new(serde_json::json!({}));
+    // The check reads a configuration file the test controls: empty, it
+    // passes; with an unknown option, `dnsmasq --test` fails.
+    let check_conf = host.data().join("health-check.conf");
+    std::fs::write(&check_conf, "").unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.config()).unwrap()).unwrap();
+    config["kinds"]["dnsmasq"]["health_cmd"] = serde_json::json!([
+        "dnsmasq",
+        "--test",
+        format!("--conf-file={}", check_conf.display())
+    ]);
+    config["kinds"]["dnsmasq"]["health_interval_s"] = serde_json::json!(1);
+    std::fs::write(host.config(), config.to_string()).unwrap();
+    let net = Network::new(&host);
+    let log = std::fs::File::create(host.join("watch.log")).unwrap();
+    let _watch = WatchDaemon(
+        host.sidespawn(&["watch", "--kind", "dnsmasq"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let watch_log = || std::fs::read_to_string(host.join("watch.log")).unwrap_or_default();
+    host.queue_start(&net.ns, &net.tag(), &net.args);
+    let pid = net.wait_alive(None);
+    let g = generation(&host.inspect(&net.container()));
+    // Healthy rounds store their result (plain status shows it) and leave
+    // the sidecar alone.
+    common::wait_until(
+        Duration::from_secs(60),
+        "a health round found it healthy",
+        || {
+            let st: serde_json::Value =
+                serde_json::from_str(&host.ok(&["status", "--json"])).unwrap();
+            st["sidecars"][0]["health"] == "healthy"
+        },
+    );
+    assert_eq!(net.alive_pid(None), Some(pid), "{}", watch_log());
+
+    std::fs::write(&check_conf, "no-such-option-for-this-test\n").unwrap();
+    let failing = Instant::now();
+    let new_pid = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(p) = net.alive_pid(Some(pid)) {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not restarted; watch log:\n{}",
+                watch_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let took = failing.elapsed();
+    // Healthy again before the next round, so the policy's limit is not
+    // what the rest of the test sees.
+    std::fs::write(&check_conf, "").unwrap();
+    assert!(generation(&host.inspect(&net.container())) > g);
+    assert_eq!(ns_inode_of(new_pid), net.ns.inode());
+    assert!(net.dhcp(), "no lease from the restarted dnsmasq");
+    let log = watch_log();
+    assert!(log.contains("health check failed"), "{log}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "health check failing -> dnsmasq restarted by watch: {took:?} (health_interval_s 1)"
+    );
 }
 
 #[test]

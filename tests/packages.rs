@@ -26,6 +26,7 @@ const FILES: &[&str] = &[
     "/usr/lib/systemd/system/sidespawn-backstop.service",
     "/usr/lib/systemd/system/sidespawn-backstop.timer",
     "/usr/lib/systemd/system/sidespawn-watch.service",
+    "/usr/lib/systemd/system/sidespawn-restart.service",
     "/usr/lib/tmpfiles.d/sidespawn.conf",
     "/usr/share/doc/sidespawn/README.md",
     "/usr/share/doc/sidespawn/README.wrapper.md",
@@ -174,6 +175,7 @@ fn deb_installs_verifies_runs_and_purges() {
         "sidespawn-backstop.timer",
         "sidespawn-backstop.service",
         "sidespawn-watch.service",
+        "sidespawn-restart.service",
     ];
     let out = output(
         Command::new("systemd-analyze")

@@ -4,7 +4,8 @@
 //! 2000 calls from 20 callers, arriving while syncs run, is claimed exactly
 //! once; sidecars and their conmon outlive the oneshot service; a request
 //! queued while the path unit is stopped is picked up when it starts, and by
-//! the backstop service.
+//! the backstop service; a sidecar whose daemon is SIGKILLed is started again by
+//! `sidespawn-restart.service` on the engine's event.
 //!
 //! Test-only drop-in: `Environment=CONTAINERS_CONF=...` on the services,
 //! because podman on these test machines needs runc and lower ulimits
@@ -317,4 +318,79 @@ fn request_queued_while_stopped_is_picked_up_on_start_and_by_the_backstop() {
         "success"
     );
     assert!(common::queue_records(&s.queue_root(), "dnsmasq").is_empty());
+}
+
+#[test]
+fn restart_service_brings_back_a_killed_sidecar() {
+    let _serial = lock();
+    let Some(s) = Setup::start("sidespawn-restart.service restarts a SIGKILLed sidecar") else {
+        return;
+    };
+    let env = format!(
+        "[Service]\nEnvironment=CONTAINERS_CONF={}\n",
+        common::containers_conf().display()
+    );
+    s.manager
+        .drop_in("sidespawn-restart.service", "test-podman", &env);
+    s.manager
+        .systemctl_ok(&["enable", "--now", "sidespawn-restart.service"]);
+    // Stopped even when an assertion fails: the daemon is the manager's child.
+    struct StopRestart<'a>(&'a Setup);
+    impl Drop for StopRestart<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .manager
+                .systemctl(&["stop", "sidespawn-restart.service"]);
+        }
+    }
+    let _stop = StopRestart(&s);
+    s.manager
+        .wait_for(
+            "sidespawn-restart.service",
+            "ActiveState",
+            "active",
+            TIMEOUT,
+        )
+        .unwrap();
+
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let tag = format!("dnsmasq-{uuid}");
+    let pid_file = s.join(format!("data/{uuid}.pid"));
+    let mut call = s.request(&ns, &tag, &pid_file);
+    let out = common::output(&mut call);
+    common::assert_exit(&call, &out, 0);
+    let alive = |not: Option<u32>| -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (Some(pid) != not && String::from_utf8_lossy(&cmdline).contains(&uuid)).then_some(pid)
+    };
+    common::wait_until(TIMEOUT, "dnsmasq is alive", || alive(None).is_some());
+    let pid = alive(None).unwrap();
+    s.wait_idle();
+
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(TIMEOUT, "dnsmasq is alive again", || {
+        alive(Some(pid)).is_some()
+    });
+    eprintln!(
+        "SIGKILLed dnsmasq alive again through sidespawn-restart.service after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        s.manager.show("sidespawn-restart.service", "ActiveState"),
+        "active",
+        "{}",
+        s.manager.status_report()
+    );
 }

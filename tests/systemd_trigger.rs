@@ -141,6 +141,9 @@ impl Setup {
                 "user-scope verify: {stderr}"
             );
         }
+        // Test-only drop-in: the stand-in plays `sync` and only idles for
+        // sidespawn-restart.service's `watch`, without sd_notify's READY=1.
+        mgr.drop_in(units::RESTART_SERVICE, "stand-in", "[Service]\nType=exec\n");
         Some(Setup {
             mgr,
             _serial: serial,
@@ -264,6 +267,8 @@ fn write_stand_in(dir: &Path, queue_root: &Path, log_dir: &Path, work: Work) -> 
         r#"#!/bin/sh
 # Stand-in for `sidespawn sync` (tests/systemd_trigger.rs).
 set -eu
+# sidespawn-restart.service's `watch --restarts-only`: only has to stay up.
+case " $* " in *" watch "*) exec sleep 600 ;; esac
 root={root}
 log={log}
 start=$(date +%s.%N)

@@ -111,7 +111,7 @@ fn golden_units_with_paths_that_need_escaping() {
 #[test]
 fn every_generated_file_says_it_is_generated_and_from_what() {
     let files = units::generate(&config("golden.json", CONFIG_PATH), Path::new(BIN)).unwrap();
-    assert_eq!(files.len(), 6);
+    assert_eq!(files.len(), 7);
     for f in &files {
         let first = f.contents.lines().next().unwrap_or("");
         assert!(
@@ -198,6 +198,7 @@ fn generated_units_pass_systemd_analyze_verify() {
             "sidespawn-backstop.timer",
             "sidespawn-backstop.service",
             "sidespawn-watch.service",
+            "sidespawn-restart.service",
         ];
         let out = Command::new("systemd-analyze")
             .arg("verify")
@@ -317,7 +318,7 @@ fn generate_and_install_root_use_the_installed_path_and_print_the_enable_command
 
     for (out, dir) in [(&gen_out, &gen_dir), (&install_out, &root)] {
         let offline = format!(
-            "  systemctl --root={} enable sidespawn@dnsmasq.path sidespawn@haproxy.path sidespawn-backstop.timer",
+            "  systemctl --root={} enable sidespawn@dnsmasq.path sidespawn@haproxy.path sidespawn-backstop.timer sidespawn-restart.service",
             dir.display()
         );
         for want in [
@@ -326,6 +327,7 @@ fn generate_and_install_root_use_the_installed_path_and_print_the_enable_command
             "  systemctl enable --now sidespawn@dnsmasq.path",
             "  systemctl enable --now sidespawn@haproxy.path",
             "  systemctl enable --now sidespawn-backstop.timer",
+            "  systemctl enable --now sidespawn-restart.service",
         ] {
             assert!(out.lines().any(|l| l == want), "no {want:?} in:\n{out}");
         }

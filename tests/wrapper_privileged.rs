@@ -140,6 +140,41 @@ fn wrapper_records_the_named_netns_it_runs_in() {
 }
 
 #[test]
+fn wrapper_finds_its_netns_by_the_tags_name_and_never_takes_another_candidate() {
+    if !common::privileged("wrapper: finds the netns by PROCESS_TAG's name, checked by inode") {
+        return;
+    }
+    let fixture = Fixture::new(json!({}));
+    let uuid = common::uuid();
+    // Neutron's names for one id: the wrapper runs in the qrouter- one, and
+    // the qdhcp- one (compared first) is another namespace.
+    let decoy = Netns::new(&format!("qdhcp-{uuid}"));
+    let ns = Netns::new(&format!("qrouter-{uuid}"));
+    let tag = format!("haproxy-{uuid}");
+    expect_exit(
+        fixture
+            .wrapper(Some(&ns), host_wrapper())
+            .env("PROCESS_TAG", &tag)
+            .args(["--kind", "dnsmasq", "--", "a"]),
+        0,
+    );
+    assert_start_record(&fixture.only_record(), &["a"], &ns, Some(&tag));
+    fs::write(fixture.queue_file(), b"").expect("empty the queue");
+
+    // A tag naming no namespace here: every entry is compared, and the
+    // namespace is still found.
+    let other = format!("dnsmasq-{}", common::uuid());
+    expect_exit(
+        fixture
+            .wrapper(Some(&decoy), host_wrapper())
+            .env("PROCESS_TAG", &other)
+            .args(["--kind", "dnsmasq", "--", "b"]),
+        0,
+    );
+    assert_start_record(&fixture.only_record(), &["b"], &decoy, Some(&other));
+}
+
+#[test]
 fn wrapper_refuses_to_guess_outside_a_named_netns() {
     if !common::privileged("wrapper: refuses to run in an unnamed netns") {
         return;

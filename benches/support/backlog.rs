@@ -253,6 +253,7 @@ fn check_summary(s: &Summary, fx: &Fixture) -> Result<(), String> {
         errors: Vec::new(),
         dry_run: Vec::new(),
         would: false,
+        next_restart_ms: None,
     };
     if *s != want {
         return Err(format!("sync gave {s:?}, want {want:?}"));

@@ -20,14 +20,15 @@ use crate::{
     time_runs,
 };
 
-/// The calls logged by a [`podman_shim`] so far, each as its argv.
-fn logged_calls(log: &Path) -> Vec<Vec<String>> {
+/// The calls logged by a [`podman_shim`] so far, each as its argv (one line
+/// per call, arguments separated by 0x1f).
+pub fn logged_calls(log: &Path) -> Vec<Vec<String>> {
     fs::read(log)
         .unwrap_or_default()
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
-            l.split(|&b| b == 0)
+            l.split(|&b| b == 0x1f)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()

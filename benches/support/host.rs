@@ -101,11 +101,7 @@ pub fn cleanup_everything() {
     }
     remove_adopted_dirs();
     let names: Vec<String> = lock(&NETNS).drain(..).collect();
-    for name in names {
-        if !quiet(Command::new("ip").args(["netns", "delete", &name])) {
-            eprintln!("warning: could not delete network namespace {name}");
-        }
-    }
+    delete_netns(&names);
 }
 
 /// Registers a directory for [`remove_adopted_dirs`] (or the cleanup after a
@@ -118,11 +114,35 @@ pub fn adopt_dir(path: PathBuf) {
 pub fn remove_adopted_dirs() {
     let dirs: Vec<PathBuf> = lock(&DIRS).drain(..).collect();
     for d in dirs {
-        if let Err(e) = fs::remove_dir_all(&d)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            eprintln!("warning: could not remove {}: {e}", d.display());
-        }
+        remove_dir(&d);
+    }
+}
+
+/// Removes one adopted directory now (and forgets it).
+pub fn remove_adopted_dir(path: &Path) {
+    lock(&DIRS).retain(|d| d != path);
+    remove_dir(path);
+}
+
+/// Unmounts whatever is mounted below `d` (a podman storage's overlay
+/// mounts), deepest first, then removes the tree.
+fn remove_dir(d: &Path) {
+    let mut mounts: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(d))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Err(e) = fs::remove_dir_all(d)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: could not remove {}: {e}", d.display());
     }
 }
 
@@ -278,30 +298,90 @@ pub struct NetnsSet {
 }
 
 impl NetnsSet {
-    /// `ip netns add` for each name. Each name is registered for cleanup
-    /// before it is created, so a half-made set is removed too.
+    /// Creates each name. Each name is registered for cleanup before it is
+    /// created, so a half-made set is removed too. Thousands of names go
+    /// through `ip -batch` (one process per [`NETNS_BATCH`] names).
     pub fn create(names: Vec<String>) -> Result<NetnsSet, String> {
         let mut set = NetnsSet { names: Vec::new() };
-        for name in names {
-            lock(&NETNS).push(name.clone());
-            set.names.push(name.clone());
-            run(Command::new("ip").args(["netns", "add", &name]))?;
+        for chunk in names.chunks(NETNS_BATCH) {
+            check_interrupted()?;
+            lock(&NETNS).extend(chunk.iter().cloned());
+            set.names.extend(chunk.iter().cloned());
+            if chunk.len() == 1 {
+                run(Command::new("ip").args(["netns", "add", &chunk[0]]))?;
+            } else {
+                ip_batch("add", chunk)?;
+            }
         }
         Ok(set)
     }
 }
 
-impl Drop for NetnsSet {
-    fn drop(&mut self) {
-        let mut registered = lock(&NETNS);
-        for name in &self.names {
-            if let Some(i) = registered.iter().position(|n| n == name) {
-                registered.swap_remove(i);
-                if !quiet(Command::new("ip").args(["netns", "delete", name])) {
-                    eprintln!("warning: could not delete network namespace {name}");
-                }
+/// Names per `ip -batch` process.
+const NETNS_BATCH: usize = 500;
+
+/// `ip -batch` of `netns VERB NAME` for each name; `-force` goes on past a
+/// failing line (a name already gone), so one batch deletes all the rest.
+fn ip_batch(verb: &str, names: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip -batch: {e}"))?;
+    let mut input = String::new();
+    for n in names {
+        input.push_str(&format!("netns {verb} {n}\n"));
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("ip -batch: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("ip -batch: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -batch netns {verb} ({} names): {}",
+            names.len(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Deletes the names, in batches; says which could not be deleted.
+fn delete_netns(names: &[String]) {
+    for chunk in names.chunks(NETNS_BATCH) {
+        if chunk.len() > 1 && ip_batch("delete", chunk).is_ok() {
+            continue;
+        }
+        for name in chunk {
+            if Path::new("/run/netns").join(name).exists()
+                && !quiet(Command::new("ip").args(["netns", "delete", name]))
+            {
+                eprintln!("warning: could not delete network namespace {name}");
             }
         }
+    }
+}
+
+impl Drop for NetnsSet {
+    fn drop(&mut self) {
+        let mine: Vec<String> = {
+            let mut registered = lock(&NETNS);
+            let set: std::collections::HashSet<&String> = self.names.iter().collect();
+            let before: Vec<String> = registered.drain(..).collect();
+            let (mine, others): (Vec<String>, Vec<String>) =
+                before.into_iter().partition(|n| set.contains(n));
+            *registered = others;
+            mine
+        };
+        delete_netns(&mine);
     }
 }
 

@@ -259,7 +259,16 @@ impl SyncHost {
     pub fn wait_acked(&self, n: usize) -> Result<(), String> {
         let dir = self.cfg.queue_root.join("dnsmasq/acks");
         let deadline = Instant::now() + LONG;
-        while fs::read_dir(&dir).map_or(0, |d| d.count()) < n {
+        // Acknowledgements only: the host writes each to a temporary file
+        // first, which must not count.
+        let acked = || {
+            fs::read_dir(&dir).map_or(0, |d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+        };
+        while acked() < n {
             host::check_interrupted()?;
             if Instant::now() > deadline {
                 return Err(format!("fewer than {n} acknowledgements after {LONG:?}"));
@@ -277,8 +286,12 @@ impl SyncHost {
     pub fn watch(&self) -> Result<Daemon, String> {
         host::check_interrupted()?;
         let sock_path = self.dir.join("notify.sock");
+        // A daemon started before on this host left its socket's file.
+        let _ = fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(60)))
+        // Its first sync lists the containers before it is ready: on a busy
+        // host, right after a thousand removals, podman can take minutes.
+        sock.set_read_timeout(Some(LONG))
             .map_err(|e| e.to_string())?;
         let log = self.dir.join("watch.log");
         let child = self

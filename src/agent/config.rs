@@ -32,7 +32,8 @@ pub struct WrapperConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KindConfig {
-    /// The real program that answers probes (`dnsmasq --version`...).
+    /// The real program that answers probes (`dnsmasq --version`...); unset, the wrapper
+    /// runs the next `<kind>` on `PATH` after its own directory.
     pub passthrough: Option<PathBuf>,
     /// Arguments that make a call a probe; `null` keeps the defaults.
     pub probe_args: Option<Vec<String>>,

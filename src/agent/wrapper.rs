@@ -29,8 +29,11 @@ usage: dnsmasq|haproxy|keepalived|radvd ARGS...      (queue a start request)
        sidespawn-wrapper --kind KIND -- ARGS...      (explicit start request)
        sidespawn-wrapper --kill KIND SIGNAL PID      (explicit signal request)
 
-Bind-mount this binary over the program names inside the agent container.
-Configuration: $SIDESPAWN_WRAPPER_CONFIG or /etc/sidespawn/wrapper.json.";
+Mount this binary under the program names in a directory that comes before the
+distribution's on the agent's PATH (wrappers/agent-mounts.sh: /usr/local/sbin), and as
+the kill scripts. Probes (`dnsmasq --version`, `haproxy -v`, ...) run the next program
+of that name on PATH after the wrapper's directory, e.g. /usr/sbin/dnsmasq.
+Configuration (optional): $SIDESPAWN_WRAPPER_CONFIG or /etc/sidespawn/wrapper.json.";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -193,7 +196,21 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
         }
     };
 
-    let netns = crate::shared::netns::identify(&config.netns_dir).map_err(failure)?;
+    let tag = match std::env::var_os("PROCESS_TAG") {
+        None => None,
+        Some(t) if t.is_empty() => None,
+        Some(t) => Some(t.into_string().map_err(|t| Failure {
+            code: EXIT_USAGE,
+            message: format!("PROCESS_TAG {t:?} is not valid UTF-8"),
+        })?),
+    };
+
+    // Neutron's tag names the namespace's id: compare those names first.
+    let candidates = tag
+        .as_deref()
+        .map(crate::shared::netns::candidates_from_tag)
+        .unwrap_or_default();
+    let netns = crate::shared::netns::identify(&config.netns_dir, &candidates).map_err(failure)?;
     // Kill scripts run in the host network on Neutron before 2025.1; the host
     // finds the sidecar by pid, so a signal request needs no namespace.
     if netns.is_none() && action == Action::Start && !kconf.allow_host_network {
@@ -204,15 +221,6 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
             config.netns_dir.display()
         )));
     }
-
-    let tag = match std::env::var_os("PROCESS_TAG") {
-        None => None,
-        Some(t) if t.is_empty() => None,
-        Some(t) => Some(t.into_string().map_err(|t| Failure {
-            code: EXIT_USAGE,
-            message: format!("PROCESS_TAG {t:?} is not valid UTF-8"),
-        })?),
-    };
 
     let ts = now_ms();
     let record = Record {
@@ -281,24 +289,130 @@ fn run_inner(argv: Vec<OsString>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Set in the environment of a probe's real program; a wrapper that finds it set on a probe
+/// was reached through another copy of itself and stops instead of going round in a loop.
+const PROBE_GUARD_ENV: &str = "SIDESPAWN_WRAPPER_PROBE";
+
 /// Replaces this process with the real program, for probes. Returns only on
 /// failure.
+///
+/// The real program is `kinds.<kind>.passthrough` when configured, else the next `<kind>` on
+/// `PATH` after the wrapper's own directory (see [`real_program`]). The wrapper is not
+/// privileged (no set-id bit, no capabilities of its own): whatever it runs, its caller could
+/// run directly with the same `PATH`.
 fn passthrough(kind: Kind, kconf: &KindConfig, args: &[String]) -> Failure {
-    let Some(real) = &kconf.passthrough else {
+    if std::env::var_os(PROBE_GUARD_ENV).is_some() {
         return failure(format!(
-            "`{kind} {}` is a probe, answered by the real program, and none is configured; \
-             set kinds.{kind}.passthrough to its path (e.g. /usr/sbin/{kind}.real) in the wrapper configuration",
+            "`{kind} {}` is a probe, and the program found for it is a sidespawn-wrapper as well \
+             (a copy of it on PATH after this one); set kinds.{kind}.passthrough to the real \
+             program's path in the wrapper configuration",
             args.join(" ")
         ));
+    }
+    let (real, how) = match &kconf.passthrough {
+        Some(real) => (real.clone(), format!("kinds.{kind}.passthrough")),
+        None => {
+            let me = std::fs::metadata("/proc/self/exe")
+                .map(|m| FileId::of(&m))
+                .map_err(|e| {
+                    failure(format!(
+                        "`{kind} {}` is a probe, answered by the real program, and the wrapper \
+                         cannot identify itself (/proc/self/exe: {e}) to find it on PATH; set \
+                         kinds.{kind}.passthrough in the wrapper configuration",
+                        args.join(" ")
+                    ))
+                });
+            let me = match me {
+                Ok(me) => me,
+                Err(f) => return f,
+            };
+            match real_program(kind.as_str(), std::env::var_os("PATH").as_deref(), me) {
+                Ok(real) => (real, "the next match on PATH".to_owned()),
+                Err(why) => {
+                    return failure(format!(
+                        "`{kind} {}` is a probe, answered by the real program: {why}",
+                        args.join(" ")
+                    ));
+                }
+            }
+        }
     };
-    let err = std::process::Command::new(real)
+    let err = std::process::Command::new(&real)
         .arg0(kind.as_str())
         .args(args)
+        .env(PROBE_GUARD_ENV, "1")
         .exec();
     failure(format!(
-        "cannot run probe program {} (kinds.{kind}.passthrough): {err}",
+        "cannot run probe program {} ({how}): {err}",
         real.display()
     ))
+}
+
+/// A file's identity: two paths name the same file (a bind mount, a hard link) when equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// The real `name` for a probe: the first executable regular file `<dir>/<name>` on `path`
+/// after the entry that holds the wrapper itself (`me`), or anywhere on `path` when no entry
+/// holds it (the wrapper was run by its full path). Empty and relative entries are skipped
+/// (they would depend on the working directory), and so is every file that is the wrapper
+/// (it may be mounted under several directories), so the wrapper never runs itself.
+fn real_program(
+    name: &str,
+    path: Option<&std::ffi::OsStr>,
+    me: FileId,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Err(format!(
+            "PATH is not set, so the real {name} cannot be found after the wrapper; set PATH \
+             (the wrapper's directory first, then the distribution's) or kinds.{name}.passthrough"
+        ));
+    };
+    let dirs: Vec<std::path::PathBuf> = std::env::split_paths(path)
+        .filter(|d| d.is_absolute())
+        .collect();
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (FileId::of(&m), m));
+    let own = dirs
+        .iter()
+        .position(|d| id(&d.join(name)).is_some_and(|(f, _)| f == me));
+    let after = own.map_or(0, |i| i + 1);
+    for dir in &dirs[after..] {
+        let candidate = dir.join(name);
+        if let Some((f, m)) = id(&candidate)
+            && f != me
+            && m.is_file()
+            && m.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(match own {
+        Some(i) => format!(
+            "no executable {name} on PATH after the wrapper's directory {} (PATH={}); install \
+             the distribution's {name}, or set kinds.{name}.passthrough",
+            dirs[i].display(),
+            path.to_string_lossy()
+        ),
+        None => format!(
+            "no executable {name} on PATH other than the wrapper (PATH={}); install the \
+             distribution's {name}, or set kinds.{name}.passthrough",
+            path.to_string_lossy()
+        ),
+    })
 }
 
 /// Waits for the host's acknowledgement of `id`, watching the acks directory
@@ -381,6 +495,7 @@ fn read_ack(path: &Path, id: &str) -> Result<Option<Ack>, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
@@ -427,6 +542,107 @@ mod tests {
             let f = parse_invocation(&os(bad)).expect_err("refused");
             assert_eq!(f.code, EXIT_USAGE, "{bad:?}");
         }
+    }
+
+    /// A directory of files for [`real_program`], removed on drop.
+    struct Dirs(std::path::PathBuf);
+
+    impl Dirs {
+        fn new() -> Dirs {
+            let d = std::env::temp_dir().join(format!(
+                "sidespawn-realprog-{}-{}",
+                std::process::id(),
+                now_ms()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            Dirs(d)
+        }
+
+        /// `<dir>/dnsmasq` with `mode`; returns the directory.
+        fn program(&self, dir: &str, mode: u32) -> std::path::PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let d = self.0.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            let p = d.join("dnsmasq");
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            d
+        }
+
+        fn id(&self, dir: &Path) -> FileId {
+            FileId::of(&std::fs::metadata(dir.join("dnsmasq")).unwrap())
+        }
+    }
+
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn path_of(dirs: &[&Path]) -> OsString {
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    #[test]
+    fn real_program_is_the_next_match_after_the_wrapper() {
+        let t = Dirs::new();
+        let before = t.program("before", 0o755);
+        let wrapper = t.program("wrapper", 0o755);
+        let plain = t.program("plain", 0o644);
+        let real = t.program("real", 0o755);
+        let later = t.program("later", 0o755);
+        let me = t.id(&wrapper);
+        // The wrapper bind-mounted at a second directory is the same file.
+        let again = t.0.join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        std::fs::hard_link(wrapper.join("dnsmasq"), again.join("dnsmasq")).unwrap();
+
+        let path = path_of(&[&before, &wrapper, &plain, &again, &real, &later]);
+        assert_eq!(
+            real_program("dnsmasq", Some(&path), me).unwrap(),
+            real.join("dnsmasq"),
+            "not the one before the wrapper, not a non-executable one, never the wrapper"
+        );
+
+        // Empty and relative entries are never searched, even when they hold a program.
+        std::fs::create_dir_all(t.0.join("rel")).unwrap();
+        let mut hostile = OsString::from(":rel:.:");
+        hostile.push(path_of(&[&wrapper]));
+        hostile.push("::rel");
+        let err = real_program("dnsmasq", Some(&hostile), me).unwrap_err();
+        assert!(err.contains("after the wrapper's directory"), "{err}");
+
+        // Nothing after the wrapper: an error naming the fix, not the program before it.
+        let path = path_of(&[&real, &wrapper]);
+        let err = real_program("dnsmasq", Some(&path), me).unwrap_err();
+        assert!(
+            err.contains("kinds.dnsmasq.passthrough")
+                && err.contains(&wrapper.display().to_string()),
+            "{err}"
+        );
+
+        // Run by its full path, the wrapper takes the first program on PATH that is not itself.
+        let path = path_of(&[&again, &real]);
+        let elsewhere = FileId {
+            dev: me.dev,
+            ino: u64::MAX,
+        };
+        assert_eq!(
+            real_program("dnsmasq", Some(&path), elsewhere).unwrap(),
+            again.join("dnsmasq")
+        );
+        assert_eq!(
+            real_program("dnsmasq", Some(&path_of(&[&again, &real])), me).unwrap(),
+            real.join("dnsmasq")
+        );
+
+        assert!(
+            real_program("dnsmasq", None, me)
+                .unwrap_err()
+                .contains("PATH is not set")
+        );
+        assert!(real_program("dnsmasq", Some(OsStr::new("")), me).is_err());
     }
 
     #[test]

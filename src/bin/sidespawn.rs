@@ -67,6 +67,7 @@ enum Command {
     ///   sidespawn status
     ///   sidespawn status --kind dnsmasq --json
     ///   sidespawn status --metrics > /var/lib/node_exporter/sidespawn.prom
+    ///   sidespawn status --check           # run the health checks now
     #[command(verbatim_doc_comment)]
     Status {
         /// Only this kind (repeatable; default: every enabled kind).
@@ -79,6 +80,11 @@ enum Command {
         /// node_exporter's textfile collector; README.md lists them).
         #[arg(long, conflicts_with = "json")]
         metrics: bool,
+        /// Run the kinds' health_cmd in every running desired sidecar now
+        /// (and store the results) instead of showing the last results
+        /// `watch` or `sync --full` stored.
+        #[arg(long)]
+        check: bool,
     },
     /// Remove our containers that are exited or created and no longer
     /// desired, sidecars whose namespace vanished or was recreated, and
@@ -111,11 +117,17 @@ enum Command {
         follow: bool,
     },
     /// Replace a kind's running sidecars with its configured image, batch
-    /// by batch (same argv and namespace, next generation), stopping at the
-    /// first failed batch. The image they ran is remembered for rollback.
+    /// by batch (same argv and namespace, next generation). The image is
+    /// checked first (present, or pulled with --pull, and able to start its
+    /// program's version probe); a replacement that does not keep running
+    /// for --settle seconds or fails the kind's health_cmd is put back on
+    /// its old image and the upgrade stops there (exit 1). Prints each
+    /// sidecar's gap and their median and maximum. The image they ran is
+    /// remembered for rollback.
     ///
-    /// Example:
+    /// Examples:
     ///   sidespawn upgrade --kind dnsmasq --max-parallel 4
+    ///   sidespawn upgrade --kind haproxy --pull --settle 5
     #[command(verbatim_doc_comment)]
     Upgrade {
         /// The kind whose sidecars are replaced.
@@ -124,6 +136,12 @@ enum Command {
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
         max_parallel: Option<usize>,
+        /// Pull the image first (default: only verify it is present).
+        #[arg(long)]
+        pull: bool,
+        /// Seconds a replacement must keep running to count as up.
+        #[arg(long, value_name = "SECS", default_value_t = 2)]
+        settle: u64,
     },
     /// Return a kind's sidecars to the image they ran before the last
     /// upgrade (a host-state override of the configured image, dropped
@@ -139,6 +157,12 @@ enum Command {
         /// Sidecars replaced at once (default: parallelism).
         #[arg(long, value_name = "N")]
         max_parallel: Option<usize>,
+        /// Pull the image first (default: only verify it is present).
+        #[arg(long)]
+        pull: bool,
+        /// Seconds a replacement must keep running to count as up.
+        #[arg(long, value_name = "SECS", default_value_t = 2)]
+        settle: u64,
     },
     /// Watch the request queues and sync each kind as requests arrive: a
     /// long-running alternative to the sidespawn@<kind>.path units.
@@ -147,11 +171,14 @@ enum Command {
     /// changes, with a full reconcile every --interval seconds. SIGHUP
     /// re-reads the configuration; SIGTERM finishes the sync in progress and
     /// exits 0. Under systemd (Type=notify) it reports readiness, status and
-    /// watchdog pings. Running it beside the path units is safe.
+    /// watchdog pings. Running it beside the path units is safe. It also
+    /// follows podman's events: a sidecar that dies is started again at
+    /// once, under its kind's restart policy.
     ///
     /// Examples:
     ///   sidespawn watch                    # every enabled kind
     ///   sidespawn watch --kind dnsmasq -v  # one kind, with debug logs
+    ///   sidespawn watch --restarts-only    # beside the path units: restart dead sidecars
     #[command(verbatim_doc_comment)]
     Watch {
         /// Only this kind (repeatable; default: every enabled kind, re-read
@@ -168,6 +195,11 @@ enum Command {
         /// name ending in .prom in its directory).
         #[arg(long, value_name = "PATH")]
         metrics_file: Option<PathBuf>,
+        /// Only follow the engine's events and start sidecars that died
+        /// again, under each kind's restart policy; leave the queues to the
+        /// sidespawn@<kind>.path units (what sidespawn-restart.service runs).
+        #[arg(long)]
+        restarts_only: bool,
     },
     /// Generate or install the systemd units (path, service, backstop timer,
     /// watch service, tmpfiles.d) for the kinds in the configuration.
@@ -268,30 +300,61 @@ fn upgrade(
     runtime: &dyn Runtime,
     ns: &HostNamespaces,
     kind: Kind,
-    max_parallel: Option<usize>,
+    opts: &sidespawn::host::upgrade::UpgradeOptions,
     rollback: bool,
 ) -> Result<(), sidespawn::host::upgrade::UpgradeError> {
-    let n = max_parallel.unwrap_or(cfg.parallelism);
+    use sidespawn::host::upgrade::{self, UpgradeError, UpgradeReport};
     let r = if rollback {
-        sidespawn::host::upgrade::rollback(cfg, kind, runtime, ns, n)
+        upgrade::rollback(cfg, kind, runtime, ns, opts)
     } else {
-        sidespawn::host::upgrade::upgrade(cfg, kind, runtime, ns, n)
-    }?;
-    for s in &r.replaced {
+        upgrade::upgrade(cfg, kind, runtime, ns, opts)
+    };
+    let print = |r: &UpgradeReport| {
+        for s in &r.replaced {
+            println!(
+                "replaced {} (generation {}), down at most {} ms",
+                s.container,
+                s.generation,
+                s.gap.as_millis()
+            );
+        }
+        for p in &r.put_back {
+            match &p.error {
+                None => println!(
+                    "put back {} on {} (generation {}), down at most {} ms: {}",
+                    p.container,
+                    p.image,
+                    p.generation,
+                    p.gap.as_millis(),
+                    p.reason
+                ),
+                Some(e) => println!(
+                    "DOWN {}: {}; starting {} again failed: {e}",
+                    p.container, p.reason, p.image
+                ),
+            }
+        }
+        let gaps = r.gaps().map_or_else(String::new, |(median, max)| {
+            format!(
+                "; gap per sidecar: median {} ms, max {} ms",
+                median.as_millis(),
+                max.as_millis()
+            )
+        });
         println!(
-            "replaced {} (generation {}), down at most {} ms",
-            s.container,
-            s.generation,
-            s.gap.as_millis()
+            "{kind}: {} replaced, {} put back, {} already on {}{gaps}",
+            r.replaced.len(),
+            r.put_back.len(),
+            r.unchanged,
+            r.image
         );
+    };
+    match &r {
+        Ok(rep) => print(rep),
+        Err(UpgradeError::Failed { report, .. }) => print(report),
+        Err(_) => {}
     }
-    println!(
-        "{kind}: {} replaced, {} already on {}",
-        r.replaced.len(),
-        r.unchanged,
-        r.image
-    );
-    Ok(())
+    r.map(drop)
 }
 
 /// The exit code of a command's result, printing its error once: 0 ok,
@@ -414,6 +477,8 @@ fn main() -> ExitCode {
                 dry_run,
                 full,
                 backoff,
+                health: false,
+                restart: false,
             };
             sync_exit_code(sidespawn::host::sync::run(
                 &cfg,
@@ -425,22 +490,26 @@ fn main() -> ExitCode {
         Command::Gc { kind, dry_run } => exit_code(
             sidespawn::host::gc::run(&cfg, runtime, &namespaces, &kind, dry_run).map(drop),
         ),
-        Command::Upgrade { kind, max_parallel } => exit_code(upgrade(
-            &cfg,
-            runtime,
-            &namespaces,
+        Command::Upgrade {
             kind,
             max_parallel,
-            false,
-        )),
-        Command::Rollback { kind, max_parallel } => exit_code(upgrade(
-            &cfg,
-            runtime,
-            &namespaces,
+            pull,
+            settle,
+        }
+        | Command::Rollback {
             kind,
             max_parallel,
-            true,
-        )),
+            pull,
+            settle,
+        } => {
+            let rollback = matches!(cli.command, Command::Rollback { .. });
+            let opts = sidespawn::host::upgrade::UpgradeOptions {
+                max_parallel: max_parallel.unwrap_or(cfg.parallelism),
+                pull,
+                settle: std::time::Duration::from_secs(settle),
+            };
+            exit_code(upgrade(&cfg, runtime, &namespaces, kind, &opts, rollback))
+        }
         Command::Logs { target, follow } => {
             logs_exit_code(sidespawn::host::logs::run(&cfg, runtime, &target, follow))
         }
@@ -448,12 +517,14 @@ fn main() -> ExitCode {
             kind,
             interval,
             metrics_file,
+            restarts_only,
         } => {
             let opts = sidespawn::host::watch::WatchOptions {
                 kinds: kind,
                 interval: std::time::Duration::from_secs(interval),
                 explicit_config: cli.config.is_some(),
                 metrics_file,
+                restarts_only,
             };
             exit_code(sidespawn::host::watch::run(cfg, &opts))
         }
@@ -470,6 +541,7 @@ fn main() -> ExitCode {
             kind,
             json,
             metrics,
+            check,
         } => {
             use sidespawn::host::status::Format;
             let format = match (json, metrics) {
@@ -477,7 +549,7 @@ fn main() -> ExitCode {
                 (_, true) => Format::Metrics,
                 _ => Format::Text,
             };
-            match sidespawn::host::status::run(&cfg, runtime, &kind, format) {
+            match sidespawn::host::status::run(&cfg, runtime, &kind, format, check) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => exit_code(Err(e)),

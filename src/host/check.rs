@@ -581,13 +581,18 @@ fn unit_files(cfg: &HostConfig, root: &Path) -> Vec<Finding> {
     if !wanted("timers.target", units::BACKSTOP_TIMER) {
         not_enabled.push(units::BACKSTOP_TIMER.to_owned());
     }
+    // Beside the path units, the follower of the engine's events; the
+    // watch daemon follows them itself.
+    if !watch && !wanted("multi-user.target", units::RESTART_SERVICE) {
+        not_enabled.push(units::RESTART_SERVICE.to_owned());
+    }
     if not_enabled.is_empty() {
         out.push(Finding::ok(
             C,
             if watch {
                 "installed; sidespawn-watch.service and the backstop timer enabled".to_owned()
             } else {
-                "installed; the path units of every enabled kind and the backstop timer enabled"
+                "installed; the path units of every enabled kind, the backstop timer and sidespawn-restart.service enabled"
                     .to_owned()
             },
         ));
@@ -595,7 +600,7 @@ fn unit_files(cfg: &HostConfig, root: &Path) -> Vec<Finding> {
         out.push(Finding::warn(
             C,
             format!(
-                "installed but not enabled: {}: queued requests wait",
+                "installed but not enabled: {}: queued requests or dead sidecars wait",
                 not_enabled.join(", ")
             ),
             format!("systemctl enable --now {}", not_enabled.join(" ")),

@@ -107,6 +107,7 @@ struct ProfileFile {
     restart: Option<RestartFile>,
     health_cmd: Option<Vec<String>>,
     health_timeout_s: Option<u64>,
+    health_interval_s: Option<u64>,
     max_sidecars: Option<usize>,
     max_argv_bytes: Option<usize>,
 }
@@ -206,10 +207,13 @@ pub struct Profile {
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
     /// Run in each running desired sidecar (`podman exec NAME ...`) by
-    /// `sync --full` and `status`; a failure counts as dead for the
-    /// restart policy.
+    /// `watch` every `health_interval`, `sync --full` and `status --check`;
+    /// a failure counts as dead for the restart policy.
     pub health_cmd: Option<Vec<String>>,
     pub health_timeout: Duration,
+    /// How often `watch` checks this kind's running sidecars (with a
+    /// `health_cmd`).
+    pub health_interval: Duration,
     /// Most sidecars of this kind this configuration runs (desired or
     /// running); a start that would add one more is rejected. See
     /// [`DEFAULT_MAX_SIDECARS`].
@@ -315,6 +319,10 @@ pub fn canonical_through_ancestors(path: &Path) -> PathBuf {
 /// until the host runs out.
 pub const DEFAULT_MAX_SIDECARS: usize = 2048;
 
+/// Default of `health_interval_s`: a hung daemon is noticed within half a
+/// minute, and hundreds of sidecars cost one `podman exec` each per round.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -374,6 +382,7 @@ impl Profile {
             restart: RestartPolicy::default(),
             health_cmd: None,
             health_timeout: Duration::from_secs(5),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             max_sidecars: DEFAULT_MAX_SIDECARS,
             max_argv_bytes: match kind {
                 Kind::Dnsmasq => DEFAULT_MAX_ARGV_BYTES,
@@ -618,6 +627,15 @@ impl HostConfig {
             if let Some(t) = p.health_timeout_s {
                 prof.health_timeout = Duration::from_secs(t.max(1));
             }
+            if let Some(t) = p.health_interval_s {
+                if t == 0 {
+                    return Err(invalid(
+                        &key("health_interval_s"),
+                        "must be at least 1 (seconds between two checks of each sidecar)",
+                    ));
+                }
+                prof.health_interval = Duration::from_secs(t);
+            }
             if let Some(m) = p.max_argv_bytes {
                 if m == 0 || m > MAX_MAX_ARGV_BYTES {
                     return Err(invalid(
@@ -800,6 +818,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kinds.dnsmasq.max_sidecars"), "{e}");
+    }
+
+    #[test]
+    fn health_interval_defaults_and_refuses_zero() {
+        let p = Path::new("/c.json");
+        let c = HostConfig::from_str(p, r#"{"kinds":{"dnsmasq":{"image":"i"}}}"#).unwrap();
+        assert_eq!(
+            c.kinds[&Kind::Dnsmasq].health_interval,
+            DEFAULT_HEALTH_INTERVAL
+        );
+        let c = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"dnsmasq":{"image":"i","health_interval_s":7}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.kinds[&Kind::Dnsmasq].health_interval,
+            Duration::from_secs(7)
+        );
+        let e = HostConfig::from_str(
+            p,
+            r#"{"kinds":{"dnsmasq":{"image":"i","health_interval_s":0}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kinds.dnsmasq.health_interval_s"), "{e}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ pub fn collect(
         scope.insert(labels::INSTANCE.to_owned(), cfg.instance.clone());
         let removals = decide(kind, &scope, &actual, &desired, namespaces);
         let mut forgot = false;
+        let mut dropped = Vec::new();
         for r in removals {
             if dry_run {
                 report.removed.push(r);
@@ -252,8 +253,11 @@ pub fn collect(
             match runtime.remove(&r.container) {
                 Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => {
                     info!(kind = %kind, container = %r.container, "removed: {}", r.reason);
-                    if let Some(k) = &r.forget_key {
-                        forgot |= desired.sidecars.remove(k).is_some();
+                    if let Some(k) = &r.forget_key
+                        && desired.sidecars.remove(k).is_some()
+                    {
+                        forgot = true;
+                        dropped.push((k.clone(), r.reason.clone()));
                     }
                     report.removed.push(r);
                 }
@@ -263,9 +267,14 @@ pub fn collect(
                 }
             }
         }
-        if forgot && let Err(e) = desired.store(&state, kind) {
-            warn!(kind = %kind, "cannot record the sidecars gc forgot: {e}");
-            report.kinds_failed.push((kind, e));
+        if forgot {
+            match desired.store(&state, kind) {
+                Ok(()) => crate::host::dropped::record(&state, kind, dropped),
+                Err(e) => {
+                    warn!(kind = %kind, "cannot record the sidecars gc forgot: {e}");
+                    report.kinds_failed.push((kind, e));
+                }
+            }
         }
         if dry_run {
             report

@@ -27,6 +27,12 @@ pub struct ImageState {
     pub override_image: Option<String>,
     /// ...as long as the configuration still names this image.
     pub override_while_configured: Option<String>,
+    /// Set when the override was made by an upgrade to this image whose
+    /// replacements did not come up (not by `rollback`): the next
+    /// `upgrade` to it tries again, where a rollback's override would
+    /// hold.
+    #[serde(default)]
+    pub failed_upgrade: Option<String>,
 }
 
 pub fn image_state_path(state: &StateDir, kind: Kind) -> PathBuf {

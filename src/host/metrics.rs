@@ -310,6 +310,7 @@ mod tests {
             max_sidecars: 1000,
             sidecars: 4,
             at_limit: false,
+            dropped: Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@ pub mod check;
 pub mod claim;
 pub mod config;
 pub mod desired;
+pub mod dropped;
+pub mod follow;
 pub mod gc;
 pub mod health;
 pub mod images;

@@ -47,6 +47,10 @@ pub struct KindReport {
     pub sidecars: usize,
     /// Whether the limit is reached: a start of a new sidecar is rejected.
     pub at_limit: bool,
+    /// Desired sidecars the host dropped on its own because their
+    /// namespace vanished or was made anew, with why (the newest
+    /// [`crate::host::dropped::MAX_DROPPED`], oldest first).
+    pub dropped: Vec<crate::host::dropped::Dropped>,
 }
 
 /// A kind's restart policy and what it did (`kinds[].restart`).
@@ -79,8 +83,10 @@ pub struct SidecarReport {
     pub restarts: usize,
     /// Why its last start or restart failed, or why it is left dead.
     pub last_error: Option<String>,
-    /// `healthy`, or why the kind's `health_cmd` failed; `null` when the
-    /// kind has no check or the sidecar is not a running desired one.
+    /// `healthy`, or why the kind's `health_cmd` failed, as the last check
+    /// found ([`NOT_CHECKED`] when none checked this container); `null`
+    /// when the kind has no check or the sidecar is not a running desired
+    /// one.
     pub health: Option<String>,
 }
 
@@ -149,6 +155,21 @@ pub fn report(
     runtime: &dyn Runtime,
     only: &[Kind],
 ) -> Result<Report, StatusError> {
+    report_checked(cfg, runtime, only, false)
+}
+
+/// What `health` says of a running desired sidecar that the checker has
+/// not checked since it started.
+pub const NOT_CHECKED: &str = "not checked yet";
+
+/// [`report`]; with `check`, the kinds' health checks run now (and their
+/// results are stored) instead of the last stored results being shown.
+pub fn report_checked(
+    cfg: &HostConfig,
+    runtime: &dyn Runtime,
+    only: &[Kind],
+    check: bool,
+) -> Result<Report, StatusError> {
     let kinds: Vec<Kind> = if only.is_empty() {
         cfg.enabled_kinds()
     } else {
@@ -183,6 +204,7 @@ pub fn report(
             max_sidecars: 0,
             sidecars: 0,
             at_limit: false,
+            dropped: crate::host::dropped::load(&state, kind).unwrap_or_default(),
         };
         if let Some(p) = cfg.kinds.get(&kind) {
             r.restart.enabled = p.restart.enabled;
@@ -223,6 +245,7 @@ pub fn report(
         }
     }
     let now_s = (now / 1000) as i64;
+    let listed = containers.clone();
     let mut sidecars: Vec<SidecarReport> = containers
         .into_iter()
         // Only this configuration's sidecars: another configuration
@@ -267,26 +290,47 @@ pub fn report(
         let window_ms = kr.restart.window_s.saturating_mul(1000);
         let sick = match cfg.kinds.get(&kind) {
             Some(p) if p.health_cmd.is_some() => {
-                let names: Vec<String> = table
-                    .sidecars
-                    .values()
-                    .filter(|d| {
-                        sidecars
-                            .iter()
-                            .any(|s| s.name == d.container && s.state == "running")
+                let running: Vec<&ContainerInfo> = listed
+                    .iter()
+                    .filter(|c| {
+                        c.state == State::Running
+                            && table.sidecars.values().any(|d| d.container == c.name)
                     })
-                    .map(|d| d.container.clone())
                     .collect();
-                let failed = crate::host::health::failures(p, runtime, &names, cfg.parallelism);
-                for s in sidecars.iter_mut().filter(|s| names.contains(&s.name)) {
-                    s.health = Some(
-                        failed
-                            .get(&s.name)
-                            .cloned()
-                            .unwrap_or_else(|| "healthy".to_owned()),
-                    );
+                // By container name: whether healthy, and what to show.
+                let results: std::collections::BTreeMap<String, (bool, String)> = if check {
+                    let failed = crate::host::health::check_and_store(cfg, p, runtime, &running);
+                    running
+                        .iter()
+                        .map(|c| match failed.get(&c.name) {
+                            Some(why) => (c.name.clone(), (false, why.clone())),
+                            None => (c.name.clone(), (true, "healthy".to_owned())),
+                        })
+                        .collect()
+                } else {
+                    // The checker's last word on each container as it is
+                    // now; a sidecar started since is not checked yet.
+                    let rec = crate::host::health::HealthRecord::load(&state, kind)
+                        .map_err(|e| kr.error.get_or_insert(e.to_string()).clone())
+                        .unwrap_or_default();
+                    running
+                        .iter()
+                        .map(|c| match rec.of(c) {
+                            Some(r) => (c.name.clone(), (r.healthy, r.result.clone())),
+                            None => (c.name.clone(), (true, NOT_CHECKED.to_owned())),
+                        })
+                        .collect()
+                };
+                for s in sidecars.iter_mut() {
+                    if let Some((_, text)) = results.get(&s.name) {
+                        s.health = Some(text.clone());
+                    }
                 }
-                failed
+                results
+                    .into_iter()
+                    .filter(|(_, (ok, _))| !ok)
+                    .map(|(name, (_, why))| (name, why))
+                    .collect::<std::collections::BTreeMap<String, String>>()
             }
             _ => Default::default(),
         };
@@ -415,6 +459,9 @@ pub fn sidecar_table(sidecars: &[SidecarReport]) -> String {
         if let Some(e) = &s.last_error {
             out.push_str(&format!("    last error: {e}\n"));
         }
+        if let Some(h) = s.health.as_deref().filter(|h| *h != "healthy") {
+            out.push_str(&format!("    health: {h}\n"));
+        }
     }
     out
 }
@@ -436,9 +483,10 @@ pub fn run(
     runtime: &dyn Runtime,
     only: &[Kind],
     format: Format,
+    check: bool,
 ) -> Result<bool, StatusError> {
     use std::io::Write;
-    let rep = report(cfg, runtime, only)?;
+    let rep = report_checked(cfg, runtime, only, check)?;
     let mut out = std::io::stdout().lock();
     if format == Format::Metrics {
         out.write_all(crate::host::metrics::render(&rep).as_bytes())?;
@@ -494,6 +542,19 @@ pub fn run(
             k.pending,
             oldest
         )?;
+    }
+    for k in &rep.kinds {
+        // The latest few; --json has them all.
+        for d in k.dropped.iter().rev().take(5) {
+            let ago = now_ms().saturating_sub(d.at_ms) / 1000;
+            writeln!(
+                out,
+                "{}: dropped {} {ago}s ago: {}",
+                k.kind.as_str(),
+                d.key,
+                d.reason
+            )?;
+        }
     }
     for k in rep.kinds.iter().filter(|k| k.at_limit) {
         writeln!(

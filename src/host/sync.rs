@@ -52,6 +52,15 @@ pub struct SyncOptions {
     /// Wait before retrying a kind whose previous sync failed (used by the
     /// units, so a level-triggered restart loop cannot spin).
     pub backoff: bool,
+    /// List containers and run the kinds' health checks even with nothing
+    /// queued, restarting unhealthy sidecars under the restart policy
+    /// (`watch`'s health rounds). Implied by `full`.
+    pub health: bool,
+    /// List containers and start desired sidecars that died again (under
+    /// the restart policy), even with nothing queued: the engine reported
+    /// a death. Lighter than `full`: no health checks, no garbage
+    /// collection.
+    pub restart: bool,
 }
 
 /// Totals of one sync, printed as its last line.
@@ -75,6 +84,10 @@ pub struct Summary {
     /// A dry run's summary: the counts are what a real run would do if
     /// every planned command succeeded, and the line says so.
     pub would: bool,
+    /// The earliest time (unix ms) a dead sidecar held back by the restart
+    /// policy's back-off may be started again: when a follower of the
+    /// engine's events runs the next restart pass.
+    pub next_restart_ms: Option<u64>,
 }
 
 /// Summaries are equal when their counts, dry-run lines and failed kinds
@@ -166,6 +179,7 @@ impl Summary {
             errors: _,
             dry_run: _,
             would: _,
+            next_restart_ms: _,
         } = *self;
         [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
@@ -186,7 +200,12 @@ impl Summary {
             errors: _,
             dry_run: _,
             would: _,
+            next_restart_ms,
         } = self;
+        *next_restart_ms = match (*next_restart_ms, o.next_restart_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mine = [
             claimed, started, replaced, unchanged, signalled, removed, failed, rejected, restarts,
         ];
@@ -444,7 +463,7 @@ impl<'a> Syncer<'a> {
         pass: u32,
     ) -> Result<Vec<ContainerInfo>, SyncError> {
         let busy = ctxs.iter().any(|c| c.has_requests);
-        if !(busy || (self.opts.full && pass == 1)) {
+        if !(busy || self.first_pass_looks(pass)) {
             return Ok(Vec::new());
         }
         match self.runtime.list(&self.cfg.instance) {
@@ -462,12 +481,19 @@ impl<'a> Syncer<'a> {
         }
     }
 
+    /// Whether pass `pass` looks at the containers with nothing queued: the
+    /// first pass of a full, a health or a restart run.
+    fn first_pass_looks(&self, pass: u32) -> bool {
+        pass == 1 && (self.opts.full || self.opts.health || self.opts.restart)
+    }
+
     /// Stages 2 to 5 for one kind: plan, execute, acknowledge, persist.
     /// Records the kind's status either way.
     fn sync_kind(&mut self, ctx: &mut KindCtx, actual: &[ContainerInfo], pass: u32) {
-        let full_pass = self.opts.full && pass == 1;
+        // A pass that checks health (the backstop's, a health round's).
+        let full_pass = (self.opts.full || self.opts.health) && pass == 1;
         let mut sum = Summary::claimed(ctx.claimed, ctx.claim_rejected);
-        if !(ctx.has_requests || full_pass) {
+        if !(ctx.has_requests || self.first_pass_looks(pass)) {
             // A dry run changes nothing, not even the kind's last sync.
             if !self.opts.dry_run {
                 record_status(&self.state, ctx.kind, Ok(()), &sum);
@@ -542,7 +568,7 @@ impl<'a> Syncer<'a> {
         let now = now_ms();
         // Stored by the end of this sync, so the clamp sticks.
         desired::clamp_future(&mut desired, now);
-        let restarts = desired::plan_restarts(
+        let mut restarts = desired::plan_restarts(
             profile,
             &desired,
             &seen,
@@ -550,7 +576,19 @@ impl<'a> Syncer<'a> {
             &mut generation,
             now,
         );
+        if let Some(boot) = rebooted(&self.state, kind) {
+            forget_from_before_boot(&desired, &seen, &boot, &mut restarts);
+        }
         log_restart_decisions(kind, &restarts);
+        self.summary.next_restart_ms = restarts
+            .blocked
+            .iter()
+            .filter_map(|(_, b)| match b {
+                desired::Blocked::Backoff { until_ms } => Some(*until_ms),
+                _ => None,
+            })
+            .chain(self.summary.next_restart_ms)
+            .min();
         plan.jobs.extend(restarts.jobs.iter().cloned());
         crate::host::limit::apply(self.cfg, profile, &mut plan, &desired, actual);
         Ok(KindPlan {
@@ -797,6 +835,10 @@ fn persist(
         now,
     );
     desired.store(state, ctx.kind).map_err(KindError::Record)?;
+    crate::host::dropped::record(state, ctx.kind, restarts.forget.iter().cloned());
+    // Only now: a pass that failed before this point finds the reboot
+    // again and drops what it could not.
+    store_boot(state, ctx.kind);
     fault_point("after-acks");
     if let Err(e) = ctx.journal.clear() {
         // The requests were acknowledged; a rerun replays them as
@@ -1093,8 +1135,9 @@ fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// Runs the kind's health check in its running desired sidecars; returns
-/// the names of those that failed it (they count as dead).
+/// Runs the kind's health check in its running desired sidecars, storing
+/// the round for `status`; returns the names of those that failed it (they
+/// count as dead).
 fn check_health(
     cfg: &HostConfig,
     profile: &Profile,
@@ -1102,21 +1145,85 @@ fn check_health(
     desired: &DesiredTable,
     actual: &[ContainerInfo],
 ) -> HashSet<String> {
-    let names: Vec<String> = desired
-        .sidecars
-        .values()
-        .filter(|d| {
-            actual
-                .iter()
-                .any(|c| c.name == d.container && c.state == crate::host::runtime::State::Running)
+    let running: Vec<&ContainerInfo> = actual
+        .iter()
+        .filter(|c| {
+            c.state == crate::host::runtime::State::Running
+                && desired.sidecars.values().any(|d| d.container == c.name)
         })
-        .map(|d| d.container.clone())
         .collect();
-    let failed = crate::host::health::failures(profile, runtime, &names, cfg.parallelism);
+    let failed = crate::host::health::check_and_store(cfg, profile, runtime, &running);
     for (name, why) in &failed {
         warn!(kind = %profile.kind, container = %name, "{why}; restarting it as dead");
     }
     failed.into_keys().collect()
+}
+
+/// The kernel's identity of this boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Where the boot of `kind`'s last completed pass is recorded.
+fn boot_path(state: &StateDir, kind: Kind) -> std::path::PathBuf {
+    state.path().join("boot").join(kind.as_str())
+}
+
+fn current_boot() -> Option<String> {
+    let id = std::fs::read_to_string(BOOT_ID).ok()?;
+    Some(id.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// The boot `kind`'s last completed pass ran in, when it was another than
+/// this one: the host rebooted since. `None` when unknown (no record yet,
+/// or no boot id).
+fn rebooted(state: &StateDir, kind: Kind) -> Option<String> {
+    let stored = std::fs::read_to_string(boot_path(state, kind)).ok()?;
+    let stored = stored.trim().to_owned();
+    (current_boot()? != stored && !stored.is_empty()).then_some(stored)
+}
+
+fn store_boot(state: &StateDir, kind: Kind) {
+    let Some(now) = current_boot() else {
+        return;
+    };
+    if let Err(e) = crate::host::state::write_atomic(&boot_path(state, kind), now.as_bytes()) {
+        warn!(kind = %kind, "cannot record this boot's id: {e}");
+    }
+}
+
+/// After a reboot, drops the desired sidecars whose namespace reference
+/// predates it and that nothing asked for since (not running, no request
+/// in this pass). Every named namespace lived in /run and died with the
+/// old boot; one of the same name now was made anew, and the kernel hands
+/// out namespace inodes afresh at each boot, so a new namespace can carry
+/// the very inode a record names: the inode check cannot tell, the boot
+/// can. Those the inode check already dropped keep its reason.
+fn forget_from_before_boot(
+    desired: &DesiredTable,
+    seen: &Observed,
+    previous_boot: &str,
+    restarts: &mut RestartPlan,
+) {
+    for (key, d) in &desired.sidecars {
+        let Some(ns) = &d.record.netns else {
+            continue;
+        };
+        let running = seen
+            .actual
+            .iter()
+            .any(|c| c.name == d.container && c.state == crate::host::runtime::State::Running);
+        if running || seen.busy.contains(key) || restarts.forget.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        restarts.jobs.retain(|j| j.key != *key);
+        restarts.blocked.retain(|(k, _)| k != key);
+        restarts.forget.push((
+            key.clone(),
+            format!(
+                "the host rebooted since it was started (boot {previous_boot}): its network namespace {:?} (inode {}) is from before the reboot, and no request named it since",
+                ns.name, ns.ino
+            ),
+        ));
+    }
 }
 
 /// Logs why dead sidecars are left dead or forgotten.

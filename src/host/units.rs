@@ -39,6 +39,8 @@ pub const UNIT_DIR: &str = "etc/systemd/system";
 pub const TMPFILES_PATH: &str = "etc/tmpfiles.d/sidespawn.conf";
 /// The timer of the periodic full sync.
 pub const BACKSTOP_TIMER: &str = "sidespawn-backstop.timer";
+/// Restarts dead sidecars on the engine's events, beside the path units.
+pub const RESTART_SERVICE: &str = "sidespawn-restart.service";
 
 /// Mode of every generated file: world-readable, like any unit file.
 const FILE_MODE: u32 = 0o644;
@@ -142,7 +144,7 @@ macro_rules! template {
     };
 }
 
-const TEMPLATES: [Template; 6] = [
+const TEMPLATES: [Template; 7] = [
     template!("etc/systemd/system/sidespawn@.path", Syntax::Unit),
     template!("etc/systemd/system/sidespawn@.service", Syntax::Unit),
     template!("etc/systemd/system/sidespawn-backstop.timer", Syntax::Unit),
@@ -151,6 +153,7 @@ const TEMPLATES: [Template; 6] = [
         Syntax::Unit
     ),
     template!("etc/systemd/system/sidespawn-watch.service", Syntax::Unit),
+    template!("etc/systemd/system/sidespawn-restart.service", Syntax::Unit),
     template!("etc/tmpfiles.d/sidespawn.conf", Syntax::Tmpfiles),
 ];
 
@@ -599,6 +602,7 @@ pub fn offline_enable_command(cfg: &HostConfig, root: &Path) -> Vec<String> {
     ];
     argv.extend(cfg.enabled_kinds().into_iter().map(path_unit));
     argv.push(BACKSTOP_TIMER.to_owned());
+    argv.push(RESTART_SERVICE.to_owned());
     argv
 }
 
@@ -617,6 +621,7 @@ pub fn enable_commands(cfg: &HostConfig) -> Vec<Vec<String>> {
         cmds.push(systemctl(&["enable", "--now", &path_unit(kind)]));
     }
     cmds.push(systemctl(&["enable", "--now", BACKSTOP_TIMER]));
+    cmds.push(systemctl(&["enable", "--now", RESTART_SERVICE]));
     cmds
 }
 
@@ -764,7 +769,11 @@ mod tests {
         let path = render(&TEMPLATES[0], "", &values(), &[]).unwrap();
         assert!(path.contains("\nPathExists=/q/%I/pending\n"), "{path}");
         assert!(path.contains("\nPathModified=/q/%I/timestamp\n"), "{path}");
-        let tmpfiles = render(&TEMPLATES[5], "", &values(), &["dnsmasq", "radvd"]).unwrap();
+        let snippet = TEMPLATES
+            .iter()
+            .find(|t| t.rel_path.starts_with("etc/tmpfiles.d/"))
+            .unwrap();
+        let tmpfiles = render(snippet, "", &values(), &["dnsmasq", "radvd"]).unwrap();
         for line in [
             "d /q 0755 root root -",
             "d /q/dnsmasq/acks 0755 root root -",
@@ -828,6 +837,7 @@ mod tests {
                 "systemctl enable --now sidespawn@dnsmasq.path",
                 "systemctl enable --now sidespawn@haproxy.path",
                 "systemctl enable --now sidespawn-backstop.timer",
+                "systemctl enable --now sidespawn-restart.service",
             ]
         );
         assert_eq!(

@@ -33,6 +33,12 @@
 //!   the name always places a new watch: device and inode cannot tell a
 //!   directory made again on a reused inode from the one whose watch the
 //!   kernel dropped. Whatever cannot be watched is retried every second.
+//! * **Health rounds on their own schedule.** Each kind with a
+//!   `health_cmd` gets a health round every `health_interval_s`
+//!   ([`Schedule`]): a sync of that kind that checks its running sidecars
+//!   and restarts the unhealthy ones under the restart policy, run by the
+//!   kind's worker like any other job (so it never overlaps that kind's
+//!   syncs).
 //! * **Signals without an async runtime.** SIGTERM, SIGINT and SIGHUP are
 //!   blocked before any thread starts and read from a `signalfd` by one
 //!   thread, so no thread is ever interrupted mid-sync. (Child processes do
@@ -41,6 +47,16 @@
 //!   acknowledgements, journal — and exit 0. SIGHUP re-reads the
 //!   configuration and re-arms the watches; a configuration that does not
 //!   load is logged and the old one kept.
+//!
+//! * **Deaths are events too.** A [`Follower`] reads the engine's events
+//!   for the configuration (`crate::host::follow`): a sidecar's `died`
+//!   cues its kind's worker for a restart pass (`SyncOptions::restart`),
+//!   and a restart the policy's back-off holds is cued again by a timer
+//!   (`Cue::restart_at`), not by polling. The workers' syncs list from the
+//!   container view the events keep current ([`Viewed`]), falling back to
+//!   `podman ps` on any doubt. `--restarts-only` (sidespawn-restart.service,
+//!   beside the path units) keeps only this part: no queue watches, no
+//!   view, no periodic full reconcile.
 //!
 //! With `$NOTIFY_SOCKET` set (a `Type=notify` unit) it reports `READY=1`
 //! once every kind's first sync has run and the watches are in place,
@@ -64,6 +80,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::host::claim::{Limits, SharedDir};
 use crate::host::config::{ConfigError, HostConfig};
+use crate::host::follow::{ContainerView, Follower, Viewed};
+use crate::host::health::Schedule;
 use crate::host::namespaces::HostNamespaces;
 use crate::host::runtime::Runtime;
 use crate::host::sync::{self, Summary, SyncOptions};
@@ -97,6 +115,10 @@ pub struct WatchOptions {
     pub explicit_config: bool,
     /// Rewritten with the Prometheus metrics after every sync that ran.
     pub metrics_file: Option<PathBuf>,
+    /// Follow only the engine's events and start dead sidecars again; the
+    /// queues are left to the path units, and the full reconcile to their
+    /// backstop timer (`sidespawn-restart.service`).
+    pub restarts_only: bool,
 }
 
 impl Default for WatchOptions {
@@ -106,6 +128,7 @@ impl Default for WatchOptions {
             interval: DEFAULT_INTERVAL,
             explicit_config: true,
             metrics_file: None,
+            restarts_only: false,
         }
     }
 }
@@ -174,6 +197,11 @@ pub struct Job {
     /// Run the sync even if the queue looks idle (start-up, retries after
     /// a failure, full runs: the journal may hold claimed requests).
     pub forced: bool,
+    /// Check the kind's running sidecars' health (a health round).
+    pub health: bool,
+    /// A restart pass (`SyncOptions::restart`): the engine reported a
+    /// death, or a restart held back by the policy's back-off is due.
+    pub restart: bool,
 }
 
 #[derive(Debug, Default)]
@@ -181,9 +209,13 @@ struct CueState {
     dirty: bool,
     full: bool,
     forced: bool,
+    health: bool,
     /// End a back-off now (the configuration was reloaded).
     reset: bool,
     stop: bool,
+    restart: bool,
+    /// When a restart held back by the restart policy's back-off is due.
+    restart_at: Option<Instant>,
 }
 
 /// The flags a worker waits on. Setting one never blocks and never queues:
@@ -220,6 +252,15 @@ impl Cue {
         });
     }
 
+    /// Run a health round: check the running sidecars, restart the
+    /// unhealthy ones.
+    pub fn health(&self) {
+        self.set(|s| {
+            s.health = true;
+            s.forced = true;
+        });
+    }
+
     /// Sync now even if waiting out a back-off: what failed may have been
     /// fixed (a reloaded configuration).
     pub fn retry_now(&self) {
@@ -227,6 +268,20 @@ impl Cue {
             s.forced = true;
             s.reset = true;
         });
+    }
+
+    /// A sidecar of this kind died: run a restart pass.
+    pub fn restart(&self) {
+        self.set(|s| {
+            s.restart = true;
+            s.forced = true;
+        });
+    }
+
+    /// Run a restart pass at `at` (the earliest of those asked), a timer
+    /// rather than a poll.
+    pub fn restart_at(&self, at: Instant) {
+        self.set(|s| s.restart_at = Some(s.restart_at.map_or(at, |t| t.min(at))));
     }
 
     /// Finish the run in progress, if any, and exit.
@@ -248,6 +303,13 @@ impl Cue {
                 *retry_at = None;
             }
             let now = Instant::now();
+            if let Some(at) = st.restart_at
+                && now >= at
+            {
+                st.restart_at = None;
+                st.restart = true;
+                st.forced = true;
+            }
             match *retry_at {
                 Some(at) if now < at => {
                     st = self
@@ -269,13 +331,26 @@ impl Cue {
                 let job = Job {
                     full: st.full,
                     forced: st.forced || st.full,
+                    health: st.health,
+                    restart: st.restart,
                 };
                 st.dirty = false;
                 st.forced = false;
                 st.full = false;
+                st.health = false;
+                st.restart = false;
                 return Some(job);
             }
-            st = self.0.1.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = match st.restart_at {
+                Some(at) => {
+                    self.0
+                        .1
+                        .wait_timeout(st, at.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.0.1.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 }
@@ -511,7 +586,37 @@ enum Msg {
     /// A worker's thread ends (by its id: a kind removed and added again by
     /// reloads has had several).
     WorkerDone(u64),
+    /// The engine reported a sidecar of this kind dead.
+    Died(Kind),
+    /// The engine's event stream (re)connected, or an event was lost:
+    /// every kind looks for deaths it may have missed.
+    EventsDoubt,
 }
+
+/// The follower's cues, as messages to the main loop.
+struct ChannelCues(Mutex<Sender<Msg>>);
+
+impl crate::host::follow::Cues for ChannelCues {
+    fn died(&self, kind: Kind) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Msg::Died(kind));
+    }
+    fn reconnected(&self) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Msg::EventsDoubt);
+    }
+}
+
+/// The view of containers the workers' syncs list from, with the
+/// configuration instance it belongs to (none in `--restarts-only` mode,
+/// whose rare syncs list).
+type SharedView = Arc<Mutex<Option<(String, ContainerView)>>>;
 
 /// A sync a worker ran.
 struct Report {
@@ -622,14 +727,20 @@ pub fn run_with(
         fault_overflow,
         next_worker_id: 0,
         retired: Vec::new(),
+        view: Arc::new(Mutex::new(None)),
+        follower: None,
     };
-    // Directories first, so the watches can be placed before the first
-    // sync; the sync would create them too, but a request queued between
-    // that and the watch would wait for the next cue.
-    d.prepare_dirs(&kinds);
-    // Fatal at start-up: an operator watching the service start should see
-    // a missing inotify limit at once, not a daemon that never wakes.
-    d.arm_strict(&kinds)?;
+    d.follow_events();
+    if !d.opts.restarts_only {
+        // Directories first, so the watches can be placed before the first
+        // sync; the sync would create them too, but a request queued
+        // between that and the watch would wait for the next cue.
+        d.prepare_dirs(&kinds);
+        // Fatal at start-up: an operator watching the service start should
+        // see a missing inotify limit at once, not a daemon that never
+        // wakes.
+        d.arm_strict(&kinds)?;
+    }
     for &k in &kinds {
         d.start_worker(k)?;
     }
@@ -733,6 +844,9 @@ struct Daemon {
     next_worker_id: u64,
     /// Workers of kinds dropped by a reload, joined at shutdown.
     retired: Vec<JoinHandle<()>>,
+    view: SharedView,
+    /// Follows the engine's events of the configuration's instance.
+    follower: Option<(String, Follower)>,
 }
 
 impl Daemon {
@@ -796,18 +910,51 @@ impl Daemon {
         Ok(())
     }
 
+    /// Follows the engine's events for the configuration's instance (again,
+    /// when a reload changed it): deaths cue restart passes, and the
+    /// workers list from the view the events keep current.
+    fn follow_events(&mut self) {
+        let cfg = current(&self.cfg);
+        if self
+            .follower
+            .as_ref()
+            .is_some_and(|(i, _)| *i == cfg.instance)
+        {
+            return;
+        }
+        self.follower = None;
+        // `--restarts-only` lists for its rare syncs: no view to keep.
+        let view = (!self.opts.restarts_only).then(ContainerView::default);
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            view.clone().map(|v| (cfg.instance.clone(), v));
+        let runtime: Arc<dyn Runtime> = Arc::from((self.runtime)(&cfg));
+        let cues = Arc::new(ChannelCues(Mutex::new(self.tx.clone())));
+        match Follower::start(runtime, cfg.instance.clone(), view, cues) {
+            Ok(f) => self.follower = Some((cfg.instance.clone(), f)),
+            Err(e) => error!(
+                "cannot start the thread that follows the engine's events: {e}; dead sidecars wait for the full reconcile"
+            ),
+        }
+    }
+
     fn start_worker(&mut self, kind: Kind) -> Result<(), WatchError> {
         let cue = Cue::default();
         self.next_worker_id += 1;
         let id = self.next_worker_id;
-        // The first run drains what waited while no one watched, and
-        // reconciles like the backstop's run at boot.
-        cue.full();
-        let (cfg, runtime, tx, c) = (
+        if self.opts.restarts_only {
+            // Deaths while nobody followed the events.
+            cue.restart();
+        } else {
+            // The first run drains what waited while no one watched, and
+            // reconciles like the backstop's run at boot.
+            cue.full();
+        }
+        let (cfg, runtime, tx, c, view) = (
             Arc::clone(&self.cfg),
             Arc::clone(&self.runtime),
             self.tx.clone(),
             cue.clone(),
+            Arc::clone(&self.view),
         );
         let metrics = self
             .opts
@@ -818,7 +965,7 @@ impl Daemon {
             .name(format!("sync-{kind}"))
             .spawn(move || {
                 work(&c, sync::backoff_delay, |job, failures| {
-                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx);
+                    let ran = run_job(kind, job, failures, &cfg, runtime.as_ref(), &tx, &c, &view);
                     if let (Some(ok), Some((path, kinds))) = (ran, &metrics) {
                         write_metrics(kind, path, kinds, &cfg, runtime.as_ref());
                         return ok;
@@ -853,6 +1000,9 @@ impl Daemon {
     /// Re-arms every watch and looks at every queue; `force` as in
     /// [`Self::rearm`] (only the retry timer, which fills gaps, does not).
     fn rescan_all(&mut self, force: bool) {
+        if self.opts.restarts_only {
+            return;
+        }
         let r = self.watches.arm_root(force);
         if self.watches.report(r) {
             info!(
@@ -954,7 +1104,10 @@ impl Daemon {
             self.watches.disarm_all();
             self.watches.root = current(&self.cfg).queue_root.clone();
         }
-        self.prepare_dirs(&kinds);
+        self.follow_events();
+        if !self.opts.restarts_only {
+            self.prepare_dirs(&kinds);
+        }
         for &k in &kinds {
             if !self.workers.contains_key(&k) {
                 info!(kind = %k, "now watching {k}");
@@ -979,6 +1132,7 @@ impl Daemon {
     ) -> Result<(), WatchError> {
         let interval = self.opts.interval.max(Duration::from_secs(1));
         let mut next_full = Instant::now() + interval;
+        let mut health = Schedule::new(&current(&self.cfg), self.kinds(), Instant::now());
         let mut next_ping = watchdog.map(|_| Instant::now());
         let mut stopping = false;
         loop {
@@ -989,7 +1143,7 @@ impl Daemon {
                 self.notify(&[State::Watchdog]);
                 next_ping = Some(now + every);
             }
-            if !stopping && now >= next_full {
+            if !stopping && now >= next_full && !self.opts.restarts_only {
                 debug!("periodic full reconcile");
                 self.rescan_all(true);
                 for w in self.workers.values() {
@@ -997,13 +1151,20 @@ impl Daemon {
                 }
                 next_full = now + interval;
             }
+            for k in health.due(now) {
+                if let Some(w) = self.workers.get(&k).filter(|_| !stopping) {
+                    debug!(kind = %k, "health round");
+                    w.cue.health();
+                }
+            }
             if stopping && self.workers.is_empty() {
                 break;
             }
             let mut wake = next_ping.into_iter().collect::<Vec<_>>();
             if !stopping {
                 wake.push(next_full);
-                if !self.watches.complete() {
+                wake.extend(health.next_due());
+                if !self.watches.complete() && !self.opts.restarts_only {
                     wake.push(now + REARM_RETRY);
                 }
             }
@@ -1016,7 +1177,10 @@ impl Daemon {
             match rx.recv_timeout(timeout) {
                 Ok(Msg::Fs(ev)) if !stopping => self.on_event(ev),
                 Ok(Msg::Fs(_)) => {}
-                Ok(Msg::Signal(Signal::SIGHUP)) if !stopping => self.reload(),
+                Ok(Msg::Signal(Signal::SIGHUP)) if !stopping => {
+                    self.reload();
+                    health = Schedule::new(&current(&self.cfg), self.kinds(), Instant::now());
+                }
                 Ok(Msg::Signal(sig)) => {
                     if stopping {
                         info!("{sig}: still finishing the sync in progress");
@@ -1034,6 +1198,17 @@ impl Daemon {
                     }
                 }
                 Ok(Msg::Synced(r)) => self.on_report(r),
+                Ok(Msg::Died(kind)) if !stopping => {
+                    if let Some(w) = self.workers.get(&kind) {
+                        w.cue.restart();
+                    }
+                }
+                Ok(Msg::EventsDoubt) if !stopping => {
+                    for w in self.workers.values() {
+                        w.cue.restart();
+                    }
+                }
+                Ok(Msg::Died(_) | Msg::EventsDoubt) => {}
                 Ok(Msg::WorkerDone(id)) => {
                     if let Some(k) = self
                         .workers
@@ -1047,7 +1222,7 @@ impl Daemon {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if !stopping && !self.watches.complete() {
+                    if !stopping && !self.watches.complete() && !self.opts.restarts_only {
                         self.rescan_all(false);
                     }
                 }
@@ -1107,6 +1282,7 @@ fn write_metrics(
 /// One worker run: the pending check, then the ordinary sync of one kind,
 /// reported to the main loop. `None` when nothing was pending, else whether
 /// the sync succeeded.
+#[allow(clippy::too_many_arguments)]
 fn run_job(
     kind: Kind,
     job: Job,
@@ -1114,17 +1290,30 @@ fn run_job(
     cfg: &SharedConfig,
     runtime: &RuntimeFactory,
     tx: &Sender<Msg>,
+    cue: &Cue,
+    view: &SharedView,
 ) -> Option<bool> {
     let cfg = current(cfg);
     if !job.forced && !queue_pending(&cfg, kind) {
         debug!(kind = %kind, "nothing pending");
         return None;
     }
-    let rt = runtime(&cfg);
+    // The same sync, listing from the view the engine's events keep
+    // current when there is one for this configuration.
+    let rt = match view.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        Some((instance, view)) if instance == cfg.instance => Box::new(Viewed {
+            inner: Arc::from(runtime(&cfg)),
+            view,
+            instance,
+        }) as Box<dyn Runtime>,
+        _ => runtime(&cfg),
+    };
     let ns = HostNamespaces(cfg.netns_dir.clone());
     let opts = SyncOptions {
         kinds: vec![kind],
         full: job.full,
+        health: job.health,
+        restart: job.restart,
         ..SyncOptions::default()
     };
     let started = Instant::now();
@@ -1138,9 +1327,16 @@ fn run_job(
             .join("; ")),
         Err(e) => Err(e.to_string()),
     };
+    if let Ok(s) = &result
+        && let Some(at) = s.next_restart_ms
+    {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        debug!(kind = %kind, "a restart held back by the back-off is due in {wait:?}");
+        cue.restart_at(Instant::now() + wait);
+    }
     let (failures, retry_in) = match &result {
         Ok(s) => {
-            if s.claimed > 0 || job.full {
+            if s.claimed > 0 || job.full || s.restarts > 0 {
                 info!(kind = %kind, "{s} in {:?}", started.elapsed());
             } else {
                 debug!(kind = %kind, "{s} in {:?}", started.elapsed());
@@ -1422,9 +1618,39 @@ mod tests {
             h.jobs.lock().unwrap()[0].0,
             Job {
                 full: false,
-                forced: false
+                forced: false,
+                health: false,
+                restart: false,
             }
         );
+    }
+
+    #[test]
+    fn a_death_runs_a_restart_pass_and_a_back_off_is_a_timer() {
+        let h = Harness::start(Duration::ZERO, false, Duration::ZERO);
+        h.cue.restart();
+        h.wait_runs(1);
+        assert_eq!(
+            h.jobs.lock().unwrap()[0].0,
+            Job {
+                full: false,
+                forced: true,
+                health: false,
+                restart: true,
+            }
+        );
+        let t = Instant::now();
+        h.cue.restart_at(t + Duration::from_millis(300));
+        // A later deadline does not postpone the earlier one.
+        h.cue.restart_at(t + Duration::from_secs(3600));
+        h.wait_runs(2);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "ran before its time"
+        );
+        assert!(h.jobs.lock().unwrap()[1].0.restart);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.runs(), 2, "the timer fires once");
     }
 
     #[test]
@@ -1483,7 +1709,9 @@ mod tests {
             h.jobs.lock().unwrap()[0].0,
             Job {
                 full: true,
-                forced: true
+                forced: true,
+                health: false,
+                restart: false,
             }
         );
         h.cue.stop();

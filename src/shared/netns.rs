@@ -2,8 +2,14 @@
 //!
 //! The wrapper finds the name of the namespace it runs in exactly like
 //! `ip netns identify`: it compares (device, inode) of `/proc/self/ns/net`
-//! with each entry of the netns directory. It never guesses: no match is an
-//! error. The host re-checks a recorded namespace right before it starts a
+//! with entries of the netns directory. It never guesses: no match is an
+//! error. A busy node has thousands of entries, and stat-ing each one made a
+//! start request cost twice an exec; so the names Neutron would give the
+//! namespace of this request (its `PROCESS_TAG` is `<service>-<id>`, the
+//! namespace `qdhcp-<id>`, `qrouter-<id>`, ...) are compared first, by the
+//! same (device, inode) test, and only when none matches is every entry
+//! compared. A candidate is a name the kernel confirms, never a guess, so the
+//! record (name and inode) and what the host verifies are unchanged. The host re-checks a recorded namespace right before it starts a
 //! sidecar: the name must still be a namespace mount with the recorded inode,
 //! so a namespace deleted and recreated under the same name is refused, and
 //! the namespace must be a network namespace (the kernel says which type an
@@ -116,18 +122,65 @@ fn namespace_type(path: &Path) -> Result<(i32, u64, u64), NetnsError> {
     Ok((t, md.dev(), md.ino()))
 }
 
-/// Finds the named namespace that `/proc/self/ns/net` belongs to. `Ok(None)`
-/// means the process is in no named namespace (for example the host network).
-pub fn identify(netns_dir: &Path) -> Result<Option<NetnsRef>, NetnsError> {
-    identify_ns(Path::new("/proc/self/ns/net"), netns_dir)
+/// The prefixes Neutron's agents name their namespaces with, followed by the
+/// id that also ends the `PROCESS_TAG` of the processes they run there
+/// (`qdhcp-<network>` for `dnsmasq-<network>` and `haproxy-<network>`,
+/// `qrouter-<router>` for `haproxy-`, `keepalived-` and `radvd-<router>`,
+/// `ovnmeta-<network>`, `snat-<router>`). Only an order of comparison: any
+/// other name is still found, by the scan.
+pub const CANDIDATE_PREFIXES: &[&str] = &["qdhcp-", "qrouter-", "ovnmeta-", "snat-"];
+
+/// The names to compare before scanning, from a `PROCESS_TAG` of the form
+/// `<service>-<id>`: each of [`CANDIDATE_PREFIXES`] followed by `<id>`. A tag
+/// of another form gives none.
+pub fn candidates_from_tag(tag: &str) -> Vec<String> {
+    let Some((_, id)) = tag.split_once('-') else {
+        return Vec::new();
+    };
+    if id.is_empty() {
+        return Vec::new();
+    }
+    CANDIDATE_PREFIXES
+        .iter()
+        .map(|p| format!("{p}{id}"))
+        .filter(|n| is_safe_name(n, MAX_NETNS_LEN))
+        .collect()
+}
+
+/// Finds the named namespace that `/proc/self/ns/net` belongs to, comparing
+/// `candidates` first (see the module's notes). `Ok(None)` means the process
+/// is in no named namespace (for example the host network).
+pub fn identify(netns_dir: &Path, candidates: &[String]) -> Result<Option<NetnsRef>, NetnsError> {
+    identify_ns(Path::new("/proc/self/ns/net"), netns_dir, candidates)
 }
 
 /// [`identify`] for a given namespace file.
-pub fn identify_ns(ns_file: &Path, netns_dir: &Path) -> Result<Option<NetnsRef>, NetnsError> {
+pub fn identify_ns(
+    ns_file: &Path,
+    netns_dir: &Path,
+    candidates: &[String],
+) -> Result<Option<NetnsRef>, NetnsError> {
     let me = std::fs::metadata(ns_file).map_err(|source| NetnsError::Stat {
         path: ns_file.to_owned(),
         source,
     })?;
+    // One stat per candidate, each absent name a failed lookup: O(1) in the
+    // size of the directory.
+    for name in candidates {
+        if !is_safe_name(name, MAX_NETNS_LEN) {
+            continue;
+        }
+        if let Ok(md) = std::fs::metadata(netns_dir.join(name))
+            && md.dev() == me.dev()
+            && md.ino() == me.ino()
+        {
+            return Ok(Some(NetnsRef {
+                name: name.clone(),
+                dev: md.dev(),
+                ino: md.ino(),
+            }));
+        }
+    }
     let entries = match std::fs::read_dir(netns_dir) {
         Ok(e) => e,
         // No netns directory at all: certainly not in a named namespace.
@@ -244,7 +297,7 @@ mod tests {
 
     #[test]
     fn identify_without_netns_dir_is_none() {
-        let r = identify(Path::new("/nonexistent/sidespawn-netns")).unwrap();
+        let r = identify(Path::new("/nonexistent/sidespawn-netns"), &[]).unwrap();
         assert_eq!(r, None);
     }
 
@@ -257,10 +310,49 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("qdhcp-a"), b"").unwrap();
         std::fs::write(dir.join("other"), b"").unwrap();
-        let found = identify_ns(&dir.join("qdhcp-a"), &dir).unwrap().unwrap();
+        let found = identify_ns(&dir.join("qdhcp-a"), &dir, &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(found.name, "qdhcp-a");
-        let none = identify_ns(Path::new("/proc/self/ns/net"), &dir).unwrap();
+        let none = identify_ns(Path::new("/proc/self/ns/net"), &dir, &[]).unwrap();
         assert_eq!(none, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn candidates_come_from_the_tag_and_only_confirmed_ones_are_taken() {
+        assert_eq!(
+            candidates_from_tag("dnsmasq-3f6a"),
+            ["qdhcp-3f6a", "qrouter-3f6a", "ovnmeta-3f6a", "snat-3f6a"]
+        );
+        assert!(candidates_from_tag("dnsmasq").is_empty());
+        assert!(candidates_from_tag("dnsmasq-").is_empty());
+        // A tag cannot steer the name out of the directory.
+        assert!(candidates_from_tag("x-../../etc").is_empty());
+
+        let dir = std::env::temp_dir().join(format!("sidespawn-netnsc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qdhcp-a"), b"").unwrap();
+        std::fs::write(dir.join("qrouter-a"), b"").unwrap();
+        let me = dir.join("qrouter-a");
+        // A candidate that exists but is another namespace is passed over.
+        let found = identify_ns(&me, &dir, &candidates_from_tag("haproxy-a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.name, "qrouter-a");
+        // No candidate matches: the scan still finds the namespace.
+        let found = identify_ns(&me, &dir, &candidates_from_tag("haproxy-b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.name, "qrouter-a");
+        // A name outside the directory is never a candidate, even when it
+        // is the namespace file itself.
+        let outside = dir.with_extension("outside");
+        std::fs::write(&outside, b"").unwrap();
+        let escape = format!("../{}", outside.file_name().unwrap().to_str().unwrap());
+        let none = identify_ns(&outside, &dir, &[escape]).unwrap();
+        assert_eq!(none, None);
+        std::fs::remove_file(&outside).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,24 +9,36 @@
 #                                              for the wrapper to be bind-mounted over
 #   localhost/sidespawn-test-dnsmasq:latest    Debian's dnsmasq
 #   localhost/sidespawn-test-haproxy:latest    Debian's haproxy
+#   localhost/sidespawn-test-keepalived:latest Debian's keepalived
+#   localhost/sidespawn-test-radvd:latest      Debian's radvd
 #   localhost/sidespawn-test-wrapperonly:h-*   nothing but the static wrapper at /usr/sbin/dnsmasq
 #                                              (only with --wrapper or SIDESPAWN_STATIC_WRAPPER)
+#   localhost/sidespawn-test-stock-agent:latest  (only with --stock-agent) an agent image as a
+#                                              distribution makes it, with no trace of sidespawn:
+#                                              ip, busybox, the real dnsmasq, haproxy, keepalived
+#                                              and radvd at /usr/sbin, Debian's python3 and
+#                                              Neutron's rootwrap (the virtualenv install-deps.sh
+#                                              makes, at the same path) with its rootwrap.conf
+#                                              and filters in /etc/neutron
 #
 # Idempotent: every image is tagged h-<hash of its exact content>; when that tag exists the
 # import is skipped. Content tags older than a day are removed.
 #
-# Usage: build-images.sh [--wrapper PATH]
-# Prints one line per image on stdout, `agent=REF`, `dnsmasq=REF`, `haproxy=REF` and
-# `wrapperonly=REF`, each REF the content tag; progress goes to stderr.
+# Usage: build-images.sh [--wrapper PATH] [--stock-agent]
+# Prints one line per image on stdout, `agent=REF`, `dnsmasq=REF`, `haproxy=REF`,
+# `keepalived=REF`, `radvd=REF`, `wrapperonly=REF` and `stock_agent=REF`, each REF the content
+# tag; progress goes to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
 
 wrapper=${SIDESPAWN_STATIC_WRAPPER:-}
+stock_agent=false
+neutron_venv=${SIDESPAWN_NEUTRON_VENV:-/opt/sidespawn-neutron-venv}
 
 usage() {
-    echo "usage: $0 [--wrapper PATH]" >&2
+    echo "usage: $0 [--wrapper PATH] [--stock-agent]" >&2
     exit 2
 }
 
@@ -39,6 +51,10 @@ while [ $# -gt 0 ]; do
             ;;
         --wrapper=*)
             wrapper=${1#--wrapper=}
+            shift
+            ;;
+        --stock-agent)
+            stock_agent=true
             shift
             ;;
         -h | --help) usage ;;
@@ -190,6 +206,64 @@ add_binary "$haproxy" /usr/sbin/haproxy
 mkdir -p "$haproxy/var/lib/haproxy" "$haproxy/run/haproxy"
 write_accounts "$haproxy" 'haproxy:x:102:105::/var/lib/haproxy:/usr/sbin/nologin' 'haproxy:x:105:'
 import_image haproxy sidespawn-test-haproxy "$haproxy" latest
+
+# --- keepalived -------------------------------------------------------------------------------
+keepalived=$work/keepalived
+new_root "$keepalived"
+add_binary "$keepalived" /usr/sbin/keepalived
+mkdir -p "$keepalived/etc/keepalived"
+write_accounts "$keepalived" 'keepalived_script:x:998:65534::/nonexistent:/usr/sbin/nologin'
+import_image keepalived sidespawn-test-keepalived "$keepalived" latest
+
+# --- radvd ------------------------------------------------------------------------------------
+radvd=$work/radvd
+new_root "$radvd"
+add_binary "$radvd" /usr/sbin/radvd
+mkdir -p "$radvd/run/radvd"
+# Neutron runs `radvd ... -u radvd`.
+write_accounts "$radvd" 'radvd:x:997:65534::/run/radvd:/usr/sbin/nologin'
+import_image radvd sidespawn-test-radvd "$radvd" latest
+
+# --- stock agent: what a distribution's Neutron agent image holds, unmodified -----------------
+if $stock_agent; then
+    for needed in bin/neutron-rootwrap etc/neutron/rootwrap.conf etc/neutron/rootwrap.d; do
+        [ -e "$neutron_venv/$needed" ] || die "$neutron_venv/$needed not found (run tests/scripts/install-deps.sh)"
+    done
+    stock=$work/stock-agent
+    new_root "$stock"
+    add_binary "$stock" /usr/sbin/ip
+    cp -L "$busybox" "$stock/usr/bin/busybox"
+    for applet in $("$busybox" --list); do
+        [ "$applet" = ip ] || [ -e "$stock/usr/bin/$applet" ] || ln -s busybox "$stock/usr/bin/$applet"
+    done
+    # The daemons where Debian's packages put them.
+    for daemon in dnsmasq haproxy keepalived radvd; do
+        add_binary "$stock" "/usr/sbin/$daemon"
+    done
+    # Debian's python3 and its standard library (without the test suite and the GUI), and the
+    # virtualenv at the same path, for neutron-rootwrap.
+    add_binary "$stock" /usr/bin/python3.11
+    ln -s python3.11 "$stock/usr/bin/python3"
+    mkdir -p "$stock/usr/lib/python3.11"
+    tar -C /usr/lib/python3.11 --exclude=./test --exclude=./idlelib --exclude=./tkinter \
+        --exclude=./turtledemo --exclude=./ensurepip --exclude=__pycache__ -cf - . |
+        tar -C "$stock/usr/lib/python3.11" -xf -
+    mkdir -p "$stock$(dirname "$neutron_venv")"
+    tar -C "$(dirname "$neutron_venv")" --exclude=__pycache__ -cf - "$(basename "$neutron_venv")" |
+        tar -C "$stock$(dirname "$neutron_venv")" -xf -
+    # Where Neutron's packages install its rootwrap configuration.
+    mkdir -p "$stock/etc/neutron" "$stock/var/lib/neutron"
+    cp "$neutron_venv/etc/neutron/rootwrap.conf" "$stock/etc/neutron/rootwrap.conf"
+    cp -r "$neutron_venv/etc/neutron/rootwrap.d" "$stock/etc/neutron/rootwrap.d"
+    write_accounts "$stock" \
+        'neutron:x:996:996::/var/lib/neutron:/usr/sbin/nologin
+dnsmasq:x:999:65534:dnsmasq:/var/lib/misc:/usr/sbin/nologin
+haproxy:x:102:105::/var/lib/haproxy:/usr/sbin/nologin
+radvd:x:997:65534::/run/radvd:/usr/sbin/nologin' \
+        'neutron:x:996:
+haproxy:x:105:'
+    import_image stock_agent sidespawn-test-stock-agent "$stock" latest
+fi
 
 # --- wrapper only: proves the wrapper needs nothing from the image ----------------------------
 if [ -n "$wrapper" ]; then

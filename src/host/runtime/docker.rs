@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::process::{Runner, Stream};
+use super::process::{EventIter, Runner};
 use super::*;
 
 /// The name the static wrapper answers to as the namespace-joining entry
@@ -297,20 +297,50 @@ impl Runtime for Docker {
         args.push("--filter".to_owned());
         args.push(format!("label={}={instance}", labels::INSTANCE));
         let stream = self.runner.stream(&args)?;
-        Ok(Box::new(EventIter {
-            stream,
-            instance: instance.to_owned(),
-            args: self.runner.error_args(&args),
-        }))
+        Ok(Box::new(EventIter::new(stream, instance, parse_event)))
     }
 
     fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
         let args = if pull {
-            strings(&["pull", "--", image])
+            strings(&["pull", "--quiet", "--", image])
         } else {
             strings(&["image", "inspect", "--format", "{{.Id}}", "--", image])
         };
-        self.call(&args, self.runner.timeout(), |_| None).map(drop)
+        // A pull downloads layers: the call timeout of a run or a stop is
+        // too short for a large image on a slow link.
+        let timeout = if pull {
+            self.runner.timeout().max(PULL_TIMEOUT)
+        } else {
+            self.runner.timeout()
+        };
+        self.call(&args, timeout, |stderr| {
+            is_no_such_image(stderr).then(|| Err(RuntimeError::NoSuchImage(image.to_owned())))
+        })
+        .map(drop)
+    }
+
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        // A throwaway container: removed on exit, never pulled, no network,
+        // no capabilities; the probe's program and arguments follow.
+        let mut args = strings(&[
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=none",
+            "--cap-drop=all",
+            "--",
+            image,
+        ]);
+        args.extend(argv.iter().cloned());
+        self.call(&args, timeout, |stderr| {
+            is_no_such_image(stderr).then(|| Err(RuntimeError::NoSuchImage(image.to_owned())))
+        })
+        .map(drop)
     }
 
     fn version(&self) -> Result<String, RuntimeError> {
@@ -354,44 +384,6 @@ impl Runtime for Docker {
 }
 
 /// The event stream of one configuration, parsed.
-struct EventIter {
-    stream: Stream,
-    instance: String,
-    args: String,
-}
-
-impl Iterator for EventIter {
-    type Item = Result<ContainerEvent, RuntimeError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let line = match self.stream.next_line()? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(e)),
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            match parse_event(&line) {
-                Ok(Some(e)) => {
-                    if e.labels.get(labels::INSTANCE).map(String::as_str)
-                        == Some(self.instance.as_str())
-                    {
-                        return Some(Ok(e));
-                    }
-                }
-                Ok(None) => {}
-                Err(message) => {
-                    return Some(Err(RuntimeError::Parse {
-                        args: self.args.clone(),
-                        message,
-                    }));
-                }
-            }
-        }
-    }
-}
-
 /// One `docker events --format '{{json .}}'` line; `None` for an event that
 /// is not a container's.
 fn parse_event(line: &str) -> Result<Option<ContainerEvent>, String> {
@@ -710,6 +702,15 @@ fn only_missing(stderr: &str) -> bool {
             l.contains("no such container") || l.contains("no such object")
         })
 }
+
+/// Docker 20.10 without the image: `Error response from daemon: No such
+/// image: x:1` (`image inspect`: `Error: No such image: x:1`).
+fn is_no_such_image(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("no such image")
+}
+
+/// The longest a `docker pull` may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Docker 20.10: `Conflict. The container name "/X" is already in use by
 /// container "ID". You have to remove (or rename) that container to be able

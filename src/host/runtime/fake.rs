@@ -33,7 +33,21 @@ pub struct FakeRuntime {
     /// Containers `list` leaves out, as a `ps` taken before an interrupted
     /// sync's `podman run` created them would.
     hidden: Mutex<std::collections::BTreeSet<String>>,
+    /// Images that are not in local storage (every other one is).
+    missing_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images whose probe fails (the program cannot start at all).
+    broken_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images whose containers exit with code 3 as soon as they start,
+    /// though their probe answers (a daemon that cannot serve).
+    crashing_images: Mutex<std::collections::BTreeSet<String>>,
+    /// Images pulled, in order.
+    pulled: Mutex<Vec<String>>,
+    /// Open event subscriptions: each one's instance and sender. Every
+    /// change the fake makes is sent as podman would report it.
+    subscribers: Mutex<Vec<(String, std::sync::mpsc::Sender<EventItem>)>>,
 }
+
+type EventItem = Result<ContainerEvent, RuntimeError>;
 
 /// A failure injected into [`FakeRuntime`].
 #[derive(Debug, Clone)]
@@ -154,6 +168,29 @@ impl FakeRuntime {
         lock(&self.hidden).insert(name.to_owned());
     }
 
+    /// From now on `image` is absent from local storage (a pull brings it).
+    pub fn set_image_missing(&self, image: &str) {
+        lock(&self.missing_images).insert(image.to_owned());
+    }
+
+    /// From now on `image`'s program cannot start: its probe fails and
+    /// its containers exit with code 3 as soon as they start.
+    pub fn set_image_broken(&self, image: &str) {
+        lock(&self.broken_images).insert(image.to_owned());
+        self.set_image_crashing(image);
+    }
+
+    /// From now on `image`'s containers exit with code 3 as soon as they
+    /// start, though its probe still answers.
+    pub fn set_image_crashing(&self, image: &str) {
+        lock(&self.crashing_images).insert(image.to_owned());
+    }
+
+    /// The images pulled so far, in order.
+    pub fn pulled(&self) -> Vec<String> {
+        lock(&self.pulled).clone()
+    }
+
     /// Removes every injected failure.
     pub fn clear_failures(&self) {
         lock(&self.failures).clear();
@@ -170,6 +207,69 @@ impl FakeRuntime {
         let result = injected.map_or(Ok(()), |i| Err(i.to_error(&call)));
         lock(&self.calls).push(call);
         result
+    }
+
+    /// Sends `action` about `c` to every subscription of its instance
+    /// (dropped subscriptions are forgotten).
+    fn emit(&self, c: &ContainerInfo, action: EventAction) {
+        let ev = ContainerEvent {
+            name: c.name.clone(),
+            id: c.id.clone(),
+            action,
+            labels: c.labels.clone(),
+        };
+        lock(&self.subscribers)
+            .retain(|(instance, tx)| !is_managed(c, instance) || tx.send(Ok(ev.clone())).is_ok());
+    }
+
+    /// The main process of `name` exits with `code` on its own (a crash, an
+    /// OOM kill, `kill -9` from the host): the container is left exited and
+    /// a `died` event is sent. False if there is no such running container.
+    pub fn die(&self, name: &str, code: i32) -> bool {
+        let mut cs = lock(&self.containers);
+        let Some(c) = cs
+            .iter_mut()
+            .find(|c| c.name == name && c.state == State::Running)
+        else {
+            return false;
+        };
+        FakeRuntime::exit(c, code);
+        let c = c.clone();
+        drop(cs);
+        self.emit(
+            &c,
+            EventAction::Died {
+                exit_code: Some(code),
+            },
+        );
+        true
+    }
+
+    /// Sends `item` to every open subscription as it is: an event the
+    /// fake's containers did not cause, or a stream error.
+    pub fn inject_event(&self, item: EventItem) {
+        lock(&self.subscribers).retain(|(_, tx)| tx.send(item.clone()).is_ok());
+    }
+
+    /// Ends every open subscription, as an engine restart does.
+    pub fn end_events(&self) {
+        lock(&self.subscribers).clear();
+    }
+
+    /// How many subscriptions are open (one per follower).
+    pub fn subscriptions(&self) -> usize {
+        let mut subs = lock(&self.subscribers);
+        // A dropped receiver is seen at the next send; probe with nothing.
+        subs.retain(|(_, tx)| {
+            tx.send(Ok(ContainerEvent {
+                name: String::new(),
+                id: String::new(),
+                action: EventAction::Other("probe".to_owned()),
+                labels: BTreeMap::new(),
+            }))
+            .is_ok()
+        });
+        subs.len()
     }
 
     fn exit(c: &mut ContainerInfo, code: i32) {
@@ -226,7 +326,7 @@ impl Runtime for FakeRuntime {
                 .cloned()
                 .collect(),
         );
-        cs.push(ContainerInfo {
+        let c = ContainerInfo {
             id: id.clone(),
             name: spec.name.clone(),
             state: State::Running,
@@ -235,7 +335,14 @@ impl Runtime for FakeRuntime {
             labels: spec.labels.clone(),
             started_at,
             exit_code: 0,
-        });
+        };
+        let crashing = lock(&self.crashing_images).contains(&spec.image);
+        cs.push(c.clone());
+        drop(cs);
+        self.emit(&c, EventAction::Started);
+        if crashing {
+            self.die(&spec.name, 3);
+        }
         Ok(id)
     }
 
@@ -249,12 +356,21 @@ impl Runtime for FakeRuntime {
         if c.state != State::Running {
             return Err(RuntimeError::NotRunning(name.to_owned()));
         }
-        match signal {
+        let code = match signal {
             // A daemon reloads on HUP and keeps running.
-            Signal::Hup => {}
-            Signal::Term => FakeRuntime::exit(c, 128 + 15),
-            Signal::Kill => FakeRuntime::exit(c, 128 + 9),
-        }
+            Signal::Hup => return Ok(()),
+            Signal::Term => 128 + 15,
+            Signal::Kill => 128 + 9,
+        };
+        FakeRuntime::exit(c, code);
+        let c = c.clone();
+        drop(cs);
+        self.emit(
+            &c,
+            EventAction::Died {
+                exit_code: Some(code),
+            },
+        );
         Ok(())
     }
 
@@ -265,14 +381,41 @@ impl Runtime for FakeRuntime {
             .iter_mut()
             .find(|c| c.name == name)
             .ok_or_else(|| RuntimeError::NoSuchContainer(name.to_owned()))?;
+        let was_running = c.state == State::Running;
         FakeRuntime::exit(c, 128 + 15);
+        let c = c.clone();
+        drop(cs);
+        if was_running {
+            self.emit(
+                &c,
+                EventAction::Died {
+                    exit_code: Some(128 + 15),
+                },
+            );
+        }
         Ok(())
     }
 
     fn remove(&self, name: &str) -> Result<(), RuntimeError> {
         self.record(Call::Remove(name.to_owned()), Some(name))?;
-        lock(&self.containers).retain(|c| c.name != name);
+        let gone: Vec<ContainerInfo> = {
+            let mut cs = lock(&self.containers);
+            let gone = cs.iter().filter(|c| c.name == name).cloned().collect();
+            cs.retain(|c| c.name != name);
+            gone
+        };
         lock(&self.hidden).remove(name);
+        for c in gone {
+            if c.state == State::Running {
+                self.emit(
+                    &c,
+                    EventAction::Died {
+                        exit_code: Some(137),
+                    },
+                );
+            }
+            self.emit(&c, EventAction::Removed);
+        }
         Ok(())
     }
 
@@ -313,8 +456,48 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        let mut missing = lock(&self.missing_images);
+        if pull {
+            lock(&self.pulled).push(image.to_owned());
+            missing.remove(image);
+            return Ok(());
+        }
+        if missing.contains(image) {
+            return Err(RuntimeError::NoSuchImage(image.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        if lock(&self.missing_images).contains(image) {
+            return Err(RuntimeError::NoSuchImage(image.to_owned()));
+        }
+        if lock(&self.broken_images).contains(image) {
+            return Err(RuntimeError::Failed {
+                args: error_args("podman", &[&["run".to_owned(), image.to_owned()][..], argv].concat()),
+                status: "exit status: 3".to_owned(),
+                stderr: "broken image".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn describe(&self, call: &Call) -> String {
         describe_argv(Path::new("podman"), &call_args(call))
+    }
+
+    fn events(&self, instance: &str) -> Result<Events, RuntimeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.subscribers).push((instance.to_owned(), tx));
+        Ok(Box::new(rx.into_iter().filter(|e| {
+            !matches!(e, Ok(ContainerEvent { action: EventAction::Other(a), .. }) if a == "probe")
+        })))
     }
 }
 
@@ -409,6 +592,38 @@ mod tests {
         );
         fake.clear_calls();
         assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn fake_events_report_its_own_changes_and_injected_deaths() {
+        let own =
+            crate::host::config::Profile::defaults(crate::shared::kind::Kind::Dnsmasq).instance;
+        let fake = FakeRuntime::default();
+        let mut events = fake.events(&own).unwrap();
+        let mut other = fake.events("other").unwrap();
+        let mut a = spec("a", &[]);
+        a.labels.insert(labels::INSTANCE.to_owned(), own.clone());
+        fake.run(&a).unwrap();
+        assert!(fake.die("a", 139));
+        assert!(!fake.die("a", 1), "only a running container dies");
+        fake.remove("a").unwrap();
+        let got: Vec<EventAction> = (0..3)
+            .map(|_| events.next().unwrap().unwrap().action)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                EventAction::Started,
+                EventAction::Died {
+                    exit_code: Some(139)
+                },
+                EventAction::Removed
+            ]
+        );
+        assert_eq!(fake.subscriptions(), 2);
+        fake.end_events();
+        assert!(events.next().is_none(), "an ended subscription ends");
+        assert!(other.next().is_none());
     }
 
     #[test]

@@ -110,6 +110,11 @@ impl<'a> SidecarLabels<'a> {
         SidecarLabels(&c.labels)
     }
 
+    /// Labels as an engine event reports them.
+    pub fn of_labels(labels: &'a BTreeMap<String, String>) -> SidecarLabels<'a> {
+        SidecarLabels(labels)
+    }
+
     /// The labels a sidecar is about to be started with.
     pub fn of_spec(spec: &'a RunSpec) -> SidecarLabels<'a> {
         SidecarLabels(&spec.labels)
@@ -290,6 +295,10 @@ pub enum RuntimeError {
     /// `podman run` outlived it). The caller looks at it and decides.
     #[error("the container name {0} is already in use")]
     NameInUse(String),
+    /// The image is not in the engine's local storage (and was not to be
+    /// pulled).
+    #[error("the image {0} is not present on this host (pull it first, or pass --pull)")]
+    NoSuchImage(String),
 }
 
 /// What sidespawn needs from a container engine.
@@ -384,6 +393,24 @@ pub trait Runtime: Send + Sync {
         Err(RuntimeError::Spawn {
             program: format!("image check of {image}"),
             message: "this runtime cannot check images".to_owned(),
+        })
+    }
+    /// Runs `argv` (a program of the image and its arguments, e.g. a
+    /// version probe) in a throwaway container of `image` with no network
+    /// and no capabilities, removed when it exits, within `timeout`; `Ok`
+    /// when it exits 0. Never pulls: [`Runtime::ensure_image`] comes first.
+    /// What tells an image that is present from one that can start its
+    /// kind's program (a missing binary or library, a wrong architecture).
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let _ = (argv, timeout);
+        Err(RuntimeError::Spawn {
+            program: format!("probe of {image}"),
+            message: "this runtime cannot probe images".to_owned(),
         })
     }
 }

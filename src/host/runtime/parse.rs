@@ -260,6 +260,59 @@ pub(super) fn parse_info(out: &[u8]) -> Result<EngineInfo, String> {
     })
 }
 
+/// One line of `podman events --format json` (checked with podman 4.3.1,
+/// output saved in `tests/fixtures/podman/events-4.3.1.jsonl`). The
+/// container's labels come as `Attributes` (with `image` and `name` among
+/// them on some versions; those never look like our labels).
+#[derive(Deserialize)]
+struct EventLine {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<BTreeMap<String, String>>,
+    #[serde(rename = "ContainerExitCode", default)]
+    exit_code: Option<i64>,
+}
+
+/// Parses one event line. `Ok(None)` for a blank line or an event about
+/// something other than a container (the stream is filtered to containers,
+/// but a filter is no proof).
+pub(super) fn parse_event(line: &str) -> Result<Option<ContainerEvent>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let e: EventLine = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
+    if !e.kind.is_empty() && e.kind != "container" {
+        return Ok(None);
+    }
+    if e.id.is_empty() && e.name.is_empty() {
+        return Err("an event names no container".to_owned());
+    }
+    let action = match e.status.as_str() {
+        "start" | "restart" => EventAction::Started,
+        // `died` is the one podman reports for every exit of the main
+        // process (a crash, a signal, a stop); the exit code is absent on
+        // versions that do not report it.
+        "died" => EventAction::Died {
+            exit_code: e.exit_code.and_then(|c| i32::try_from(c).ok()),
+        },
+        "remove" => EventAction::Removed,
+        other => EventAction::Other(other.to_owned()),
+    };
+    Ok(Some(ContainerEvent {
+        name: e.name,
+        id: e.id,
+        action,
+        labels: e.attributes.unwrap_or_default(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +518,58 @@ mod tests {
             "an entry needs an Id"
         );
         assert!(parse_ps(b"[\xff]").is_err());
+    }
+
+    const EVENTS: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/podman/events-4.3.1.jsonl"
+    ));
+
+    #[test]
+    fn events_fixture_gives_start_death_with_code_and_removal() {
+        let evs: Vec<ContainerEvent> = EVENTS
+            .lines()
+            .map(|l| parse_event(l).unwrap().unwrap())
+            .collect();
+        let actions: Vec<&EventAction> = evs.iter().map(|e| &e.action).collect();
+        assert_eq!(
+            actions,
+            [
+                &EventAction::Other("create".to_owned()),
+                &EventAction::Other("init".to_owned()),
+                &EventAction::Started,
+                &EventAction::Died {
+                    exit_code: Some(137)
+                },
+                &EventAction::Other("cleanup".to_owned()),
+                &EventAction::Removed,
+            ]
+        );
+        let died = &evs[3];
+        assert_eq!(died.name, "evt-probe1");
+        assert_eq!(died.id.len(), 64);
+        assert_eq!(
+            died.labels.get(labels::INSTANCE).map(String::as_str),
+            Some("evtest1")
+        );
+        assert_eq!(
+            died.labels.get(labels::KIND).map(String::as_str),
+            Some("dnsmasq")
+        );
+    }
+
+    #[test]
+    fn events_of_other_types_and_blank_lines_are_skipped_and_garbage_is_an_error() {
+        assert_eq!(parse_event("").unwrap(), None);
+        assert_eq!(
+            parse_event(r#"{"ID":"x","Name":"img","Status":"pull","Type":"image"}"#).unwrap(),
+            None
+        );
+        assert!(parse_event("{not json").is_err());
+        assert!(parse_event(r#"{"Status":"died","Type":"container"}"#).is_err());
+        let e = parse_event(r#"{"ID":"a","Name":"n","Status":"died","Type":"container"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.action, EventAction::Died { exit_code: None });
     }
 }

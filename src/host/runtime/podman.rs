@@ -6,8 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::parse::{UNLABELLED_FORMAT, keep_managed, parse_inspect, parse_ps, parse_unlabelled};
-use super::process::Runner;
+use super::parse::{
+    UNLABELLED_FORMAT, keep_managed, parse_event, parse_inspect, parse_ps, parse_unlabelled,
+};
+use super::process::{EventIter, Runner, summarise_stderr};
 use super::*;
 
 /// The real runtime: the `podman` command line.
@@ -50,6 +52,31 @@ impl Podman {
     ) -> Result<Vec<u8>, RuntimeError> {
         self.runner.call(args, timeout, classify)
     }
+}
+
+/// How far back a new subscription replays: podman needs some
+/// milliseconds to open its event log after it starts, and an event in
+/// that gap would otherwise be lost. Replayed events are only cues again.
+const EVENTS_REPLAY: &str = "5s";
+
+/// `podman events` for one configuration's containers, as JSON lines.
+/// podman filters on the instance label; both labels are checked again on
+/// each event, so the stream never carries another configuration's.
+fn events_args(instance: &str) -> Vec<String> {
+    [
+        "events",
+        "--since",
+        EVENTS_REPLAY,
+        "--format",
+        "json",
+        "--filter",
+        "type=container",
+        "--filter",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([format!("label={}={instance}", labels::INSTANCE)])
+    .collect()
 }
 
 impl Runtime for Podman {
@@ -166,6 +193,52 @@ impl Runtime for Podman {
             .map_err(|e| self.runner.spawn_error(e))
     }
 
+    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
+        if pull {
+            // A pull downloads layers: the call timeout of a run or a stop
+            // is too short for a large image on a slow link.
+            let args = image_args(&["pull", "--quiet"], image);
+            return self
+                .call(&args, self.runner.timeout().max(PULL_TIMEOUT), |_| None)
+                .map(drop);
+        }
+        // `podman image exists` answers with its exit status alone: 0
+        // present, 1 absent (no stderr), anything else a failure.
+        let args = image_args(&["image", "exists"], image);
+        let f = self.runner.exec(&args, self.runner.timeout())?;
+        match f.status.code() {
+            Some(0) => Ok(()),
+            Some(1) if f.stderr.trim().is_empty() => {
+                Err(RuntimeError::NoSuchImage(image.to_owned()))
+            }
+            _ => Err(RuntimeError::Failed {
+                args: self.runner.error_args(&args),
+                status: f.status.to_string(),
+                stderr: summarise_stderr(&f.stderr),
+            }),
+        }
+    }
+
+    fn probe_image(
+        &self,
+        image: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let mut args = probe_args(image);
+        args.extend(argv.iter().cloned());
+        self.call(&args, timeout, |stderr| {
+            is_no_such_image(stderr).then(|| Err(RuntimeError::NoSuchImage(image.to_owned())))
+        })
+        .map(drop)
+    }
+
+    fn events(&self, instance: &str) -> Result<Events, RuntimeError> {
+        let args = events_args(instance);
+        let stream = self.runner.stream(&args)?;
+        Ok(Box::new(EventIter::new(stream, instance, parse_event)))
+    }
+
     fn exec_check(
         &self,
         name: &str,
@@ -202,15 +275,6 @@ impl Runtime for Podman {
             message,
         })
     }
-
-    fn ensure_image(&self, image: &str, pull: bool) -> Result<(), RuntimeError> {
-        let args: Vec<String> = if pull {
-            vec!["pull".to_owned(), "--".to_owned(), image.to_owned()]
-        } else {
-            vec!["image".to_owned(), "exists".to_owned(), image.to_owned()]
-        };
-        self.call(&args, self.runner.timeout(), |_| None).map(drop)
-    }
 }
 
 fn is_no_such_container(stderr: &str) -> bool {
@@ -224,6 +288,39 @@ fn is_no_such_container(stderr: &str) -> bool {
 fn is_name_in_use(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
     s.contains("name") && s.contains("is already in use")
+}
+
+/// Podman 4.3 without a local image and `--pull=never`: `Error:
+/// localhost/x:1: image not known`.
+fn is_no_such_image(stderr: &str) -> bool {
+    stderr.to_ascii_lowercase().contains("image not known")
+}
+
+/// The longest a `podman pull` may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `podman WORDS -- IMAGE`.
+fn image_args(words: &[&str], image: &str) -> Vec<String> {
+    let mut a: Vec<String> = words.iter().map(|s| (*s).to_owned()).collect();
+    a.push("--".to_owned());
+    a.push(image.to_owned());
+    a
+}
+
+/// `podman run` of a throwaway probe container of `image`, up to the
+/// image: removed on exit, never pulled, no network, no capabilities.
+/// Its program and arguments follow.
+fn probe_args(image: &str) -> Vec<String> {
+    image_args(
+        &[
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=none",
+            "--cap-drop=all",
+        ],
+        image,
+    )
 }
 
 fn is_not_running(stderr: &str) -> bool {
@@ -631,6 +728,59 @@ mod tests {
         let silent = Podman::new(tmp.script("silent", "exit 0"), Duration::from_secs(10));
         let err = silent.run(&spec("n", &[])).unwrap_err();
         assert!(matches!(err, RuntimeError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn ensure_image_verifies_or_pulls_and_says_why_not() {
+        let tmp = Scratch::new();
+        // `image exists` of an absent image: exit 1, nothing on stderr.
+        let podman = tmp.script(
+            "podman",
+            "printf '%s\\0' \"$@\" >> \"$ARGS\"\nif [ \"$1\" = image ]; then [ \"$4\" = here ] && exit 0; exit 1; fi\nexit 0",
+        );
+        let args_file = tmp.file("args");
+        let p = Podman::new(podman, Duration::from_secs(10))
+            .with_env("ARGS", args_file.to_string_lossy());
+        p.ensure_image("here", false).unwrap();
+        let err = p.ensure_image("-gone", false).unwrap_err();
+        assert_eq!(err, RuntimeError::NoSuchImage("-gone".into()));
+        assert!(err.to_string().contains("--pull"), "{err}");
+        p.ensure_image("far", true).unwrap();
+        assert_eq!(
+            std::fs::read(&args_file).unwrap(),
+            b"image\0exists\0--\0here\0image\0exists\0--\0-gone\0pull\0--quiet\0--\0far\0"
+        );
+        // Any other failure of `image exists` is not "absent".
+        let broken = Podman::new(
+            tmp.script("broken", "echo 'Error: database is locked' >&2\nexit 125"),
+            Duration::from_secs(10),
+        );
+        let err = broken.ensure_image("x", false).unwrap_err();
+        assert!(err.to_string().contains("database is locked"), "{err}");
+    }
+
+    #[test]
+    fn probe_image_runs_a_throwaway_container_without_network() {
+        let tmp = Scratch::new();
+        let podman = tmp.script(
+            "podman",
+            "printf '%s\\0' \"$@\" > \"$ARGS\"\necho 'Error: x:1: image not known' >&2\nexit 125",
+        );
+        let args_file = tmp.file("args");
+        let p = Podman::new(podman, Duration::from_secs(10))
+            .with_env("ARGS", args_file.to_string_lossy());
+        let err = p
+            .probe_image(
+                "x:1",
+                &strings(&["dnsmasq", "--version"]),
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(err, RuntimeError::NoSuchImage("x:1".into()));
+        assert_eq!(
+            std::fs::read(&args_file).unwrap(),
+            b"run\0--rm\0--pull=never\0--network=none\0--cap-drop=all\0--\0x:1\0dnsmasq\0--version\0"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
-use super::RuntimeError;
+use super::{ContainerEvent, RuntimeError, labels};
 
 /// Environment variables an engine's CLI must never inherit from sidespawn.
 ///
@@ -457,11 +457,16 @@ pub(super) fn describe_argv(program: &Path, args: &[String]) -> String {
 /// before reaping it, so the subscription ends with its reader.
 pub(super) struct Stream {
     child: Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    lines: std::io::BufReader<std::process::ChildStdout>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
     args: String,
     done: bool,
 }
+
+/// Longest line read from a stream; an engine's event about one of our
+/// containers is a few KiB (our labels are bounded), so a longer line is
+/// not one of ours and is skipped with an error.
+pub(super) const STREAM_LINE_CAP: u64 = 256 * 1024;
 
 impl Runner {
     /// Starts `ENGINE ARGS` without a time limit, its stdout to be read
@@ -471,6 +476,16 @@ impl Runner {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // The stream lives as long as the thread that reads it; if this
+        // process dies without dropping it, the kernel ends the engine's
+        // process too rather than leaving it following events for nobody.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe
+        // system call; the closure allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let mut child = spawn_retrying(&mut cmd).map_err(|e| self.spawn_error(e))?;
         let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
             kill_group(&mut child);
@@ -487,7 +502,7 @@ impl Runner {
         tracing::debug!(argv = %describe_argv(&self.program, args), "engine stream started");
         Ok(Stream {
             child,
-            lines: std::io::BufReader::new(out).lines(),
+            lines: std::io::BufReader::new(out),
             stderr,
             args: self.error_args(args),
             done: false,
@@ -502,31 +517,49 @@ impl Stream {
         if self.done {
             return None;
         }
-        match self.lines.next() {
-            Some(Ok(line)) => Some(Ok(line)),
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => self.next_line(),
-            end => {
-                self.done = true;
-                let status = self.child.wait();
-                let stderr = self
-                    .stderr
-                    .take()
-                    .and_then(|h| h.join().ok())
-                    .unwrap_or_default();
-                match (end, status) {
-                    (_, Ok(s)) if s.success() => None,
-                    (Some(Err(e)), _) => Some(Err(RuntimeError::Failed {
-                        args: self.args.clone(),
-                        status: format!("reading its output: {e}"),
-                        stderr: summarise_stderr(&String::from_utf8_lossy(&stderr)),
-                    })),
-                    (_, s) => Some(Err(RuntimeError::Failed {
-                        args: self.args.clone(),
-                        status: s.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                        stderr: summarise_stderr(&String::from_utf8_lossy(&stderr)),
-                    })),
-                }
+        let mut line = Vec::new();
+        let read = (&mut self.lines)
+            .take(STREAM_LINE_CAP)
+            .read_until(b'\n', &mut line);
+        let end: Option<std::io::Result<()>> = match read {
+            Ok(0) => None,
+            Ok(_) if !line.ends_with(b"\n") && line.len() as u64 >= STREAM_LINE_CAP => {
+                // Skip the rest of the over-long line, then say so.
+                let mut rest = Vec::new();
+                let _ = self.lines.read_until(b'\n', &mut rest);
+                return Some(Err(RuntimeError::Parse {
+                    args: self.args.clone(),
+                    message: format!("a line is over {STREAM_LINE_CAP} bytes"),
+                }));
             }
+            Ok(_) => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                }
+                return Some(Ok(String::from_utf8_lossy(&line).into_owned()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return self.next_line(),
+            Err(e) => Some(Err(e)),
+        };
+        self.done = true;
+        let status = self.child.wait();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        match (end, status) {
+            (_, Ok(s)) if s.success() => None,
+            (Some(Err(e)), _) => Some(Err(RuntimeError::Failed {
+                args: self.args.clone(),
+                status: format!("reading its output: {e}"),
+                stderr: summarise_stderr(&String::from_utf8_lossy(&stderr)),
+            })),
+            (_, s) => Some(Err(RuntimeError::Failed {
+                args: self.args.clone(),
+                status: s.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                stderr: summarise_stderr(&String::from_utf8_lossy(&stderr)),
+            })),
         }
     }
 }
@@ -541,6 +574,65 @@ impl Drop for Stream {
         }
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// A followed engine event stream as [`ContainerEvent`]s: each line parsed
+/// by the engine's own `parse` (`None` for what is not a container event),
+/// and only the configuration's own sidecars passed on. The engine filters
+/// on the labels already; both are checked again here, so the stream never
+/// carries another configuration's containers.
+pub(super) struct EventIter {
+    stream: Stream,
+    instance: String,
+    parse: fn(&str) -> Result<Option<ContainerEvent>, String>,
+}
+
+impl EventIter {
+    pub(super) fn new(
+        stream: Stream,
+        instance: &str,
+        parse: fn(&str) -> Result<Option<ContainerEvent>, String>,
+    ) -> EventIter {
+        EventIter {
+            stream,
+            instance: instance.to_owned(),
+            parse,
+        }
+    }
+}
+
+impl Iterator for EventIter {
+    type Item = Result<ContainerEvent, RuntimeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = match self.stream.next_line()? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match (self.parse)(&line) {
+                Ok(Some(ev)) => {
+                    let l = &ev.labels;
+                    let ours = l.get(labels::INSTANCE) == Some(&self.instance)
+                        && l.get(labels::MANAGED_BY).map(String::as_str)
+                            == Some(labels::MANAGED_BY_VALUE);
+                    if ours {
+                        return Some(Ok(ev));
+                    }
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    return Some(Err(RuntimeError::Parse {
+                        args: self.stream.args.clone(),
+                        message,
+                    }));
+                }
+            }
         }
     }
 }
