@@ -480,7 +480,10 @@ impl Runtime for FakeRuntime {
         }
         if lock(&self.broken_images).contains(image) {
             return Err(RuntimeError::Failed {
-                args: error_args("podman", &[&["run".to_owned(), image.to_owned()][..], argv].concat()),
+                args: error_args(
+                    "podman",
+                    &[&["run".to_owned(), image.to_owned()][..], argv].concat(),
+                ),
                 status: "exit status: 3".to_owned(),
                 stderr: "broken image".to_owned(),
             });
