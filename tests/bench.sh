@@ -76,6 +76,7 @@ if [ "$render_only" = 0 ]; then
 
     step "Installing dependencies"
     tests/scripts/install-deps.sh
+    tests/scripts/host-limits.sh
     export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
 
     step "Building in release mode"

@@ -24,7 +24,8 @@ case "$1" in
 info) cat "$d/info.json" ;;
 image)
     [ "$2" = exists ] || exit 125
-    grep -qxF "$3" "$d/images" ;;
+    for image; do :; done
+    grep -qxF "$image" "$d/images" ;;
 *) exit 125 ;;
 esac
 "#;
@@ -436,4 +437,40 @@ fn units_running_a_missing_binary_are_an_error() {
         "runs /usr/bin/sidespawn, which is not an executable file",
         "sidespawn units install",
     );
+}
+
+#[test]
+fn too_few_inotify_instances_for_the_dnsmasq_limit_is_a_warning_with_the_sysctl() {
+    let Some(host) = Host::healthy("check: inotify instances below max_sidecars") else {
+        return;
+    };
+    let limit = host.root().join("proc/sys/fs/inotify/max_user_instances");
+    fs::create_dir_all(limit.parent().unwrap()).unwrap();
+    let finding = |host: &Host| {
+        let (code, findings) = host.check();
+        let f = findings
+            .iter()
+            .find(|f| f["check"] == "inotify instances")
+            .unwrap_or_else(|| panic!("no inotify finding: {findings:#?}"))
+            .clone();
+        (code, f)
+    };
+
+    // The kernel's default: 128 per user, far below 2048 dnsmasq.
+    fs::write(&limit, "128\n").unwrap();
+    let (code, f) = finding(&host);
+    assert_eq!(code, 0, "a warning does not fail the check: {f}");
+    assert_eq!(f["status"], "warn", "{f}");
+    assert!(f["detail"].as_str().unwrap().contains("is 128"), "{f}");
+    let fix = f["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("sysctl -w fs.inotify.max_user_instances=2176")
+            && fix.contains("/etc/sysctl.d/"),
+        "{f}"
+    );
+
+    // Raised as the fix says: ok.
+    fs::write(&limit, "2176\n").unwrap();
+    let (_, f) = finding(&host);
+    assert_eq!(f["status"], "ok", "{f}");
 }

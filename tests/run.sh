@@ -17,6 +17,9 @@ step() {
 step "Installing test dependencies"
 tests/scripts/install-deps.sh
 
+step "Raising the kernel limits many sidecars need"
+tests/scripts/host-limits.sh
+
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/scripts/containers.conf}
 echo "CONTAINERS_CONF=$CONTAINERS_CONF"
 

@@ -133,6 +133,7 @@ pub fn inspect(cfg: &HostConfig, root: &Path) -> Vec<Finding> {
         engine_info(cfg, rt.as_ref(), &mut f);
     }
     f.push(netns(cfg));
+    f.extend(inotify(cfg, root));
     f.extend(queue_root(cfg));
     f.push(state_dir(cfg));
     if engine_ok {
@@ -304,6 +305,47 @@ fn engine_info(cfg: &HostConfig, rt: &dyn Runtime, f: &mut Vec<Finding>) {
 
 /// The propagation of the mount at `dir`, from /proc/self/mountinfo:
 /// `None` when `dir` is not a mount point, else whether it is shared.
+/// Inotify instances every process of one user may hold, across the host.
+const INOTIFY_INSTANCES: &str = "proc/sys/fs/inotify/max_user_instances";
+/// Instances beside the dnsmasq sidecars: systemd's path units, `sidespawn
+/// watch`, podman's event followers, the host's own services.
+const INOTIFY_HEADROOM: u64 = 128;
+
+/// Every dnsmasq serving DHCP holds an inotify instance as root, so the
+/// kernel's per-user limit (128 by default) caps how many can run: the next
+/// one dies at start with "failed to create inotify: Too many open files".
+/// Checked against the dnsmasq profile's `max_sidecars`; nothing to say
+/// without a dnsmasq profile or where the limit cannot be read (below a
+/// test root).
+fn inotify(cfg: &HostConfig, root: &Path) -> Option<Finding> {
+    const C: &str = "inotify instances";
+    let prof = cfg.kinds.get(&crate::shared::kind::Kind::Dnsmasq)?;
+    let path = root.join(INOTIFY_INSTANCES);
+    let have: u64 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+    let need = prof.max_sidecars as u64 + INOTIFY_HEADROOM;
+    Some(if have >= need {
+        Finding::ok(
+            C,
+            format!(
+                "fs.inotify.max_user_instances is {have}, enough for the dnsmasq profile's max_sidecars ({})",
+                prof.max_sidecars
+            ),
+        )
+    } else {
+        Finding::warn(
+            C,
+            format!(
+                "fs.inotify.max_user_instances is {have}: every DHCP dnsmasq holds one, so past about {} sidecars dnsmasq fails to start (\"failed to create inotify: Too many open files\"); the dnsmasq profile allows {}",
+                have.saturating_sub(INOTIFY_HEADROOM),
+                prof.max_sidecars
+            ),
+            format!(
+                "sysctl -w fs.inotify.max_user_instances={need}, and keep it with a line fs.inotify.max_user_instances = {need} in /etc/sysctl.d/90-sidespawn.conf"
+            ),
+        )
+    })
+}
+
 fn mount_shared(dir: &Path) -> Option<bool> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let dir = dir.to_str()?;
@@ -494,7 +536,7 @@ fn images(cfg: &HostConfig, rt: &dyn Runtime, f: &mut Vec<Finding>) {
         };
         f.push(match rt.ensure_image(&image, false) {
             Ok(()) => Finding::ok(c, format!("{image} present")),
-            Err(RuntimeError::Failed { .. }) => Finding::error(
+            Err(RuntimeError::NoSuchImage(_)) => Finding::error(
                 c,
                 format!("{image} is not in {e}'s storage: sidecars cannot start"),
                 format!("{e} pull {image} (or build and tag it locally)"),
