@@ -3,7 +3,8 @@
 //!
 //! A pass reads top to bottom, per kind: **claim** (under the queue lock,
 //! into the host-private journal; `claim_kind`) → one `podman ps` for all
-//! kinds → **fold** the journal into per-sidecar decisions (`fold`) and
+//! kinds (or, for a batch of starts of keys the host state does not know,
+//! the view that state predicts: [`crate::host::predict`]) → **fold** the journal into per-sidecar decisions (`fold`) and
 //! **plan** the complete set of jobs, restarts of dead sidecars and limits
 //! included (`Syncer::plan_kind`) → record the intents (stops leave the
 //! desired table before they run; `record_intents`) → **execute** the
@@ -15,7 +16,8 @@
 //! path with a [`KindError`] that names what failed; the other kinds go on.
 //!
 //! Invariants: the journal is cleared only after every request in it was
-//! acknowledged, and planning compares with what podman reports, so a sync
+//! acknowledged, and planning compares with what podman reports (or with
+//! a prediction only where a wrong one ends in the same plan), so a sync
 //! killed at any point and run again converges with nothing lost and no
 //! duplicate container. The queue lock is never held across a podman call.
 //! The backstop's garbage collection is the lower-level [`crate::host::gc::collect`]
