@@ -1516,3 +1516,292 @@ fn a_corrupt_entry_without_a_container_fails_its_kind_alone_and_names_the_file()
     t.sync_full();
     assert!(state.status(Kind::Dnsmasq).unwrap().unwrap().ok);
 }
+
+/// Queues a start of a new sidecar (tag `<uuid>-<i>`) in the setup's namespace.
+fn start_new(s: &Setup, i: usize) -> Record {
+    let r = Record {
+        id: new_id(now_ms()),
+        tag: Some(format!("dnsmasq-{}-{i}", s.uuid)),
+        argv: vec!["--port=0".into()],
+        ..s.start_record_template()
+    };
+    s.queue(&r);
+    r
+}
+
+fn lists(s: &Setup) -> usize {
+    s.fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::List(_)))
+        .count()
+}
+
+/// A sync that lists once, then a start of a key the host state does not know: the second
+/// sync runs it without listing first, and records it as a listed pass would.
+fn predicted_start(s: &Setup) -> Record {
+    start_new(s, 0);
+    assert_eq!(s.sync(false).started, 1);
+    assert_eq!(lists(s), 1, "the first sync lists: {:?}", s.fake.calls());
+    s.fake.clear_calls();
+    let r = start_new(s, 1);
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.failed), (1, 0), "{sum}");
+    r
+}
+
+#[test]
+fn a_start_of_a_key_the_host_state_does_not_know_runs_without_listing() {
+    use sidespawn::shared::ack::Outcome;
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let r = predicted_start(&s);
+    assert_eq!(lists(&s), 0, "{:?}", s.fake.calls());
+    assert_eq!(s.runs(), 1);
+    assert_eq!(ack_of(&s, &r.id).result, Outcome::Ok);
+    assert_eq!(s.desired().sidecars.len(), 2);
+    // The next one is predicted too: the pass carried its marker forward.
+    s.fake.clear_calls();
+    start_new(&s, 2);
+    assert_eq!(s.sync(false).started, 1);
+    assert_eq!(lists(&s), 0, "{:?}", s.fake.calls());
+    // The generations still count up one per start.
+    let gens: Vec<u64> = s
+        .desired()
+        .sidecars
+        .values()
+        .map(|d| d.generation)
+        .collect();
+    let mut sorted = gens.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "{gens:?}");
+}
+
+#[test]
+fn a_predicted_start_whose_name_is_taken_adopts_or_replaces_through_the_listed_path() {
+    use sidespawn::shared::ack::Outcome;
+    let Some(s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    start_new(&s, 0);
+    assert_eq!(s.sync(false).started, 1);
+    // Same arguments, started by a sync killed mid-run: adopted.
+    let same = start_new(&s, 1);
+    let held = created_by_an_interrupted_sync(&s, &same);
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.failed, lists(&s)), (1, 0, 0), "{sum}");
+    let ack = ack_of(&s, &same.id);
+    assert_eq!(ack.result, Outcome::Ok);
+    assert!(ack.message.contains("interrupted sync"), "{}", ack.message);
+    let name = format!(
+        "sidespawn-{}-dnsmasq-t-dnsmasq-{}-1",
+        s.cfg.instance, s.uuid
+    );
+    let c = s
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap();
+    assert_eq!(c.id, held);
+    // Other arguments: replaced.
+    let other = Record {
+        argv: vec!["--older".into()],
+        id: new_id(now_ms()),
+        ..start_new_record(&s, 2)
+    };
+    let old = created_by_an_interrupted_sync(&s, &other);
+    let req = start_new(&s, 2);
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.failed, lists(&s)), (1, 0, 0), "{sum}");
+    let name2 = format!(
+        "sidespawn-{}-dnsmasq-t-dnsmasq-{}-2",
+        s.cfg.instance, s.uuid
+    );
+    let c = s
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.name == name2)
+        .unwrap();
+    assert_ne!(c.id, old);
+    assert_eq!(c.labels[labels::REQUEST_ID], req.id);
+    assert!(s.fake.calls().contains(&Call::Remove(name2)));
+}
+
+/// A start record for tag `<uuid>-<i>`, not queued.
+fn start_new_record(s: &Setup, i: usize) -> Record {
+    Record {
+        id: new_id(now_ms()),
+        tag: Some(format!("dnsmasq-{}-{i}", s.uuid)),
+        argv: vec!["--port=0".into()],
+        ..s.start_record_template()
+    }
+}
+
+#[test]
+fn every_batch_the_host_state_cannot_predict_lists_first() {
+    let Some(mut s) = Setup::new(serde_json::json!({})) else {
+        return;
+    };
+    let state = StateDir::new(&s.cfg.state_dir);
+    let listed_after = |s: &Setup, why: &str| {
+        assert_eq!(lists(s), 1, "{why}: {:?}", s.fake.calls());
+        s.fake.clear_calls();
+    };
+    // The first sync: no generation counter, no marker.
+    start_new(&s, 0);
+    s.sync(false);
+    listed_after(&s, "first sync");
+
+    // A start of a key the table knows (a repeat).
+    start_new(&s, 0);
+    s.sync(false);
+    listed_after(&s, "known key");
+
+    // A kill request in the batch.
+    let pid = s.fake.containers()[0].pid;
+    start_new(&s, 1);
+    s.queue(&Record {
+        action: Action::Signal,
+        argv: Vec::new(),
+        signal: Some(Signal::Hup),
+        pid: Some(pid),
+        ..s.start_record_template()
+    });
+    s.sync(false);
+    listed_after(&s, "signal in the batch");
+
+    // The marker gone (a pass that ran jobs and did not finish).
+    std::fs::remove_dir_all(s.cfg.state_dir.join("listed")).unwrap();
+    start_new(&s, 2);
+    s.sync(false);
+    listed_after(&s, "no marker");
+
+    // The generation counter moved on without the marker (an upgrade).
+    let g = state.stored_generation(Kind::Dnsmasq).unwrap().unwrap();
+    state.store_generation(Kind::Dnsmasq, g + 5).unwrap();
+    start_new(&s, 3);
+    s.sync(false);
+    listed_after(&s, "stale marker");
+
+    // A failed start in the table (its retry needs the listing).
+    let failing = start_new_record(&s, 4);
+    let name4 = format!(
+        "sidespawn-{}-dnsmasq-t-dnsmasq-{}-4",
+        s.cfg.instance, s.uuid
+    );
+    s.fake.fail_on(&name4, "Error: boom");
+    s.queue(&failing);
+    assert_eq!(s.sync(false).failed, 1);
+    s.fake.clear_calls();
+    s.fake.clear_failures();
+    start_new(&s, 5);
+    s.sync(false);
+    listed_after(&s, "failed start in the table");
+    // Still desired (held back by the backoff), so every start lists until it runs; the
+    // operator gives up on it.
+    let key4 = format!("dnsmasq/tag/dnsmasq-{}-4", s.uuid);
+    assert!(s.desired().sidecars[&key4].last_error.is_some());
+    std::fs::remove_file(sidespawn::host::desired::entry_path(
+        &state,
+        Kind::Dnsmasq,
+        &key4,
+    ))
+    .unwrap();
+    s.fake.remove(&name4).ok();
+    s.fake.clear_calls();
+
+    // Within max_sidecars only by the last listing's count: lists.
+    let have = s.desired().sidecars.len();
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.max_sidecars = have + 1;
+    }
+    start_new(&s, 7);
+    start_new(&s, 8);
+    let sum = s.sync(false);
+    assert_eq!((sum.started, sum.rejected), (1, 1), "{sum}");
+    listed_after(&s, "near the limit");
+    if let Some(p) = s.cfg.kinds.get_mut(&Kind::Dnsmasq) {
+        p.max_sidecars = 64;
+    }
+
+    // A reboot since the last pass.
+    let boot = s.dir.join("state/boot/dnsmasq");
+    std::fs::write(&boot, "00000000-0000-0000-0000-00000000b007").unwrap();
+    start_new(&s, 9);
+    s.sync(false);
+    listed_after(&s, "rebooted");
+    assert_ne!(
+        std::fs::read_to_string(&boot).unwrap(),
+        "00000000-0000-0000-0000-00000000b007"
+    );
+
+    // An unreadable desired entry: listed, and rebuilt from its container.
+    let key = format!("dnsmasq/tag/dnsmasq-{}-9", s.uuid);
+    std::fs::write(
+        sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key),
+        b"{\"v\": 2,",
+    )
+    .unwrap();
+    start_new(&s, 10);
+    let sum = s.sync(false);
+    assert_eq!(sum.started, 1, "{sum}");
+    listed_after(&s, "unreadable table");
+    assert!(s.desired().sidecars.contains_key(&key), "rebuilt");
+
+    // Control: now predicted again.
+    start_new(&s, 11);
+    s.sync(false);
+    assert_eq!(lists(&s), 0, "{:?}", s.fake.calls());
+    s.fake.clear_calls();
+
+    // Full, health and restart runs always list, even with a predictable batch.
+    for opts in [
+        SyncOptions {
+            full: true,
+            ..SyncOptions::default()
+        },
+        SyncOptions {
+            health: true,
+            ..SyncOptions::default()
+        },
+        SyncOptions {
+            restart: true,
+            ..SyncOptions::default()
+        },
+        SyncOptions {
+            dry_run: true,
+            ..SyncOptions::default()
+        },
+    ] {
+        let r = start_new(&s, 12);
+        sidespawn::host::sync::run(&s.cfg, &s.fake, &s.ns, &opts).unwrap();
+        assert!(lists(&s) >= 1, "{opts:?}: {:?}", s.fake.calls());
+        s.fake.clear_calls();
+        // Leave no such request behind for the next round.
+        if !opts.dry_run {
+            assert!(ack_of(&s, &r.id).result == sidespawn::shared::ack::Outcome::Ok);
+        }
+        let key = format!("dnsmasq/tag/dnsmasq-{}-12", s.uuid);
+        let name = format!(
+            "sidespawn-{}-dnsmasq-t-dnsmasq-{}-12",
+            s.cfg.instance, s.uuid
+        );
+        if !opts.dry_run {
+            std::fs::remove_file(sidespawn::host::desired::entry_path(
+                &state,
+                Kind::Dnsmasq,
+                &key,
+            ))
+            .ok();
+            s.fake.remove(&name).ok();
+            // A listed pass resets the marker to the table as it is now.
+            start_new(&s, 13);
+            s.sync(false);
+            s.fake.clear_calls();
+        }
+    }
+}

@@ -489,6 +489,127 @@ fn start_takes_over_the_container_an_interrupted_sync_created() {
 }
 
 #[test]
+fn a_start_the_host_state_predicts_takes_over_a_leftover_holding_its_name() {
+    if !common::privileged("a predicted start whose name a leftover container holds") {
+        return;
+    }
+    let host = Host::new();
+    let uuid = common::uuid();
+    let ns = Netns::new(&format!("qdhcp-{uuid}"));
+    let start = |case: &str| {
+        let pid_file = host.data().join(format!("{uuid}-{case}.pid"));
+        let args = dnsmasq_args(&pid_file, "/dev/null");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.queue_start(&ns, &format!("dnsmasq-{uuid}-{case}"), &args);
+        common::queue_records(&host.queue_root(), "dnsmasq")
+            .last()
+            .expect("queued")["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The first sync lists, and records what later starts may predict from.
+    start("first");
+    assert!(host.sync().contains("started 1"));
+    let pre_run = host.join("pre-run");
+    let pre_id = host.join("pre-run.id");
+    let cases = [
+        // A killed sync's own `podman run`, running: adopted.
+        ("running", "podman \"$@\" > PRE_ID\n"),
+        // The same, whose daemon exited since: replaced.
+        (
+            "exited",
+            "podman \"$@\" > PRE_ID && podman stop -t 0 \"$(cat PRE_ID)\" > /dev/null\n",
+        ),
+    ];
+    for (case, script) in cases {
+        let name = common::sidecar_name(
+            &host.join("state"),
+            "dnsmasq",
+            &format!("dnsmasq-{uuid}-{case}"),
+        );
+        let id = start(case);
+        std::fs::write(
+            &pre_run,
+            script.replace("PRE_ID", &pre_id.display().to_string()),
+        )
+        .unwrap();
+        host.clear_calls();
+        let summary = host.sync();
+        assert!(
+            summary.contains("started 1") && summary.contains("failed 0"),
+            "{case}: {summary}"
+        );
+        let calls = host.podman_calls();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("ps")),
+            "{case}: the start acted on the host state's prediction, without listing: {calls:#?}"
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.starts_with("inspect") || c.starts_with("container inspect")),
+            "{case}: the taken name was inspected: {calls:#?}"
+        );
+        let created = std::fs::read_to_string(&pre_id).unwrap().trim().to_owned();
+        assert!(
+            !created.is_empty(),
+            "{case}: the pre-run created a container"
+        );
+        let ack = host.ack(&id).expect("acknowledged");
+        assert_eq!(ack["result"], "ok", "{case}: {ack}");
+        let c = host.inspect(&name);
+        assert_eq!(c["State"]["Status"], "running", "{case}");
+        assert_eq!(
+            c["Config"]["Labels"]["io.sidespawn.request-id"],
+            id.as_str()
+        );
+        if case == "running" {
+            assert_eq!(c["Id"], created.as_str(), "adopted, not replaced");
+            let m = ack["message"].as_str().unwrap();
+            assert!(m.contains("interrupted sync"), "{m}");
+        } else {
+            assert_ne!(c["Id"], created.as_str(), "replaced");
+        }
+        let st = status_json(&host);
+        let sc = st["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{case}: {st}"))
+            .clone();
+        assert_eq!(sc["desired"], true, "{sc}");
+        assert_eq!(sc["last_error"], serde_json::Value::Null, "{sc}");
+        std::fs::remove_file(&pre_id).unwrap();
+        common::reliability(
+            &format!(
+                "a start of a key the host state does not know, acted on without `podman ps`, finds its name held by a {case} container a killed sync created"
+            ),
+            if case == "running" {
+                "podman run fails name-in-use; the container is inspected and adopted: ack ok, the same container runs on"
+            } else {
+                "podman run fails name-in-use; the container is inspected, removed and run again: ack ok"
+            },
+            &common::Redact::new()
+                .add(&uuid, "<uuid>")
+                .apply(&format!(
+                    "{}; no ps; ack ok: `{}`; container {}",
+                    summary.trim(),
+                    ack["message"].as_str().unwrap_or(""),
+                    if c["Id"] == created.as_str() {
+                        "kept"
+                    } else {
+                        "new"
+                    }
+                ))
+                .replace(&created, "<id>")
+                .replace(&created[..12], "<id>"),
+        );
+    }
+}
+
+#[test]
 fn start_past_max_sidecars_is_rejected_and_status_says_so() {
     if !common::privileged("max_sidecars with real podman") {
         return;

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod parallel;
 pub mod plan;
+pub mod predict;
 pub mod runtime;
 pub mod shell;
 pub mod state;

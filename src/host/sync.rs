@@ -3,7 +3,8 @@
 //!
 //! A pass reads top to bottom, per kind: **claim** (under the queue lock,
 //! into the host-private journal; `claim_kind`) → one `podman ps` for all
-//! kinds → **fold** the journal into per-sidecar decisions (`fold`) and
+//! kinds (or, for a batch of starts of keys the host state does not know,
+//! the view that state predicts: [`crate::host::predict`]) → **fold** the journal into per-sidecar decisions (`fold`) and
 //! **plan** the complete set of jobs, restarts of dead sidecars and limits
 //! included (`Syncer::plan_kind`) → record the intents (stops leave the
 //! desired table before they run; `record_intents`) → **execute** the
@@ -15,7 +16,8 @@
 //! path with a [`KindError`] that names what failed; the other kinds go on.
 //!
 //! Invariants: the journal is cleared only after every request in it was
-//! acknowledged, and planning compares with what podman reports, so a sync
+//! acknowledged, and planning compares with what podman reports (or with
+//! a prediction only where a wrong one ends in the same plan), so a sync
 //! killed at any point and run again converges with nothing lost and no
 //! duplicate container. The queue lock is never held across a podman call.
 //! The backstop's garbage collection is the lower-level [`crate::host::gc::collect`]
@@ -372,6 +374,7 @@ pub fn run(
         failed_kinds: Vec::new(),
         lost_entries: Vec::new(),
         unchanged_list: None,
+        predicted: None,
     };
     for pass in 1..=cfg.max_passes {
         let mut ctxs = s.claim_all(&kinds);
@@ -437,7 +440,14 @@ struct Syncer<'a> {
     /// The last container list while nothing has been started or removed
     /// since it was taken.
     unchanged_list: Option<Vec<ContainerInfo>>,
+    /// When this pass plans from the host state's prediction instead of a
+    /// listing ([`crate::host::predict`]): each kind's extras as the last
+    /// listing recorded them, carried into the marker this pass writes.
+    predicted: Option<Carried>,
 }
+
+/// Each predicted kind's extras, as the last listing recorded them.
+type Carried = Vec<(Kind, usize)>;
 
 impl<'a> Syncer<'a> {
     /// Stage 1, claim: every kind still in the run claims its queue.
@@ -462,9 +472,15 @@ impl<'a> Syncer<'a> {
         ctxs: &[KindCtx],
         pass: u32,
     ) -> Result<Vec<ContainerInfo>, SyncError> {
+        self.predicted = None;
         let busy = ctxs.iter().any(|c| c.has_requests);
         if !(busy || self.first_pass_looks(pass)) {
             return Ok(Vec::new());
+        }
+        if let Some((view, carried)) = self.predict(ctxs, pass) {
+            debug!("acting on the host state's prediction: no listing before the starts");
+            self.predicted = Some(carried);
+            return Ok(view);
         }
         match self.runtime.list(&self.cfg.instance) {
             Ok(a) => {
@@ -479,6 +495,36 @@ impl<'a> Syncer<'a> {
                 Err(SyncError::List(e))
             }
         }
+    }
+
+    /// The containers the host state predicts for this pass, with each
+    /// kind's carried extras, when every kind with requests can be predicted
+    /// ([`crate::host::predict`]); `None`: list.
+    fn predict(&self, ctxs: &[KindCtx], pass: u32) -> Option<(Vec<ContainerInfo>, Carried)> {
+        let o = self.opts;
+        if pass != 1 || o.dry_run || o.full || o.health || o.restart {
+            return None;
+        }
+        let mut view = Vec::new();
+        let mut carried = Vec::new();
+        for ctx in ctxs.iter().filter(|c| c.has_requests) {
+            let mut batch = crate::host::predict::Batch::new(ctx.kind, ctx.profile.max_sidecars);
+            if ctx.journal.peek_records(|r| batch.push(&r)).is_err() {
+                return None;
+            }
+            let rebooted = rebooted(&self.state, ctx.kind).is_some();
+            match crate::host::predict::view(&self.state, ctx.profile, &batch, rebooted) {
+                Ok((v, extras)) => {
+                    view.extend(v);
+                    carried.push((ctx.kind, extras));
+                }
+                Err(why) => {
+                    crate::host::predict::log_unsure(ctx.kind, &why);
+                    return None;
+                }
+            }
+        }
+        Some((view, carried))
     }
 
     /// Whether pass `pass` looks at the containers with nothing queued: the
@@ -534,7 +580,8 @@ impl<'a> Syncer<'a> {
         let (kind, profile) = (ctx.kind, ctx.profile);
         let mut generation =
             next_generation(&self.state, profile, actual).map_err(KindError::Generation)?;
-        let collect_orphans = self.opts.full || ctx.has_requests;
+        // A predicted view holds no orphans: the backstop collects them.
+        let collect_orphans = (self.opts.full || ctx.has_requests) && self.predicted.is_none();
         let mut plan = fold(
             ctx,
             actual,
@@ -613,6 +660,21 @@ impl<'a> Syncer<'a> {
         if unreadable.is_empty() {
             return;
         }
+        // A predicted view knows no argv to rebuild from: recovery lists.
+        let listed;
+        let actual = match self.predicted {
+            Some(_) => match self.runtime.list(&self.cfg.instance) {
+                Ok(l) => {
+                    listed = l;
+                    &listed[..]
+                }
+                Err(e) => {
+                    warn!(kind = %kind, "cannot list the containers to rebuild unreadable desired entries: {e}");
+                    actual
+                }
+            },
+            None => actual,
+        };
         let lost = desired::recover(desired, unreadable, profile, actual, self.runtime);
         if !lost.is_empty() {
             self.lost_entries.push((kind, lost));
@@ -633,7 +695,12 @@ impl<'a> Syncer<'a> {
             self.unchanged_list = None;
         }
         let outcomes = execute(self.cfg, ctx, &kp.plan, self.runtime, self.namespaces, sum);
-        persist(self.cfg, &self.state, ctx, kp, &outcomes, actual)
+        let carried = self.predicted.as_ref().map(|c| {
+            c.iter()
+                .find(|(k, _)| *k == ctx.kind)
+                .map_or(0, |(_, e)| *e)
+        });
+        persist(self.cfg, &self.state, ctx, kp, &outcomes, actual, carried)
     }
 
     /// The kind synced: records its status (naming desired entries this
@@ -798,6 +865,11 @@ fn fold(
 /// replayed stop request finds no container, so it cannot name the sidecar
 /// any more).
 fn record_intents(state: &StateDir, kind: Kind, kp: &mut KindPlan) -> Result<(), KindError> {
+    if !kp.plan.jobs.is_empty() {
+        // Written again once the outcomes are recorded: a pass that does
+        // not get there leaves no prediction behind.
+        crate::host::predict::clear(state, kind);
+    }
     state
         .store_generation(kind, kp.generation)
         .map_err(KindError::Generation)?;
@@ -810,6 +882,8 @@ fn record_intents(state: &StateDir, kind: Kind, kp: &mut KindPlan) -> Result<(),
 /// Stage 5, persist: applies the outcomes to the desired table and writes
 /// it, then clears the journal. Written before the journal is cleared: a
 /// rerun replays the requests and rebuilds what this write would have said.
+/// Then records what the next start may predict from: the extras this
+/// pass's listing saw, or (`carried`) those a predicted pass carried over.
 fn persist(
     cfg: &HostConfig,
     state: &StateDir,
@@ -817,13 +891,14 @@ fn persist(
     kp: KindPlan,
     outcomes: &[JobOutcome],
     actual: &[ContainerInfo],
+    carried: Option<usize>,
 ) -> Result<(), KindError> {
     let KindPlan {
         plan,
         restarts,
         mut desired,
         now,
-        ..
+        generation,
     } = kp;
     desired::apply_outcomes(
         &mut desired,
@@ -835,6 +910,13 @@ fn persist(
         now,
     );
     desired.store(state, ctx.kind).map_err(KindError::Record)?;
+    let extras =
+        carried.unwrap_or_else(|| crate::host::predict::extras(ctx.profile, &desired, actual));
+    crate::host::predict::store(
+        state,
+        ctx.kind,
+        crate::host::predict::Marker { generation, extras },
+    );
     crate::host::dropped::record(state, ctx.kind, restarts.forget.iter().cloned());
     // Only now: a pass that failed before this point finds the reboot
     // again and drops what it could not.

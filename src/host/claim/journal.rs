@@ -87,7 +87,17 @@ impl Journal {
     /// Calls `f` with each record, in order, streaming. A line that does not
     /// parse (it was validated when claimed, so only damage does that) is
     /// logged and skipped. Returns how many records were passed.
-    pub fn for_each_record(&self, mut f: impl FnMut(Record)) -> Result<usize, ClaimError> {
+    pub fn for_each_record(&self, f: impl FnMut(Record)) -> Result<usize, ClaimError> {
+        self.records(true, f)
+    }
+
+    /// Like [`Journal::for_each_record`], skipping damaged lines silently
+    /// (a look ahead; the records are read, and damage reported, later).
+    pub fn peek_records(&self, f: impl FnMut(Record)) -> Result<usize, ClaimError> {
+        self.records(false, f)
+    }
+
+    fn records(&self, report: bool, mut f: impl FnMut(Record)) -> Result<usize, ClaimError> {
         let mut count = 0;
         for_each_line(&self.file, &self.path, |line_no, line| {
             match line.and_then(|l| Record::parse_line(l).map_err(|e| e.to_string())) {
@@ -95,10 +105,11 @@ impl Journal {
                     count += 1;
                     f(record);
                 }
-                Err(reason) => tracing::error!(
+                Err(reason) if report => tracing::error!(
                     "{} line {line_no}: {reason}; skipped (journal damaged?)",
                     self.path.display()
                 ),
+                Err(_) => {}
             }
             ControlFlow::Continue(())
         })?;
