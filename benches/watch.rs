@@ -207,6 +207,20 @@ fn alive_pid(pid_file: &Path, tag: &str, not: Option<u32>) -> Option<u32> {
     (Some(pid) != not && String::from_utf8_lossy(&cmdline).contains(tag)).then_some(pid)
 }
 
+/// The round's dnsmasq pid, awaited: the pid file exists as soon as
+/// dnsmasq creates it, a moment before the pid is written into it.
+fn live_pid(pid_file: &Path, tag: &str, how: &str) -> Result<u32, Error> {
+    let mut pid = None;
+    wait_for(
+        &format!("a live dnsmasq via {how} in {}", pid_file.display()),
+        || {
+            pid = alive_pid(pid_file, tag, None);
+            pid.is_some()
+        },
+    )?;
+    pid.ok_or_else(|| "no live dnsmasq".into())
+}
+
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + TIMEOUT;
     while !cond() {
@@ -371,7 +385,7 @@ fn bench() -> Result<(), Error> {
                     .map_err(|e| e.to_string())?;
             }
             // Death → running again.
-            let pid = alive_pid(&pid_file, &tag, None).ok_or("no live dnsmasq")?;
+            let pid = live_pid(&pid_file, &tag, how)?;
             let t0 = Instant::now();
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -383,7 +397,7 @@ fn bench() -> Result<(), Error> {
             deaths.push(t0.elapsed());
             // An intentional stop: the agent's kill script, which returns
             // once the host acknowledged it (and takes the acknowledgement).
-            let pid = alive_pid(&pid_file, &tag, None).ok_or("no live dnsmasq")?;
+            let pid = live_pid(&pid_file, &tag, how)?;
             // A shared machine can run out of inotify instances for a
             // moment (the script waits for its answer with one): try again;
             // "No such process" means an earlier try did stop it.
