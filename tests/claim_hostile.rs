@@ -566,6 +566,26 @@ fn bad_lines_are_rejected_one_by_one_and_good_ones_kept_in_order() {
 }
 
 #[test]
+fn the_claim_counts_the_kill_requests_it_took() {
+    let Some(fx) = Fixture::privileged() else {
+        return;
+    };
+    let dir = fx.shared();
+    let mut kill = rec(KIND, "unused");
+    kill.action = Action::Signal;
+    kill.argv.clear();
+    kill.signal = Some(sidespawn::shared::record::Signal::Hup);
+    kill.pid = Some(4242);
+    let records = [rec(KIND, "a"), kill, rec(KIND, "b")];
+    let text: String = records.iter().map(Record::to_line).collect();
+    fx.write_queue(text.as_bytes());
+
+    let report = fx.claim(&dir).unwrap();
+    assert_eq!((report.claimed, report.signals), (3, 1));
+    assert_eq!(fx.journal().read_records().unwrap(), records);
+}
+
+#[test]
 fn a_trailing_partial_line_is_rejected_as_incomplete() {
     let Some(fx) = Fixture::privileged() else {
         return;

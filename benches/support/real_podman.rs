@@ -514,6 +514,8 @@ pub struct SyncProfile {
     lock_held: String,
     ps_ms: Vec<u64>,
     run_ms: Vec<u64>,
+    /// Other engine calls (inspections, the event stream), by subcommand.
+    others: std::collections::BTreeMap<String, usize>,
     /// Spawn to the start of the first `podman run`.
     to_first_run: f64,
     /// First `podman run` start to last `podman run` end.
@@ -559,7 +561,7 @@ pub fn profile_sync(run: &SyncRun) -> SyncProfile {
                 .unwrap_or("")
                 .to_owned();
         }
-        if !line.contains("podman finished") {
+        if !line.contains("engine call finished") {
             continue;
         }
         let Some(ms) = line
@@ -581,7 +583,7 @@ pub fn profile_sync(run: &SyncRun) -> SyncProfile {
                 first_run_start = Some(first_run_start.map_or(start, |f: f64| f.min(start)));
                 last_run_end = Some(last_run_end.map_or(ts, |l: f64| l.max(ts)));
             }
-            _ => {}
+            other => *p.others.entry(other.to_owned()).or_default() += 1,
         }
     }
     let t0 = run.started_unix;
@@ -624,11 +626,21 @@ pub fn profile_notes(profiles: &[SyncProfile], parallelism: usize) -> String {
     c.sort_by(f64::total_cmp);
     format!(
         "profile (from the `-v` log; medians over repeats):\n\
-         \x20 podman ps per run: [{}]; claim lock held {}\n\
+         \x20 podman ps per run: [{}]; other engine calls per run: [{}]; claim lock held {}\n\
          \x20 start → first podman run starts {}; runs span {}; last run end → done {}\n\
          \x20 podman run: {} calls per run, per call median {} / p90 {} / max {}\n\
          \x20 effective concurrency of the runs (sum of call times ÷ span): {:.2} (limit {parallelism})",
         ps.join("; "),
+        profiles
+            .iter()
+            .map(|p| p
+                .others
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .collect::<Vec<_>>()
+            .join("; "),
         profiles
             .iter()
             .map(|p| p.lock_held.as_str())

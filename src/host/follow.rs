@@ -23,9 +23,19 @@
 //! * an event could not be read (a gap);
 //! * a container started that the view cannot account for and could not
 //!   be inspected;
-//! * a running container's pid is not known yet (the sync resolves kill
-//!   requests by pid; a sidecar it just started is inspected by the
-//!   follower as soon as its `start` event arrives).
+//! * the caller resolves pids (a batch holding a kill request: `list`)
+//!   and a running container's pid is not known yet.
+//!
+//! A sidecar our own `run` starts is recorded from that call's result,
+//! without its pid: the engine reports no pid in its events, and learning
+//! each one would cost an inspection per start, competing with the starts
+//! of a burst for the engine. Only kill requests resolve pids, so a batch
+//! of starts lists through [`Runtime::list_without_pids`] and is answered
+//! from the view; a batch with a kill request lists through `list`, which
+//! asks the engine (and so learns every pid) when one is missing. The
+//! `start` event of a run still underway is left to that run's result;
+//! a `died` or `remove` event that arrives before the result is kept and
+//! applied to it.
 //!
 //! Invariant: the view never holds a container the engine did not report
 //! or that a successful call of ours did not make; every doubt falls back
@@ -58,6 +68,9 @@ struct ViewState {
     trusted: bool,
     /// A stream is connected.
     connected: bool,
+    /// Names our own `run` calls are starting, with the `died`/`remove`
+    /// events that arrived for them meanwhile (applied to the result).
+    in_flight: BTreeMap<String, Vec<ContainerEvent>>,
 }
 
 /// One configuration's containers as last listed and updated since.
@@ -69,13 +82,16 @@ impl ContainerView {
         self.0.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The containers, if the view can stand in for a listing now.
-    pub fn current(&self) -> Option<Vec<ContainerInfo>> {
+    /// The containers, if the view can stand in for a listing now. With
+    /// `pids`, only while every running container's pid is known; without,
+    /// a running container whose pid the view has not learnt has pid 0.
+    pub fn current(&self, pids: bool) -> Option<Vec<ContainerInfo>> {
         let st = self.state();
-        let pid_missing = st
-            .containers
-            .values()
-            .any(|c| c.state == State::Running && c.pid == 0);
+        let pid_missing = pids
+            && st
+                .containers
+                .values()
+                .any(|c| c.state == State::Running && c.pid == 0);
         (st.trusted && st.connected && !pid_missing)
             .then(|| st.containers.values().cloned().collect())
     }
@@ -117,27 +133,47 @@ impl ContainerView {
         st.connected
     }
 
+    /// Our own `run` of `name` is about to start.
+    fn starting(&self, name: &str) {
+        self.state().in_flight.insert(name.to_owned(), Vec::new());
+    }
+
     /// A container our own successful call started (`id` from `podman
-    /// run`). Its pid is learnt from its `start` event.
+    /// run`), running with its pid unknown, then the `died`/`remove`
+    /// events that arrived for it while the call ran.
     fn ran(&self, spec: &RunSpec, id: &str) {
         let mut st = self.state();
-        // The start event may have come first and filled in the pid.
-        if st.containers.get(&spec.name).is_some_and(|c| c.id == id) {
-            return;
+        let late = st.in_flight.remove(&spec.name).unwrap_or_default();
+        // A listing taken meanwhile may already hold it.
+        if !st
+            .containers
+            .get(&spec.name)
+            .is_some_and(|c| same_id(&c.id, id))
+        {
+            st.containers.insert(
+                spec.name.clone(),
+                ContainerInfo {
+                    id: id.to_owned(),
+                    name: spec.name.clone(),
+                    state: State::Running,
+                    pid: 0,
+                    image: spec.image.clone(),
+                    labels: spec.labels.clone(),
+                    started_at: 0,
+                    exit_code: 0,
+                },
+            );
         }
-        st.containers.insert(
-            spec.name.clone(),
-            ContainerInfo {
-                id: id.to_owned(),
-                name: spec.name.clone(),
-                state: State::Running,
-                pid: 0,
-                image: spec.image.clone(),
-                labels: spec.labels.clone(),
-                started_at: 0,
-                exit_code: 0,
-            },
-        );
+        for ev in &late {
+            ended(&mut st, ev);
+        }
+    }
+
+    /// Our own `run` of `name` failed: the engine may hold anything under
+    /// the name now, so the next listing asks it.
+    fn run_failed(&self, name: &str, why: &str) {
+        self.state().in_flight.remove(name);
+        self.doubt(why);
     }
 
     fn stopped(&self, name: &str) {
@@ -159,18 +195,28 @@ impl ContainerView {
             .is_some_and(|c| same_id(&c.id, &ev.id))
     }
 
-    /// Applies one event; `runtime` inspects a container that started.
+    /// Applies one event; `runtime` inspects a container that started
+    /// and that the view cannot account for.
     fn apply(&self, ev: &ContainerEvent, runtime: &dyn Runtime) {
+        let mut st = self.state();
         match &ev.action {
             EventAction::Started => {
-                let known_pid = self
-                    .state()
-                    .containers
-                    .get(&ev.name)
-                    .is_some_and(|c| same_id(&c.id, &ev.id) && c.pid != 0);
-                if known_pid {
+                if let Some(c) = st.containers.get_mut(&ev.name)
+                    && same_id(&c.id, &ev.id)
+                {
+                    // Started again (its pid, if it changed, is learnt by
+                    // the next listing that needs it).
+                    if c.state != State::Running {
+                        c.state = State::Running;
+                        c.pid = 0;
+                    }
                     return;
                 }
+                if st.in_flight.contains_key(&ev.name) {
+                    // Our own run, still underway: its result records it.
+                    return;
+                }
+                drop(st);
                 // Who started it, and its pid: the engine's own record.
                 match runtime.inspect_container(&ev.name) {
                     Ok(c) if same_id(&c.id, &ev.id) => {
@@ -183,28 +229,40 @@ impl ContainerView {
                     Err(e) => self.doubt(&format!("cannot inspect {}: {e}", ev.name)),
                 }
             }
-            EventAction::Died { exit_code } => {
-                let mut st = self.state();
-                if let Some(c) = st.containers.get_mut(&ev.name)
-                    && same_id(&c.id, &ev.id)
-                {
-                    c.state = State::Exited;
-                    c.pid = 0;
-                    c.exit_code = exit_code.unwrap_or(c.exit_code);
-                }
-            }
-            EventAction::Removed => {
-                let mut st = self.state();
-                if st
+            EventAction::Died { .. } | EventAction::Removed => {
+                let held = st
                     .containers
                     .get(&ev.name)
-                    .is_some_and(|c| same_id(&c.id, &ev.id))
-                {
-                    st.containers.remove(&ev.name);
+                    .is_some_and(|c| same_id(&c.id, &ev.id));
+                match st.in_flight.get_mut(&ev.name) {
+                    Some(late) if !held => late.push(ev.clone()),
+                    _ => ended(&mut st, ev),
                 }
             }
             EventAction::Other(_) => {}
         }
+    }
+}
+
+/// Applies a `died` or `remove` event to the container it names, if the
+/// view holds that very one.
+fn ended(st: &mut ViewState, ev: &ContainerEvent) {
+    let Some(c) = st.containers.get_mut(&ev.name) else {
+        return;
+    };
+    if !same_id(&c.id, &ev.id) {
+        return;
+    }
+    match ev.action {
+        EventAction::Died { exit_code } => {
+            c.state = State::Exited;
+            c.pid = 0;
+            c.exit_code = exit_code.unwrap_or(c.exit_code);
+        }
+        EventAction::Removed => {
+            st.containers.remove(&ev.name);
+        }
+        _ => {}
     }
 }
 
@@ -222,10 +280,13 @@ pub struct Viewed {
     pub instance: String,
 }
 
-impl Runtime for Viewed {
-    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+impl Viewed {
+    /// The view when it can stand in for a listing (see
+    /// [`ContainerView::current`]); otherwise the engine's listing, which
+    /// then becomes the view.
+    fn listed(&self, instance: &str, pids: bool) -> Result<Vec<ContainerInfo>, RuntimeError> {
         if instance == self.instance
-            && let Some(cs) = self.view.current()
+            && let Some(cs) = self.view.current(pids)
         {
             return Ok(cs);
         }
@@ -235,16 +296,28 @@ impl Runtime for Viewed {
         }
         Ok(listed)
     }
+}
+
+impl Runtime for Viewed {
+    fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.listed(instance, true)
+    }
+    fn list_without_pids(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.listed(instance, false)
+    }
     fn list_unlabelled(&self) -> Result<Vec<String>, RuntimeError> {
         self.inner.list_unlabelled()
     }
     fn run(&self, spec: &RunSpec) -> Result<String, RuntimeError> {
+        self.view.starting(&spec.name);
         let r = self.inner.run(spec);
         match &r {
             Ok(id) => self.view.ran(spec, id),
             // Someone holds the name: the view did not know them.
-            Err(RuntimeError::NameInUse(_)) => self.view.doubt("a name was in use"),
-            Err(_) => self.view.doubt("a start failed"),
+            Err(RuntimeError::NameInUse(_)) => {
+                self.view.run_failed(&spec.name, "a name was in use")
+            }
+            Err(_) => self.view.run_failed(&spec.name, "a start failed"),
         }
         r
     }
@@ -544,22 +617,31 @@ mod tests {
         };
         spec.labels.insert(labels::KEY.to_owned(), "k".to_owned());
         rt.run(&spec).unwrap();
-        wait("the follower learns b's pid", || view.current().is_some());
-        let b = view.current().unwrap();
+        let b = rt.list_without_pids(&instance).unwrap();
+        let b = b.iter().find(|c| c.name == "b").unwrap();
+        assert_eq!((b.state.clone(), b.pid), (State::Running, 0));
+        assert_eq!(lists(&fake), 1, "a batch of starts needs no pid");
+        // A batch with a kill request needs b's pid: the engine is asked.
+        let b = rt.list(&instance).unwrap();
         let b = b.iter().find(|c| c.name == "b").unwrap();
         assert_eq!((b.state.clone(), b.pid), (State::Running, 10000));
+        assert_eq!(lists(&fake), 2);
         rt.remove("a").unwrap();
         assert_eq!(rt.list(&instance).unwrap().len(), 1);
-        assert_eq!(lists(&fake), 1);
+        assert_eq!(lists(&fake), 2);
+        assert!(
+            !fake.calls().iter().any(|c| matches!(c, Call::Inspect(_))),
+            "our own start is never inspected"
+        );
 
         // A gap (an unreadable event) makes the next listing real.
         fake.inject_event(Err(RuntimeError::Parse {
             args: "events".to_owned(),
             message: "garbage".to_owned(),
         }));
-        wait("the doubt", || view.current().is_none());
+        wait("the doubt", || view.current(false).is_none());
         rt.list(&instance).unwrap();
-        assert_eq!(lists(&fake), 2);
+        assert_eq!(lists(&fake), 3);
 
         // The stream ends (an engine restart): subscribed again, every kind
         // cued, and the view listed afresh.
@@ -572,9 +654,57 @@ mod tests {
                 && view.wait_connected(Duration::ZERO)
         });
         rt.list(&instance).unwrap();
-        assert_eq!(lists(&fake), 3);
+        assert_eq!(lists(&fake), 4);
         rt.list(&instance).unwrap();
-        assert_eq!(lists(&fake), 3);
+        assert_eq!(lists(&fake), 4);
+    }
+
+    #[test]
+    fn a_start_that_dies_before_its_run_returns_is_seen_dead() {
+        let fake = Arc::new(FakeRuntime::default());
+        let instance = "mine".to_owned();
+        let view = ContainerView::default();
+        let _f = Follower::start(
+            fake.clone(),
+            instance.clone(),
+            Some(view.clone()),
+            Arc::new(Seen::default()),
+        )
+        .unwrap();
+        assert!(view.wait_connected(Duration::from_secs(10)));
+        let rt = Viewed {
+            inner: fake.clone(),
+            view: view.clone(),
+            instance: instance.clone(),
+        };
+        assert!(rt.list(&instance).unwrap().is_empty());
+        fake.set_image_crashing("crashing");
+        for i in 0..20 {
+            let ours = BTreeMap::from([
+                (
+                    labels::MANAGED_BY.to_owned(),
+                    labels::MANAGED_BY_VALUE.to_owned(),
+                ),
+                (labels::INSTANCE.to_owned(), instance.clone()),
+            ]);
+            let spec = RunSpec {
+                name: format!("c{i}"),
+                image: "crashing".to_owned(),
+                labels: ours,
+                ..Default::default()
+            };
+            rt.run(&spec).unwrap();
+            // Its start and death events race the run's result; whichever
+            // comes first, the view ends with it exited, without asking.
+            wait("the death reaches the view", || {
+                view.current(false).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.name == spec.name && c.state == State::Exited)
+                })
+            });
+        }
+        assert_eq!(lists(&fake), 1);
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Inspect(_))));
     }
 
     #[test]
@@ -589,6 +719,6 @@ mod tests {
         rt.list("theirs").unwrap();
         rt.list("theirs").unwrap();
         assert_eq!(lists(&fake), 2);
-        assert!(view.current().is_none());
+        assert!(view.current(false).is_none());
     }
 }

@@ -39,7 +39,7 @@ use crate::host::runtime::{
 use crate::host::state::{KindStatus, SYNC_LOCK_TIMEOUT, StateDir, StateError};
 use crate::shared::ack::{Ack, MAX_MESSAGE_BYTES, Outcome, bounded};
 use crate::shared::kind::Kind;
-use crate::shared::record::{Record, VERSION, now_ms};
+use crate::shared::record::{Action, Record, VERSION, now_ms};
 
 /// What to do.
 #[derive(Debug, Clone, Default)]
@@ -303,6 +303,11 @@ struct KindCtx<'a> {
     rejects: RejectLog,
     /// Whether the journal (or, in a dry run, the queue) holds a request.
     has_requests: bool,
+    /// Whether the batch may hold a kill request, which resolves a pid
+    /// among the listed containers: it claimed one, or the journal held
+    /// records before this claim (left by a run that did not finish; not
+    /// read here, so assumed).
+    may_signal: bool,
     /// A dry run's requests read from the queue, planned after the
     /// journal's (a real run claims them into the journal instead).
     peeked: Vec<Record>,
@@ -482,7 +487,14 @@ impl<'a> Syncer<'a> {
             self.predicted = Some(carried);
             return Ok(view);
         }
-        match self.runtime.list(&self.cfg.instance) {
+        // Pids resolve kill requests only: a batch of starts lets a runtime
+        // that keeps a view answer without learning its new sidecars' pids.
+        let listed = if ctxs.iter().any(|c| c.has_requests && c.may_signal) {
+            self.runtime.list(&self.cfg.instance)
+        } else {
+            self.runtime.list_without_pids(&self.cfg.instance)
+        };
+        match listed {
             Ok(a) => {
                 self.unchanged_list = Some(a.clone());
                 Ok(a)
@@ -800,10 +812,12 @@ fn claim_kind<'a>(
     let shared = SharedDir::open(&cfg.queue_root, kind, !dry_run, limits)?;
     let journal = Journal::open(&cfg.state_dir, kind)?;
     let rejects = RejectLog::open(&cfg.state_dir, kind)?;
+    let leftover = journal.has_records()?;
     let mut ctx = KindCtx {
         kind,
         profile,
-        has_requests: journal.has_records()?,
+        has_requests: leftover,
+        may_signal: leftover,
         shared,
         journal,
         rejects,
@@ -820,6 +834,7 @@ fn claim_kind<'a>(
             ));
         }
         ctx.has_requests |= !queued.is_empty();
+        ctx.may_signal |= queued.iter().any(|r| r.action == Action::Signal);
         // What the claim would take and reject, for the dry run's summary.
         ctx.claimed = queued.len();
         ctx.claim_rejected = bad.len();
@@ -837,6 +852,7 @@ fn claim_kind<'a>(
         }
     }
     ctx.has_requests |= claim.claimed > 0;
+    ctx.may_signal |= claim.signals > 0;
     Ok(ctx)
 }
 

@@ -76,7 +76,7 @@ use crate::shared::kind::Kind;
 use crate::shared::lock::{LockError, LockGuard, lock_exclusive};
 use crate::shared::queue::{ACKS_DIR, LOCK_FILE, PENDING_FILE, QUEUE_FILE};
 use crate::shared::record::{
-    MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms,
+    Action, MAX_ID_LEN, MAX_LINE_BYTES, Record, RejectReason, is_safe_name, now_ms,
 };
 
 /// Default for [`Limits::max_queue_bytes`].
@@ -207,6 +207,8 @@ pub struct Reject {
 pub struct ClaimReport {
     /// Records appended to the journal.
     pub claimed: usize,
+    /// Of those, kill requests (which resolve a pid).
+    pub signals: usize,
     pub rejected: Vec<Reject>,
     /// How long the queue lock was held (waiting excluded).
     pub lock_held: Duration,
@@ -430,6 +432,7 @@ impl SharedDir {
         let qpath = self.path.join(QUEUE_FILE);
         let mut report = ClaimReport {
             claimed: 0,
+            signals: 0,
             rejected: Vec::new(),
             lock_held: Duration::ZERO,
             bytes: 0,
@@ -500,6 +503,7 @@ impl SharedDir {
                     out.extend_from_slice(&buf);
                     out.push(b'\n');
                     report.claimed += 1;
+                    report.signals += usize::from(record.action == Action::Signal);
                     if out.len() >= JOURNAL_CHUNK {
                         journal.append(&out)?;
                         out.clear();

@@ -307,6 +307,13 @@ pub trait Runtime: Send + Sync {
     /// label and `io.sidespawn.instance=<instance>`, in any state. Never
     /// another configuration's, nor one from before the instance label.
     fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// [`Runtime::list`] for a caller that resolves no pid (a batch without
+    /// kill requests): a runtime that keeps a view of its containers may
+    /// answer from it with a running container's `pid` 0 where it has not
+    /// learnt it. The engines themselves list.
+    fn list_without_pids(&self, instance: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.list(instance)
+    }
     /// Names of sidespawn's containers that carry no `io.sidespawn.instance`
     /// label: made before the label existed, so no configuration can prove
     /// they are its own and none touches them. Only `status` asks, to tell
