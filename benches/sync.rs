@@ -58,11 +58,11 @@
 //! `SIDESPAWN_BENCH_SIZES` (`1000,10000,100000`), `SIDESPAWN_BENCH_RUNS`
 //! (repeats of part 3, 3), `SIDESPAWN_BENCH_SIDECARS` (200),
 //! `SIDESPAWN_BENCH_CALLERS` (20), `SIDESPAWN_BENCH_XARGS_P` (`4,8,16`),
-//! `SIDESPAWN_BENCH_PARALLELISM` (the sync's, 8),
+//! `SIDESPAWN_BENCH_PARALLELISM` (the sync's; default: the product default here),
 //! `SIDESPAWN_BENCH_STEADY` (500), `SIDESPAWN_BENCH_STEADY_RUNS` (20),
 //! `SIDESPAWN_BENCH_UPGRADE_SIDECARS` (10), `SIDESPAWN_BENCH_SCALE` (sizes of part 6,
 //! `100,1000`), `SIDESPAWN_BENCH_SCALE_RUNS` (5), `SIDESPAWN_BENCH_SCALE_XARGS_P`
-//! (`8,16`), `SIDESPAWN_BENCH_IMAGE` (skip building
+//! (`4,8,16`), `SIDESPAWN_BENCH_IMAGE` (skip building
 //! the test images and use this one), `CONTAINERS_CONF` (default: the
 //! test-only `tests/scripts/containers.conf`), `SIDESPAWN_BENCH_FIGURES`
 //! (a file to append the tables to, for `tests/bench.sh`).
@@ -841,7 +841,11 @@ fn part3(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
     let sidecars = env_usize("SIDESPAWN_BENCH_SIDECARS", 200).max(1);
     let callers = env_usize("SIDESPAWN_BENCH_CALLERS", 20).max(1);
     let repeats = env_usize("SIDESPAWN_BENCH_RUNS", 3).max(1);
-    let parallelism = env_usize("SIDESPAWN_BENCH_PARALLELISM", 8).clamp(1, 256);
+    let parallelism = env_usize(
+        "SIDESPAWN_BENCH_PARALLELISM",
+        sidespawn::host::config::default_parallelism(),
+    )
+    .clamp(1, 256);
     let mut xargs_p: Vec<usize> = std::env::var("SIDESPAWN_BENCH_XARGS_P")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())

@@ -234,11 +234,15 @@ pub fn part6(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, St
     sizes.dedup();
     let runs = env_usize("SIDESPAWN_BENCH_SCALE_RUNS", 5).max(1);
     let callers = env_usize("SIDESPAWN_BENCH_CALLERS", 20).max(1);
-    let parallelism = env_usize("SIDESPAWN_BENCH_PARALLELISM", 8).clamp(1, 256);
+    let parallelism = env_usize(
+        "SIDESPAWN_BENCH_PARALLELISM",
+        sidespawn::host::config::default_parallelism(),
+    )
+    .clamp(1, 256);
     let mut xargs_p: Vec<usize> = std::env::var("SIDESPAWN_BENCH_SCALE_XARGS_P")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![8, 16]);
+        .unwrap_or_else(|| vec![4, 8, 16]);
     xargs_p.retain(|p| (1..=256).contains(p));
     if xargs_p.is_empty() {
         xargs_p.push(parallelism);

@@ -7,7 +7,7 @@
 # wrapper; the sync runs as the path unit would start it, right after; "running" is Neutron's
 # alive check (the pid file names a process whose cmdline has the network's uuid). The baseline
 # is the same dnsmasq started by a bare `ENGINE run -d` (no namespace join: `--network none`),
-# waited for the same way; for the burst, BURST of them with the sync's parallelism (8).
+# waited for the same way; for the burst, BURST of them with the parallelism (8) its configuration sets.
 #
 # Usage (as root, from the repository, after a release build of sidespawn and of the static
 # wrapper; tests/bench.sh does both): tests/scripts/bench-engines.sh
@@ -72,7 +72,7 @@ write_config() { # ENGINE
     local extra=""
     [ "$1" = docker ] && extra="\"engine\": \"docker\", \"engine_program\": \"/usr/bin/docker\", \"netns_helper\": \"$wrapper\","
     cat >"$work/config.json" <<EOF
-{ $extra "queue_root": "$work/queue", "state_dir": "$work/state-$1", "instance": "$tag$1",
+{ $extra "parallelism": 8, "queue_root": "$work/queue", "state_dir": "$work/state-$1", "instance": "$tag$1",
   "kinds": { "dnsmasq": { "image": "$image", "volumes": ["$work/data:$work/data"],
     "cap_add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE"],
     "labels": {"bench.sidespawn.run": "$tag"}, "max_sidecars": 100000,
