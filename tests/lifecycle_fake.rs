@@ -1485,6 +1485,34 @@ fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
 }
 
 #[test]
+fn a_corrupt_entry_found_while_predicting_a_start_is_still_rebuilt() {
+    let Some(t) = TwoKinds::new() else {
+        return;
+    };
+    let s = &t.s;
+    let req = s.start(&["--no-hosts", "", "--port=0"]);
+    assert_eq!(s.sync(false).started, 1);
+    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+    let state = StateDir::new(&s.cfg.state_dir);
+    let entry = sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key);
+    std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+
+    // A start of a new key: the pass first tries to predict the containers
+    // from the table, which moves the unreadable file aside; the same pass
+    // must still rebuild the entry it held.
+    s.queue(&Record {
+        argv: vec!["--port=0".into()],
+        tag: Some(format!("dnsmasq-other-{}", s.uuid)),
+        ..s.start_record_template()
+    });
+    let sum = s.sync(false);
+    assert_eq!((sum.claimed, sum.started), (1, 1), "{sum}");
+    let d = &s.desired().sidecars[&key];
+    assert_eq!((&d.record.argv, &d.record.id), (&req.argv, &req.id));
+    assert_eq!(t.corrupt_dir().len(), 2, "{:?}", t.corrupt_dir());
+}
+
+#[test]
 fn a_corrupt_entry_without_a_container_fails_its_kind_alone_and_names_the_file() {
     let Some(t) = TwoKinds::new() else {
         return;

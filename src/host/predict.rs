@@ -158,11 +158,14 @@ impl Batch {
 /// The view of `profile`'s kind the desired table predicts, when `batch`
 /// (the kind's journal) allows it: every desired sidecar as running, with
 /// the extras the last listing recorded (to carry into this pass's
-/// marker). `rebooted` is whether the host rebooted since the kind's last
-/// pass.
+/// marker). `desired` is the kind's table as the sync opened it for this
+/// pass, and `unreadable` whether any of its files could not be read.
+/// `rebooted` is whether the host rebooted since the kind's last pass.
 pub fn view(
     state: &StateDir,
     profile: &Profile,
+    desired: &DesiredTable,
+    unreadable: bool,
     batch: &Batch,
     rebooted: bool,
 ) -> Result<(Vec<ContainerInfo>, usize), Unsure> {
@@ -176,8 +179,10 @@ pub fn view(
     if batch.too_many {
         return Err(Unsure::NearLimit);
     }
+    if unreadable {
+        return Err(Unsure::UnreadableTable);
+    }
     let keys = &batch.keys;
-    let desired = DesiredTable::peek(state, kind).map_err(|_| Unsure::UnreadableTable)?;
     if keys.iter().any(|k| desired.sidecars.contains_key(k)) {
         return Err(Unsure::KnownKey);
     }

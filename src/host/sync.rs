@@ -380,6 +380,7 @@ pub fn run(
         lost_entries: Vec::new(),
         unchanged_list: None,
         predicted: None,
+        opened: Vec::new(),
     };
     for pass in 1..=cfg.max_passes {
         let mut ctxs = s.claim_all(&kinds);
@@ -449,7 +450,13 @@ struct Syncer<'a> {
     /// listing ([`crate::host::predict`]): each kind's extras as the last
     /// listing recorded them, carried into the marker this pass writes.
     predicted: Option<Carried>,
+    /// Desired tables this pass's prediction opened, each taken by the
+    /// kind's plan stage instead of opening it again.
+    opened: Vec<(Kind, Opened)>,
 }
+
+/// A desired table as [`DesiredTable::open`] returns it.
+type Opened = (DesiredTable, Vec<desired::Corrupt>);
 
 /// Each predicted kind's extras, as the last listing recorded them.
 type Carried = Vec<(Kind, usize)>;
@@ -478,6 +485,7 @@ impl<'a> Syncer<'a> {
         pass: u32,
     ) -> Result<Vec<ContainerInfo>, SyncError> {
         self.predicted = None;
+        self.opened.clear();
         let busy = ctxs.iter().any(|c| c.has_requests);
         if !(busy || self.first_pass_looks(pass)) {
             return Ok(Vec::new());
@@ -512,7 +520,7 @@ impl<'a> Syncer<'a> {
     /// The containers the host state predicts for this pass, with each
     /// kind's carried extras, when every kind with requests can be predicted
     /// ([`crate::host::predict`]); `None`: list.
-    fn predict(&self, ctxs: &[KindCtx], pass: u32) -> Option<(Vec<ContainerInfo>, Carried)> {
+    fn predict(&mut self, ctxs: &[KindCtx], pass: u32) -> Option<(Vec<ContainerInfo>, Carried)> {
         let o = self.opts;
         if pass != 1 || o.dry_run || o.full || o.health || o.restart {
             return None;
@@ -525,7 +533,23 @@ impl<'a> Syncer<'a> {
                 return None;
             }
             let rebooted = rebooted(&self.state, ctx.kind).is_some();
-            match crate::host::predict::view(&self.state, ctx.profile, &batch, rebooted) {
+            // Opened as the plan stage opens it, and handed to it: one read
+            // of the table per pass (unreadable files are set aside here and
+            // rebuilt there).
+            let Ok(opened) = DesiredTable::open(&self.state, ctx.kind, true) else {
+                return None;
+            };
+            let (desired, unreadable) = &opened;
+            let predicted = crate::host::predict::view(
+                &self.state,
+                ctx.profile,
+                desired,
+                !unreadable.is_empty(),
+                &batch,
+                rebooted,
+            );
+            self.opened.push((ctx.kind, opened));
+            match predicted {
                 Ok((v, extras)) => {
                     view.extend(v);
                     carried.push((ctx.kind, extras));
@@ -605,8 +629,11 @@ impl<'a> Syncer<'a> {
         // sidecars whose process died. Without their argv, read below only
         // for those that may be started again.
         let change = !self.opts.dry_run;
-        let (mut desired, unreadable) =
-            DesiredTable::open(&self.state, kind, change).map_err(KindError::Desired)?;
+        let opened = match self.opened.iter().position(|(k, _)| *k == kind) {
+            Some(i) => self.opened.swap_remove(i).1,
+            None => DesiredTable::open(&self.state, kind, change).map_err(KindError::Desired)?,
+        };
+        let (mut desired, unreadable) = opened;
         self.recover(kind, profile, &mut desired, &unreadable, actual);
         let busy: HashSet<String> = plan.jobs.iter().map(|j| j.key.clone()).collect();
         let unhealthy = if full_pass && !self.opts.dry_run {
