@@ -61,7 +61,8 @@
 //! `SIDESPAWN_BENCH_PARALLELISM` (the sync's; default: the product default here),
 //! `SIDESPAWN_BENCH_STEADY` (500), `SIDESPAWN_BENCH_STEADY_RUNS` (20),
 //! `SIDESPAWN_BENCH_UPGRADE_SIDECARS` (10), `SIDESPAWN_BENCH_SCALE` (sizes of part 6,
-//! `100,1000`), `SIDESPAWN_BENCH_SCALE_RUNS` (5), `SIDESPAWN_BENCH_SCALE_XARGS_P`
+//! `100,1000`), `SIDESPAWN_BENCH_SCALE_RUNS` (5), `SIDESPAWN_BENCH_SCALE_SINGLES` (single new
+//! requests per size, interleaved with bare runs; 3 × the runs), `SIDESPAWN_BENCH_SCALE_XARGS_P`
 //! (`4,8,16`), `SIDESPAWN_BENCH_IMAGE` (skip building
 //! the test images and use this one), `CONTAINERS_CONF` (default: the
 //! test-only `tests/scripts/containers.conf`), `SIDESPAWN_BENCH_FIGURES`

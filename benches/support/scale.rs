@@ -438,7 +438,11 @@ fn measure(
     let nss = NetnsSet::create(qdhcp_names(n)?)?;
     // Namespaces for the single new requests: one per run for sidespawn,
     // one per run for the bare podman run.
-    let extra = NetnsSet::create(qdhcp_names(2 * runs)?)?;
+    // A single start on a host this busy varies by tens of milliseconds
+    // from one to the next (podman's own run): more rounds than the other
+    // figures, each cheap.
+    let singles = env_usize("SIDESPAWN_BENCH_SCALE_SINGLES", 3 * runs).max(1);
+    let extra = NetnsSet::create(qdhcp_names(2 * singles)?)?;
     let dir = TempDir::new("sidespawn-scalebench");
     let (shim, log) = podman_shim(dir.path())?;
 
@@ -534,14 +538,14 @@ fn measure(
     let (_, restart_calls) = calls_by_sub(&log, before);
     check_running(&label, n, "after the agent restarts")?;
 
-    eprintln!("sync bench: part 6, {n} sidecars: {runs} single new requests");
+    eprintln!("sync bench: part 6, {n} sidecars: {singles} single new requests");
     let mut one = Vec::new();
     let mut bare = Vec::new();
     let daemon = h.watch()?;
     // What the daemon does when it starts (a first sync) is not the request's.
     wait_idle(&log)?;
     let (before, _) = calls_by_sub(&log, 0);
-    for i in 0..runs {
+    for i in 0..singles {
         // The bare run's argv, made as the sync makes it.
         probe.queue_one(&extra.names[2 * i + 1])?;
         let spec = probe
@@ -567,7 +571,7 @@ fn measure(
     let one_rss = daemon.peak_rss_kib();
     daemon.stop()?;
     let (_, one_calls) = calls_by_sub(&log, before);
-    check_running(&label, n + 2 * runs, "after the single new requests")?;
+    check_running(&label, n + 2 * singles, "after the single new requests")?;
 
     notes.push(format!(
         "part 6, {n} sidecars: burst {} (xargs: {}); restarts: {}; load average now {}",
