@@ -1424,6 +1424,19 @@ impl TwoKinds {
             .any(|c| c.name == name && c.state == State::Running)
     }
 
+    /// A dnsmasq started by a sync, then its desired entry truncated:
+    /// the request, its key and the state directory.
+    fn started_then_corrupted(&self) -> (Record, String, StateDir) {
+        let s = &self.s;
+        let req = s.start(&["--no-hosts", "", "--port=0"]);
+        assert_eq!(s.sync(false).started, 1);
+        let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
+        let state = StateDir::new(&s.cfg.state_dir);
+        let entry = sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key);
+        std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+        (req, key, state)
+    }
+
     fn corrupt_dir(&self) -> Vec<String> {
         std::fs::read_dir(self.s.cfg.state_dir.join("desired/corrupt"))
             .map(|rd| {
@@ -1440,12 +1453,7 @@ fn a_corrupt_desired_entry_is_rebuilt_from_its_container_and_other_kinds_run() {
         return;
     };
     let s = &t.s;
-    let req = s.start(&["--no-hosts", "", "--port=0"]);
-    assert_eq!(s.sync(false).started, 1);
-    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
-    let state = StateDir::new(&s.cfg.state_dir);
-    let entry = sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key);
-    std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+    let (req, key, state) = t.started_then_corrupted();
 
     // dnsmasq's sidecar dies and haproxy gets a request: both are served.
     s.die();
@@ -1490,12 +1498,7 @@ fn a_corrupt_entry_found_while_predicting_a_start_is_still_rebuilt() {
         return;
     };
     let s = &t.s;
-    let req = s.start(&["--no-hosts", "", "--port=0"]);
-    assert_eq!(s.sync(false).started, 1);
-    let key = format!("dnsmasq/tag/dnsmasq-{}", s.uuid);
-    let state = StateDir::new(&s.cfg.state_dir);
-    let entry = sidespawn::host::desired::entry_path(&state, Kind::Dnsmasq, &key);
-    std::fs::write(&entry, b"{\"v\": 2, \"key\": ").unwrap();
+    let (req, key, _) = t.started_then_corrupted();
 
     // A start of a new key: the pass first tries to predict the containers
     // from the table, which moves the unreadable file aside; the same pass

@@ -561,6 +561,25 @@ mod tests {
         }
     }
 
+    /// A follower of `instance` on `fake` keeping a view, connected, and
+    /// the runtime that lists from that view.
+    fn followed(
+        fake: &Arc<FakeRuntime>,
+        instance: &str,
+        cues: Arc<Seen>,
+    ) -> (Follower, ContainerView, Viewed) {
+        let view = ContainerView::default();
+        let f =
+            Follower::start(fake.clone(), instance.to_owned(), Some(view.clone()), cues).unwrap();
+        assert!(view.wait_connected(Duration::from_secs(10)));
+        let rt = Viewed {
+            inner: fake.clone(),
+            view: view.clone(),
+            instance: instance.to_owned(),
+        };
+        (f, view, rt)
+    }
+
     fn lists(fake: &FakeRuntime) -> usize {
         fake.calls()
             .iter()
@@ -580,21 +599,8 @@ mod tests {
             .instance()
             .unwrap()
             .to_owned();
-        let view = ContainerView::default();
         let seen = Arc::new(Seen::default());
-        let _f = Follower::start(
-            fake.clone(),
-            instance.clone(),
-            Some(view.clone()),
-            seen.clone(),
-        )
-        .unwrap();
-        assert!(view.wait_connected(Duration::from_secs(10)));
-        let rt = Viewed {
-            inner: fake.clone(),
-            view: view.clone(),
-            instance: instance.clone(),
-        };
+        let (_f, view, rt) = followed(&fake, &instance, seen.clone());
         assert_eq!(rt.list(&instance).unwrap().len(), 1);
         assert_eq!(rt.list(&instance).unwrap().len(), 1);
         assert_eq!(lists(&fake), 1, "the second listing came from the view");
@@ -663,20 +669,7 @@ mod tests {
     fn a_start_that_dies_before_its_run_returns_is_seen_dead() {
         let fake = Arc::new(FakeRuntime::default());
         let instance = "mine".to_owned();
-        let view = ContainerView::default();
-        let _f = Follower::start(
-            fake.clone(),
-            instance.clone(),
-            Some(view.clone()),
-            Arc::new(Seen::default()),
-        )
-        .unwrap();
-        assert!(view.wait_connected(Duration::from_secs(10)));
-        let rt = Viewed {
-            inner: fake.clone(),
-            view: view.clone(),
-            instance: instance.clone(),
-        };
+        let (_f, view, rt) = followed(&fake, &instance, Arc::new(Seen::default()));
         assert!(rt.list(&instance).unwrap().is_empty());
         fake.set_image_crashing("crashing");
         for i in 0..20 {
