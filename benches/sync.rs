@@ -227,6 +227,27 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The sync's parallelism (`SIDESPAWN_BENCH_PARALLELISM`, default the
+/// product's default here) and the `xargs -P` baselines to measure beside
+/// it (comma-separated in `xargs_var`, default 4, 8 and 16; the sync's own
+/// when none is valid).
+fn parallelisms(xargs_var: &str) -> (usize, Vec<usize>) {
+    let parallelism = env_usize(
+        "SIDESPAWN_BENCH_PARALLELISM",
+        sidespawn::host::config::default_parallelism(),
+    )
+    .clamp(1, 256);
+    let mut xargs_p: Vec<usize> = std::env::var(xargs_var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![4, 8, 16]);
+    xargs_p.retain(|p| (1..=256).contains(p));
+    if xargs_p.is_empty() {
+        xargs_p.push(parallelism);
+    }
+    (parallelism, xargs_p)
+}
+
 fn s(x: impl Into<String>) -> String {
     x.into()
 }
@@ -842,19 +863,7 @@ fn part3(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, String
     let sidecars = env_usize("SIDESPAWN_BENCH_SIDECARS", 200).max(1);
     let callers = env_usize("SIDESPAWN_BENCH_CALLERS", 20).max(1);
     let repeats = env_usize("SIDESPAWN_BENCH_RUNS", 3).max(1);
-    let parallelism = env_usize(
-        "SIDESPAWN_BENCH_PARALLELISM",
-        sidespawn::host::config::default_parallelism(),
-    )
-    .clamp(1, 256);
-    let mut xargs_p: Vec<usize> = std::env::var("SIDESPAWN_BENCH_XARGS_P")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![4, 8, 16]);
-    xargs_p.retain(|p| (1..=256).contains(p));
-    if xargs_p.is_empty() {
-        xargs_p.push(parallelism);
-    }
+    let (parallelism, xargs_p) = parallelisms("SIDESPAWN_BENCH_XARGS_P");
     t.section(format!(
         "3. Burst: {sidecars} start requests from {callers} concurrent callers -> all running, through `sidespawn watch` (parallelism {parallelism}), vs the best direct `podman run -d` of the same {sidecars}; median of {repeats} repeats"
     ));

@@ -36,8 +36,8 @@ use crate::host::{self, LabelGuard, NetnsSet, TempDir};
 use crate::real_podman::{SyncHost, check_running, dnsmasq_image, xargs};
 use crate::report::{Table, fmt_dur, fmt_kib, median, percentile, ratio, verdict};
 use crate::{
-    PODMAN_TARGET_RATIO, RUN_LABEL_KEY, env_usize, exec_quiet, missing_for_podman, podman_shim,
-    qdhcp_names, s,
+    PODMAN_TARGET_RATIO, RUN_LABEL_KEY, env_usize, exec_quiet, missing_for_podman, parallelisms,
+    podman_shim, qdhcp_names, s,
 };
 
 /// Peak RSS of sidespawn itself at any size (50 MB).
@@ -234,19 +234,7 @@ pub fn part6(t: &mut Table, notes: &mut Vec<String>) -> Result<Option<Table>, St
     sizes.dedup();
     let runs = env_usize("SIDESPAWN_BENCH_SCALE_RUNS", 5).max(1);
     let callers = env_usize("SIDESPAWN_BENCH_CALLERS", 20).max(1);
-    let parallelism = env_usize(
-        "SIDESPAWN_BENCH_PARALLELISM",
-        sidespawn::host::config::default_parallelism(),
-    )
-    .clamp(1, 256);
-    let mut xargs_p: Vec<usize> = std::env::var("SIDESPAWN_BENCH_SCALE_XARGS_P")
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![4, 8, 16]);
-    xargs_p.retain(|p| (1..=256).contains(p));
-    if xargs_p.is_empty() {
-        xargs_p.push(parallelism);
-    }
+    let (parallelism, xargs_p) = parallelisms("SIDESPAWN_BENCH_SCALE_XARGS_P");
     let Some(&largest) = sizes.last() else {
         return Ok(None);
     };
